@@ -1,0 +1,38 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Each builds .venv first (once, and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench lab serve clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/relaylab demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest --nbval-lax --nbval-current-env tests notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+serve: $(STAMP)
+	$(BIN)/relaylab serve --step tracking
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

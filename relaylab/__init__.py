@@ -1,0 +1,24 @@
+"""relaylab: put Claude on a phone line with Twilio ConversationRelay, one lesson at a time.
+
+import relaylab as rl
+lab = rl.start(step="streaming")
+call = lab.call()
+reply = call.say("Name ten things that happened in 1999")
+"""
+
+from relaylab.caller import Reply, SimulatedCall
+from relaylab.conversation import Conversation, heard_prefix
+from relaylab.lab import Lab, start
+from relaylab.session import CallSession
+from relaylab.steps import Step
+
+__all__ = [
+    "CallSession",
+    "Conversation",
+    "Lab",
+    "Reply",
+    "SimulatedCall",
+    "Step",
+    "heard_prefix",
+    "start",
+]

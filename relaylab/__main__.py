@@ -1,0 +1,3 @@
+from relaylab.cli import main
+
+raise SystemExit(main())

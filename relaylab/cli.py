@@ -1,0 +1,161 @@
+"""``relaylab serve | demo | call`` (also ``python -m relaylab``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from relaylab.caller import SimulatedCall
+from relaylab.llm import choose_backend, make_llm
+from relaylab.offline_claude import OfflineClaude
+from relaylab.server import RelayServer
+from relaylab.steps import LESSONS
+from relaylab.tunnel import NumberSetupError, TunnelError, configure_number, open_tunnel
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="relaylab", description="Relay Twilio ConversationRelay calls to Claude."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the relay in the foreground")
+    serve.add_argument("--step", default="tracking", choices=LESSONS)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--public-url", help="the https:// address Twilio reaches this relay at")
+    serve.add_argument("--tunnel", action="store_true", help="open an ngrok tunnel (pyngrok)")
+    serve.add_argument("--offline", action="store_true", help="use the local stand-in for Claude")
+    serve.add_argument(
+        "--configure-number",
+        metavar="NUMBER",
+        help="point this Twilio number's voice webhook at the relay's /twiml (HTTP GET)",
+    )
+    serve.add_argument("--dial-number", help="on a handoff to a human, dial this number")
+    serve.add_argument("--welcome-greeting", help="what Twilio says when the call connects")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
+
+    demo = commands.add_parser("demo", help="run the three lessons offline and print a transcript")
+    demo.add_argument("--quick", action="store_true", help="faster model pacing")
+
+    call = commands.add_parser("call", help="a text-mode simulated call to a running relay")
+    call.add_argument("--ws", required=True, help="the relay's URL, e.g. ws://127.0.0.1:8080/ws")
+    call.add_argument("--words-per-minute", type=float, default=165.0)
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from relaylab.demo import run_demo
+
+        return run_demo(quick=args.quick)
+    try:
+        if args.command == "serve":
+            logging.basicConfig(
+                level=logging.DEBUG if args.verbose else logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            return asyncio.run(serve_forever(args))
+        token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+        return asyncio.run(terminal_call(args.ws, token, args.words_per_minute))
+    except KeyboardInterrupt:
+        return 0
+    except (TunnelError, NumberSetupError, ValueError) as exc:
+        print(f"relaylab {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve_forever(args: argparse.Namespace) -> int:
+    """Run the relay (and the stand-in, if offline) until Ctrl-C."""
+    backend = choose_backend(True if args.offline else None)
+    claude = None
+    tunnel = None
+    if backend.kind == "offline":
+        claude = OfflineClaude()
+        await claude.start()
+    auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    options = {"welcome_greeting": args.welcome_greeting} if args.welcome_greeting else {}
+    server = RelayServer(
+        step=args.step,
+        llm=make_llm(backend, offline_url=claude.base_url if claude else None),
+        host=args.host,
+        port=args.port,
+        auth_token=auth_token,
+        public_url=args.public_url,
+        twiml_options=options,
+        dial_number=args.dial_number,
+    )
+    await server.start()
+    try:
+        if args.tunnel:
+            tunnel = await asyncio.to_thread(open_tunnel, server.port)
+            server.public = tunnel.endpoints
+        print(f"relaylab: step {args.step!r}; Claude is {backend.describe()}")
+        print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
+        if server.public:
+            print(f"  public:  {server.public.twiml_url}   {server.public.ws_url}")
+        if auth_token:
+            print("  Twilio signatures: checked (TWILIO_AUTH_TOKEN is set)")
+        else:
+            print("  Twilio signatures: NOT checked (set TWILIO_AUTH_TOKEN to turn them on)")
+        if args.configure_number:
+            if not server.public:
+                raise NumberSetupError("--configure-number needs --tunnel or --public-url")
+            change = await asyncio.to_thread(
+                configure_number, args.configure_number, server.public.twiml_url
+            )
+            print(f"  number:  {change}")
+        print("Ctrl-C to stop.", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        if tunnel:
+            tunnel.close()
+        await server.stop()
+        if claude:
+            await claude.stop()
+    return 0
+
+
+async def terminal_call(ws_url: str, auth_token: str | None, words_per_minute: float) -> int:
+    """A text-mode phone call: type what the caller says, watch the reply stream in."""
+    call = SimulatedCall(
+        ws_url,
+        auth_token=auth_token,
+        words_per_minute=words_per_minute,
+        on_frame=_print_frame,
+    )
+    await call.connect_async()
+    print("Connected. Type what the caller says. Commands: /press DIGIT, /interrupt N, /quit")
+    interrupt_after: int | None = None
+    while call.connected:
+        line = (await asyncio.to_thread(sys.stdin.readline)).strip()
+        if not line or line == "/quit":
+            if not line and sys.stdin.isatty():
+                continue
+            break
+        if line.startswith("/press "):
+            await call.press_async(line.split()[1])
+        elif line.startswith("/interrupt "):
+            interrupt_after = int(line.split()[1])
+            print(f"(your next prompt interrupts the reply after {interrupt_after} words)")
+        else:
+            reply = await call.say_async(line, interrupt_after_words=interrupt_after)
+            interrupt_after = None
+            if reply.interrupted:
+                print(f"\n(you talked over it; you heard: {reply.heard!r})")
+            print(f"({_timings(reply.timings)})")
+    await call.hang_up_async()
+    return 0
+
+
+def _print_frame(frame: dict) -> None:
+    if frame.get("type") == "text":
+        print(frame.get("token", ""), end="\n" if frame.get("last") else "", flush=True)
+    else:
+        print(f"\n[{frame.get('type')}] {frame}", flush=True)
+
+
+def _timings(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.0f} ms" for name, value in timings.items())

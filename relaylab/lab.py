@@ -1,0 +1,221 @@
+"""The notebook-facing facade: a relay, an offline Claude and simulated calls on one loop.
+
+``relaylab.start()`` builds a Lab whose event loop runs in a daemon thread, so a
+notebook cell returns at once while the relay keeps serving. Cells use the sync
+methods; tests and cells that like top-level ``await`` use the ``_async`` twins.
+Starting a new Lab stops the previous one, so re-running a cell never hits
+"address already in use".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import anthropic
+
+from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
+from relaylab.llm import Backend, choose_backend, make_llm
+from relaylab.loop import LoopThread
+from relaylab.offline_claude import OfflineClaude
+from relaylab.server import RelayServer
+from relaylab.steps import step_name
+
+log = logging.getLogger("relaylab.lab")
+
+_running: list[Lab] = []  # at most one: the Lab the notebook started last
+_running_lock = threading.Lock()
+
+
+class Lab:
+    """A running relay with everything a lesson needs around it."""
+
+    def __init__(
+        self,
+        step: object = "tracking",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        offline: bool | None = None,
+        auth_token: str | None = None,
+        public_url: str | None = None,
+        first_token_delay: float = 0.4,
+        tokens_per_second: float = 60.0,
+        words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
+        clock_speed: float = 1.0,
+        twiml_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.backend: Backend = choose_backend(offline)
+        self.auth_token = auth_token
+        self.words_per_minute = words_per_minute
+        self.clock_speed = clock_speed
+        self.offline_claude: OfflineClaude | None = None
+        self._loop = LoopThread()
+        self._views: list[Any] = []
+        try:
+            self._loop.run(
+                self._start(
+                    step,
+                    host,
+                    port,
+                    public_url,
+                    first_token_delay,
+                    tokens_per_second,
+                    twiml_options,
+                )
+            )
+        except BaseException:
+            self._loop.close()
+            raise
+
+    async def _start(
+        self,
+        step: object,
+        host: str,
+        port: int,
+        public_url: str | None,
+        first_token_delay: float,
+        tokens_per_second: float,
+        twiml_options: dict[str, Any] | None,
+    ) -> None:
+        offline_url = None
+        if self.backend.kind == "offline":
+            self.offline_claude = OfflineClaude(
+                first_token_delay=first_token_delay, tokens_per_second=tokens_per_second
+            )
+            await self.offline_claude.start()
+            offline_url = self.offline_claude.base_url
+        self.llm = make_llm(self.backend, offline_url=offline_url)
+        self.server = RelayServer(
+            step=step,
+            llm=self.llm,
+            host=host,
+            port=port,
+            auth_token=self.auth_token,
+            public_url=public_url,
+            twiml_options=twiml_options,
+        )
+        await self.server.start()
+        log.info("lab ready: relay %s, model via %s", self.ws_url, self.backend.describe())
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Lab {state} step={step_name(self.server.step)} model={self.backend.kind}>"
+
+    # -- what a notebook reads -------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._loop.running
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.ws_url
+
+    @property
+    def claude(self) -> anthropic.AsyncAnthropic:
+        return self.llm.client
+
+    @property
+    def model(self) -> str:
+        return self.llm.model
+
+    @property
+    def step(self) -> object:
+        return self.server.step
+
+    def describe(self) -> str:
+        """One line on what this lab runs, without ports (stable in notebook outputs)."""
+        return f"relay running step {step_name(self.step)!r}; Claude is {self.backend.describe()}"
+
+    # -- doing things ------------------------------------------------------------------
+
+    def use(self, step: object) -> None:
+        """Swap the handlers without restarting: a lesson name or a Step."""
+        self._loop.run(self._use(step))
+
+    async def _use(self, step: object) -> None:
+        self.server.use(step)
+
+    def call(self, **options: Any) -> SimulatedCall:
+        """Open a simulated phone call to this relay (see SimulatedCall for options)."""
+        return self._new_call(**options).connect()
+
+    async def call_async(self, **options: Any) -> SimulatedCall:
+        return await self._new_call(**options).connect_async()
+
+    def _new_call(self, **options: Any) -> SimulatedCall:
+        options.setdefault("words_per_minute", self.words_per_minute)
+        options.setdefault("clock_speed", self.clock_speed)
+        return SimulatedCall(
+            self.ws_url,
+            auth_token=self.auth_token,
+            portal=self._loop,
+            session_lookup=self.server.find,
+            **options,
+        )
+
+    def view(self) -> Any:
+        """A live widget showing this lab's calls as they happen."""
+        from relaylab.widgets import ConversationView
+
+        view = ConversationView(self)
+        self._views.append(view)
+        return view
+
+    def run(self, coro: Any, timeout: float | None = 60.0) -> Any:
+        """Run a coroutine on the lab's loop from a cell (for experiments)."""
+        return self._loop.run(coro, timeout)
+
+    async def run_async(self, coro: Any) -> Any:
+        return await self._loop.arun(coro)
+
+    def stop(self) -> None:
+        """Stop the relay and the stand-in, and end the background thread."""
+        if not self.running:
+            return
+        for view in self._views:
+            view.detach()
+        try:
+            self._loop.run(self._stop(), timeout=10)
+        finally:
+            self._loop.close()
+            with _running_lock:
+                if self in _running:
+                    _running.remove(self)
+
+    async def _stop(self) -> None:
+        await self.server.stop()
+        await self.llm.client.close()
+        if self.offline_claude is not None:
+            await self.offline_claude.stop()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(step: object = "tracking", **options: Any) -> Lab:
+    """Start a Lab, stopping the one this process started before (safe to re-run a cell).
+
+    Options are Lab's: host, port, offline, auth_token, public_url, first_token_delay,
+    tokens_per_second, words_per_minute, clock_speed, twiml_options. ``auth_token``
+    defaults to TWILIO_AUTH_TOKEN when set, so local calls are signed and checked.
+    """
+    with _running_lock:
+        previous = list(_running)
+    for lab in previous:
+        lab.stop()
+    options.setdefault("auth_token", os.environ.get("TWILIO_AUTH_TOKEN") or None)
+    lab = Lab(step, **options)
+    with _running_lock:
+        _running.append(lab)
+    return lab

@@ -1,0 +1,29 @@
+"""Lesson 1: a basic reply. Wait for Claude's whole answer, then send it as one frame.
+
+The caller hears nothing until the full reply is written: simple, and slow.
+"""
+
+from __future__ import annotations
+
+from relaylab.protocol import Prompt
+from relaylab.session import CallSession
+
+name = "basic"
+
+
+async def ai_response(call: CallSession) -> str:
+    """Ask Claude for the whole reply to the conversation so far."""
+    message = await call.claude.messages.create(
+        model=call.model,
+        max_tokens=call.max_tokens,
+        system=call.system,
+        messages=call.conversation,
+    )
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
+async def on_prompt(call: CallSession, prompt: Prompt) -> None:
+    call.conversation.append({"role": "user", "content": prompt.voice_prompt})
+    reply = await ai_response(call)
+    call.conversation.append({"role": "assistant", "content": reply})
+    await call.send_text(reply, last=True)

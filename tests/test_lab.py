@@ -1,0 +1,87 @@
+"""The notebook facade: start/stop, re-running a cell, swapping steps, async twins."""
+
+import asyncio
+
+import relaylab as rl
+from relaylab.steps import Step
+
+
+def test_start_again_stops_the_previous_lab():
+    first = rl.start("basic", offline=True, first_token_delay=0.01, tokens_per_second=500)
+    try:
+        second = rl.start("basic", offline=True, first_token_delay=0.01, tokens_per_second=500)
+        assert not first.running and second.running
+        assert second.call().say("Hello").complete
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_same_port_can_be_reused_after_restart():
+    lab = rl.start("basic", offline=True, first_token_delay=0.01)
+    port = lab.server.port
+    again = rl.start("basic", offline=True, port=port, first_token_delay=0.01)
+    try:
+        assert again.server.port == port
+    finally:
+        again.stop()
+
+
+def test_lab_urls_and_describe_have_no_port_noise(make_lab):
+    lab = make_lab("streaming")
+    assert lab.http_url.startswith("http://127.0.0.1:") and lab.ws_url.endswith("/ws")
+    assert lab.describe() == (
+        "relay running step 'streaming'; "
+        "Claude is the offline stand-in for Claude (no API key needed)"
+    )
+
+
+def test_use_swaps_handlers_with_a_learners_plain_functions(make_lab):
+    lab = make_lab("basic")
+    heard = []
+
+    def on_setup(call, setup):
+        heard.append(("setup", setup.call_sid))
+
+    async def on_prompt(call, prompt):
+        await call.send_text(prompt.voice_prompt.upper(), last=True)
+
+    lab.use(Step(on_setup=on_setup, on_prompt=on_prompt))
+    call = lab.call()
+    assert call.say("echo me").text == "ECHO ME"
+    assert heard == [("setup", call.call_sid)]
+
+
+def test_a_failing_learner_hook_is_logged_and_the_call_goes_on(make_lab, relay_logs):
+    lab = make_lab("basic")
+
+    def on_dtmf(call, dtmf):
+        raise RuntimeError("oops in my handler")
+
+    lab.use(Step(on_dtmf=on_dtmf, on_prompt=lambda call, prompt: call.send_text("ok", last=True)))
+    call = lab.call()
+    call.press("5")
+    assert call.say("still there?").text == "ok"
+    assert "on_dtmf handler failed" in relay_logs.text
+
+
+def test_async_twins_work_from_another_event_loop(make_lab):
+    lab = make_lab("streaming")
+
+    async def from_my_loop():
+        call = await lab.call_async()
+        reply = await call.say_async("Hello")
+        await call.hang_up_async()
+        return reply
+
+    assert asyncio.run(from_my_loop()).complete
+
+
+def test_unknown_step_name_is_a_clear_error(make_lab):
+    lab = make_lab("basic")
+    try:
+        lab.use("fancy")
+    except ValueError as exc:
+        assert "basic, streaming, tracking" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")

@@ -1,0 +1,129 @@
+"""The relay's HTTP routes, signatures and resilience to bad input, over real sockets."""
+
+import asyncio
+import http.client
+import xml.etree.ElementTree as ET
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from relaylab import signatures
+
+
+def http_get(lab, path, method="GET", headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", lab.server.port, timeout=5)
+    conn.request(method, path, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.getheader("Content-Type"), response.read().decode()
+
+
+def test_healthz_and_404(lab):
+    assert http_get(lab, "/healthz")[::2] == (200, "ok\n")
+    status, _, body = http_get(lab, "/nope")
+    assert status == 404 and "/twiml" in body
+
+
+def test_twiml_points_at_wss_from_host_header(lab):
+    status, content_type, body = http_get(lab, "/twiml", headers={"Host": "abc.ngrok.app"})
+    assert status == 200 and content_type.startswith("text/xml")
+    relay = ET.fromstring(body).find("./Connect/ConversationRelay")
+    assert relay.get("url") == "wss://abc.ngrok.app/ws"
+    assert ET.fromstring(body).find("./Connect").get("action") == "https://abc.ngrok.app/action"
+
+
+def test_post_twiml_gets_405_saying_use_get(lab):
+    status, _, body = http_get(lab, "/twiml", method="POST")
+    assert status == 405 and "must use HTTP GET" in body
+
+
+def test_action_answers_goodbye_twiml(lab):
+    status, _, body = http_get(lab, "/action?SessionStatus=completed&CallSid=CA1")
+    assert status == 200 and ET.fromstring(body).find("./Hangup") is not None
+
+
+def test_public_url_names_the_wss_address(make_lab):
+    lab = make_lab(public_url="https://relay.example.com")
+    relay = ET.fromstring(http_get(lab, "/twiml")[2]).find("./Connect/ConversationRelay")
+    assert relay.get("url") == "wss://relay.example.com/ws"
+
+
+TOKEN = "test-auth-token-0123456789abcdef"
+
+
+def test_signed_requests_pass_and_others_get_403_with_no_session(make_lab, relay_logs):
+    lab = make_lab(auth_token=TOKEN)
+    host = f"127.0.0.1:{lab.server.port}"
+    assert http_get(lab, "/twiml")[0] == 403
+    forged = signatures.sign("some-other-token", f"https://{host}/twiml")
+    assert http_get(lab, "/twiml", headers={"X-Twilio-Signature": forged})[0] == 403
+    good = signatures.sign(TOKEN, f"https://{host}/twiml?From=%2B1555")
+    assert http_get(lab, "/twiml?From=%2B1555", headers={"X-Twilio-Signature": good})[0] == 200
+
+    async def unsigned():
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(lab.ws_url):
+                pass
+        return info.value.response.status_code
+
+    assert lab.run(unsigned()) == 403
+    assert lab.server.sessions == []
+    assert "X-Twilio-Signature" in relay_logs.text
+    assert TOKEN not in relay_logs.text
+
+    call = lab.call()  # signs with the lab's token, like Twilio would
+    assert call.say("Hello").complete
+
+
+BAD_FRAMES = [
+    ("{not json", "not valid JSON"),
+    ('{"type":"config","x":1}', "unknown type 'config'"),
+    (b"\x00\x01binary", "binary frame"),
+    ('{"type":"prompt","voicePrompt":"' + "x" * 70_000 + '"}', "larger than"),
+]
+
+
+@pytest.mark.parametrize(("frame", "logged"), BAD_FRAMES)
+def test_bad_frames_are_logged_and_the_call_goes_on(lab, relay_logs, frame, logged):
+    call = lab.call()
+    other = lab.call()
+    lab.run(call.send_async(frame))
+    assert call.say("Hello").complete
+    assert other.say("Hello").complete
+    assert logged in relay_logs.text
+
+
+def test_prompt_before_setup_is_refused_with_a_clear_log(lab, relay_logs):
+    async def scenario():
+        async with connect(lab.ws_url) as ws:
+            await ws.send('{"type":"prompt","voicePrompt":"hi","last":true}')
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.3)
+
+    lab.run(scenario())
+    assert "arrived before 'setup'" in relay_logs.text
+    assert lab.call().say("Hello").complete
+
+
+def test_a_frame_over_the_socket_limit_closes_only_that_call(lab):
+    victim = lab.call()
+    bystander = lab.call()
+    lab.run(victim.send_async("x" * 2_000_000))
+    victim.listen(0.3)
+    assert not victim.connected
+    assert bystander.say("Hello").complete
+
+
+def test_dropped_socket_mid_reply_cancels_the_model_stream(lab):
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+        await call._next(5)
+        call._socket.transport.abort()  # the line drops: no close frame
+        await asyncio.sleep(0.3)
+
+    lab.run(scenario())
+    assert lab.offline_claude.requests[-1].outcome == "client_closed"
+    assert lab.server.sessions == []
+    assert lab.call().say("Hello").complete

@@ -1,0 +1,215 @@
+"""Each lesson step end to end: real sockets, the real anthropic SDK, the offline Claude."""
+
+from conftest import assert_valid_history, frame_log
+
+TEN_THINGS = "Name ten things that happened in 1999"
+
+
+def offline_reply(lab, prompt):
+    """What the stand-in answers to a fresh conversation with only ``prompt``."""
+    reply = lab.run(_create(lab, prompt))
+    return reply
+
+
+async def _create(lab, prompt):
+    message = await lab.claude.messages.create(
+        model=lab.model,
+        max_tokens=lab.llm.max_tokens,
+        messages=[{"role": "user", "content": prompt}],
+    )
+    return message.content[0].text
+
+
+def test_basic_sends_the_whole_reply_as_one_final_frame(make_lab):
+    lab = make_lab("basic")
+    expected = offline_reply(lab, TEN_THINGS)
+    call = lab.call()
+    reply = call.say(TEN_THINGS)
+    frames = [f for f in reply.frames if f["type"] == "text"]
+    assert frames == [{"type": "text", "token": expected, "last": True}]
+    assert reply.text == expected and not reply.interrupted
+    assert call.conversation == [
+        {"role": "user", "content": TEN_THINGS},
+        {"role": "assistant", "content": expected},
+    ]
+    assert lab.offline_claude.requests[-1].stream is False
+
+
+def test_streaming_forwards_each_token_then_an_empty_last_frame(make_lab):
+    lab = make_lab("streaming")
+    expected = offline_reply(lab, TEN_THINGS)
+    call = lab.call()
+    reply = call.say(TEN_THINGS)
+    frames = [f for f in reply.frames if f["type"] == "text"]
+    assert len(frames) > 20
+    assert all(f["last"] is False for f in frames[:-1])
+    assert frames[-1] == {"type": "text", "token": "", "last": True}
+    assert "".join(f["token"] for f in frames) == expected == reply.text
+    assert call.conversation[-1] == {"role": "assistant", "content": expected}
+    assert reply.timings["first_token_ms"] < reply.timings["last_token_ms"] / 3
+    assert lab.offline_claude.requests[-1].stream is True
+
+
+def test_tracking_interrupt_mid_stream_stops_everything_and_keeps_only_the_heard_words(lab):
+    claude = lab.offline_claude
+    call = lab.call()
+    frames = frame_log(lab, call)
+    reply = call.say(TEN_THINGS, interrupt_after_words=6)
+    assert reply.interrupted and not reply.complete, "the interrupt should land mid-stream"
+    assert len(reply.heard.split()) == 6
+    call.listen(0.3)  # anything the relay still sent would arrive now
+
+    after = frames.out_after('"interrupt"')
+    assert after == [], f"the relay sent {after} after the interrupt"
+
+    request = claude.requests[-1]
+    interrupt_sent_at = next(t for t, m in call.sent if m.get("type") == "interrupt")
+    assert request.outcome == "client_closed"
+    assert request.client_closed_at - interrupt_sent_at < 0.1
+    assert request.tokens_sent < 0.8 * len(offline_reply(lab, TEN_THINGS).split())
+
+    assert call.conversation == [
+        {"role": "user", "content": TEN_THINGS},
+        {"role": "assistant", "content": reply.heard},
+    ]
+    follow_up = call.say("How far did you get?")
+    sent_to_model = claude.requests[-1].body["messages"]
+    assert sent_to_model[1] == {"role": "assistant", "content": reply.heard}
+    last_words = " ".join(reply.heard.split()[-3:]).rstrip(",.")
+    assert last_words.lower() in follow_up.text.lower()
+    assert_valid_history(call.conversation)
+
+
+def test_tracking_interrupt_after_the_reply_finished_truncates_the_stored_turn(make_lab):
+    lab = make_lab("tracking", tokens_per_second=2000.0, clock_speed=1.0)
+    call = lab.call()
+    reply = call.say("Tell me about dogs", interrupt_after_words=5)
+    assert reply.complete and reply.interrupted, "the reply should finish streaming first"
+    call.listen(0.1)
+    assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
+    assert len(reply.heard.split()) == 5
+    assert reply.text.startswith(reply.heard) and len(reply.text) > len(reply.heard)
+
+
+def test_tracking_interrupt_with_tts_normalised_utterance(make_lab):
+    lab = make_lab("tracking")
+    call = lab.call(tts_normalise=True)
+    reply = call.say("Tell me about dogs", interrupt_after_words=7)
+    call.listen(0.1)
+    assert reply.utterance != "" and call.conversation[-1]["content"] == reply.heard
+
+
+def test_empty_utterance_drops_the_assistant_turn_and_history_stays_valid(lab):
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+        first = await call._next(5)  # the first token: the reply is streaming
+        assert first["type"] == "text"
+        await call.send_async(
+            {"type": "interrupt", "utteranceUntilInterrupt": "", "durationUntilInterruptMs": 0}
+        )
+        await call.listen_async(0.2)
+
+    lab.run(scenario())
+    assert call.conversation == [{"role": "user", "content": "Tell me about dogs"}]
+    call.say("Hello")
+    assert [t["role"] for t in call.conversation] == ["user", "assistant"]
+    assert call.conversation[0]["content"] == "Tell me about dogs Hello"
+    assert_valid_history(call.conversation)
+
+
+def test_barge_in_cancels_the_running_reply_and_never_interleaves(lab):
+    claude = lab.offline_claude
+    dogs = offline_reply(lab, "Tell me about dogs")
+    call = lab.call()
+    frames = frame_log(lab, call)
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
+        for _ in range(3):
+            assert (await call._next(5))["type"] == "text"
+        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+        return await call.listen_async(2.5)
+
+    lab.run(scenario())
+    after = frames.out_after("about dogs")
+    assert "".join(f["token"] for f in after) == dogs
+    assert after[-1]["last"] is True and sum(f["last"] for f in after) == 1
+    first_request = claude.requests[-2]
+    assert first_request.outcome == "client_closed"
+    history = call.conversation
+    assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
+    assert history[3]["content"] == dogs
+    assert_valid_history(history)
+
+
+def test_streaming_step_does_not_cancel_on_barge_in(make_lab):
+    """Lesson 2 keeps the seed's behaviour, which lesson 3 then fixes."""
+    lab = make_lab("streaming")
+    call = lab.call()
+    frames = frame_log(lab, call)
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
+        await call._next(5)
+        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+        return await call.listen_async(3)
+
+    lab.run(scenario())
+    finals = [f for f in frames.texts_out() if f["last"]]
+    assert len(finals) == 2, "both replies ran to the end, interleaved"
+
+
+def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(lab, relay_logs):
+    from relaylab.session import APOLOGY
+
+    lab.offline_claude.fail_next("overloaded", times=2)  # the client retries once
+    call = lab.call()
+    reply = call.say("Hello")
+    assert reply.text == APOLOGY and reply.complete
+    assert "HTTP 529" in relay_logs.text and "apology" in relay_logs.text
+    again = call.say("Hello")
+    assert again.text != APOLOGY and again.complete
+    assert_valid_history(call.conversation)
+    assert call.conversation[1] == {"role": "assistant", "content": APOLOGY}
+
+
+def test_stream_cut_mid_reply_ends_with_an_apology(lab, relay_logs):
+    from relaylab.session import APOLOGY
+
+    lab.offline_claude.fail_next("cut")
+    call = lab.call()
+    reply = call.say(TEN_THINGS)
+    assert reply.complete and reply.text.endswith(APOLOGY) and len(reply.text) > len(APOLOGY)
+    assert "cut" in relay_logs.text or "connection" in relay_logs.text
+    assert_valid_history(call.conversation)
+    assert call.say("Hello").complete
+
+
+def test_basic_step_model_failure(make_lab):
+    from relaylab.session import APOLOGY
+
+    lab = make_lab("basic")
+    lab.offline_claude.fail_next("server_error", times=2)
+    call = lab.call()
+    assert call.say("Hello").text == APOLOGY
+    assert call.say("Hello").text != APOLOGY
+
+
+def test_offline_claude_can_be_shared_by_two_labs_pointed_at_it_as_base_url(make_lab, monkeypatch):
+    """ANTHROPIC_BASE_URL sends the relay to any Messages API server."""
+    from relaylab.lab import Lab
+
+    other = make_lab("basic")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", other.offline_claude.base_url)
+    lab = Lab("streaming", clock_speed=4.0)
+    try:
+        assert lab.backend.kind == "custom" and lab.offline_claude is None
+        reply = lab.call().say("Hello")
+        assert reply.complete
+        assert other.offline_claude.requests[-1].body["messages"] == [
+            {"role": "user", "content": "Hello"}
+        ]
+    finally:
+        lab.stop()
