@@ -14,10 +14,12 @@ import bisect
 import json
 import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -141,6 +143,7 @@ class SimulatedCall:
         portal: LoopThread | None = None,
         session_lookup: Callable[[str], Any] | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None,
+        action_url: str | None = None,
     ) -> None:
         self.ws_url = ws_url
         self.auth_token = auth_token
@@ -154,7 +157,9 @@ class SimulatedCall:
         self.replies: list[Reply] = []
         self.received: list[tuple[float, dict[str, Any]]] = []  # every frame in, with its time
         self.sent: list[tuple[float, dict[str, Any]]] = []  # every frame out, with its time
-        self.handoff_data: str | None = None
+        self.action_url = action_url
+        self.handoff_data: str | None = None  # set when the relay ends the session
+        self.action_twiml: str | None = None  # what the <Connect action> URL answered
         self._portal = portal
         self._session_lookup = session_lookup
         self.on_frame = on_frame
@@ -296,11 +301,26 @@ class SimulatedCall:
                 self.received.append((time.monotonic(), message))
                 if self.on_frame is not None:
                     self.on_frame(message)
+                self._inbox.put_nowait(message)
                 if message.get("type") == "end":
                     self.handoff_data = message.get("handoffData", "")
-                self._inbox.put_nowait(message)
+                    await self._socket.close()  # Twilio closes the socket after `end`
         except ConnectionClosed:
             pass
+        if self.handoff_data is not None and self.action_url:
+            self.action_twiml = await asyncio.to_thread(self._request_action)
+
+    def _request_action(self) -> str:
+        """Request the <Connect action> URL the way Twilio does after `end`."""
+        query = urlencode(
+            {"CallSid": self.call_sid, "SessionStatus": "ended", "HandoffData": self.handoff_data}
+        )
+        url = f"{self.action_url}?{query}"
+        request = urllib.request.Request(url)
+        if self.auth_token:
+            request.add_header("X-Twilio-Signature", signatures.sign(self.auth_token, url))
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
 
     async def _next(self, timeout: float) -> dict[str, Any] | None:
         if self._reader is None or (self._reader.done() and self._inbox.empty()):
@@ -380,6 +400,7 @@ class SimulatedCall:
                 reply.timings["last_token_ms"] = (arrived - sent_at) * 1000
         if not reply.interrupted:
             reply.heard = reply.text.strip()
+        self._find_session()  # keep hold of it: the relay forgets it once the call ends
         return reply
 
     async def _interrupt(

@@ -158,6 +158,7 @@ class Lab:
             auth_token=self.auth_token,
             portal=self._loop,
             session_lookup=self.server.find,
+            action_url=f"{self.http_url}/action",
             **options,
         )
 

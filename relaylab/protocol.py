@@ -249,7 +249,7 @@ def language(*, tts_language: str | None = None, transcription_language: str | N
 
 
 def end(handoff_data: str | dict[str, Any] | None = None) -> str:
-    """An ``end`` frame: close the session; ``handoff_data`` goes to the ``<Connect action>`` URL."""
+    """An ``end`` frame: close the session; ``handoff_data`` goes to the Connect action URL."""
     if handoff_data is None:
         handoff_data = ""
     if not isinstance(handoff_data, str):

@@ -213,3 +213,26 @@ def test_offline_claude_can_be_shared_by_two_labs_pointed_at_it_as_base_url(make
         ]
     finally:
         lab.stop()
+
+
+def test_handoff_on_dtmf_zero_ends_the_session_and_action_dials(make_lab):
+    lab = make_lab("handoff")
+    lab.server.dial_number = "+15550199"
+    call = lab.call()
+    assert call.say("Hello").complete
+    call.press("0")
+    frames = call.listen(0.5)
+    assert frames[-1] == {"type": "end", "handoffData": '{"reason": "human", "via": "dtmf"}'}
+    assert not call.connected
+    assert "<Dial>+15550199</Dial>" in call.action_twiml
+
+
+def test_handoff_when_the_caller_asks_for_a_person(make_lab):
+    lab = make_lab("handoff", auth_token="tok-for-action")
+    call = lab.call()
+    reply = call.say("Can I talk to a real person please?")
+    assert reply.complete and "put you through" in reply.text
+    call.listen(0.3)
+    assert '"via": "asked"' in call.handoff_data
+    assert "<Hangup" in call.action_twiml  # no dial number configured: a goodbye
+    assert_valid_history(call.conversation)

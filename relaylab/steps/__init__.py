@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HOOKS = ("on_setup", "on_prompt", "on_interrupt", "on_dtmf", "on_close")
-LESSONS = ("basic", "streaming", "tracking")
+LESSONS = ("basic", "streaming", "tracking", "handoff")
 
 
 @dataclass

@@ -1,0 +1,220 @@
+"""The command line, run as a user would: separate processes, real sockets.
+
+The black-box test drives `relaylab serve --step tracking` with ANTHROPIC_BASE_URL
+pointing at a Messages API server in this process and a bare WebSocket client that
+knows nothing of relaylab, the way an outside check would.
+"""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+
+from relaylab.loop import LoopThread
+from relaylab.offline_claude import OfflineClaude
+
+RELAYLAB = [sys.executable, "-m", "relaylab"]
+
+
+def test_demo_runs_the_lesson_path_offline_and_exits_0():
+    done = subprocess.run(
+        [*RELAYLAB, "demo", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for heading in ("Lesson 1", "Lesson 2", "Lesson 3"):
+        assert heading in out
+    assert "interrupted; unheard" in out
+    assert "You stopped me just after I said" in out
+    assert re.search(r"first word [\d.]+x sooner", out)
+
+
+def _offline_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TWILIO_"))}
+    return {**env, **extra}
+
+
+@pytest.fixture
+def model_server():
+    loop = LoopThread("model-server")
+    claude = OfflineClaude(first_token_delay=0.05, tokens_per_second=80)
+    loop.run(claude.start())
+    yield claude
+    loop.run(claude.stop())
+    loop.close()
+
+
+@pytest.fixture
+def relay(model_server):
+    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--step", "tracking", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        ws_url = None
+        deadline = time.monotonic() + 20
+        while ws_url is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            if match := re.search(r"(ws://127\.0\.0\.1:\d+/ws)", line):
+                ws_url = match.group(1)
+        assert ws_url, f"relay did not start: {process.stderr.read() if process.poll() else ''}"
+        yield ws_url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        process.stdout.close()
+        process.stderr.close()
+
+
+SETUP = {
+    "type": "setup",
+    "sessionId": "VX1",
+    "callSid": "CA_blackbox",
+    "from": "+1",
+    "to": "+2",
+    "direction": "inbound",
+    "callType": "PSTN",
+    "callStatus": "RINGING",
+    "customParameters": {},
+}
+
+
+async def _frames_until(ws, predicate, timeout=10.0):
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        frames.append(frame)
+        if predicate(frames):
+            return frames
+    raise AssertionError(f"timed out; got {frames}")
+
+
+async def _quiet_for(ws, seconds):
+    try:
+        frame = await asyncio.wait_for(ws.recv(), seconds)
+    except TimeoutError:
+        return None
+    return json.loads(frame)
+
+
+def test_black_box_interrupt_aborts_the_stream_and_only_heard_words_reach_the_model(
+    relay, model_server
+):
+    async def call():
+        async with connect(relay) as ws:
+            await ws.send(json.dumps(SETUP))
+            await ws.send(
+                json.dumps({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+            )
+            frames = await _frames_until(
+                ws, lambda f: len("".join(x["token"] for x in f).split()) >= 6
+            )
+            heard = " ".join("".join(x["token"] for x in frames).split()[:4])
+            sent_at = time.monotonic()
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "interrupt",
+                        "utteranceUntilInterrupt": heard,
+                        "durationUntilInterruptMs": "1450",
+                    }
+                )
+            )
+            late = await _quiet_for(ws, 0.5)
+            await ws.send(
+                json.dumps({"type": "prompt", "voicePrompt": "How far did you get?", "last": True})
+            )
+            answer = await _frames_until(ws, lambda f: f[-1].get("last") is True)
+            return heard, sent_at, late, "".join(x["token"] for x in answer)
+
+    heard, interrupt_at, late, answer = asyncio.run(call())
+    first, second = model_server.requests[-2:]
+    assert first.outcome == "client_closed"
+    assert first.client_closed_at - interrupt_at < 0.1
+    assert late is None, f"a frame arrived after the interrupt: {late}"
+    assert second.body["messages"] == [
+        {"role": "user", "content": "Tell me about dogs"},
+        {"role": "assistant", "content": heard.rstrip(",.")},
+        {"role": "user", "content": "How far did you get?"},
+    ]
+    assert heard.split()[-1].rstrip(",.") in answer
+
+
+def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
+    async def call():
+        async with connect(relay) as ws:
+            await ws.send(json.dumps(SETUP))
+            await ws.send(
+                json.dumps({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
+            )
+            await _frames_until(ws, lambda f: len(f) >= 3)
+            await ws.send(json.dumps({"type": "prompt", "voicePrompt": "Hello", "last": True}))
+            return await _frames_until(ws, lambda f: sum(x.get("last", False) for x in f) >= 1)
+
+    frames = asyncio.run(call())
+    dogs, hello = model_server.requests[-2:]
+    assert dogs.outcome == "client_closed"
+    # Frames of the first reply still in flight may arrive first; after the new
+    # reply's first token, nothing of the old one.
+    text = "".join(f["token"] for f in frames)
+    greeting = _reply_text(model_server, hello)
+    assert text.endswith(greeting)
+    assert sum(f["last"] for f in frames) == 1
+
+
+def _reply_text(claude, record):
+    from relaylab.offline_claude import _reply_for
+
+    return _reply_for(record.body["messages"])
+
+
+def test_serve_rejects_unsigned_sockets_when_twilio_token_is_set(model_server):
+    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, TWILIO_AUTH_TOKEN="tok-123")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = []
+        while not any("ws://" in line for line in lines):
+            lines.append(process.stdout.readline())
+        ws_url = re.search(r"(ws://\S+/ws)", "".join(lines)).group(1)
+        assert any("signatures: checked" in line for line in lines + [process.stdout.readline()])
+
+        async def unsigned():
+            from websockets.exceptions import InvalidStatus
+
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(ws_url):
+                    pass
+            return info.value.response.status_code
+
+        assert asyncio.run(unsigned()) == 403
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+        process.stdout.close()
