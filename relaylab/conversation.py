@@ -36,6 +36,11 @@ logger = logging.getLogger("relaylab.conversation")
 
 # --- What the caller heard ---------------------------------------------------------------
 
+# The ways a voice may say one sent word, each as comparable words, most typical first:
+# "1999" -> [["nineteen", "ninety", "nine"], ["one", "thousand", "nine", ...], ...].
+# A word of pure punctuation, like "—", is said as nothing: [[]].
+WaysToSay = list[list[str]]
+
 # Costs of explaining the heard words with the sent words: the cheapest explanation wins.
 _SAME_WORD = 0
 _CLOSE_WORD = 1  # a small misspelling: "colour" said as "color"
@@ -82,14 +87,13 @@ def heard_prefix(sent: str, utterance: str) -> str:
     return _cut(sent, words, readings, count)
 
 
-def _readings(word: str) -> list[list[str]]:
-    """Ways a voice may say one sent word, as comparable words: "$5" -> [["five", "dollars"]].
-    A word of pure punctuation ("—") is said as nothing: [[]]."""
+def _readings(word: str) -> WaysToSay:
+    """Ways a voice may say one sent word: "$5" -> [["five", "dollars"]]."""
     readings = [comparable_words(variant) for variant in spoken_variants(word)]
     return list({tuple(r): r for r in readings}.values())
 
 
-def _readings_worth_aligning(words: list[Word], heard_count: int) -> list[list[list[str]]]:
+def _readings_worth_aligning(words: list[Word], heard_count: int) -> list[WaysToSay]:
     """Readings of the first sent words, enough of them to cover `heard_count` heard words
     with room to spare. (A long reply cut early needs only its first few words.)"""
     enough = 2 * heard_count + 10
@@ -102,9 +106,7 @@ def _readings_worth_aligning(words: list[Word], heard_count: int) -> list[list[l
     return readings
 
 
-def _without_cut_off_word(
-    heard: list[str], readings: list[list[list[str]]]
-) -> tuple[list[str], bool]:
+def _without_cut_off_word(heard: list[str], readings: list[WaysToSay]) -> tuple[list[str], bool]:
     """Drop the last heard word if the voice was cut off in the middle of it: "launc" is
     not a word we sent, but the start of one ("launched")."""
     if not heard:
@@ -117,7 +119,7 @@ def _without_cut_off_word(
 
 
 def _count_heard_words(
-    readings: list[list[list[str]]], heard: list[str], *, last_word_exact: bool
+    readings: list[WaysToSay], heard: list[str], *, last_word_exact: bool
 ) -> int:
     """How many sent words, from the start, the heard words cover (0 if none line up).
 
@@ -136,19 +138,22 @@ def _count_heard_words(
             cost[i][j] = new_cost
 
     for i, row in enumerate(cost):
-        nearby = range(
-            max(0, expected_start[i] - _MAX_DRIFT), min(len(heard), expected_start[i] + _MAX_DRIFT)
-        )
-        for j in nearby:
+        first = max(0, expected_start[i] - _MAX_DRIFT)
+        last = min(len(heard), expected_start[i] + _MAX_DRIFT)
+        for j in range(first, last + 1):
             if j not in row:
                 continue
-            improve(i, j + 1, row[j] + _EXTRA_HEARD_WORD)
+            if j < len(heard):
+                improve(i, j + 1, row[j] + _EXTRA_HEARD_WORD)
             if i == len(readings):
                 continue
             improve(i + 1, j, row[j] + _MISSING_SENT_WORD)
             for reading in readings[i]:
                 said = heard[j : j + len(reading)]
-                match_cost = _match_cost(reading, said, ends_heard=j + len(reading) == len(heard))
+                ends_heard = j + len(reading) == len(heard)
+                match_cost = _match_cost(
+                    reading, said, exact_last_word=ends_heard and last_word_exact
+                )
                 if match_cost is not None:
                     improve(i + 1, j + len(reading), row[j] + match_cost)
 
@@ -162,16 +167,18 @@ def _count_heard_words(
     return min(range(len(cost)), key=lambda i: (explaining_all_heard_words(i), i))
 
 
-def _match_cost(reading: list[str], said: list[str], *, ends_heard: bool) -> int | None:
+def _match_cost(reading: list[str], said: list[str], *, exact_last_word: bool) -> int | None:
     """Cost of the voice saying `reading` as `said`, or None if they are different words.
-    The very last heard word must match exactly: it may have been cut off mid-word."""
+    With exact_last_word, the last word must match exactly: it may have been cut off
+    mid-word ("launche" is close to "launched", but was not heard in full)."""
     if len(said) != len(reading):
         return None
     total = 0
     for position, (expected, actual) in enumerate(zip(reading, said, strict=True)):
+        is_last = position == len(reading) - 1
         if expected == actual:
             total += _SAME_WORD
-        elif _close(expected, actual) and not (ends_heard and position == len(reading) - 1):
+        elif _close(expected, actual) and not (exact_last_word and is_last):
             total += _CLOSE_WORD
         else:
             return None
@@ -182,10 +189,12 @@ def _close(expected: str, actual: str) -> bool:
     """Misspelled rather than different? Short words must match exactly."""
     shorter = min(len(expected), len(actual))
     allowed = 0 if shorter < 4 else 1 if shorter < 8 else 2
+    if abs(len(expected) - len(actual)) > allowed or expected[0] != actual[0]:
+        return False  # quick answer; misspellings rarely change the first letter
     return edit_distance(expected, actual) <= allowed
 
 
-def _estimate_heard_words(readings: list[list[list[str]]], heard_count: int) -> int:
+def _estimate_heard_words(readings: list[WaysToSay], heard_count: int) -> int:
     """How many sent words take `heard_count` words to say (at most all of them)."""
     count = said = 0
     for word_readings in readings:
@@ -196,7 +205,7 @@ def _estimate_heard_words(readings: list[list[list[str]]], heard_count: int) -> 
     return count
 
 
-def _cut(sent: str, words: list[Word], readings: list[list[list[str]]], count: int) -> str:
+def _cut(sent: str, words: list[Word], readings: list[WaysToSay], count: int) -> str:
     """`sent` up to the end of its `count`-th word, without the punctuation after it,
     or all of `sent` when every word that is said out loud was heard."""
     said_aloud = [i for i, word_readings in enumerate(readings[:count]) if word_readings[0]]

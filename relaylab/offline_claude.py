@@ -105,7 +105,8 @@ REPLIES: dict[str, str] = {
     ),
 }
 
-# Keywords (whole words or phrases, case-insensitive) that select a reply, checked in order.
+# Keywords (whole words or phrases, case-insensitive, punctuation ignored) that select a
+# reply, checked in order.
 _KEYWORDS: list[tuple[str, tuple[str, ...]]] = [
     (
         "progress",
@@ -114,12 +115,11 @@ _KEYWORDS: list[tuple[str, tuple[str, ...]]] = [
             "how far you got",
             "how far had you got",
             "where did you stop",
-            "where were you",
             "what did you say last",
             "what was the last thing you said",
         ),
     ),
-    ("1999", ("1999", "nineteen ninety nine", "nineteen ninety-nine")),
+    ("1999", ("1999", "nineteen ninety nine")),
     ("dogs", ("dog", "dogs", "puppy", "puppies")),
     ("greeting", ("hello", "hi", "hey", "good morning", "good afternoon", "good evening")),
 ]
@@ -392,7 +392,9 @@ class RecordedRequest:
     hung up before the reply was complete), "failed:<kind>" (a ``fail_next`` failure, or
     "failed:stopped" if the server stopped) or "rejected" (a 400).
     ``first_token_at`` is when the first text token was written; for a non-stream
-    request, that is when the whole response was sent.
+    request, that is when the whole response was sent. ``reply`` is the full text the
+    server chose, ``tokens_planned`` how many of its tokens it meant to send (after
+    max_tokens), ``tokens_sent`` how many it did send.
     """
 
     body: dict[str, Any]

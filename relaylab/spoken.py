@@ -265,9 +265,13 @@ def speak(text: str) -> str:
     """The text as a typical TTS voice says it: numbers, money, percentages, times and
     symbols spelled out; words, spacing and punctuation kept.
 
-    >>> speak("In 1999, 1,200 people paid $1.50 (10% off) for the 21st & last time.")
-    'In nineteen ninety-nine, one thousand two hundred people paid one dollar fifty (ten percent off) for the twenty-first and last time.'
-    """  # noqa: E501
+    >>> speak("In 1999, 1,200 paid $1.50 & came 21st.")
+    'In nineteen ninety-nine, one thousand two hundred paid one dollar fifty and came twenty-first.'
+
+    A bare four-digit number from 1100 to 2099 is read as a year ("1999" -> "nineteen
+    ninety-nine"); with a comma it is a quantity ("1,999" -> "one thousand nine hundred
+    ninety-nine").
+    """
     return _close_gaps(_SAID_DIFFERENTLY.sub(lambda m: _spaced(_readings(m)[0], m), text))
 
 

@@ -556,19 +556,16 @@ FAST_FLAGS = ["--first-token-delay", "0", "--tokens-per-second", "1000"]
 
 
 def test_command_line_runs_it_standalone() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relaylab.offline_claude", "--port", "0", *FAST_FLAGS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line).group()
-        client = anthropic.Anthropic(base_url=url, api_key="offline", max_retries=0)
-        message = client.messages.create(model=MODEL, max_tokens=100, messages=DOGS)
-        assert message.content[0].text == "".join(tokenize(REPLIES["dogs"])[:100])
-        client.close()
-    finally:
-        process.terminate()
-        assert process.wait(5) == 0
+    command = [sys.executable, "-m", "relaylab.offline_claude", "--port", "0", *FAST_FLAGS]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as process:
+        try:
+            line = process.stdout.readline()
+            url = re.search(r"http://127\.0\.0\.1:\d+", line).group()
+            with anthropic.Anthropic(base_url=url, api_key="offline", max_retries=0) as client:
+                message = client.messages.create(model=MODEL, max_tokens=100, messages=DOGS)
+            assert message.content[0].text == "".join(tokenize(REPLIES["dogs"])[:100])
+        finally:
+            process.terminate()
+            assert process.wait(5) == 0
