@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from relaylab.spoken import speak
+
 __all__ = ["FAILURE_KINDS", "REPLIES", "OfflineClaude", "RecordedRequest", "main", "tokenize"]
 
 log = logging.getLogger("relaylab.offline_claude")
-# Without a handler, Python prints warnings to stderr, which from a background thread
-# would land in whichever notebook cell runs next; the app decides where logs go.
-log.addHandler(logging.NullHandler())
 
 # --------------------------------------------------------------------------------------
 # What the stand-in says. The reply is chosen from the last user message: the first
@@ -247,48 +246,13 @@ _LEAD_IN = re.compile(
 
 def _topic(question: str) -> str:
     """What the caller asked about, in a form that reads naturally inside a sentence."""
-    text = re.sub(r"(\d+)\.(\d+)", lambda m: f"{m[1]} point {' '.join(m[2])}", question)
-    text = text.replace("%", " percent ").replace("&", " and ")
-    text = _LEAD_IN.sub("", text.strip())
-    text = re.sub(r"\d+", lambda m: _spell_number(int(m.group())), text)
+    text = _LEAD_IN.sub("", speak(question.strip()))
     words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", text)[:12]
     if not words:
         return "that"
     if len(words[0]) > 1 and words[0][1:].islower():
         words[0] = words[0].lower()
     return " ".join(words)
-
-
-# fmt: off
-_ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-    "eighteen", "nineteen",
-]
-# fmt: on
-_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-
-
-def _spell_number(n: int) -> str:
-    """Spell out a whole number the way it is said aloud (years in pairs)."""
-    if 1100 <= n <= 2099 and n % 100 and not 2001 <= n <= 2009:
-        high, low = divmod(n, 100)
-        return f"{_spell_number(high)} {'oh ' if low < 10 else ''}{_spell_number(low)}"
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (f" {_ONES[ones]}" if ones else "")
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return f"{_ONES[hundreds]} hundred" + (f" and {_spell_number(rest)}" if rest else "")
-    if n < 1_000_000:
-        thousands, rest = divmod(n, 1000)
-        joiner = " and " if rest < 100 else " "
-        return f"{_spell_number(thousands)} thousand" + (
-            f"{joiner}{_spell_number(rest)}" if rest else ""
-        )
-    return " ".join(_ONES[int(d)] for d in str(n))
 
 
 # --------------------------------------------------------------------------------------

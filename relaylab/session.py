@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import httpx2
 
 from relaylab import protocol
 from relaylab.conversation import Conversation, heard_prefix
@@ -312,5 +313,7 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, anthropic.APITimeoutError):
         return "Claude did not answer in time"
     if isinstance(exc, anthropic.APIConnectionError):
-        return "could not reach Claude (connection failed or was cut)"
+        return "could not reach Claude (the connection failed)"
+    if isinstance(exc, httpx2.TransportError):
+        return f"the connection to Claude was cut mid-reply ({exc})"
     return f"{type(exc).__name__}: {exc}"
