@@ -37,6 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--dial-number", help="on a handoff to a human, dial this number")
     serve.add_argument("--welcome-greeting", help="what Twilio says when the call connects")
+    serve.add_argument("--language", help="speech language, e.g. en-US")
+    serve.add_argument("--voice", help="the TTS voice")
+    serve.add_argument("--tts-provider", help="ElevenLabs, Google or Amazon")
+    serve.add_argument("--interruptible", choices=["none", "dtmf", "speech", "any"])
+    serve.add_argument(
+        "--dtmf", action="store_true", help="send key presses to the relay (on for --step handoff)"
+    )
+    serve.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a <Parameter> the relay receives in setup.customParameters (repeatable)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
     demo = commands.add_parser("demo", help="run the three lessons offline and print a transcript")
@@ -76,7 +90,6 @@ async def serve_forever(args: argparse.Namespace) -> int:
         claude = OfflineClaude()
         await claude.start()
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
-    options = {"welcome_greeting": args.welcome_greeting} if args.welcome_greeting else {}
     server = RelayServer(
         step=args.step,
         llm=make_llm(backend, offline_url=claude.base_url if claude else None),
@@ -84,7 +97,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
         port=args.port,
         auth_token=auth_token,
         public_url=args.public_url,
-        twiml_options=options,
+        twiml_options=twiml_options(args),
         dial_number=args.dial_number,
     )
     await server.start()
@@ -116,6 +129,26 @@ async def serve_forever(args: argparse.Namespace) -> int:
         if claude:
             await claude.stop()
     return 0
+
+
+def twiml_options(args: argparse.Namespace) -> dict[str, object]:
+    """The <ConversationRelay> attributes chosen on the command line (unset ones left out)."""
+    parameters = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
+        parameters[name] = value
+    options = {
+        "welcome_greeting": args.welcome_greeting,
+        "language": args.language,
+        "voice": args.voice,
+        "tts_provider": args.tts_provider,
+        "interruptible": args.interruptible,
+        "dtmf_detection": True if args.dtmf or args.step == "handoff" else None,
+        "parameters": parameters or None,
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 async def terminal_call(ws_url: str, auth_token: str | None, words_per_minute: float) -> int:

@@ -5,6 +5,7 @@ pointing at a Messages API server in this process and a bare WebSocket client th
 knows nothing of relaylab, the way an outside check would.
 """
 
+import argparse
 import asyncio
 import json
 import os
@@ -17,6 +18,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
+from relaylab.cli import twiml_options
 from relaylab.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
 
@@ -218,3 +220,50 @@ def test_serve_rejects_unsigned_sockets_when_twilio_token_is_set(model_server):
         process.send_signal(signal.SIGINT)
         process.wait(10)
         process.stdout.close()
+
+
+def test_serve_twiml_options_from_the_command_line():
+    args = argparse.Namespace(
+        welcome_greeting="Hello!",
+        language="en-GB",
+        voice=None,
+        tts_provider="Google",
+        interruptible="speech",
+        dtmf=False,
+        step="handoff",
+        param=["lesson=4", "team=blue"],
+    )
+    assert twiml_options(args) == {
+        "welcome_greeting": "Hello!",
+        "language": "en-GB",
+        "tts_provider": "Google",
+        "interruptible": "speech",
+        "dtmf_detection": True,
+        "parameters": {"lesson": "4", "team": "blue"},
+    }
+    args.param = ["oops"]
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        twiml_options(args)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--tunnel"], "NGROK_AUTHTOKEN"),
+        (
+            ["--public-url", "https://relay.example.com", "--configure-number", "+15551234567"],
+            "TWILIO_ACCOUNT_SID",
+        ),
+        (["--public-url", "http://relay.example.com"], "https"),
+    ],
+)
+def test_serve_without_keys_fails_with_a_clear_message_not_a_traceback(flags, says):
+    done = subprocess.run(
+        [*RELAYLAB, "serve", "--offline", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_offline_env(NGROK_AUTHTOKEN=""),
+    )
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr
