@@ -12,7 +12,6 @@ conversation itself lives in session.py and the steps.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -176,8 +175,6 @@ class RelayServer:
                 await session.handle_frame(frame)
         except ConnectionClosed as exc:
             log.info("%r: the socket dropped (%s)", session, exc)
-        except asyncio.CancelledError:
-            raise
         finally:
             await session.close()
             self.sessions.remove(session)

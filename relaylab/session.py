@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import time
 from collections import deque
@@ -36,7 +35,6 @@ Listener = Callable[["Event"], None]
 _current_reply: contextvars.ContextVar[ReplyTask | None] = contextvars.ContextVar(
     "relaylab_current_reply", default=None
 )
-_reply_ids = itertools.count(1)
 
 
 class HungUp(ConnectionError):
@@ -58,7 +56,7 @@ class ReplyTask:
     """One prompt's reply: the task producing it and everything it has sent."""
 
     prompt: str
-    id: int = field(default_factory=lambda: next(_reply_ids))
+    id: int  # 1 for the call's first reply, 2 for the next, ...
     sent: str = ""
     state: str = "running"  # running, done, cancelled, failed
     heard: str | None = None  # set when the caller interrupts this reply
@@ -156,7 +154,7 @@ class CallSession:
         return running[-1] if running else None
 
     def _start_reply(self, prompt: protocol.Prompt) -> None:
-        reply = ReplyTask(prompt=prompt.voice_prompt)
+        reply = ReplyTask(prompt=prompt.voice_prompt, id=len(self.replies) + 1)
         self.replies.append(reply)
         context = contextvars.copy_context()
         context.run(_current_reply.set, reply)
