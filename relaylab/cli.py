@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from dotenv import find_dotenv, load_dotenv
+
 from relaylab.caller import SimulatedCall
 from relaylab.llm import choose_backend, make_llm
 from relaylab.offline_claude import OfflineClaude
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     call.add_argument("--words-per-minute", type=float, default=165.0)
 
     args = parser.parse_args(argv)
+    load_dotenv(find_dotenv(usecwd=True))  # keys from a git-ignored .env; the environment wins
     if args.command == "demo":
         from relaylab.demo import run_demo
 

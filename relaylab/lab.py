@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import anthropic
+from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
 from relaylab.llm import Backend, choose_backend, make_llm
@@ -207,6 +208,7 @@ class Lab:
 def start(step: object = "tracking", **options: Any) -> Lab:
     """Start a Lab, stopping the one this process started before (safe to re-run a cell).
 
+    Keys come from the environment, or from a ``.env`` file in this folder or above it.
     Options are Lab's: host, port, offline, auth_token, public_url, first_token_delay,
     tokens_per_second, words_per_minute, clock_speed, twiml_options. ``auth_token``
     defaults to TWILIO_AUTH_TOKEN when set, so local calls are signed and checked.
@@ -215,6 +217,7 @@ def start(step: object = "tracking", **options: Any) -> Lab:
         previous = list(_running)
     for lab in previous:
         lab.stop()
+    load_dotenv(find_dotenv(usecwd=True))  # keys from a git-ignored .env; the environment wins
     options.setdefault("auth_token", os.environ.get("TWILIO_AUTH_TOKEN") or None)
     lab = Lab(step, **options)
     with _running_lock:

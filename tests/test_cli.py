@@ -267,3 +267,24 @@ def test_serve_without_keys_fails_with_a_clear_message_not_a_traceback(flags, sa
     )
     assert done.returncode == 2
     assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_reads_keys_from_a_dotenv_file_and_never_prints_them(tmp_path):
+    (tmp_path / ".env").write_text("TWILIO_AUTH_TOKEN=from-dotenv-secret\n")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--offline", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=_offline_env(),
+    )
+    try:
+        lines = []
+        while not lines or "signatures" not in lines[-1]:
+            lines.append(process.stdout.readline())
+        assert "signatures: checked" in lines[-1]
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=10)
+    assert "from-dotenv-secret" not in "".join(lines) + rest
