@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 DEFAULT_WORDS_PER_MINUTE = 165.0
 _WORD = re.compile(r"\S+")
+_WAKE: dict[str, Any] = {"type": "_wake"}  # an inbox marker, never sent or received
 _TRAILING = ",.;:!?\"')]}"
 
 
@@ -160,9 +161,12 @@ class SimulatedCall:
         self.action_url = action_url
         self.handoff_data: str | None = None  # set when the relay ends the session
         self.action_twiml: str | None = None  # what the <Connect action> URL answered
-        self._portal = portal
+        self.portal = portal
+        self._playing: tuple[Reply, SpeechClock, float] | None = None  # the latest reply
         self._session_lookup = session_lookup
-        self.on_frame = on_frame
+        self.frame_listeners: list[Callable[[dict[str, Any]], None]] = (
+            [on_frame] if on_frame else []
+        )
         self._session: Any = None
         self._socket: ClientConnection | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -179,13 +183,13 @@ class SimulatedCall:
     # -- running on the relay's loop -------------------------------------------------
 
     def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._portal is None:
+        if self.portal is None:
             coro.close()
             raise RuntimeError("this call has no background loop; use the _async methods")
-        return self._portal.run(coro)
+        return self.portal.run(coro)
 
     async def _async(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await self._portal.arun(coro) if self._portal else await coro
+        return await self.portal.arun(coro) if self.portal else await coro
 
     # -- public API ------------------------------------------------------------------
 
@@ -217,6 +221,13 @@ class SimulatedCall:
         return await self._async(
             self._say(text, interrupt_after_words, interrupt_after_ms, timeout)
         )
+
+    def interrupt(self) -> Reply | None:
+        """Talk over the reply now; None when nothing is playing any more."""
+        return self._sync(self._interrupt_now())
+
+    async def interrupt_async(self) -> Reply | None:
+        return await self._async(self._interrupt_now())
 
     def press(self, digit: str) -> None:
         """Press a key on the phone (a ``dtmf`` message)."""
@@ -299,8 +310,8 @@ class SimulatedCall:
             async for frame in self._socket:
                 message = json.loads(frame)
                 self.received.append((time.monotonic(), message))
-                if self.on_frame is not None:
-                    self.on_frame(message)
+                for listener in self.frame_listeners:
+                    listener(message)
                 self._inbox.put_nowait(message)
                 if message.get("type") == "end":
                     self.handoff_data = message.get("handoffData", "")
@@ -338,7 +349,7 @@ class SimulatedCall:
                 frame = await self._next(left)
             except ConnectionError:
                 break
-            if frame is not None:
+            if frame is not None and frame is not _WAKE:
                 frames.append(frame)
         return frames
 
@@ -358,6 +369,7 @@ class SimulatedCall:
             {"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True}
         )
         sent_at = time.monotonic()
+        self._playing = (reply, clock, sent_at)
         deadline = sent_at + timeout
         wants_interrupt = interrupt_after_words is not None or interrupt_after_ms is not None
 
@@ -368,7 +380,7 @@ class SimulatedCall:
                 return clock.time_of_ms(interrupt_after_ms)
             return None
 
-        while True:
+        while not reply.interrupted:  # interrupt_async() may end it from another task
             now = time.monotonic()
             at = interrupt_time() if wants_interrupt else None
             if at is not None and now >= at:
@@ -382,7 +394,7 @@ class SimulatedCall:
             if now >= deadline:
                 raise TimeoutError(f"no complete reply to {text!r} within {timeout} seconds")
             frame = await self._next(min(deadline, at or deadline) - now)
-            if frame is None:
+            if frame is None or frame is _WAKE:
                 continue
             reply.frames.append(frame)
             if frame.get("type") == "end":
@@ -401,6 +413,17 @@ class SimulatedCall:
         if not reply.interrupted:
             reply.heard = reply.text.strip()
         self._find_session()  # keep hold of it: the relay forgets it once the call ends
+        return reply
+
+    async def _interrupt_now(self) -> Reply | None:
+        if self._playing is None:
+            return None
+        reply, clock, sent_at = self._playing
+        now = time.monotonic()
+        if reply.interrupted or (reply.complete and clock.heard_words(now) >= clock.words):
+            return None  # already interrupted, or the caller has heard all of it
+        await self._interrupt(reply, clock, now, sent_at)
+        self._inbox.put_nowait(_WAKE)  # let a say() waiting for frames see it at once
         return reply
 
     async def _interrupt(

@@ -112,6 +112,11 @@ class Lab:
         return self._loop.running
 
     @property
+    def loop(self) -> LoopThread:
+        """The background loop thread everything runs on."""
+        return self._loop
+
+    @property
     def http_url(self) -> str:
         return self.server.http_url
 

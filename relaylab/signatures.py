@@ -63,8 +63,8 @@ def verify(
     _require_token(auth_token)
     if not signature:
         return (
-            f"missing {SIGNATURE_HEADER} header: TWILIO_AUTH_TOKEN is set, so only requests "
-            "signed by Twilio (or by a simulated call using the same token) are accepted"
+            f"missing {SIGNATURE_HEADER} header: an auth token is configured, so only "
+            "requests signed by Twilio (or by a simulated call using the same token) are accepted"
         )
     candidates = public_urls(path, host=host, public_url=public_url, websocket=websocket)
     if not candidates:

@@ -1,5 +1,7 @@
 """Each lesson step end to end: real sockets, the real anthropic SDK, the offline Claude."""
 
+import asyncio
+
 from conftest import assert_valid_history, frame_log
 
 TEN_THINGS = "Name ten things that happened in 1999"
@@ -236,3 +238,21 @@ def test_handoff_when_the_caller_asks_for_a_person(make_lab):
     assert '"via": "asked"' in call.handoff_data
     assert "<Hangup" in call.action_twiml  # no dial number configured: a goodbye
     assert_valid_history(call.conversation)
+
+
+def test_interrupt_now_from_another_task_ends_a_running_say(lab):
+    call = lab.call()
+
+    async def scenario():
+        saying = asyncio.ensure_future(call.say_async(TEN_THINGS))
+        while len(call.received) < 40:  # about 4 words heard at 4x speech speed
+            await asyncio.sleep(0.01)
+        interrupted = await call.interrupt_async()
+        reply = await asyncio.wait_for(saying, 2)
+        return interrupted, reply
+
+    interrupted, reply = lab.run(scenario())
+    assert interrupted is reply and reply.interrupted and not reply.complete
+    assert call.interrupt() is None  # already interrupted: nothing more to talk over
+    call.listen(0.2)
+    assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
