@@ -288,3 +288,18 @@ def test_serve_reads_keys_from_a_dotenv_file_and_never_prints_them(tmp_path):
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=10)
     assert "from-dotenv-secret" not in "".join(lines) + rest
+
+
+def test_terminal_call_talks_to_a_running_relay(make_lab):
+    lab = make_lab("tracking")
+    done = subprocess.run(
+        [*RELAYLAB, "call", "--ws", lab.ws_url],
+        input="/interrupt 4\nTell me about dogs\nHow far did you get?\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "you heard: 'Dogs were the first'" in done.stdout
+    assert "You stopped me just after I said: 'Dogs were the first'" in done.stdout
