@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import logging
 import re
 import time
 import urllib.request
@@ -31,6 +32,8 @@ from relaylab.spoken import speak
 T = TypeVar("T")
 
 DEFAULT_WORDS_PER_MINUTE = 165.0
+SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up before reading its state
+log = logging.getLogger("relaylab.caller")
 _WORD = re.compile(r"\S+")
 _WAKE: dict[str, Any] = {"type": "_wake"}  # an inbox marker, never sent or received
 _TRAILING = ",.;:!?\"')]}"
@@ -134,6 +137,7 @@ class SimulatedCall:
         ws_url: str,
         *,
         auth_token: str | None = None,
+        signed_url: str | None = None,
         call_sid: str | None = None,
         from_number: str = "+15550100",
         to_number: str = "+15550101",
@@ -148,6 +152,7 @@ class SimulatedCall:
     ) -> None:
         self.ws_url = ws_url
         self.auth_token = auth_token
+        self.signed_url = signed_url or ws_url  # behind a tunnel Twilio signs the public URL
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
         self.from_number = from_number
         self.to_number = to_number
@@ -186,7 +191,7 @@ class SimulatedCall:
         if self.portal is None:
             coro.close()
             raise RuntimeError("this call has no background loop; use the _async methods")
-        return self.portal.run(coro)
+        return self.portal.run(coro, timeout=None)  # say() has its own timeout
 
     async def _async(self, coro: Coroutine[Any, Any, T]) -> T:
         return await self.portal.arun(coro) if self.portal else await coro
@@ -251,21 +256,43 @@ class SimulatedCall:
 
     @property
     def conversation(self) -> list[dict[str, str]]:
-        """The relay's history for this call (only for calls made through a Lab)."""
-        session = self._find_session()
+        """The relay's history for this call, once the relay has caught up with the call.
+
+        Only for calls made with ``lab.call()`` (the relay runs in the same process).
+        """
+        session = self.session
         if session is None:
             raise RuntimeError("the relay's history is only visible for calls made with lab.call()")
         return session.conversation.snapshot()
 
     @property
     def session(self) -> Any:
-        """The relay's CallSession for this call (only for calls made through a Lab)."""
+        """The relay's CallSession for this call, after it has handled all we sent."""
+        if self.portal is not None and not self.portal.in_loop_thread():
+            return self.portal.run(self._settled_session(), timeout=None)
         return self._find_session()
 
     def _find_session(self) -> Any:
         if self._session is None and self._session_lookup is not None:
             self._session = self._session_lookup(self.call_sid)
         return self._session
+
+    async def _settled_session(self, timeout: float = SETTLE_TIMEOUT) -> Any:
+        """Wait until the relay has handled every frame we sent, and no reply is between
+        its last token and its end, so what it remembers is up to date."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            session = self._find_session()
+            if (
+                session is not None
+                and session.frames_handled >= len(self.sent)
+                and not any(
+                    r.state == "running" and r.last_token_at is not None for r in session.replies
+                )
+            ):
+                return session
+            await asyncio.sleep(0.005)
+        return self._find_session()
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -279,9 +306,13 @@ class SimulatedCall:
     async def _connect(self) -> SimulatedCall:
         headers = {}
         if self.auth_token:
-            headers["X-Twilio-Signature"] = signatures.sign(self.auth_token, self.ws_url)
+            headers["X-Twilio-Signature"] = signatures.sign(self.auth_token, self.signed_url)
         self._socket = await connect(
-            self.ws_url, additional_headers=headers, compression=None, open_timeout=10
+            self.ws_url,
+            additional_headers=headers,
+            compression=None,
+            open_timeout=10,
+            logger=logging.getLogger("relaylab.websockets"),
         )
         self._inbox = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
@@ -319,7 +350,10 @@ class SimulatedCall:
         except ConnectionClosed:
             pass
         if self.handoff_data is not None and self.action_url:
-            self.action_twiml = await asyncio.to_thread(self._request_action)
+            try:
+                self.action_twiml = await asyncio.to_thread(self._request_action)
+            except OSError as exc:
+                log.warning("the <Connect action> URL %s failed: %s", self.action_url, exc)
 
     def _request_action(self) -> str:
         """Request the <Connect action> URL the way Twilio does after `end`."""
@@ -445,7 +479,14 @@ class SimulatedCall:
         )
 
     async def _hang_up(self) -> None:
+        await self._settled_session()  # keep hold of the session: the relay forgets it
         if self._socket is not None:
             await self._socket.close()
         if self._reader is not None:
             await self._reader
+
+
+def _caught_up(session: Any, frames_sent: int) -> bool:
+    return session.frames_handled >= frames_sent and not any(
+        r.state == "running" and r.last_token_at is not None for r in session.replies
+    )

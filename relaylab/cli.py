@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import SimulatedCall
-from relaylab.llm import choose_backend, make_llm
-from relaylab.offline_claude import OfflineClaude
-from relaylab.server import RelayServer
+from relaylab.llm import choose_backend
+from relaylab.relay import Relay
 from relaylab.steps import LESSONS
 from relaylab.tunnel import NumberSetupError, TunnelError, configure_number, open_tunnel
 
@@ -87,15 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve_forever(args: argparse.Namespace) -> int:
     """Run the relay (and the stand-in, if offline) until Ctrl-C."""
     backend = choose_backend(True if args.offline else None)
-    claude = None
-    tunnel = None
-    if backend.kind == "offline":
-        claude = OfflineClaude()
-        await claude.start()
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
-    server = RelayServer(
+    relay = Relay(
+        backend,
         step=args.step,
-        llm=make_llm(backend, offline_url=claude.base_url if claude else None),
         host=args.host,
         port=args.port,
         auth_token=auth_token,
@@ -103,7 +97,8 @@ async def serve_forever(args: argparse.Namespace) -> int:
         twiml_options=twiml_options(args),
         dial_number=args.dial_number,
     )
-    await server.start()
+    server = await relay.start()
+    tunnel = None
     try:
         if args.tunnel:
             tunnel = await asyncio.to_thread(open_tunnel, server.port)
@@ -128,9 +123,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
     finally:
         if tunnel:
             tunnel.close()
-        await server.stop()
-        if claude:
-            await claude.stop()
+        await relay.stop()
     return 0
 
 

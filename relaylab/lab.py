@@ -18,10 +18,9 @@ import anthropic
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
-from relaylab.llm import Backend, choose_backend, make_llm
+from relaylab.llm import Backend, choose_backend
 from relaylab.loop import LoopThread
-from relaylab.offline_claude import OfflineClaude
-from relaylab.server import RelayServer
+from relaylab.relay import Relay
 from relaylab.steps import step_name
 
 log = logging.getLogger("relaylab.lab")
@@ -52,54 +51,26 @@ class Lab:
         self.auth_token = auth_token
         self.words_per_minute = words_per_minute
         self.clock_speed = clock_speed
-        self.offline_claude: OfflineClaude | None = None
         self._loop = LoopThread()
         self._views: list[Any] = []
-        try:
-            self._loop.run(
-                self._start(
-                    step,
-                    host,
-                    port,
-                    public_url,
-                    first_token_delay,
-                    tokens_per_second,
-                    twiml_options,
-                )
-            )
-        except BaseException:
-            self._loop.close()
-            raise
-
-    async def _start(
-        self,
-        step: object,
-        host: str,
-        port: int,
-        public_url: str | None,
-        first_token_delay: float,
-        tokens_per_second: float,
-        twiml_options: dict[str, Any] | None,
-    ) -> None:
-        offline_url = None
-        if self.backend.kind == "offline":
-            self.offline_claude = OfflineClaude(
-                first_token_delay=first_token_delay, tokens_per_second=tokens_per_second
-            )
-            await self.offline_claude.start()
-            offline_url = self.offline_claude.base_url
-        self.llm = make_llm(self.backend, offline_url=offline_url)
-        self.server = RelayServer(
+        self._relay = Relay(
+            self.backend,
             step=step,
-            llm=self.llm,
+            first_token_delay=first_token_delay,
+            tokens_per_second=tokens_per_second,
             host=host,
             port=port,
-            auth_token=self.auth_token,
+            auth_token=auth_token,
             public_url=public_url,
             twiml_options=twiml_options,
         )
-        await self.server.start()
-        log.info("lab ready: relay %s, model via %s", self.ws_url, self.backend.describe())
+        self.offline_claude = self._relay.offline_claude
+        try:
+            self.server = self._loop.run(self._relay.start())
+        except BaseException:
+            self._loop.close()
+            raise
+        self.llm = self._relay.llm
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -159,9 +130,11 @@ class Lab:
     def _new_call(self, **options: Any) -> SimulatedCall:
         options.setdefault("words_per_minute", self.words_per_minute)
         options.setdefault("clock_speed", self.clock_speed)
+        public = self.server.public
         return SimulatedCall(
             self.ws_url,
             auth_token=self.auth_token,
+            signed_url=public.ws_url if public else None,
             portal=self._loop,
             session_lookup=self.server.find,
             action_url=f"{self.http_url}/action",
@@ -190,18 +163,12 @@ class Lab:
         for view in self._views:
             view.detach()
         try:
-            self._loop.run(self._stop(), timeout=10)
+            self._loop.run(self._relay.stop(), timeout=10)
         finally:
             self._loop.close()
             with _running_lock:
                 if self in _running:
                     _running.remove(self)
-
-    async def _stop(self) -> None:
-        await self.server.stop()
-        await self.llm.client.close()
-        if self.offline_claude is not None:
-            await self.offline_claude.stop()
 
     def __enter__(self) -> Lab:
         return self

@@ -10,11 +10,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("relaylab.loop")
+
+
+def _log_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # The default handler prints to stderr, which would land in a notebook cell.
+    log.error(
+        "%s", context.get("message", "error in the relay's loop"), exc_info=context.get("exception")
+    )
 
 
 class LoopThread:
@@ -27,6 +36,7 @@ class LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.set_exception_handler(_log_exception)
         self.loop.run_forever()
 
     @property
@@ -38,6 +48,9 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        if not self.running:
+            coro.close()
+            raise RuntimeError("this Lab was stopped; start a new one with relaylab.start()")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
@@ -48,7 +61,7 @@ class LoopThread:
         future = self.submit(coro)
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except BaseException:  # a timeout, or the kernel interrupted the cell: stop it too
             future.cancel()
             raise
 

@@ -12,6 +12,7 @@ conversation itself lives in session.py and the steps.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -32,6 +33,7 @@ log = logging.getLogger("relaylab.server")
 WEBSOCKET_MAX_SIZE = 16 * protocol.MAX_FRAME_BYTES
 """Past this, websockets closes the socket (1009). Smaller oversized frames are refused
 one by one by protocol.parse, and the call goes on."""
+STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
 
 
 class RelayServer:
@@ -77,6 +79,7 @@ class RelayServer:
             process_request=self._route,
             max_size=WEBSOCKET_MAX_SIZE,
             compression=None,  # frames are tiny; deflate would only add latency
+            logger=logging.getLogger("relaylab.websockets"),  # quiet in notebooks, like ours
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, step_name(self.step))
@@ -84,7 +87,13 @@ class RelayServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                # An HTTP client holding its keep-alive socket must not stall a restart.
+                await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT)
+            except TimeoutError:
+                log.info("some connections did not close within %.0f s; dropping them", STOP_WAIT)
+                for connection in list(self._server.connections):
+                    connection.transport.abort()
             self._server = None
 
     def use(self, step: object) -> None:
@@ -168,9 +177,12 @@ class RelayServer:
 
         session = CallSession(send, step=self.step, llm=self.llm)
         self.sessions.append(session)
-        for listener in list(self.session_listeners):
-            listener(session)
         try:
+            for listener in list(self.session_listeners):
+                try:
+                    listener(session)
+                except Exception:
+                    log.exception("a session listener failed; the call goes on without it")
             async for frame in connection:
                 await session.handle_frame(frame)
         except ConnectionClosed as exc:

@@ -27,6 +27,7 @@ from relaylab.steps import run_hook, step_name
 log = logging.getLogger("relaylab.session")
 
 APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
+CANCEL_WAIT = 1.0  # seconds a cancelled reply gets to stop before the relay goes on
 FRAME_HISTORY = 40
 
 Send = Callable[[str], Awaitable[None]]
@@ -48,7 +49,6 @@ class Event:
     kind: str  # frame_in, frame_out, reply_started, token, reply_ended, interrupt, error, closed
     session: CallSession
     data: dict[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -96,7 +96,7 @@ class CallSession:
         self.conversation = Conversation()
         self.replies: list[ReplyTask] = []
         self.frames: deque[tuple[str, str]] = deque(maxlen=FRAME_HISTORY)
-        self.ended = False
+        self.frames_handled = 0  # inbound frames fully handled (a simulated call waits on it)
         self.closed = False
         self._listeners: list[Listener] = []
 
@@ -139,19 +139,48 @@ class CallSession:
         return self.last_reply.timings if self.last_reply else {}
 
     async def cancel_reply(self) -> ReplyTask | None:
-        """Cancel every running reply but the caller's own, and wait until each has stopped.
+        """Cancel every reply older than the caller's own, and wait until each has stopped.
 
         Cancelling closes the model stream inside the reply (``async with`` exits), which
-        aborts the HTTP request. Returns the most recent reply that was cancelled.
+        aborts the HTTP request. A newer reply is never cancelled by an older one, so two
+        prompts in quick succession leave the newest one running. Returns the most recent
+        reply that was cancelled.
         """
         current = _current_reply.get()
-        running = [r for r in self.replies if r.state == "running" and r is not current and r.task]
+        running = [
+            r
+            for r in self.replies
+            if r.state == "running" and r.task and (current is None or r.id < current.id)
+        ]
         for reply in running:
             reply.state = "cancelled"
             reply.task.cancel()  # type: ignore[union-attr]
         if running:
-            await asyncio.gather(*(r.task for r in running), return_exceptions=True)  # type: ignore[misc]
+            await self._wait_for_stop(running)
         return running[-1] if running else None
+
+    async def _wait_for_stop(self, replies: list[ReplyTask]) -> None:
+        # A handler that ignores the cancel must not stall the socket: wait a little,
+        # then go on (send_text keeps a cancelled reply silent anyway).
+        waiting = asyncio.ensure_future(
+            asyncio.wait([r.task for r in replies], timeout=CANCEL_WAIT)  # type: ignore[misc]
+        )
+        try:
+            _, stuck = await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # A newer prompt cancelled us mid-wait: still let the older replies finish
+            # first, so their turns land in the history before ours.
+            await waiting
+            raise
+        if stuck:
+            log.warning(
+                "%s: %d cancelled repl%s still running after %.1f s; the handler may be "
+                "catching asyncio.CancelledError. Nothing more of it will be sent.",
+                self._name,
+                len(stuck),
+                "y is" if len(stuck) == 1 else "ies are",
+                CANCEL_WAIT,
+            )
 
     def _start_reply(self, prompt: protocol.Prompt) -> None:
         reply = ReplyTask(prompt=prompt.voice_prompt, id=len(self.replies) + 1)
@@ -173,12 +202,21 @@ class CallSession:
             reply.state = "cancelled"
             log.info("%s: the caller hung up while the reply was being sent", self._name)
         except Exception as exc:
-            await self._apologise(reply, exc)
+            if reply.state == "cancelled":  # the handler turned the cancel into another error
+                log.info("%s: a cancelled reply raised %r; nothing more is sent", self._name, exc)
+            else:
+                await self._apologise(reply, exc)
         else:
             if reply.state == "running":
                 reply.state = "done"
         finally:
             self._emit("reply_ended", reply=reply)
+            if problems := self.conversation.problems():
+                log.warning(
+                    "%s: the Messages API would reject this history: %s",
+                    self._name,
+                    "; ".join(problems),
+                )
 
     async def _apologise(self, reply: ReplyTask, exc: Exception) -> None:
         reply.state = "failed"
@@ -194,8 +232,10 @@ class CallSession:
         self._emit("error", message=f"reply failed: {reply.error}")
         if self.closed:
             return
+        # After partial tokens, a space keeps the voice from running two words together.
+        apology = f" {APOLOGY}" if reply.sent and not reply.sent[-1].isspace() else APOLOGY
         try:
-            await self.send_text(APOLOGY, last=True)
+            await self.send_text(apology, last=True)
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
         self.conversation.add_assistant(APOLOGY)
@@ -209,25 +249,28 @@ class CallSession:
             # A cancelled reply must stay silent even if a handler swallowed the cancel.
             log.debug("%s: dropped %r from a cancelled reply", self._name, token)
             raise asyncio.CancelledError
-        await self.send(protocol.text(token, last, **options))
+        frame = protocol.text(token, last, **options)
         if reply is not None:
+            # Recorded before the await: once send() starts, the frame counts as sent even
+            # if the reply is cancelled while the socket drains.
             now = time.monotonic()
             if token:
                 reply.sent += token
                 reply.first_token_at = reply.first_token_at or now
-                self._emit("token", reply=reply, token=token)
             if last:
                 reply.last_token_at = now
+        await self.send(frame)
+        if reply is not None and token:
+            self._emit("token", reply=reply, token=token)
 
     async def end(self, handoff_data: str | dict[str, Any] | None = None) -> None:
         """End the ConversationRelay session; Twilio then requests the ``<Connect action>`` URL."""
         await self.send(protocol.end(handoff_data))
-        self.ended = True
 
     async def send(self, frame: str) -> None:
         """Send one frame built with relaylab.protocol (text, play, sendDigits, language, end)."""
         if self.closed:
-            raise ConnectionError(f"{self._name} has hung up; nothing more can be sent")
+            raise HungUp(f"{self._name} has hung up; nothing more can be sent")
         await self._send(frame)
         self.frames.append(("out", frame))
         self._emit("frame_out", frame=frame)
@@ -236,6 +279,12 @@ class CallSession:
 
     async def handle_frame(self, frame: str | bytes) -> None:
         """Handle one inbound frame. Bad input is logged and dropped, never raised."""
+        try:
+            await self._handle_frame(frame)
+        finally:
+            self.frames_handled += 1
+
+    async def _handle_frame(self, frame: str | bytes) -> None:
         shown = frame if isinstance(frame, str) else f"<binary frame, {len(frame)} bytes>"
         self.frames.append(("in", shown[:2000]))
         self._emit("frame_in", frame=shown)

@@ -85,3 +85,33 @@ def test_unknown_step_name_is_a_clear_error(make_lab):
         assert "basic, streaming, tracking" in str(exc)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_restart_is_quick_even_with_an_http_client_holding_its_socket():
+    import http.client
+    import time
+
+    lab = rl.start("basic", offline=True, first_token_delay=0.01)
+    held = http.client.HTTPConnection("127.0.0.1", lab.server.port, timeout=5)
+    held.request("GET", "/healthz")
+    assert held.getresponse().read() == b"ok\n"
+    started = time.monotonic()
+    again = rl.start("basic", offline=True, first_token_delay=0.01)
+    try:
+        assert time.monotonic() - started < 5
+        assert not lab.running and again.running
+    finally:
+        held.close()
+        again.stop()
+
+
+def test_using_a_call_after_its_lab_stopped_says_so_clearly(make_lab):
+    lab = make_lab("basic")
+    call = lab.call()
+    lab.stop()
+    try:
+        call.say("Hello")
+    except RuntimeError as exc:
+        assert "this Lab was stopped" in str(exc)
+    else:
+        raise AssertionError("expected RuntimeError")

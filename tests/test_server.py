@@ -127,3 +127,20 @@ def test_dropped_socket_mid_reply_cancels_the_model_stream(lab):
     assert lab.offline_claude.requests[-1].outcome == "client_closed"
     assert lab.server.sessions == []
     assert lab.call().say("Hello").complete
+
+
+def test_a_failing_session_listener_neither_kills_the_call_nor_leaks_the_session(lab, relay_logs):
+    def broken(session):
+        raise RuntimeError("widget bug")
+
+    lab.server.session_listeners.append(broken)
+    call = lab.call()
+    assert call.say("Hello").complete
+    call.hang_up()
+    assert lab.server.sessions == []
+    assert "a session listener failed" in relay_logs.text
+
+
+def test_simulated_calls_sign_the_public_url_when_the_lab_has_one(make_lab):
+    lab = make_lab(auth_token=TOKEN, public_url="https://relay.example.com")
+    assert lab.call().say("Hello").complete

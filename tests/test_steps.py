@@ -1,6 +1,7 @@
 """Each lesson step end to end: real sockets, the real anthropic SDK, the offline Claude."""
 
 import asyncio
+import time
 
 from conftest import assert_valid_history, frame_log
 
@@ -256,3 +257,123 @@ def test_interrupt_now_from_another_task_ends_a_running_say(lab):
     assert call.interrupt() is None  # already interrupted: nothing more to talk over
     call.listen(0.2)
     assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
+
+
+def test_two_prompts_back_to_back_keep_the_newest_reply_and_both_user_turns(lab):
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
+        await call._next(5)
+        await call.send_async({"type": "prompt", "voicePrompt": "Tell me", "last": True})
+        await call.send_async({"type": "prompt", "voicePrompt": "about dogs", "last": True})
+        await call.listen_async(2.5)
+
+    lab.run(scenario())
+    states = [(r.prompt, r.state) for r in call.session.replies]
+    assert states == [(TEN_THINGS, "cancelled"), ("Tell me", "cancelled"), ("about dogs", "done")]
+    history = call.conversation
+    assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
+    assert history[2]["content"] == "Tell me about dogs"
+    assert_valid_history(history)
+
+
+def test_conversation_is_current_right_after_an_interrupt(lab):
+    call = lab.call()
+    reply = call.say("Tell me about dogs", interrupt_after_words=5)
+    assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
+
+
+def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
+    from relaylab.steps import Step, tracking
+
+    async def on_prompt(call, prompt):
+        call.conversation.add_user(prompt.voice_prompt)
+        try:
+            for word in [
+                "In",
+                "1999,",
+                "the",
+                "euro",
+                "launched",
+                "and",
+                "cost",
+                "$5",
+                "for",
+                "10%",
+                "of",
+                "people",
+            ]:
+                await call.send_text(word + " ")
+                await asyncio.sleep(0.02)
+            await call.send_text("", last=True)
+        finally:
+            call.conversation.add_assistant(call.reply.sent)
+
+    lab = make_lab("tracking", clock_speed=1.0)
+    lab.use(Step(on_prompt=on_prompt, on_interrupt=tracking.on_interrupt))
+    call = lab.call(tts_normalise=True)
+    reply = call.say("Tell me about 1999", interrupt_after_words=8)
+    assert reply.utterance == "In nineteen ninety-nine, the euro launched and cost five dollars"
+    assert reply.heard == "In 1999, the euro launched and cost $5"
+    assert call.conversation[-1]["content"] == "In 1999, the euro launched and cost $5"
+
+
+def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_call(
+    make_lab, relay_logs
+):
+    from relaylab.steps import Step, tracking
+
+    async def stubborn(call, prompt):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3)  # ignores the cancel for a while
+            await call.send_text("too late", last=True)
+
+    pressed = []
+    lab = make_lab("tracking")
+    lab.use(
+        Step(
+            on_prompt=stubborn,
+            on_interrupt=tracking.on_interrupt,
+            on_dtmf=lambda call, dtmf: pressed.append(time.monotonic()),
+        )
+    )
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": "Hi", "last": True})
+        await asyncio.sleep(0.1)
+        await call.send_async({"type": "interrupt", "utteranceUntilInterrupt": ""})
+        sent_at = time.monotonic()
+        await call.send_async({"type": "dtmf", "digit": "1"})
+        return sent_at, await call.listen_async(3.5)
+
+    sent_at, late = lab.run(scenario())
+    assert late == []
+    assert pressed and pressed[0] - sent_at < 1.5
+    assert "still running after" in relay_logs.text
+
+
+def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
+    from relaylab.steps import Step, tracking
+
+    async def converts(call, prompt):
+        try:
+            await call.send_text("Let me think")
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+
+    lab = make_lab("tracking")
+    lab.use(Step(on_prompt=converts, on_interrupt=tracking.on_interrupt))
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async({"type": "prompt", "voicePrompt": "Hi", "last": True})
+        await call._next(5)
+        await call.send_async({"type": "interrupt", "utteranceUntilInterrupt": "Let me"})
+        return await call.listen_async(0.5)
+
+    assert lab.run(scenario()) == []

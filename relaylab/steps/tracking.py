@@ -6,6 +6,10 @@ Three rules on top of lesson 2:
    HTTP request, so no more tokens are generated or sent.
 3. Store only what the caller heard, whether the reply had finished or not, so the
    next request tells Claude exactly how far it got.
+
+``add_user`` and ``add_assistant`` (rather than ``append``) merge two turns of the
+same role and skip empty text, which keeps the history valid for the Messages API
+whatever order things happen in.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ name = "tracking"
 
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
-    await call.cancel_reply()  # barge-in: the old reply stops before the new one starts
-    call.conversation.add_user(prompt.voice_prompt)
+    try:
+        await call.cancel_reply()  # barge-in: the old reply stops before the new one starts
+    finally:
+        call.conversation.add_user(prompt.voice_prompt)  # kept even if a newer prompt wins
     try:
         await ai_response_stream(call)
     finally:
-        # Runs when the reply finishes and when it is cancelled: store what was sent
-        # so far. on_interrupt then cuts it down to what was heard.
+        # Runs when the reply finishes and when it is cancelled. `call.reply` is this
+        # prompt's reply; `.sent` is every token sent so far. on_interrupt then cuts
+        # it down to what was heard.
         call.conversation.add_assistant(call.reply.sent)
 
 
 async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
+    # Cancel first: the cancelled reply's `finally` above stores what it sent, and
+    # only then is there a turn to cut down to the heard words.
     await call.cancel_reply()
     call.conversation.keep_heard(interrupt.utterance_until_interrupt)

@@ -1,0 +1,61 @@
+"""The relay and what it talks to: the server, the model client and, offline, the stand-in.
+
+A Lab runs one on its background loop; ``relaylab serve`` runs one in the foreground.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from relaylab.llm import LLM, Backend, make_llm
+from relaylab.offline_claude import OfflineClaude
+from relaylab.server import RelayServer
+
+log = logging.getLogger("relaylab.relay")
+
+
+class Relay:
+    """Start and stop a RelayServer together with its model backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        step: object,
+        first_token_delay: float = 0.4,
+        tokens_per_second: float = 60.0,
+        **server_options: Any,
+    ) -> None:
+        self.backend = backend
+        self.step = step
+        self.server_options = server_options
+        self.offline_claude = (
+            OfflineClaude(first_token_delay=first_token_delay, tokens_per_second=tokens_per_second)
+            if backend.kind == "offline"
+            else None
+        )
+        self.llm: LLM | None = None
+        self.server: RelayServer | None = None
+
+    async def start(self) -> RelayServer:
+        try:
+            if self.offline_claude is not None:
+                await self.offline_claude.start()
+            offline_url = self.offline_claude.base_url if self.offline_claude else None
+            self.llm = make_llm(self.backend, offline_url=offline_url)
+            self.server = RelayServer(step=self.step, llm=self.llm, **self.server_options)
+            await self.server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("relay ready at %s; Claude is %s", self.server.ws_url, self.backend.describe())
+        return self.server
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        if self.llm is not None:
+            await self.llm.client.close()
+        if self.offline_claude is not None:
+            await self.offline_claude.stop()
