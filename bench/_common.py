@@ -46,7 +46,11 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0))
-    return f"machine: {cores} cores (nproc), {model}, Python {platform.python_version()}"
+    load = os.getloadavg()[0]
+    return (
+        f"machine: {cores} cores (nproc), {model}, Python {platform.python_version()}, "
+        f"load average {load:.2f} (other work on the machine skews the figures)"
+    )
 
 
 # -- child processes ---------------------------------------------------------------------

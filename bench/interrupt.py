@@ -8,7 +8,7 @@ interrupt in hand. Frames between the interrupt and the pong were already in fli
 The close time is the stand-in's ``client_closed_at`` (it saw the relay drop the HTTP
 request) minus the moment the caller sent the interrupt.
 
-    python bench/interrupt.py [--calls 1,50] [--turns 3]
+    python bench/interrupt.py [--calls 1,50,200] [--turns 3]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ async def scenario(args: argparse.Namespace) -> list[list]:
 
 def run(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", default="1,50", help="comma-separated concurrency levels")
+    parser.add_argument("--calls", default="1,50,200", help="comma-separated concurrency levels")
     parser.add_argument("--turns", type=int, default=3)
     args = parser.parse_args(argv)
     rows = asyncio.run(scenario(args))

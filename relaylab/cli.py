@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -98,6 +99,9 @@ async def serve_forever(args: argparse.Namespace) -> int:
         dial_number=args.dial_number,
     )
     server = await relay.start()
+    # What is loaded by now lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise stall every call for ~70 ms now and then.
+    gc.freeze()
     tunnel = None
     try:
         if args.tunnel:

@@ -87,6 +87,12 @@ def make_llm(
     else:
         base_url, api_key = backend.base_url, backend.api_key or OFFLINE_API_KEY
     client = anthropic.AsyncAnthropic(
-        api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=max_retries,
+        timeout=timeout,
+        # aiohttp (the SDK's supported alternative transport) reads a token stream
+        # for ~20% less CPU than the default httpx/anyio stack.
+        http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
     )
     return LLM(client=client, model=model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL)

@@ -199,6 +199,9 @@ _READERS = {
 # Outbound: each builder returns the JSON text of one frame.
 
 
+_json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
 def _dump(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
@@ -214,6 +217,10 @@ def text(
     """A ``text`` frame: tokens for Twilio to speak; ``last=True`` ends the talk cycle."""
     if not isinstance(token, str):
         raise TypeError(f"token must be a string, got {type(token).__name__}")
+    if lang is None and interruptible is None and preemptible is None:
+        # The hot path (one frame per token): the same JSON as _dump, built directly.
+        end = ',"last":true}' if last else ',"last":false}'
+        return '{"type":"text","token":' + _json_string(token) + end
     message: dict[str, Any] = {"type": "text", "token": token, "last": last}
     _add_optional(message, lang=lang, interruptible=interruptible, preemptible=preemptible)
     return _dump(message)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from relaylab import protocol, signatures, twiml
@@ -80,6 +81,7 @@ class RelayServer:
             max_size=WEBSOCKET_MAX_SIZE,
             compression=None,  # frames are tiny; deflate would only add latency
             logger=logging.getLogger("relaylab.websockets"),  # quiet in notebooks, like ours
+            create_connection=_Connection,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, step_name(self.step))
@@ -168,8 +170,12 @@ class RelayServer:
 
     # -- WebSocket ---------------------------------------------------------------
 
-    async def _handle_socket(self, connection: ServerConnection) -> None:
+    async def _handle_socket(self, connection: _Connection) -> None:
         async def send(frame: str) -> None:
+            if connection.unhandled:
+                # A frame from Twilio (an interrupt?) is in but not handled yet: let the
+                # session handle it first, so that nothing is sent after an interrupt.
+                await asyncio.sleep(0)
             try:
                 await connection.send(frame)
             except ConnectionClosed as exc:
@@ -184,9 +190,21 @@ class RelayServer:
                 except Exception:
                     log.exception("a session listener failed; the call goes on without it")
             async for frame in connection:
+                connection.unhandled -= 1
                 await session.handle_frame(frame)
         except ConnectionClosed as exc:
             log.info("%r: the socket dropped (%s)", session, exc)
         finally:
             await session.close()
             self.sessions.remove(session)
+
+
+class _Connection(ServerConnection):
+    """A server connection that counts the frames it has read and the relay not handled."""
+
+    unhandled = 0
+
+    def process_event(self, event: object) -> None:
+        super().process_event(event)  # type: ignore[arg-type]
+        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self.unhandled += 1

@@ -111,6 +111,8 @@ class CallSession:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def _emit(self, kind: str, **data: Any) -> None:
+        if not self._listeners:
+            return  # nobody watching (relaylab serve): no Event per token and frame
         event = Event(kind, self, data)
         for listener in list(self._listeners):
             try:

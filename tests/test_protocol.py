@@ -127,3 +127,23 @@ def test_other_outbound_builders():
         "handoffData": '{"reason": "human"}',
     }
     assert json.loads(protocol.end()) == {"type": "end", "handoffData": ""}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        " plain",
+        'say "hi"',
+        "back\\slash",
+        "new\nline\ttab",
+        "café ☕ 日本",
+        "\x00\x1f",
+        "\u2028",
+    ],
+)
+def test_text_fast_path_is_the_same_json_as_the_general_builder(token):
+    for last in (False, True):
+        frame = protocol.text(token, last)
+        assert json.loads(frame) == {"type": "text", "token": token, "last": last}
+        assert frame == protocol._dump({"type": "text", "token": token, "last": last})
