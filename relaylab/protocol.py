@@ -132,7 +132,7 @@ def _setup(data: dict[str, Any]) -> Setup:
         raise ProtocolError('setup message field "customParameters" must be an object')
     return Setup(
         session_id=_text(data, "sessionId", required=False),
-        call_sid=_text(data, "callSid"),
+        call_sid=_text(data, "callSid", required=False),
         account_sid=_text(data, "accountSid", required=False),
         from_number=_text(data, "from", required=False),
         to_number=_text(data, "to", required=False),

@@ -240,7 +240,8 @@ class CallSession:
             await self.send_text(apology, last=True)
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
-        self.conversation.add_assistant(APOLOGY)
+        if self.conversation:  # a history must start with the caller's turn
+            self.conversation.add_assistant(APOLOGY)
 
     # -- sending -----------------------------------------------------------------
 
@@ -300,7 +301,9 @@ class CallSession:
         elif self.setup is None:
             self._reject(f"ignored a {message.type!r} message: it arrived before 'setup'")
         elif isinstance(message, protocol.Prompt):
-            if message.last:
+            if not message.voice_prompt.strip():
+                self._reject("ignored a prompt with no words in it")
+            elif message.last:
                 self._start_reply(message)
         elif isinstance(message, protocol.Interrupt):
             await self._on_interrupt(message)
@@ -321,7 +324,11 @@ class CallSession:
             self._reject("ignored a second 'setup' message")
             return
         self.setup = setup
-        self.call_sid = setup.call_sid
+        self.call_sid = setup.call_sid or setup.session_id or f"call-{id(self):x}"
+        if not setup.call_sid:
+            log.warning(
+                "%s: setup has no callSid; using %r to name the call", self._name, self.call_sid
+            )
         log.info("%s: connected (step %s)", self._name, step_name(self.step))
         await self._run_hook_safely("on_setup", setup)
 

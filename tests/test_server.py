@@ -144,3 +144,22 @@ def test_a_failing_session_listener_neither_kills_the_call_nor_leaks_the_session
 def test_simulated_calls_sign_the_public_url_when_the_lab_has_one(make_lab):
     lab = make_lab(auth_token=TOKEN, public_url="https://relay.example.com")
     assert lab.call().say("Hello").complete
+
+
+def test_minimal_setup_and_empty_prompt_are_handled_without_losing_the_call(lab, relay_logs):
+    import json
+
+    async def scenario():
+        async with connect(lab.ws_url) as ws:
+            await ws.send('{"type":"setup","sessionId":"VX_minimal"}')
+            await ws.send('{"type":"prompt","voicePrompt":"   ","last":true}')
+            await ws.send('{"type":"prompt","voicePrompt":"Hello","last":true}')
+            frames = []
+            while not frames or not frames[-1]["last"]:
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+            return frames
+
+    frames = lab.run(scenario())
+    assert "".join(f["token"] for f in frames).startswith("Hello!")
+    assert "no words in it" in relay_logs.text
+    assert "setup has no callSid; using 'VX_minimal'" in relay_logs.text
