@@ -114,7 +114,11 @@ class Lab:
     # -- doing things ------------------------------------------------------------------
 
     def use(self, step: object) -> None:
-        """Swap the handlers without restarting: a lesson name or a Step."""
+        """Swap the handlers without restarting: a lesson name or a Step.
+
+        New frames of every call go to the new step at once; a reply already running
+        finishes with the ``on_prompt`` it started with.
+        """
         self._loop.run(self._use(step))
 
     async def _use(self, step: object) -> None:
