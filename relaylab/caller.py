@@ -268,7 +268,7 @@ class SimulatedCall:
     @property
     def session(self) -> Any:
         """The relay's CallSession for this call, after it has handled all we sent."""
-        if self.portal is not None and not self.portal.in_loop_thread():
+        if self.portal is not None and self.portal.running and not self.portal.in_loop_thread():
             return self.portal.run(self._settled_session(), timeout=None)
         return self._find_session()
 
@@ -280,9 +280,13 @@ class SimulatedCall:
     async def _settled_session(self, timeout: float = SETTLE_TIMEOUT) -> Any:
         """Wait until the relay has handled every frame we sent, and no reply is between
         its last token and its end, so what it remembers is up to date."""
+        if self._session_lookup is None:
+            return None  # a call to a relay in another process: nothing to wait for
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             session = self._find_session()
+            if session is None and not self.connected:
+                return None  # the relay dropped the call before it knew who we were
             if (
                 session is not None
                 and session.frames_handled >= len(self.sent)

@@ -25,9 +25,11 @@ class Relay:
         step: object,
         first_token_delay: float = 0.4,
         tokens_per_second: float = 60.0,
+        aiohttp: bool = False,
         **server_options: Any,
     ) -> None:
         self.backend = backend
+        self.aiohttp = aiohttp
         self.step = step
         self.server_options = server_options
         self.offline_claude = (
@@ -43,7 +45,7 @@ class Relay:
             if self.offline_claude is not None:
                 await self.offline_claude.start()
             offline_url = self.offline_claude.base_url if self.offline_claude else None
-            self.llm = make_llm(self.backend, offline_url=offline_url)
+            self.llm = make_llm(self.backend, offline_url=offline_url, aiohttp=self.aiohttp)
             self.server = RelayServer(step=self.step, llm=self.llm, **self.server_options)
             await self.server.start()
         except BaseException:
@@ -53,9 +55,11 @@ class Relay:
         return self.server
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-        if self.llm is not None:
-            await self.llm.client.close()
-        if self.offline_claude is not None:
-            await self.offline_claude.stop()
+        try:
+            if self.server is not None:
+                await self.server.stop()
+        finally:
+            if self.llm is not None:
+                await self.llm.client.close()
+            if self.offline_claude is not None:
+                await self.offline_claude.stop()

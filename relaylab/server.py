@@ -172,16 +172,14 @@ class RelayServer:
 
     async def _handle_socket(self, connection: _Connection) -> None:
         async def send(frame: str) -> None:
-            if connection.unhandled:
-                # A frame from Twilio (an interrupt?) is in but not handled yet: let the
-                # session handle it first, so that nothing is sent after an interrupt.
-                await asyncio.sleep(0)
             try:
                 await connection.send(frame)
             except ConnectionClosed as exc:
                 raise HungUp(str(exc)) from None
 
-        session = CallSession(send, step=self.step, llm=self.llm)
+        session = CallSession(
+            send, step=self.step, llm=self.llm, frames_waiting=lambda: connection.unhandled
+        )
         self.sessions.append(session)
         try:
             for listener in list(self.session_listeners):
@@ -200,7 +198,11 @@ class RelayServer:
 
 
 class _Connection(ServerConnection):
-    """A server connection that counts the frames it has read and the relay not handled."""
+    """A server connection that counts the frames it has read and the relay not handled.
+
+    The session asks before each token it sends, so that an ``interrupt`` already read
+    is handled first (see CallSession.send_text).
+    """
 
     unhandled = 0
 

@@ -84,8 +84,16 @@ class ReplyTask:
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
-    def __init__(self, send: Send, *, step: object, llm: LLM) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        step: object,
+        llm: LLM,
+        frames_waiting: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._send = send
+        self._frames_waiting = frames_waiting
         self.step = step
         self.claude = llm.client
         self.model = llm.model
@@ -213,7 +221,7 @@ class CallSession:
                 reply.state = "done"
         finally:
             self._emit("reply_ended", reply=reply)
-            if problems := self.conversation.problems():
+            if self.conversation and (problems := self.conversation.problems()):
                 log.warning(
                     "%s: the Messages API would reject this history: %s",
                     self._name,
@@ -248,6 +256,11 @@ class CallSession:
     async def send_text(self, token: str, last: bool = False, **options: Any) -> None:
         """Send tokens for Twilio to speak; ``last=True`` ends this talk cycle."""
         reply = _current_reply.get()
+        if reply is not None and self._frames_waiting():
+            # A frame has been read but not handled yet (an interrupt?): let the read
+            # loop run first, so a token never leaves after an interrupt it could see.
+            # (A handler busy awaiting inside a hook can still delay that read.)
+            await asyncio.sleep(0)
         if reply is not None and reply.state == "cancelled":
             # A cancelled reply must stay silent even if a handler swallowed the cancel.
             log.debug("%s: dropped %r from a cancelled reply", self._name, token)

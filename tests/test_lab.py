@@ -115,3 +115,50 @@ def test_using_a_call_after_its_lab_stopped_says_so_clearly(make_lab):
         assert "this Lab was stopped" in str(exc)
     else:
         raise AssertionError("expected RuntimeError")
+
+
+def test_lab_claude_can_be_awaited_from_a_notebook_loop_without_breaking_the_relay(make_lab):
+    from relaylab.session import APOLOGY
+
+    lab = make_lab("streaming")
+
+    async def from_the_notebook():
+        message = await lab.claude.messages.create(
+            model=lab.model, max_tokens=50, messages=[{"role": "user", "content": "Hello"}]
+        )
+        return message.content[0].text
+
+    assert asyncio.run(from_the_notebook()).startswith("Hello!")
+    assert lab.call().say("Hello").text != APOLOGY
+
+
+def test_history_stays_readable_after_the_lab_stops(make_lab):
+    lab = make_lab("tracking")
+    call = lab.call()
+    call.say("Hello")
+    lab.stop()
+    assert [turn["role"] for turn in call.conversation] == ["user", "assistant"]
+
+
+def test_hanging_up_a_call_to_a_relay_elsewhere_does_not_wait(make_lab):
+    import time
+
+    lab = make_lab("basic")
+
+    async def call_from_outside():
+        call = rl.SimulatedCall(lab.ws_url)  # no session lookup: like `relaylab call`
+        await call.connect_async()
+        reply = await call.say_async("Hello")
+        started = time.monotonic()
+        await call.hang_up_async()
+        return reply, time.monotonic() - started
+
+    reply, hang_up_took = asyncio.run(call_from_outside())
+    assert reply.complete and hang_up_took < 1.0
+
+
+def test_a_step_that_keeps_no_history_logs_no_warning(make_lab, relay_logs):
+    lab = make_lab("basic")
+    lab.use(Step(on_prompt=lambda call, prompt: call.send_text("hi", last=True)))
+    assert lab.call().say("Hello").text == "hi"
+    assert "would reject this history" not in relay_logs.text
