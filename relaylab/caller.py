@@ -287,13 +287,7 @@ class SimulatedCall:
             session = self._find_session()
             if session is None and not self.connected:
                 return None  # the relay dropped the call before it knew who we were
-            if (
-                session is not None
-                and session.frames_handled >= len(self.sent)
-                and not any(
-                    r.state == "running" and r.last_token_at is not None for r in session.replies
-                )
-            ):
+            if session is not None and (session.closed or _caught_up(session, len(self.sent))):
                 return session
             await asyncio.sleep(0.005)
         return self._find_session()
