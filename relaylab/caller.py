@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -359,9 +359,12 @@ class SimulatedCall:
             {"CallSid": self.call_sid, "SessionStatus": "ended", "HandoffData": self.handoff_data}
         )
         url = f"{self.action_url}?{query}"
+        signed = url
+        if self.signed_url != self.ws_url:  # behind a tunnel Twilio requests the public host
+            signed = f"https://{urlsplit(self.signed_url).netloc}{urlsplit(url).path}?{query}"
         request = urllib.request.Request(url)
         if self.auth_token:
-            request.add_header("X-Twilio-Signature", signatures.sign(self.auth_token, url))
+            request.add_header("X-Twilio-Signature", signatures.sign(self.auth_token, signed))
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.read().decode()
 

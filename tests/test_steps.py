@@ -377,3 +377,11 @@ def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
         return await call.listen_async(0.5)
 
     assert lab.run(scenario()) == []
+
+
+def test_handoff_behind_a_public_url_signs_the_action_request_as_twilio_would(make_lab):
+    lab = make_lab("handoff", auth_token="tok-public", public_url="https://relay.example.com")
+    call = lab.call()
+    call.say("Can I speak to a human?")
+    call.listen(0.3)
+    assert "<Hangup" in call.action_twiml
