@@ -239,7 +239,8 @@ class Conversation(list):
         self._add("user", text)
 
     def add_assistant(self, text: str) -> None:
-        """Add what Claude replied."""
+        """Add what Claude replied. Before the caller's first turn it is dropped: a history
+        for the Messages API opens with the caller."""
         self._add("assistant", text)
 
     def keep_heard(self, utterance: str) -> str:
@@ -314,7 +315,7 @@ class Conversation(list):
         if not isinstance(text, str):
             raise TypeError(f"{role} text must be a str, not {type(text).__name__}")
         text = text.strip()
-        if not text:
+        if not text or (role == "assistant" and not self):
             return
         last = self[-1] if self else None
         if isinstance(last, dict) and last.get("role") == role:

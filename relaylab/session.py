@@ -248,8 +248,7 @@ class CallSession:
             await self.send_text(apology, last=True)
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
-        if self.conversation:  # a history must start with the caller's turn
-            self.conversation.add_assistant(APOLOGY)
+        self.conversation.add_assistant(APOLOGY)
 
     # -- sending -----------------------------------------------------------------
 

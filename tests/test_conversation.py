@@ -241,6 +241,15 @@ def test_same_role_turns_are_merged():
     ]
 
 
+def test_an_assistant_turn_cannot_open_the_history():
+    conversation = Conversation()
+    conversation.add_assistant("Sorry, I'm having trouble answering right now.")
+    assert conversation == []
+    conversation.add_user("Hi")
+    conversation.add_assistant("Hello!")
+    assert conversation.problems() == []
+
+
 def test_empty_text_is_ignored():
     conversation = Conversation()
     conversation.add_user("")

@@ -28,8 +28,7 @@ _ASKS_FOR_A_PERSON = re.compile(
 async def hand_off(call: CallSession, reason: str) -> None:
     await call.cancel_reply()
     await call.send_text(GOODBYE, last=True)
-    if call.conversation:  # a history must start with the caller's turn
-        call.conversation.add_assistant(GOODBYE)
+    call.conversation.add_assistant(GOODBYE)
     await call.end({"reason": "human", "via": reason})
 
 
