@@ -18,9 +18,11 @@ import anthropic
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
-from relaylab.llm import Backend, choose_backend
+from relaylab.llm import LLM, Backend, choose_backend
 from relaylab.loop import LoopThread
+from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import Relay
+from relaylab.server import RelayServer
 from relaylab.steps import step_name
 
 log = logging.getLogger("relaylab.lab")
@@ -64,13 +66,11 @@ class Lab:
             public_url=public_url,
             twiml_options=twiml_options,
         )
-        self.offline_claude = self._relay.offline_claude
         try:
-            self.server = self._loop.run(self._relay.start())
+            self._loop.run(self._relay.start())
         except BaseException:
             self._loop.close()
             raise
-        self.llm = self._relay.llm
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -81,6 +81,19 @@ class Lab:
     @property
     def running(self) -> bool:
         return self._loop.running
+
+    @property
+    def server(self) -> RelayServer:
+        return self._relay.server  # type: ignore[return-value]  # set by start()
+
+    @property
+    def llm(self) -> LLM:
+        return self._relay.llm  # type: ignore[return-value]  # set by start()
+
+    @property
+    def offline_claude(self) -> OfflineClaude | None:
+        """The local stand-in for Claude, when the lab runs offline."""
+        return self._relay.offline_claude
 
     @property
     def loop(self) -> LoopThread:
