@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 import relaylab as rl
 from relaylab.steps import Step
 
@@ -79,12 +81,8 @@ def test_async_twins_work_from_another_event_loop(make_lab):
 
 def test_unknown_step_name_is_a_clear_error(make_lab):
     lab = make_lab("basic")
-    try:
+    with pytest.raises(ValueError, match="basic, streaming, tracking"):
         lab.use("fancy")
-    except ValueError as exc:
-        assert "basic, streaming, tracking" in str(exc)
-    else:
-        raise AssertionError("expected ValueError")
 
 
 def test_restart_is_quick_even_with_an_http_client_holding_its_socket():
@@ -109,12 +107,8 @@ def test_using_a_call_after_its_lab_stopped_says_so_clearly(make_lab):
     lab = make_lab("basic")
     call = lab.call()
     lab.stop()
-    try:
+    with pytest.raises(RuntimeError, match="this Lab was stopped"):
         call.say("Hello")
-    except RuntimeError as exc:
-        assert "this Lab was stopped" in str(exc)
-    else:
-        raise AssertionError("expected RuntimeError")
 
 
 def test_lab_claude_can_be_awaited_from_a_notebook_loop_without_breaking_the_relay(make_lab):
