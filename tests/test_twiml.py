@@ -1,18 +1,29 @@
 """TwiML from relaylab.twiml, read back as XML."""
 
+import inspect
+import logging
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from twilio.twiml.voice_response import Connect, ConversationRelay, VoiceResponse
 
 from relaylab.twiml import (
     APOLOGY_LINE,
     DEFAULT_GREETING,
     GOODBYE_LINE,
     HANDOFF_LINE,
+    INTERRUPT_MODES,
+    Language,
+    attribute_name,
     handoff_twiml,
+    parse_relay_attrs,
     relay_twiml,
     wants_human,
 )
+
+URL = "wss://relay.example/ws"
+CAMEL_CASE = re.compile(r"[a-z][A-Za-z0-9]*\Z")
 
 
 def parse(xml: str) -> ET.Element:
@@ -26,15 +37,38 @@ def relay_element(xml: str) -> tuple[ET.Element, ET.Element]:
     root = parse(xml)
     [connect] = list(root)
     assert connect.tag == "Connect"
-    [relay] = [child for child in connect if child.tag == "ConversationRelay"]
+    [relay] = list(connect)
+    assert relay.tag == "ConversationRelay"
     return connect, relay
 
 
+def relay_attrib(**options) -> dict[str, str]:
+    return relay_element(relay_twiml(URL, **options))[1].attrib
+
+
+def keywords(method) -> list[str]:
+    """Named keyword parameters of a twilio builder method (not self, url, **kwargs)."""
+    return [
+        name
+        for name, p in inspect.signature(method).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "url")
+    ]
+
+
+def twilio_attribute(method_owner, method_name: str, keyword: str) -> str:
+    """The attribute twilio itself writes for `keyword`: the oracle for our naming."""
+    element = getattr(method_owner, method_name)(**{keyword: "x"})
+    [name] = [a for a, v in element.xml().attrib.items() if v == "x"]
+    return name
+
+
+# ---- <ConversationRelay> attributes ---------------------------------------------
+
+
 def test_minimal_relay_twiml_is_exact():
-    assert relay_twiml("wss://relay.example/ws") == (
+    assert relay_twiml(URL) == (
         '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
-        '<ConversationRelay url="wss://relay.example/ws" '
-        f'welcomeGreeting="{DEFAULT_GREETING}" />'
+        f'<ConversationRelay url="{URL}" welcomeGreeting="{DEFAULT_GREETING}" />'
         "</Connect></Response>"
     )
 
@@ -65,18 +99,134 @@ def test_attributes_are_camel_case_and_booleans_lowercase():
 
 
 def test_none_leaves_attributes_out_and_false_is_written():
-    _, relay = relay_element(
-        relay_twiml("wss://relay.example/ws", welcome_greeting=None, dtmf_detection=False)
+    assert relay_attrib(welcome_greeting=None, dtmf_detection=False, voice=None) == {
+        "url": URL,
+        "dtmfDetection": "false",
+    }
+
+
+BUILDER_KEYWORDS = keywords(Connect.conversation_relay)
+
+
+def test_twilio_builder_has_the_attributes_we_introspect():
+    # Guards the parametrised test below against passing on an empty list.
+    assert len(BUILDER_KEYWORDS) >= 30
+    assert {"welcome_greeting", "interruptible", "debug", "events", "speechTimeout"} <= set(
+        BUILDER_KEYWORDS
     )
-    assert relay.attrib == {"url": "wss://relay.example/ws", "dtmfDetection": "false"}
+    assert keywords(ConversationRelay.language)[0] == "code"
+
+
+@pytest.mark.parametrize("keyword", BUILDER_KEYWORDS)
+def test_every_twilio_builder_keyword_lands_as_its_camel_case_attribute(keyword):
+    expected = twilio_attribute(Connect(), "conversation_relay", keyword)
+    assert CAMEL_CASE.match(expected)
+    value = "any" if "interruptible" in keyword or "speech" in keyword.lower() else "x"
+    if keyword == "interrupt_sensitivity":
+        value = "low"
+    attrib = relay_attrib(**{keyword: value})
+    assert attrib[expected] == value
+    assert set(attrib) == {"url", "welcomeGreeting", expected}
+    # Twilio's docs spell it camelCase: that spelling lands on the same attribute.
+    assert relay_attrib(**{expected: value})[expected] == value
+
+
+def test_all_twilio_builder_keywords_at_once():
+    options = {keyword: True for keyword in BUILDER_KEYWORDS}
+    attrib = relay_attrib(**options)
+    assert len(attrib) == len(BUILDER_KEYWORDS) + 1  # plus url
+    assert all(CAMEL_CASE.match(name) for name in attrib)
+    assert {v for k, v in attrib.items() if k != "url"} == {"true"}
+
+
+def test_attributes_twilio_has_not_heard_of_yet_are_passed_through():
+    attrib = relay_attrib(turn_detection_mode="semantic", someFutureFlag=False, speechTimeout=2000)
+    assert attrib["turnDetectionMode"] == "semantic"
+    assert attrib["someFutureFlag"] == "false"
+    assert attrib["speechTimeout"] == "2000"
+
+
+@pytest.mark.parametrize("name", ["2fast", "_private", "has-dash", "with space", "ns:attr", ""])
+def test_names_that_cannot_be_attributes_are_refused(name):
+    with pytest.raises(ValueError, match="not a valid TwiML attribute name"):
+        relay_twiml(URL, **{name: "x"})
+
+
+def test_attribute_name_follows_twilio():
+    assert attribute_name("welcome_greeting") == "welcomeGreeting"
+    assert attribute_name("welcomeGreeting") == "welcomeGreeting"
+    assert attribute_name("speechTimeout") == "speechTimeout"
+
+
+def test_one_attribute_spelled_twice_is_refused():
+    with pytest.raises(ValueError, match="ttsProvider given twice, as 'tts_provider' and as"):
+        relay_twiml(URL, tts_provider="Google", ttsProvider="Amazon")
+
+
+def test_camel_case_welcome_greeting_replaces_the_default():
+    assert relay_attrib(welcomeGreeting="Hello there")["welcomeGreeting"] == "Hello there"
+    assert "welcomeGreeting" not in relay_attrib(welcomeGreeting=None)
+
+
+@pytest.mark.parametrize("name", ["url", "actionUrl", "debugEvents"])
+def test_relay_twiml_own_options_cannot_arrive_as_attributes(name):
+    with pytest.raises(ValueError, match="not a <ConversationRelay> attribute"):
+        relay_twiml(URL, **{name: "wss://elsewhere/ws"})
+
+
+@pytest.mark.parametrize(
+    "attribute", ["interruptible", "welcome_greeting_interruptible", "reportInputDuringAgentSpeech"]
+)
+def test_interrupt_modes_are_checked(attribute):
+    for mode in INTERRUPT_MODES:
+        assert relay_attrib(**{attribute: mode})[attribute_name(attribute)] == mode
+    assert relay_attrib(**{attribute: True})[attribute_name(attribute)] == "true"
+    with pytest.raises(ValueError, match="must be one of none, dtmf, speech, any, got 'sometimes'"):
+        relay_twiml(URL, **{attribute: "sometimes"})
+
+
+def test_interrupt_sensitivity_is_checked():
+    assert relay_attrib(interrupt_sensitivity="medium")["interruptSensitivity"] == "medium"
+    with pytest.raises(ValueError, match="low, medium, high"):
+        relay_twiml(URL, interrupt_sensitivity="extreme")
+
+
+def test_values_that_are_not_text_numbers_or_bools_are_refused():
+    with pytest.raises(ValueError, match="hints takes a string, number or bool, got list"):
+        relay_twiml(URL, hints=["Claude", "Anthropic"])
+
+
+# ---- debug / events ---------------------------------------------------------------
+
+
+def test_debug_events_sets_debug_and_events():
+    attrib = relay_attrib(debug_events=True)
+    assert attrib["debug"] == "speaker-events tokens-played"
+    assert attrib["events"] == "speaker-events tokens-played"
+
+
+def test_debug_events_off_leaves_both_out():
+    attrib = relay_attrib(debug_events=False)
+    assert "debug" not in attrib and "events" not in attrib
+
+
+def test_debug_events_keeps_words_already_asked_for_without_repeats():
+    attrib = relay_attrib(debug_events=True, debug="debugging", events="tokens-played")
+    assert attrib["debug"] == "debugging speaker-events tokens-played"
+    assert attrib["events"] == "tokens-played speaker-events"
+
+
+def test_debug_events_with_a_non_text_debug_is_refused():
+    with pytest.raises(ValueError, match="space-separated words"):
+        relay_twiml(URL, debug_events=True, debug=True)
+
+
+# ---- children -----------------------------------------------------------------------
 
 
 def test_parameters_become_children_in_order():
     _, relay = relay_element(
-        relay_twiml(
-            "wss://relay.example/ws",
-            parameters={"lesson": "tracking", "caller_name": "Ada & Bob <3"},
-        )
+        relay_twiml(URL, parameters={"lesson": "tracking", "caller_name": "Ada & Bob <3"})
     )
     assert [(p.tag, p.attrib) for p in relay] == [
         ("Parameter", {"name": "lesson", "value": "tracking"}),
@@ -84,12 +234,97 @@ def test_parameters_become_children_in_order():
     ]
 
 
-def test_action_url_is_on_connect_with_get():
-    connect, relay = relay_element(
-        relay_twiml("wss://relay.example/ws", action_url="https://relay.example/action")
+def test_parameter_values_that_are_not_text_are_written_as_twilio_does():
+    _, relay = relay_element(relay_twiml(URL, parameters={"vip": True, "tries": 3}))
+    assert [p.attrib["value"] for p in relay] == ["true", "3"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [({"": "x"}, "non-empty name"), ({"lesson": None}, "needs a string"), ("a=b", "mapping")],
+)
+def test_bad_parameters_are_refused(parameters, message):
+    with pytest.raises(ValueError, match=message):
+        relay_twiml(URL, parameters=parameters)
+
+
+def test_languages_become_children_before_parameters():
+    _, relay = relay_element(
+        relay_twiml(
+            URL,
+            language="en-US",
+            languages=[
+                Language(
+                    "fr-FR",
+                    tts_provider="ElevenLabs",
+                    voice="Amelie",
+                    transcription_provider="Deepgram",
+                    speech_model="nova-3-general",
+                ),
+                {"code": "de-DE", "voice": "de-DE-Neural2-B", "ttsProvider": "Google"},
+            ],
+            parameters={"lesson": "languages"},
+        )
     )
+    assert relay.get("language") == "en-US"
+    assert [(child.tag, child.attrib) for child in relay] == [
+        (
+            "Language",
+            {
+                "code": "fr-FR",
+                "ttsProvider": "ElevenLabs",
+                "voice": "Amelie",
+                "transcriptionProvider": "Deepgram",
+                "speechModel": "nova-3-general",
+            },
+        ),
+        ("Language", {"code": "de-DE", "voice": "de-DE-Neural2-B", "ttsProvider": "Google"}),
+        ("Parameter", {"name": "lesson", "value": "languages"}),
+    ]
+
+
+def test_every_twilio_language_keyword_is_accepted():
+    extra = {keyword: True for keyword in keywords(ConversationRelay.language) if keyword != "code"}
+    _, relay = relay_element(relay_twiml(URL, languages=[Language("es-ES", extra=extra)]))
+    [language] = list(relay)
+    expected = {twilio_attribute(ConversationRelay(), "language", k) for k in extra}
+    assert language.attrib == {"code": "es-ES", **dict.fromkeys(expected, "true")}
+
+
+@pytest.mark.parametrize(
+    ("language", "message"),
+    [
+        ({"voice": "Amelie"}, "needs a code"),
+        (Language(""), "needs a code"),
+        ("fr-FR", "Language"),
+        ({"code": "fr-FR", "bad-name": 1}, "not a valid TwiML attribute name"),
+        ({"code": "fr-FR", "tts_provider": "A", "ttsProvider": "B"}, "given twice"),
+    ],
+)
+def test_bad_languages_are_refused(language, message):
+    with pytest.raises(ValueError, match=message):
+        relay_twiml(URL, languages=[language])
+
+
+# ---- <Connect action> -----------------------------------------------------------
+
+
+def test_action_url_is_on_connect_with_get_by_default():
+    connect, relay = relay_element(relay_twiml(URL, action_url="https://relay.example/action"))
     assert connect.attrib == {"action": "https://relay.example/action", "method": "GET"}
-    assert relay.get("url") == "wss://relay.example/ws"
+    assert relay.get("url") == URL
+
+
+def test_action_method_post():
+    connect, _ = relay_element(
+        relay_twiml(URL, action_url="https://relay.example/action", action_method="POST")
+    )
+    assert connect.attrib["method"] == "POST"
+
+
+def test_action_method_other_than_get_or_post_is_refused():
+    with pytest.raises(ValueError, match="'GET' or 'POST'"):
+        relay_twiml(URL, action_url="https://relay.example/action", action_method="PUT")
 
 
 def test_local_ws_url_is_allowed():
@@ -98,11 +333,60 @@ def test_local_ws_url_is_allowed():
 
 
 @pytest.mark.parametrize(
-    "bad", ["https://relay.example/ws", "relay.example/ws", "", "WSS:/relay.example"]
+    "bad", ["https://relay.example/ws", "relay.example/ws", "", "WSS:/relay.example", None]
 )
 def test_non_websocket_url_is_rejected(bad):
     with pytest.raises(ValueError, match="wss://"):
         relay_twiml(bad)
+
+
+# ---- parse_relay_attrs -------------------------------------------------------------
+
+
+def test_parse_relay_attrs_reads_names_and_values():
+    assert parse_relay_attrs(
+        [
+            "speechTimeout=2000",
+            "ignore_backchannel=True",
+            "preemptible=FALSE",
+            "hints=Claude,Anthropic",
+            "welcomeGreeting=Hi = hello",
+        ]
+    ) == {
+        "speechTimeout": "2000",
+        "ignoreBackchannel": True,
+        "preemptible": False,
+        "hints": "Claude,Anthropic",
+        "welcomeGreeting": "Hi = hello",
+    }
+    assert parse_relay_attrs([]) == {}
+
+
+def test_parsed_relay_attrs_feed_relay_twiml():
+    attrib = relay_attrib(**parse_relay_attrs(["turn_detection=true", "interruptible=speech"]))
+    assert attrib["turnDetection"] == "true"
+    assert attrib["interruptible"] == "speech"
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["speechTimeout"], "takes NAME=VALUE .*no '='"),
+        (["=2000"], "empty NAME"),
+        (["  =2000"], "empty NAME"),
+        (["speechTimeout="], "empty VALUE"),
+        (["speech-timeout=2000"], "not a valid TwiML attribute name"),
+        (["speechTimeout=1", "speech_timeout=2"], "sets speechTimeout twice"),
+        (["url=wss://elsewhere/ws"], "ws_url"),
+        (["interruptible=sometimes"], "must be one of none, dtmf, speech, any"),
+    ],
+)
+def test_parse_relay_attrs_refuses_malformed_pairs(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        parse_relay_attrs(pairs)
+
+
+# ---- the action URL's answer ---------------------------------------------------------
 
 
 def says(xml: str) -> list[tuple[str, str | None]]:
@@ -114,28 +398,45 @@ def test_handoff_to_a_human_dials_the_number():
     assert says(xml) == [("Say", HANDOFF_LINE), ("Dial", "+15550100")]
 
 
-def test_handoff_without_dial_number_says_goodbye():
-    xml = handoff_twiml("ended", '{"reason": "human"}')
+def test_status_is_read_without_case_or_spaces():
+    xml = handoff_twiml(" Ended ", '{"reason": "human"}', dial_number="+15550100")
+    assert says(xml) == [("Say", HANDOFF_LINE), ("Dial", "+15550100")]
+
+
+def test_handoff_without_dial_number_says_goodbye_and_logs_why(caplog):
+    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+        xml = handoff_twiml("ended", '{"reason": "human"}')
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
+    assert "no dial number" in caplog.text
 
 
 @pytest.mark.parametrize(
-    "data", [None, "", '{"reason": "done"}', "not json", '["human"]', '{"reason": 1}']
+    "data", [None, "", '{"reason": "done"}', "not json", '["human"]', '{"reason": 1}', "{"]
 )
 def test_ended_without_a_human_request_says_goodbye(data):
     xml = handoff_twiml("ended", data, dial_number="+15550100")
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
 
 
-def test_completed_says_goodbye_even_if_handoff_asked():
+def test_completed_answers_an_empty_response_even_if_handoff_asked():
     xml = handoff_twiml("completed", '{"reason": "human"}', dial_number="+15550100")
-    assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
+    assert says(xml) == []
+    assert xml == '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
 
-def test_failed_apologises_and_hangs_up():
-    xml = handoff_twiml("failed", None, dial_number="+15550100")
+def test_failed_apologises_hangs_up_and_logs_the_error_code(caplog):
+    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+        xml = handoff_twiml("failed", None, dial_number="+15550100", error_code="64105")
     assert says(xml) == [("Say", APOLOGY_LINE), ("Hangup", None)]
     assert "sorry" in APOLOGY_LINE.lower()
+    assert "64105" in caplog.text
+
+
+def test_unknown_status_says_goodbye_and_logs_it(caplog):
+    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+        xml = handoff_twiml("", '{"reason": "human"}', dial_number="+15550100")
+    assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
+    assert "unexpected SessionStatus" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -152,3 +453,8 @@ def test_failed_apologises_and_hangs_up():
 )
 def test_wants_human(data, expected):
     assert wants_human(data) is expected
+
+
+def test_twilio_writes_an_empty_response_as_we_expect():
+    # The "completed" answer relies on this shape of twilio's output.
+    assert VoiceResponse().to_xml() == '<?xml version="1.0" encoding="UTF-8"?><Response />'
