@@ -12,7 +12,7 @@ from relaylab.caller import Reply, SimulatedCall
 from relaylab.conversation import Conversation, heard_prefix
 from relaylab.lab import Lab, start
 from relaylab.session import CallSession
-from relaylab.steps import Step
+from relaylab.step import Step
 
 # Without a handler Python prints warnings to stderr, and from the relay's background
 # thread they would land in whichever notebook cell runs next. The app decides where

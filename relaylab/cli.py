@@ -15,8 +15,10 @@ from dotenv import find_dotenv, load_dotenv
 from relaylab.caller import SimulatedCall
 from relaylab.llm import choose_backend
 from relaylab.relay import Relay
-from relaylab.steps import LESSONS
+from relaylab.settings import RelaySettings
+from relaylab.step import LESSONS
 from relaylab.tunnel import NumberSetupError, TunnelError, configure_number, open_tunnel
+from relaylab.twiml import parse_relay_attrs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the relay in the foreground")
     serve.add_argument("--step", default="tracking", choices=LESSONS)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--public-url", help="the https:// address Twilio reaches this relay at")
     serve.add_argument("--tunnel", action="store_true", help="open an ngrok tunnel (pyngrok)")
     serve.add_argument("--offline", action="store_true", help="use the local stand-in for Claude")
@@ -52,6 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="a <Parameter> the relay receives in setup.customParameters (repeatable)",
+    )
+    serve.add_argument(
+        "--relay-attr",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other <ConversationRelay> attribute, e.g. speechTimeout=800 (repeatable)",
+    )
+    serve.add_argument(
+        "--debug-events",
+        action="store_true",
+        help="ask Twilio for info frames (speaker events, tokens played): what the caller heard",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
@@ -88,17 +102,16 @@ async def serve_forever(args: argparse.Namespace) -> int:
     """Run the relay (and the stand-in, if offline) until Ctrl-C."""
     backend = choose_backend(True if args.offline else None)
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
-    relay = Relay(
-        backend,
-        step=args.step,
+    settings = RelaySettings(
         host=args.host,
         port=args.port,
         auth_token=auth_token,
         public_url=args.public_url,
-        twiml_options=twiml_options(args),
+        twiml=twiml_options(args),
+        debug_events=args.debug_events,
         dial_number=args.dial_number,
-        aiohttp=True,
     )
+    relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await relay.start()
     # What is loaded by now lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall every call for ~70 ms now and then.
@@ -150,7 +163,8 @@ def twiml_options(args: argparse.Namespace) -> dict[str, object]:
         "dtmf_detection": True if args.dtmf or args.step == "handoff" else None,
         "parameters": parameters or None,
     }
-    return {name: value for name, value in options.items() if value is not None}
+    chosen = {name: value for name, value in options.items() if value is not None}
+    return {**chosen, **parse_relay_attrs(args.relay_attr)}
 
 
 async def terminal_call(ws_url: str, auth_token: str | None, words_per_minute: float) -> int:

@@ -9,9 +9,11 @@ Starting a new Lab stops the previous one, so re-running a cell never hits
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import anthropic
@@ -23,7 +25,9 @@ from relaylab.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import Relay
 from relaylab.server import RelayServer
-from relaylab.steps import step_name
+from relaylab.session import CallSession, Limits
+from relaylab.settings import RelaySettings
+from relaylab.step import Step
 
 log = logging.getLogger("relaylab.lab")
 
@@ -48,6 +52,8 @@ class Lab:
         words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
         clock_speed: float = 1.0,
         twiml_options: dict[str, Any] | None = None,
+        debug_events: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.backend: Backend = choose_backend(offline)
         self.auth_token = auth_token
@@ -60,11 +66,15 @@ class Lab:
             step=step,
             first_token_delay=first_token_delay,
             tokens_per_second=tokens_per_second,
-            host=host,
-            port=port,
-            auth_token=auth_token,
-            public_url=public_url,
-            twiml_options=twiml_options,
+            settings=RelaySettings(
+                host=host,
+                port=port,
+                auth_token=auth_token,
+                public_url=public_url,
+                twiml=twiml_options or {},
+                debug_events=debug_events,
+                call=limits or Limits(),
+            ),
         )
         try:
             self._loop.run(self._relay.start())
@@ -74,7 +84,7 @@ class Lab:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<Lab {state} step={step_name(self.server.step)} model={self.backend.kind}>"
+        return f"<Lab {state} step={self.server.step.name} model={self.backend.kind}>"
 
     # -- what a notebook reads -------------------------------------------------------
 
@@ -117,12 +127,12 @@ class Lab:
         return self.llm.model
 
     @property
-    def step(self) -> object:
+    def step(self) -> Step:
         return self.server.step
 
     def describe(self) -> str:
         """One line on what this lab runs, without ports (stable in notebook outputs)."""
-        return f"relay running step {step_name(self.step)!r}; Claude is {self.backend.describe()}"
+        return f"relay running step {self.step.name!r}; Claude is {self.backend.describe()}"
 
     # -- doing things ------------------------------------------------------------------
 
@@ -153,7 +163,7 @@ class Lab:
             auth_token=self.auth_token,
             signed_url=public.ws_url if public else None,
             portal=self._loop,
-            session_lookup=self.server.find,
+            relay=_RelayView(self.server),
             action_url=f"{self.http_url}/action",
             **options,
         )
@@ -192,6 +202,29 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _RelayView:
+    """What a simulated call may ask about the relay's side of itself: its stored history.
+
+    One per call; it keeps hold of the call's session, which the relay forgets at hang-up.
+    """
+
+    SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up with the call
+
+    def __init__(self, server: RelayServer) -> None:
+        self._server = server
+        self._session: CallSession | None = None
+
+    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
+        deadline = time.monotonic() + self.SETTLE_TIMEOUT
+        while True:
+            self._session = self._session or self._server.find(call_sid)
+            session = self._session
+            settled = session is not None and (session.closed or session.caught_up(frames_sent))
+            if settled or time.monotonic() > deadline:
+                return session.conversation.snapshot() if session is not None else None
+            await asyncio.sleep(0.005)
 
 
 def start(step: object = "tracking", **options: Any) -> Lab:

@@ -6,11 +6,11 @@ A Lab runs one on its background loop; ``relaylab serve`` runs one in the foregr
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from relaylab.llm import LLM, Backend, make_llm
 from relaylab.offline_claude import OfflineClaude
 from relaylab.server import RelayServer
+from relaylab.settings import RelaySettings
 
 log = logging.getLogger("relaylab.relay")
 
@@ -26,12 +26,12 @@ class Relay:
         first_token_delay: float = 0.4,
         tokens_per_second: float = 60.0,
         aiohttp: bool = False,
-        **server_options: Any,
+        settings: RelaySettings | None = None,
     ) -> None:
         self.backend = backend
         self.aiohttp = aiohttp
         self.step = step
-        self.server_options = server_options
+        self.settings = settings or RelaySettings()
         self.offline_claude = (
             OfflineClaude(first_token_delay=first_token_delay, tokens_per_second=tokens_per_second)
             if backend.kind == "offline"
@@ -46,7 +46,7 @@ class Relay:
                 await self.offline_claude.start()
             offline_url = self.offline_claude.base_url if self.offline_claude else None
             self.llm = make_llm(self.backend, offline_url=offline_url, aiohttp=self.aiohttp)
-            self.server = RelayServer(step=self.step, llm=self.llm, **self.server_options)
+            self.server = RelayServer(step=self.step, llm=self.llm, settings=self.settings)
             await self.server.start()
         except BaseException:
             await self.stop()

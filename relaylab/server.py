@@ -1,12 +1,12 @@
-"""The relay's I/O shell: one websockets server on one port.
+"""The relay's I/O shell: one port, two kinds of connection.
 
-    GET /twiml    TwiML that points Twilio's ConversationRelay at /ws
-    GET /ws       the ConversationRelay WebSocket; one CallSession per socket
-    GET /action   where Twilio goes when a session ends (<Connect action>)
-    GET /healthz  "ok"
+Each new connection's first request head decides where it goes:
+- a WebSocket upgrade to ``/ws`` goes to a ``CallSocket`` (websockets' sans-I/O
+  protocol), which gets one ``CallSession``;
+- anything else goes to aiohttp's HTTP server (``Webhooks``): TwiML, the action
+  URL, the health check, with GET or POST and form bodies.
 
-With an auth token configured, /twiml, /action and the /ws handshake must carry a
-valid X-Twilio-Signature, checked before any session exists. Everything about the
+Signatures are checked here, before any session exists. Everything about the
 conversation itself lives in session.py and the steps.
 """
 
@@ -14,199 +14,218 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
+from aiohttp import web
+from websockets.http11 import Request
 
-from relaylab import protocol, signatures, twiml
+from relaylab import signatures
+from relaylab.call_socket import CallSocket
 from relaylab.llm import LLM
-from relaylab.session import CallSession, HungUp
-from relaylab.steps import resolve, step_name
-from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints
+from relaylab.protocol import loggable
+from relaylab.session import CallSession, Send
+from relaylab.settings import RelaySettings
+from relaylab.step import Step, resolve
+from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
+from relaylab.webhooks import Webhooks
 
 log = logging.getLogger("relaylab.server")
 
-WEBSOCKET_MAX_SIZE = 16 * protocol.MAX_FRAME_BYTES
-"""Past this, websockets closes the socket (1009). Smaller oversized frames are refused
-one by one by protocol.parse, and the call goes on."""
 STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
+Problem = tuple[int, str]  # (HTTP status, reason) for a refused request
 
 
 class RelayServer:
     """Serves TwiML and ConversationRelay sockets; hands each socket to a CallSession."""
 
-    def __init__(
-        self,
-        *,
-        step: object,
-        llm: LLM,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        auth_token: str | None = None,
-        public_url: str | None = None,
-        twiml_options: dict[str, object] | None = None,
-        dial_number: str | None = None,
-    ) -> None:
-        self.step = resolve(step)
+    def __init__(self, *, step: object, llm: LLM, settings: RelaySettings | None = None) -> None:
+        self.settings = settings or RelaySettings()
+        self.step: Step = resolve(step)
         self.llm = llm
-        self.host = host
-        self.port = port
-        self.auth_token = auth_token
-        self.public = endpoints(public_url) if public_url else None
-        self.twiml_options = twiml_options or {}
-        self.dial_number = dial_number
+        self.port = self.settings.port
+        self.public = endpoints(self.settings.public_url) if self.settings.public_url else None
         self.sessions: list[CallSession] = []
         self.session_listeners: list[Callable[[CallSession], None]] = []
-        self._server: Server | None = None
+        self._sockets: set[CallSocket] = set()
+        self._listener: asyncio.Server | None = None
+        self._http: web.Server | None = None
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{_url_host(self.host)}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
+        return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        self._server = await serve(
-            self._handle_socket,
-            self.host,
-            self.port,
-            process_request=self._route,
-            max_size=WEBSOCKET_MAX_SIZE,
-            compression=None,  # frames are tiny; deflate would only add latency
-            logger=logging.getLogger("relaylab.websockets"),  # quiet in notebooks, like ours
-            create_connection=_Connection,
+        self._http = web.Server(Webhooks(self), access_log=None)
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: _FirstRequest(self), self.host, self.port
         )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("relay listening on %s (step %s)", self.http_url, step_name(self.step))
+        self.port = self._listener.sockets[0].getsockname()[1]
+        log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            try:
-                # An HTTP client holding its keep-alive socket must not stall a restart.
-                await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT)
-            except TimeoutError:
-                log.info("some connections did not close within %.0f s; dropping them", STOP_WAIT)
-                for connection in list(self._server.connections):
-                    connection.transport.abort()
-            self._server = None
+        if self._listener is None:
+            return
+        self._listener.close()
+        for socket in list(self._sockets):
+            socket.close()
+        closing = [socket.closed for socket in self._sockets]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=STOP_WAIT)
+            if late:
+                log.info(
+                    "%d calls did not close within %.0f s; dropping them", len(late), STOP_WAIT
+                )
+                for socket in list(self._sockets):
+                    socket._abort()
+        await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
+        self._listener = None
 
     def use(self, step: object) -> None:
         """Swap the handlers for new and ongoing calls."""
         self.step = resolve(step)
         for session in self.sessions:
             session.step = self.step
-        log.info("relay now uses step %s", step_name(self.step))
+        log.info("relay now uses step %s", self.step.name)
 
     def find(self, call_sid: str) -> CallSession | None:
         return next((s for s in self.sessions if s.call_sid == call_sid), None)
 
-    # -- HTTP --------------------------------------------------------------------
+    # -- connections --------------------------------------------------------------
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        if url.path not in ("/twiml", "/ws", "/action", "/healthz"):
-            return connection.respond(
-                HTTPStatus.NOT_FOUND,
-                f"Not found: {url.path}. This relay serves /twiml, /ws, /action and /healthz.\n",
-            )
-        if request.method != "GET":
-            return connection.respond(
-                HTTPStatus.METHOD_NOT_ALLOWED,
-                f"{request.method} is not supported: the webhook must use HTTP GET. In the "
-                "Twilio console set 'A call comes in' to HTTP GET, or run "
-                "`relaylab serve --configure-number`.\n",
-            )
-        if url.path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
-        if reason := self._signature_problem(request, websocket=url.path == "/ws"):
-            log.warning("refused %s: %s", url.path, reason)
-            return connection.respond(HTTPStatus.FORBIDDEN, f"Forbidden: {reason}\n")
-        if url.path == "/ws":
-            return None  # go on with the WebSocket handshake
-        if url.path == "/twiml":
+    def call_socket(self) -> CallSocket:
+        socket = CallSocket(self)
+        self._sockets.add(socket)
+        socket.closed.add_done_callback(lambda _: self._sockets.discard(socket))
+        return socket
+
+    def http_protocol(self) -> asyncio.Protocol:
+        return self._http()  # type: ignore[misc]  # aiohttp's protocol factory
+
+    def open_session(self, send: Send) -> CallSession:
+        session = CallSession(send, step=self.step, llm=self.llm, limits=self.settings.call)
+        self.sessions.append(session)
+        for listener in list(self.session_listeners):
             try:
-                public = self._public_endpoints(request)
-            except TunnelError as exc:
-                return connection.respond(HTTPStatus.BAD_REQUEST, f"Bad Host header: {exc}\n")
-            options = {"action_url": public.action_url, **self.twiml_options}
-            body = twiml.relay_twiml(public.ws_url, **options)
-        else:
-            query = dict(parse_qsl(url.query))
-            body = twiml.handoff_twiml(
-                query.get("SessionStatus", ""),
-                query.get("HandoffData"),
-                dial_number=self.dial_number,
-            )
-        response = connection.respond(HTTPStatus.OK, body)
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "text/xml; charset=utf-8"
-        return response
+                listener(session)
+            except Exception:
+                log.exception("a session listener failed; the call goes on without it")
+        return session
 
-    def _public_endpoints(self, request: Request) -> PublicEndpoints:
+    def forget(self, session: CallSession) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    # -- requests -----------------------------------------------------------------
+
+    def check_websocket(self, request: Request) -> Problem | None:
+        """Why the /ws handshake must be refused, or None to accept it."""
+        path = request.path.split("?", 1)[0]
+        if path != "/ws":
+            return HTTPStatus.NOT_FOUND, f"Not found: {loggable(path)}. The WebSocket is /ws.\n"
+        return self.check_signature(
+            path_qs=request.path,
+            host_headers=request.headers.get_all("Host"),
+            signature_headers=request.headers.get_all(signatures.SIGNATURE_HEADER),
+            params={},
+            websocket=True,
+        )
+
+    def check_signature(
+        self,
+        *,
+        path_qs: str,
+        host_headers: Sequence[str],
+        signature_headers: Sequence[str],
+        params: Mapping[str, str],
+        websocket: bool,
+    ) -> Problem | None:
+        """None when the request may go on; else the status and reason to refuse it with."""
+        if len(host_headers) > 1:
+            return HTTPStatus.BAD_REQUEST, "Bad request: more than one Host header"
+        if len(signature_headers) > 1:
+            return HTTPStatus.BAD_REQUEST, "Bad request: more than one X-Twilio-Signature header"
+        if not self.settings.auth_token:
+            return None
+        try:
+            reason = signatures.verify(
+                self.settings.auth_token,
+                path=path_qs,
+                host=host_headers[0] if host_headers else None,
+                public_url=self.public.base_url if self.public else None,
+                websocket=websocket,
+                signature=signature_headers[0] if signature_headers else None,
+                params=params,
+            )
+        except ValueError as exc:
+            return HTTPStatus.BAD_REQUEST, f"Bad request: {exc}"
+        if reason is None:
+            return None
+        log.warning("refused %s: %s", loggable(path_qs), reason)
+        return HTTPStatus.FORBIDDEN, f"Forbidden: {reason}"
+
+    def public_endpoints(self, host: str | None) -> PublicEndpoints:
         """Where Twilio reaches us: the configured public URL, else the request's Host."""
         if self.public is not None:
             return self.public
-        return endpoints("https://" + (request.headers.get("Host") or f"{self.host}:{self.port}"))
-
-    def _signature_problem(self, request: Request, *, websocket: bool) -> str | None:
-        if not self.auth_token:
-            return None
-        return signatures.verify(
-            self.auth_token,
-            path=request.path,
-            host=request.headers.get("Host"),
-            public_url=self.public.base_url if self.public else None,
-            websocket=websocket,
-            signature=request.headers.get("X-Twilio-Signature"),
-        )
-
-    # -- WebSocket ---------------------------------------------------------------
-
-    async def _handle_socket(self, connection: _Connection) -> None:
-        async def send(frame: str) -> None:
-            try:
-                await connection.send(frame)
-            except ConnectionClosed as exc:
-                raise HungUp(str(exc)) from None
-
-        session = CallSession(
-            send, step=self.step, llm=self.llm, frames_waiting=lambda: connection.unhandled
-        )
-        self.sessions.append(session)
+        host = host or f"{_url_host(self.host)}:{self.port}"
         try:
-            for listener in list(self.session_listeners):
-                try:
-                    listener(session)
-                except Exception:
-                    log.exception("a session listener failed; the call goes on without it")
-            async for frame in connection:
-                connection.unhandled -= 1
-                await session.handle_frame(frame)
-        except ConnectionClosed as exc:
-            log.info("%r: the socket dropped (%s)", session, exc)
-        finally:
-            await session.close()
-            self.sessions.remove(session)
+            scheme = "http" if is_local(urlsplit("//" + host).hostname or "") else "https"
+            return endpoints(f"{scheme}://{host}")
+        except (TunnelError, ValueError) as exc:
+            raise ValueError(f"{loggable(host)} is not a host name ({exc})") from None
 
 
-class _Connection(ServerConnection):
-    """A server connection that counts the frames it has read and the relay not handled.
+class _FirstRequest(asyncio.Protocol):
+    """Reads a new connection's first request head, then hands the connection on."""
 
-    The session asks before each token it sends, so that an ``interrupt`` already read
-    is handled first (see CallSession.send_text).
-    """
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.head = bytearray()
+        self.transport: asyncio.Transport | None = None
 
-    unhandled = 0
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-    def process_event(self, event: object) -> None:
-        super().process_event(event)  # type: ignore[arg-type]
-        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
-            self.unhandled += 1
+    def data_received(self, data: bytes) -> None:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > self.server.settings.socket.max_request_head_bytes:
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                self.transport.close()  # type: ignore[union-attr]
+            return
+        if _asks_for_websocket(bytes(self.head[:end])):
+            protocol: asyncio.Protocol = self.server.call_socket()
+        else:
+            protocol = self.server.http_protocol()
+        self.transport.set_protocol(protocol)  # type: ignore[union-attr]
+        protocol.connection_made(self.transport)  # type: ignore[arg-type]
+        protocol.data_received(bytes(self.head))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # closed before a whole request head arrived
+
+
+def _asks_for_websocket(head: bytes) -> bool:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+            return True
+    return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,14 +1,20 @@
-"""One call's state machine: history, the reply being spoken, events and timings.
+"""One call's state machine: frames in, handler calls and frames out. No sockets.
 
-No socket code lives here: the server hands each session a ``send`` coroutine
-function and feeds it frames with ``handle_frame``. That keeps the session
-testable alone, and the server a thin shell.
+The I/O shell (server.py) hands every inbound frame to ``CallSession.receive`` the
+moment it arrives, synchronously, and gives the session a ``send`` coroutine function
+for frames out. A test can do the same with a list (see ``relaylab.testing``).
+
+The one ordering guarantee lives here, in ``send_text``: a reply never sends a frame
+while a frame that arrived after it started is still being handed to its handler. An
+``interrupt`` is read, its ``on_interrupt`` hook runs (and in the tracking step
+cancels the reply), and only then may the reply send again, which it then cannot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import time
 from collections import deque
@@ -16,24 +22,36 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anthropic
-import httpx2
-
-from relaylab import protocol
+from relaylab import failures, protocol
 from relaylab.conversation import Conversation, heard_prefix
+from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
-from relaylab.steps import run_hook, step_name
+from relaylab.protocol import loggable
+from relaylab.step import Step
 
 log = logging.getLogger("relaylab.session")
 
-APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
-CANCEL_WAIT = 1.0  # seconds a cancelled reply gets to stop before the relay goes on
-FRAME_HISTORY = 40
+FRAME_HISTORY = 40  # frames kept per call for the live view
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much a call may take before the relay steps in."""
+
+    first_token_timeout: float = 5.0
+    """Seconds a reply may go without its first frame before the caller hears the apology."""
+    stall_timeout: float = 5.0
+    """Seconds a started reply may go without a frame before the caller hears the apology."""
+    cancel_wait: float = 1.0
+    """Seconds a cancelled reply gets to stop before the relay goes on without it."""
+    history_chars: int = 100_000
+    """Past this many characters of history the oldest turns are dropped (well under the
+    model's context, and far under the API's request size limit)."""
+
 
 Send = Callable[[str], Awaitable[None]]
-Listener = Callable[["Event"], None]
 
-_current_reply: contextvars.ContextVar[ReplyTask | None] = contextvars.ContextVar(
+_current_reply: contextvars.ContextVar[Reply | None] = contextvars.ContextVar(
     "relaylab_current_reply", default=None
 )
 
@@ -42,113 +60,112 @@ class HungUp(ConnectionError):
     """The caller's socket closed while the relay was sending."""
 
 
-@dataclass
-class Event:
-    """Something that happened on a call, for widgets, logs and tests."""
-
-    kind: str  # frame_in, frame_out, reply_started, token, reply_ended, interrupt, error, closed
-    session: CallSession
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(eq=False)
-class ReplyTask:
+class Reply:
     """One prompt's reply: the task producing it and everything it has sent."""
 
     prompt: str
     id: int  # 1 for the call's first reply, 2 for the next, ...
     sent: str = ""
+    frames: int = 0  # text frames sent
     state: str = "running"  # running, done, cancelled, failed
     heard: str | None = None  # set when the caller interrupts this reply
+    played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
     error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
-    last_token_at: float | None = None
+    last_sent_at: float | None = None
+    last_token_at: float | None = None  # when the frame with last=True went out
+    ended_at: float | None = None
+    interrupted_at: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    started: asyncio.Future[None] | None = field(default=None, repr=False)
+    timeout_error: failures.ModelTooSlow | None = field(default=None, repr=False)
+    _order: int = 0
 
     @property
     def interrupted(self) -> bool:
         return self.heard is not None
 
     @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
     def timings(self) -> dict[str, float]:
-        """Milliseconds from the prompt to the first and to the last token sent."""
-        result = {}
-        if self.first_token_at is not None:
-            result["first_token_ms"] = (self.first_token_at - self.started_at) * 1000
-        if self.last_token_at is not None:
-            result["last_token_ms"] = (self.last_token_at - self.started_at) * 1000
-        return result
+        """Milliseconds from the prompt to the first and last frame sent, the interrupt
+        and the end of the reply (each once it happened)."""
+        marks = {
+            "first_token_ms": self.first_token_at,
+            "last_token_ms": self.last_token_at,
+            "interrupt_ms": self.interrupted_at,
+            "ended_ms": self.ended_at,
+        }
+        return {k: (at - self.started_at) * 1000 for k, at in marks.items() if at is not None}
+
+
+ReplyTask = Reply  # the name earlier lessons used
 
 
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
-    def __init__(
-        self,
-        send: Send,
-        *,
-        step: object,
-        llm: LLM,
-        frames_waiting: Callable[[], int] = lambda: 0,
-    ) -> None:
+    def __init__(self, send: Send, *, step: Step, llm: LLM, limits: Limits | None = None) -> None:
         self._send = send
-        self._frames_waiting = frames_waiting
         self.step = step
         self.claude = llm.client
         self.model = llm.model
         self.system = llm.system
         self.max_tokens = llm.max_tokens
+        self.limits = limits or Limits()
         self.call_sid = ""
         self.setup: protocol.Setup | None = None
         self.conversation = Conversation()
-        self.replies: list[ReplyTask] = []
+        self.replies: list[Reply] = []
         self.frames: deque[tuple[str, str]] = deque(maxlen=FRAME_HISTORY)
-        self.frames_handled = 0  # inbound frames fully handled (a simulated call waits on it)
+        self.frames_received = 0
         self.closed = False
-        self._listeners: list[Listener] = []
+        self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
+        self.events = EventBus(self)
+        self._order = itertools.count(1)
+        self._handlers: set[asyncio.Task[None]] = set()  # hooks other than on_prompt
+        self._last_handler: asyncio.Task[None] | None = None
+        self._barriers: list[tuple[int, asyncio.Future[Any]]] = []
 
     def __repr__(self) -> str:
-        return f"<CallSession {self.call_sid or '(no setup yet)'} step={step_name(self.step)}>"
-
-    # -- events ------------------------------------------------------------------
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` on the relay's loop for every event; returns an unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
-
-    def _emit(self, kind: str, **data: Any) -> None:
-        if not self._listeners:
-            return  # nobody watching (relaylab serve): no Event per token and frame
-        event = Event(kind, self, data)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("%s: an event listener failed on %r", self._name, kind)
+        return f"<CallSession {self._name} step={self.step.name}>"
 
     @property
     def _name(self) -> str:
-        return f"Call {self.call_sid}" if self.call_sid else "A call (before setup)"
+        return f"Call {loggable(self.call_sid)}" if self.call_sid else "A call (before setup)"
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on the relay's loop for every event; returns an unsubscribe."""
+        return self.events.subscribe(listener)
 
     # -- replies -----------------------------------------------------------------
 
     @property
-    def reply(self) -> ReplyTask | None:
+    def reply(self) -> Reply | None:
         """The reply the running handler belongs to, else the latest reply of the call."""
         return _current_reply.get() or self.last_reply
 
     @property
-    def last_reply(self) -> ReplyTask | None:
+    def last_reply(self) -> Reply | None:
         return self.replies[-1] if self.replies else None
+
+    @property
+    def heard(self) -> str:
+        """What the caller heard of the latest reply before interrupting it ("" if nothing)."""
+        reply = self.last_reply
+        return reply.heard or "" if reply is not None else ""
 
     @property
     def timings(self) -> dict[str, float]:
         """Timings of the latest reply, in milliseconds."""
         return self.last_reply.timings if self.last_reply else {}
 
-    async def cancel_reply(self) -> ReplyTask | None:
+    async def cancel_reply(self) -> Reply | None:
         """Cancel every reply older than the caller's own, and wait until each has stopped.
 
         Cancelling closes the model stream inside the reply (``async with`` exits), which
@@ -157,11 +174,7 @@ class CallSession:
         reply that was cancelled.
         """
         current = _current_reply.get()
-        running = [
-            r
-            for r in self.replies
-            if r.state == "running" and r.task and (current is None or r.id < current.id)
-        ]
+        running = [r for r in self.replies if r.running and (current is None or r.id < current.id)]
         for reply in running:
             reply.state = "cancelled"
             reply.task.cancel()  # type: ignore[union-attr]
@@ -169,11 +182,11 @@ class CallSession:
             await self._wait_for_stop(running)
         return running[-1] if running else None
 
-    async def _wait_for_stop(self, replies: list[ReplyTask]) -> None:
-        # A handler that ignores the cancel must not stall the socket: wait a little,
+    async def _wait_for_stop(self, replies: list[Reply]) -> None:
+        # A handler that ignores the cancel must not stall the call: wait a little,
         # then go on (send_text keeps a cancelled reply silent anyway).
         waiting = asyncio.ensure_future(
-            asyncio.wait([r.task for r in replies], timeout=CANCEL_WAIT)  # type: ignore[misc]
+            asyncio.wait([r.task for r in replies], timeout=self.limits.cancel_wait)  # type: ignore[misc]
         )
         try:
             _, stuck = await asyncio.shield(waiting)
@@ -189,25 +202,36 @@ class CallSession:
                 self._name,
                 len(stuck),
                 "y is" if len(stuck) == 1 else "ies are",
-                CANCEL_WAIT,
+                self.limits.cancel_wait,
             )
 
     def _start_reply(self, prompt: protocol.Prompt) -> None:
-        reply = ReplyTask(prompt=prompt.voice_prompt, id=len(self.replies) + 1)
+        loop = asyncio.get_running_loop()
+        reply = Reply(prompt=prompt.voice_prompt, id=len(self.replies) + 1)
+        reply._order = next(self._order)
+        reply.started = loop.create_future()
+        self._barriers.append((reply._order, reply.started))
         self.replies.append(reply)
         context = contextvars.copy_context()
         context.run(_current_reply.set, reply)
-        reply.task = asyncio.get_running_loop().create_task(
-            self._run_reply(reply, prompt), context=context
-        )
-        self._emit("reply_started", reply=reply)
+        reply.task = loop.create_task(self._run_reply(reply, prompt), context=context)
+        self._watch(reply)
+        self.events.emit("reply_started", reply=reply)
 
-    async def _run_reply(self, reply: ReplyTask, prompt: protocol.Prompt) -> None:
+    async def _run_reply(self, reply: Reply, prompt: protocol.Prompt) -> None:
+        previous = self._last_handler
         try:
-            await run_hook(self.step, "on_prompt", self, prompt)
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])  # e.g. on_setup still running
+            reply.started.set_result(None)  # type: ignore[union-attr]
+            self._forget_barrier(reply.started)
+            await self.step.run("on_prompt", self, prompt)
         except asyncio.CancelledError:
-            reply.state = "cancelled"
-            raise
+            if reply.state != "timed_out":
+                reply.state = "cancelled"
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we cancelled it
+            await self._apologise(reply, reply.timeout_error)  # type: ignore[arg-type]
         except HungUp:
             reply.state = "cancelled"
             log.info("%s: the caller hung up while the reply was being sent", self._name)
@@ -217,66 +241,113 @@ class CallSession:
             else:
                 await self._apologise(reply, exc)
         else:
-            if reply.state == "running":
+            if reply.running:
                 reply.state = "done"
         finally:
-            self._emit("reply_ended", reply=reply)
-            if self.conversation and (problems := self.conversation.problems()):
-                log.warning(
-                    "%s: the Messages API would reject this history: %s",
-                    self._name,
-                    "; ".join(problems),
-                )
+            if not reply.started.done():  # type: ignore[union-attr]
+                reply.started.set_result(None)  # type: ignore[union-attr]
+            reply.ended_at = time.monotonic()
+            self._forget_barrier(reply.started)
+            self.events.emit("reply_ended", reply=reply)
+            self._check_history()
 
-    async def _apologise(self, reply: ReplyTask, exc: Exception) -> None:
+    def _watch(self, reply: Reply) -> None:
+        """Give up on a reply that sends nothing for too long: the caller hears the apology
+        instead of silence, and the call goes on."""
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if not reply.running:
+                return
+            started = reply.first_token_at is not None
+            limit = self.limits.stall_timeout if started else self.limits.first_token_timeout
+            since = reply.last_sent_at or reply.started_at
+            if time.monotonic() - since < limit:
+                loop.call_at(since + limit, check)
+                return
+            reply.state = "timed_out"
+            reply.timeout_error = failures.ModelTooSlow(limit, started=started)
+            reply.task.cancel()  # type: ignore[union-attr]
+
+        loop.call_later(self.limits.first_token_timeout, check)
+
+    async def _apologise(self, reply: Reply, exc: BaseException) -> None:
         reply.state = "failed"
-        reply.error = describe_error(exc)
+        reply.error = failures.describe(exc)
         log.warning(
-            "%s: the reply to %r failed (%s). The caller hears a short apology and the call "
+            "%s: the reply to %s failed (%s). The caller hears a short apology and the call "
             "goes on.",
             self._name,
-            reply.prompt,
+            loggable(reply.prompt),
             reply.error,
-            exc_info=not _is_model_error(exc),
+            exc_info=not failures.is_model_error(exc),
         )
-        self._emit("error", message=f"reply failed: {reply.error}")
+        self.events.emit("error", message=f"reply failed: {reply.error}")
         if self.closed:
             return
         # After partial tokens, a space keeps the voice from running two words together.
-        apology = f" {APOLOGY}" if reply.sent and not reply.sent[-1].isspace() else APOLOGY
+        apology = failures.APOLOGY
+        if reply.sent and not reply.sent[-1].isspace():
+            apology = " " + apology
         try:
-            await self.send_text(apology, last=True)
+            frame = protocol.text(apology, True)
+            await self.send(frame)
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
-        self.conversation.add_assistant(APOLOGY)
+        self.conversation.add_assistant(failures.APOLOGY)
+
+    def _check_history(self) -> None:
+        if not self.conversation:
+            return
+        dropped = self.conversation.trim_to(self.limits.history_chars)
+        if dropped:
+            log.info(
+                "%s: the history passed %d characters; dropped the %d oldest turns so the "
+                "next request stays within the model's limits",
+                self._name,
+                self.limits.history_chars,
+                dropped,
+            )
+        if problems := self.conversation.problems():
+            log.warning(
+                "%s: the Messages API would reject this history: %s",
+                self._name,
+                "; ".join(problems),
+            )
 
     # -- sending -----------------------------------------------------------------
 
     async def send_text(self, token: str, last: bool = False, **options: Any) -> None:
         """Send tokens for Twilio to speak; ``last=True`` ends this talk cycle."""
         reply = _current_reply.get()
-        if reply is not None and self._frames_waiting():
-            # A frame has been read but not handled yet (an interrupt?): let the read
-            # loop run first, so a token never leaves after an interrupt it could see.
-            # (A handler busy awaiting inside a hook can still delay that read.)
-            await asyncio.sleep(0)
-        if reply is not None and reply.state == "cancelled":
-            # A cancelled reply must stay silent even if a handler swallowed the cancel.
-            log.debug("%s: dropped %r from a cancelled reply", self._name, token)
-            raise asyncio.CancelledError
-        frame = protocol.text(token, last, **options)
         if reply is not None:
+            if self._barriers:
+                await self._wait_for_handlers(reply)
+            if not reply.running:
+                # A cancelled reply stays silent even if a handler swallowed the cancel.
+                raise asyncio.CancelledError
             # Recorded before the await: once send() starts, the frame counts as sent even
             # if the reply is cancelled while the socket drains.
-            now = time.monotonic()
+            now = reply.last_sent_at = time.monotonic()
             if token:
                 reply.sent += token
-                reply.first_token_at = reply.first_token_at or now
+                reply.frames += 1
+                if reply.first_token_at is None:
+                    reply.first_token_at = now
             if last:
                 reply.last_token_at = now
-        await self.send(frame)
-        if reply is not None and token:
-            self._emit("token", reply=reply, token=token)
+        await self.send(protocol.text(token, last, **options))
+        if reply is not None and token and self.events:
+            self.events.emit("token", reply=reply, token=token)
+
+    async def _wait_for_handlers(self, reply: Reply) -> None:
+        """Wait while a frame that arrived during ``reply`` is still being handed to its
+        handler: an interrupt's ``on_interrupt`` running, or a newer prompt's ``on_prompt``
+        not yet started. This is what keeps a token from leaving after an interrupt."""
+        newer = [barrier for order, barrier in self._barriers if order > reply._order]
+        pending = [barrier for barrier in newer if not barrier.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.limits.cancel_wait)
 
     async def end(self, handoff_data: str | dict[str, Any] | None = None) -> None:
         """End the ConversationRelay session; Twilio then requests the ``<Connect action>`` URL."""
@@ -288,100 +359,156 @@ class CallSession:
             raise HungUp(f"{self._name} has hung up; nothing more can be sent")
         await self._send(frame)
         self.frames.append(("out", frame))
-        self._emit("frame_out", frame=frame)
+        self.events.emit("frame_out", frame=frame)
 
     # -- receiving ---------------------------------------------------------------
 
-    async def handle_frame(self, frame: str | bytes) -> None:
-        """Handle one inbound frame. Bad input is logged and dropped, never raised."""
-        try:
-            await self._handle_frame(frame)
-        finally:
-            self.frames_handled += 1
+    def receive(self, frame: str | bytes) -> None:
+        """Take one inbound frame, now. Bad input is logged and dropped, never raised.
 
-    async def _handle_frame(self, frame: str | bytes) -> None:
+        Everything that decides what happens next (which reply was interrupted, what
+        it had sent, which handler runs) is settled before this returns; the handlers
+        themselves run as tasks on the loop.
+        """
+        self.frames_received += 1
         shown = frame if isinstance(frame, str) else f"<binary frame, {len(frame)} bytes>"
         self.frames.append(("in", shown[:2000]))
-        self._emit("frame_in", frame=shown)
+        self.events.emit("frame_in", frame=shown)
         try:
             message = protocol.parse(frame)
         except protocol.ProtocolError as exc:
             self._reject(f"ignored a frame: {exc}")
             return
         if isinstance(message, protocol.Setup):
-            await self._on_setup(message)
+            self._on_setup(message)
         elif self.setup is None:
-            self._reject(f"ignored a {message.type!r} message: it arrived before 'setup'")
+            self._reject(f"ignored a {loggable(message.type)} message: it arrived before 'setup'")
         elif isinstance(message, protocol.Prompt):
-            if not message.voice_prompt.strip():
-                self._reject("ignored a prompt with no words in it")
-            elif message.last:
-                self._start_reply(message)
+            self._on_prompt(message)
         elif isinstance(message, protocol.Interrupt):
-            await self._on_interrupt(message)
+            self._on_interrupt(message)
         elif isinstance(message, protocol.Dtmf):
-            await self._run_hook_safely("on_dtmf", message)
+            self._run_handler("on_dtmf", message)
+        elif isinstance(message, protocol.Info):
+            self._on_info(message)
         elif isinstance(message, protocol.ErrorMessage):
-            log.warning("%s: Twilio reported an error: %s", self._name, message.description)
-            self._emit("error", message=f"Twilio: {message.description}")
-        elif isinstance(message, protocol.Unknown):
-            log.info("%s: ignored a message of unknown type %r", self._name, message.type)
+            log.warning(
+                "%s: Twilio reported an error: %s", self._name, loggable(message.description)
+            )
+            self.events.emit("error", message=f"Twilio: {message.description}")
+        else:
+            log.info("%s: ignored a message of unknown type %s", self._name, loggable(message.type))
 
     def _reject(self, reason: str) -> None:
         log.warning("%s: %s", self._name, reason)
-        self._emit("error", message=reason)
+        self.events.emit("error", message=reason)
 
-    async def _on_setup(self, setup: protocol.Setup) -> None:
+    def _on_setup(self, setup: protocol.Setup) -> None:
         if self.setup is not None:
             self._reject("ignored a second 'setup' message")
             return
         self.setup = setup
         self.call_sid = setup.call_sid or setup.session_id or f"call-{id(self):x}"
         if not setup.call_sid:
+            log.warning("%s: setup has no callSid; named the call after its session", self._name)
+        log.info("%s: connected (step %s)", self._name, self.step.name)
+        self._run_handler("on_setup", setup)
+
+    def _on_prompt(self, prompt: protocol.Prompt) -> None:
+        if not prompt.last:
+            return  # a partial transcript: the final prompt (last: true) follows
+        if not prompt.voice_prompt.strip():
+            self._reject("ignored a prompt with no words in it")
+            return
+        if prompt.truncated_from:
             log.warning(
-                "%s: setup has no callSid; using %r to name the call", self._name, self.call_sid
+                "%s: a prompt of %d characters was cut to its first %d",
+                self._name,
+                prompt.truncated_from,
+                len(prompt.voice_prompt),
             )
-        log.info("%s: connected (step %s)", self._name, step_name(self.step))
-        await self._run_hook_safely("on_setup", setup)
+        self._start_reply(prompt)
 
-    async def _on_interrupt(self, interrupt: protocol.Interrupt) -> None:
+    def _on_interrupt(self, interrupt: protocol.Interrupt) -> None:
         reply = self.last_reply
-        if reply is not None:
-            reply.heard = heard_prefix(reply.sent, interrupt.utterance_until_interrupt)
-        self._emit("interrupt", reply=reply, utterance=interrupt.utterance_until_interrupt)
-        await self._run_hook_safely("on_interrupt", interrupt)
+        if reply is not None and reply.heard is None:
+            reply.interrupted_at = time.monotonic()
+            reply.heard = self._heard(reply, interrupt)
+        self.events.emit("interrupt", reply=reply, utterance=interrupt.utterance_until_interrupt)
+        self._run_handler("on_interrupt", interrupt)
 
-    async def _run_hook_safely(self, hook: str, *args: Any) -> None:
+    def _heard(self, reply: Reply, interrupt: protocol.Interrupt) -> str:
+        """What the caller heard of ``reply``: Twilio's own played-tokens report when it sent
+        one, else the interrupt's utterance lined up with what was sent."""
+        if reply.played and reply.sent.startswith(reply.played):
+            return reply.played.rstrip()
+        return heard_prefix(
+            reply.sent,
+            interrupt.utterance_until_interrupt,
+            duration_ms=interrupt.duration_until_interrupt_ms,
+        )
+
+    def _on_info(self, info: protocol.Info) -> None:
+        reply = self.last_reply
+        if info.name == "tokensPlayed" and isinstance(info.value, str) and reply is not None:
+            reply.played += info.value
+        elif info.name == "agentSpeaking":
+            self.agent_speaking = info.value == "on"
+        self.events.emit("info", name=info.name, value=info.value)
+
+    def _run_handler(self, hook: str, *message: Any) -> None:
+        """Run a hook other than on_prompt as a task, after the hooks before it."""
+        if getattr(self.step, hook) is None:
+            return
+        previous = self._last_handler
+        task = asyncio.get_running_loop().create_task(
+            self._handler(hook, previous, *message), context=contextvars.Context()
+        )
+        self._last_handler = task
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        if hook == "on_interrupt":
+            self._barriers.append((next(self._order), task))
+            task.add_done_callback(self._forget_barrier)
+
+    async def _handler(self, hook: str, previous: asyncio.Task[None] | None, *message: Any) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
         try:
-            await run_hook(self.step, hook, self, *args)
+            await self.step.run(hook, self, *message)
         except Exception:
             log.exception("%s: the step's %s handler failed; the call goes on", self._name, hook)
-            self._emit("error", message=f"{hook} failed")
+            self.events.emit("error", message=f"{hook} failed")
+
+    def _forget_barrier(self, barrier: asyncio.Future[Any] | None) -> None:
+        self._barriers = [(o, b) for o, b in self._barriers if b is not barrier]
+
+    # -- state for tests and the lab ---------------------------------------------
+
+    def caught_up(self, frames: int) -> bool:
+        """Has the relay handled the first ``frames`` frames of this call, and stored what
+        followed from them? (No handler running, no reply between its last frame and
+        its end.)"""
+        if self.frames_received < frames:
+            return False
+        if any(not task.done() for task in self._handlers):
+            return False
+        return not any(r.running and r.last_token_at is not None and r.sent for r in self.replies)
 
     async def close(self) -> None:
-        """The socket is gone: stop any reply and let the step clean up."""
+        """The socket is gone: stop every reply and handler, then let the step clean up."""
         if self.closed:
             return
         self.closed = True
         await self.cancel_reply()
-        await self._run_hook_safely("on_close")
-        self._emit("closed")
+        pending = [t for t in self._handlers if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=self.limits.cancel_wait)
+        try:
+            await self.step.run("on_close", self)
+        except Exception:
+            log.exception("%s: the step's on_close handler failed", self._name)
+        self.events.emit("closed")
         log.info("%s: closed", self._name)
-
-
-def _is_model_error(exc: Exception) -> bool:
-    return isinstance(exc, anthropic.APIError)
-
-
-def describe_error(exc: Exception) -> str:
-    """A short, plain description of why a reply failed."""
-    if isinstance(exc, anthropic.APIStatusError):
-        kind = exc.body.get("error", {}).get("type") if isinstance(exc.body, dict) else None
-        return f"Claude answered HTTP {exc.status_code}" + (f" {kind}" if kind else "")
-    if isinstance(exc, anthropic.APITimeoutError):
-        return "Claude did not answer in time"
-    if isinstance(exc, anthropic.APIConnectionError):
-        return "could not reach Claude (the connection failed)"
-    if isinstance(exc, httpx2.TransportError):
-        return f"the connection to Claude was cut mid-reply ({exc})"
-    return f"{type(exc).__name__}: {exc}"

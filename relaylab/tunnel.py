@@ -81,7 +81,7 @@ def endpoints(public_url: str) -> PublicEndpoints:
             f"public URL {public_url!r} must be just scheme and host (like "
             f"https://{parts.netloc}): the relay serves /twiml and /ws at its root"
         )
-    if scheme == "http" and not _is_local(parts.hostname):
+    if scheme == "http" and not is_local(parts.hostname):
         raise TunnelError(
             f"public URL {public_url!r} uses http://, but Twilio only calls https:// webhooks "
             f"and wss:// sockets: use https://{parts.netloc}"
@@ -96,7 +96,7 @@ def endpoints(public_url: str) -> PublicEndpoints:
     )
 
 
-def _is_local(hostname: str) -> bool:
+def is_local(hostname: str) -> bool:
     if hostname.lower() == "localhost" or hostname.lower().endswith(".localhost"):
         return True
     try:

@@ -24,7 +24,6 @@ import ipywidgets as widgets
 from IPython.display import HTML
 
 from relaylab.caller import SimulatedCall
-from relaylab.steps import step_name
 
 MAX_RATE = 15.0  # draws per second, at most
 FRAMES_SHOWN = 6
@@ -259,7 +258,7 @@ class ConversationView:
 
     def _draw(self, final: bool) -> tuple[str, str, str]:
         session = self.session
-        step = step_name(self.lab.server.step)
+        step = self.lab.server.step.name
         if final:
             state = "lab stopped"
         elif session is None:

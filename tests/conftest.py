@@ -74,3 +74,9 @@ def assert_valid_history(history):
     for turn in history:
         assert turn["role"] in ("user", "assistant")
         assert isinstance(turn["content"], str) and turn["content"].strip(), history
+
+
+@pytest.fixture
+def anyio_backend():
+    """Async tests (``pytest.mark.anyio``) run on asyncio, the loop relaylab uses."""
+    return "asyncio"

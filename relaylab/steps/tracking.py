@@ -37,6 +37,7 @@ async def on_prompt(call: CallSession, prompt: Prompt) -> None:
 
 async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
     # Cancel first: the cancelled reply's `finally` above stores what it sent, and
-    # only then is there a turn to cut down to the heard words.
+    # only then is there a turn to cut down to the heard words. `call.heard` is what
+    # the relay worked out from the interrupt (see relaylab.conversation.heard_prefix).
     await call.cancel_reply()
-    call.conversation.keep_heard(interrupt.utterance_until_interrupt)
+    call.conversation.keep_heard(call.heard)

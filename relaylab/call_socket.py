@@ -1,0 +1,172 @@
+"""One ConversationRelay WebSocket: websockets' sans-I/O protocol under a thin asyncio shell.
+
+``websockets.server.ServerProtocol`` does the WebSocket work (handshake, framing,
+pings, closing); this class only moves bytes between it and the transport, and
+hands each inbound message to the call's session the moment its bytes arrive. That
+is what lets ``CallSession`` promise that no token leaves after an interrupt it has
+received: there is no queue between the socket and the session for it to hide in.
+
+Sending waits only when the caller stops reading: past the write buffer limit a
+send waits for the buffer to drain, and past the send timeout the call is closed,
+which cancels its reply and aborts the model stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from relaylab.session import CallSession, HungUp
+
+if TYPE_CHECKING:
+    from relaylab.server import RelayServer
+
+log = logging.getLogger("relaylab.server")
+_WEBSOCKETS_LOG = logging.getLogger("relaylab.websockets")  # quiet unless asked for
+_CLOSE_TIMEOUT = 2.0  # seconds the caller gets to finish a close handshake
+
+
+class CallSocket(asyncio.Protocol):
+    """The relay's side of one ConversationRelay socket."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        limits = server.settings.socket
+        self.ws = ServerProtocol(max_size=limits.max_message_bytes, logger=_WEBSOCKETS_LOG)
+        self.session: CallSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self._message: list[bytes] = []  # fragments of a message still arriving
+        self._message_opcode = Opcode.TEXT
+        self._drained: asyncio.Future[None] | None = None  # set while writing is paused
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        limit = self.server.settings.socket.write_buffer_bytes
+        self.transport.set_write_buffer_limits(high=limit)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self._flush()
+        return False  # close the transport
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()
+        self.resume_writing()
+        if self.session is not None:
+            session = self.session
+            task = asyncio.get_running_loop().create_task(session.close())
+            task.add_done_callback(lambda _: self.server.forget(session))
+            task.add_done_callback(lambda _: self.closed.set_result(None))
+        else:
+            self.closed.set_result(None)
+
+    # -- receiving ----------------------------------------------------------------
+
+    def _handshake(self, request: Request) -> None:
+        problem = self.server.check_websocket(request)
+        if problem is not None:
+            status, text = problem
+            self.ws.send_response(self.ws.reject(status, text))
+            return
+        response = self.ws.accept(request)
+        self.ws.send_response(response)
+        if response.status_code == 101:
+            self.session = self.server.open_session(self.send)
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._message_opcode = frame.opcode
+            self._message = [frame.data]
+        elif frame.opcode is Opcode.CONT:
+            self._message.append(frame.data)
+        else:
+            return  # ping, pong, close: websockets answers those itself
+        if not frame.fin or self.session is None:
+            return
+        data = b"".join(self._message)
+        self._message = []
+        if self._message_opcode is Opcode.BINARY:
+            self.session.receive(data)
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            log.warning("%r: a text frame was not valid UTF-8; undecodable bytes replaced", self)
+            text = data.decode(errors="replace")
+        self.session.receive(text)
+
+    # -- sending ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)  # type: ignore[union-attr]
+            else:  # the end of the stream: the close handshake is over
+                self.transport.close()  # type: ignore[union-attr]
+                return
+        if self.ws.close_expected():
+            asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    async def send(self, frame: str) -> None:
+        """Send one text frame; waits only while a caller that stopped reading catches up."""
+        if self.ws.state is not State.OPEN:
+            raise HungUp("the caller's socket is closed")
+        self.ws.send_text(frame.encode())
+        for chunk in self.ws.data_to_send():
+            self.transport.write(chunk)  # type: ignore[union-attr]
+        if self._drained is not None:
+            await self._wait_for_caller()
+
+    async def _wait_for_caller(self) -> None:
+        timeout = self.server.settings.socket.send_timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained), timeout)  # type: ignore[arg-type]
+        except TimeoutError:
+            log.warning(
+                "%r: the caller has read nothing for %.0f s while frames kept queueing; "
+                "closing the call (its reply and model stream stop)",
+                self.session,
+                timeout,
+            )
+            self._abort()
+            raise HungUp("the caller stopped reading") from None
+        if self.ws.state is not State.OPEN:
+            raise HungUp("the caller's socket is closed")
+
+    def close(self) -> None:
+        """Close the socket from the relay's side (server shutdown)."""
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(1001, "relay shutting down")
+            self._flush()
+        elif self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,53 @@
+"""Everything a relay is configured with, in one frozen object passed down the layers.
+
+``relaylab serve`` builds it from the command line and the environment, a Lab from
+its keyword arguments; the server, the web routes and each call read it, and nothing
+copies it field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from relaylab.session import Limits
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """What one ConversationRelay socket may cost the relay."""
+
+    max_message_bytes: int = 1024 * 1024
+    """Past this, websockets closes the socket (1009). Smaller oversized frames are
+    refused one by one by protocol.parse, and the call goes on."""
+    write_buffer_bytes: int = 256 * 1024
+    """Frames queued for a caller that is not reading, before sends start waiting."""
+    send_timeout: float = 10.0
+    """Seconds a send may wait for a caller that stopped reading; then the call is closed
+    and its model stream aborted."""
+    max_request_head_bytes: int = 16 * 1024
+    """Largest HTTP request line plus headers accepted on the relay's port."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """How a relay listens, checks requests, answers TwiML and bounds each call."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    auth_token: str | None = field(default=None, repr=False)  # never shown
+    public_url: str | None = None
+    twiml: Mapping[str, Any] = field(default_factory=dict)
+    """ConversationRelay attributes (snake_case) and children for the /twiml answer."""
+    debug_events: bool = False
+    """Ask Twilio for `info` frames (speaker events, tokens played): ground truth of what
+    the caller heard."""
+    dial_number: str | None = None
+    """Where /action dials when a call is handed to a person."""
+    call: Limits = field(default_factory=Limits)
+    socket: SocketLimits = field(default_factory=SocketLimits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "twiml", MappingProxyType(dict(self.twiml)))

@@ -1,0 +1,194 @@
+"""The session core alone: scripted frames in, frames out and history, no socket."""
+
+import asyncio
+
+import anthropic
+import httpx2
+import pytest
+from conftest import assert_valid_history
+
+from relaylab import failures
+from relaylab.protocol import dtmf_frame, info_frame, interrupt_frame, prompt_frame
+from relaylab.session import Limits
+from relaylab.step import Step
+from relaylab.testing import Pause, ScriptedClaude, WaitFor, run_step
+
+pytestmark = pytest.mark.anyio
+
+DOGS = "Dogs were the first animals people tamed, long before anyone started farming."
+
+
+def texts(frames):
+    return [f for f in frames if f["type"] == "text"]
+
+
+async def test_streaming_sends_each_token_then_an_empty_last_frame():
+    result = await run_step(
+        "streaming", [prompt_frame("Tell me about dogs")], claude=ScriptedClaude(DOGS)
+    )
+    frames = texts(result.frames_out)
+    assert "".join(f["token"] for f in frames) == DOGS
+    assert frames[-1] == {"type": "text", "token": "", "last": True}
+    assert result.history == [
+        {"role": "user", "content": "Tell me about dogs"},
+        {"role": "assistant", "content": DOGS},
+    ]
+
+
+async def test_basic_sends_one_frame():
+    result = await run_step("basic", [prompt_frame("Hi")], claude=ScriptedClaude(DOGS))
+    assert texts(result.frames_out) == [{"type": "text", "token": DOGS, "last": True}]
+
+
+@pytest.mark.parametrize("step", ["tracking", "handoff"])
+async def test_no_frame_leaves_after_an_interrupt_is_received(step):
+    # Tokens come with no delay at all, so the reply is always ready to send the next
+    # one the moment the interrupt arrives: only the session's ordering rule keeps it
+    # from going out.
+    claude = ScriptedClaude(DOGS)
+    result = await run_step(
+        step, [prompt_frame("dogs"), WaitFor(4), interrupt_frame("Dogs were the")], claude=claude
+    )
+    assert result.out_after("interrupt") == []
+    assert claude.closed_streams == 1
+    assert result.history == [
+        {"role": "user", "content": "dogs"},
+        {"role": "assistant", "content": "Dogs were the"},
+    ]
+
+
+async def test_streaming_step_keeps_talking_over_an_interrupt_like_the_seed():
+    result = await run_step(
+        "streaming",
+        [prompt_frame("dogs"), WaitFor(3), interrupt_frame("Dogs were")],
+        claude=ScriptedClaude(DOGS, token_delay=0.01),
+    )
+    assert texts(result.out_after("interrupt")), "lesson 2's step is not meant to stop"
+    assert result.history[-1]["content"] == DOGS  # the whole reply: what lesson 3 fixes
+
+
+async def test_barge_in_cancels_the_old_reply_before_the_new_one_speaks():
+    claude = ScriptedClaude(DOGS, "Sure, cats.")
+    result = await run_step(
+        "tracking", [prompt_frame("dogs"), WaitFor(3), prompt_frame("cats instead")], claude=claude
+    )
+    after = texts(_after_second_prompt(result))
+    assert "".join(f["token"] for f in after) == "Sure, cats."
+    assert_valid_history(result.history)
+    assert result.history[-1] == {"role": "assistant", "content": "Sure, cats."}
+
+
+def _after_second_prompt(result):
+    prompts = [i for i, (d, f) in enumerate(result.log) if d == "in" and f.get("type") == "prompt"]
+    return [f for d, f in result.log[prompts[1] :] if d == "out"]
+
+
+async def test_info_tokens_played_is_preferred_over_the_utterance():
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs"),
+            WaitFor(6),
+            info_frame("tokensPlayed", "Dogs were the first"),
+            interrupt_frame("something that does not line up at all"),
+        ],
+        claude=ScriptedClaude(DOGS),
+    )
+    assert result.session.replies[0].heard == "Dogs were the first"
+    assert result.history[-1] == {"role": "assistant", "content": "Dogs were the first"}
+
+
+async def test_partial_prompts_are_not_answered():
+    claude = ScriptedClaude(DOGS)
+    result = await run_step(
+        "tracking",
+        [prompt_frame("Tell me", last=False), prompt_frame("Tell me about dogs")],
+        claude=claude,
+    )
+    assert len(claude.requests) == 1
+    assert result.history[0] == {"role": "user", "content": "Tell me about dogs"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        anthropic.InternalServerError(
+            "boom",
+            response=httpx2.Response(500, request=httpx2.Request("POST", "http://x")),
+            body=None,
+        ),
+        httpx2.RemoteProtocolError("peer closed connection"),
+    ],
+    ids=["http-500", "stream-cut"],
+)
+async def test_a_model_error_is_an_apology_and_the_call_goes_on(error):
+    claude = ScriptedClaude(error, "Fine now.")
+    result = await run_step(
+        "tracking", [prompt_frame("dogs"), Pause(0.05), prompt_frame("again")], claude=claude
+    )
+    spoken = "".join(f["token"] for f in texts(result.frames_out))
+    assert failures.APOLOGY in spoken and spoken.endswith("Fine now.")
+    assert_valid_history(result.history)
+
+
+async def test_a_model_that_never_answers_gets_the_apology_within_the_budget():
+    claude = ScriptedClaude(DOGS, first_token_delay=60)
+    limits = Limits(first_token_timeout=0.2, stall_timeout=0.2)
+    result = await run_step("tracking", [prompt_frame("dogs")], claude=claude, limits=limits)
+    frames = texts(result.frames_out)
+    assert frames == [{"type": "text", "token": failures.APOLOGY, "last": True}]
+    assert result.session.replies[0].state == "failed"
+    assert "no first token" in result.session.replies[0].error
+
+
+async def test_a_stream_that_stalls_mid_reply_gets_the_apology():
+    claude = ScriptedClaude(DOGS, token_delay=0.01)
+    limits = Limits(first_token_timeout=1.0, stall_timeout=0.3)
+
+    async def stall_after_three_words(call, prompt):
+        call.conversation.add_user(prompt.voice_prompt)
+        for word in ["One", " two", " three"]:
+            await call.send_text(word)
+        await asyncio.sleep(60)
+
+    result = await run_step(
+        Step(on_prompt=stall_after_three_words),
+        [prompt_frame("count")],
+        claude=claude,
+        limits=limits,
+    )
+    spoken = "".join(f["token"] for f in texts(result.frames_out))
+    assert spoken == "One two three " + failures.APOLOGY
+    assert "mid-reply" in result.session.replies[0].error
+
+
+async def test_hooks_run_in_order_and_a_failing_hook_does_not_end_the_call(caplog):
+    seen = []
+
+    async def on_setup(call, setup):
+        await asyncio.sleep(0.05)
+        seen.append("setup")
+
+    def on_dtmf(call, dtmf):
+        seen.append(dtmf.digit)
+        raise RuntimeError("bad handler")
+
+    async def on_prompt(call, prompt):
+        seen.append("prompt")
+        await call.send_text("ok", last=True)
+
+    step = Step(on_setup=on_setup, on_dtmf=on_dtmf, on_prompt=on_prompt)
+    result = await run_step(step, [dtmf_frame("1"), prompt_frame("hi")])
+    assert seen == ["setup", "1", "prompt"]
+    assert texts(result.frames_out) == [{"type": "text", "token": "ok", "last": True}]
+    assert "on_dtmf handler failed" in caplog.text
+
+
+async def test_bad_frames_are_logged_and_dropped(caplog):
+    result = await run_step(
+        "tracking",
+        ["not json", '{"type": "mystery"}', b"\x00\x01", prompt_frame("dogs")],
+        claude=ScriptedClaude("Woof."),
+    )
+    assert result.history[-1] == {"role": "assistant", "content": "Woof."}
+    assert "not valid JSON" in caplog.text
