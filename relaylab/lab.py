@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import anthropic
@@ -25,7 +26,7 @@ from relaylab.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import Relay
 from relaylab.server import RelayServer
-from relaylab.session import CallSession, Limits
+from relaylab.session import CallSession
 from relaylab.settings import RelaySettings
 from relaylab.step import Step
 
@@ -42,39 +43,29 @@ class Lab:
         self,
         step: object = "tracking",
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         offline: bool | None = None,
-        auth_token: str | None = None,
-        public_url: str | None = None,
         first_token_delay: float = 0.4,
         tokens_per_second: float = 60.0,
         words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
         clock_speed: float = 1.0,
         twiml_options: dict[str, Any] | None = None,
-        debug_events: bool = False,
-        limits: Limits | None = None,
+        **settings: Any,
     ) -> None:
+        """``settings`` are RelaySettings fields: host, port, auth_token, public_url,
+        debug_events, dial_number, call (Limits), socket (SocketLimits)."""
         self.backend: Backend = choose_backend(offline)
-        self.auth_token = auth_token
+        self.settings = RelaySettings(twiml=twiml_options or {}, **settings)
         self.words_per_minute = words_per_minute
         self.clock_speed = clock_speed
         self._loop = LoopThread()
         self._views: list[Any] = []
+        self._relay_views: dict[str, _RelayView] = {}  # per simulated call, by call sid
         self._relay = Relay(
             self.backend,
             step=step,
             first_token_delay=first_token_delay,
             tokens_per_second=tokens_per_second,
-            settings=RelaySettings(
-                host=host,
-                port=port,
-                auth_token=auth_token,
-                public_url=public_url,
-                twiml=twiml_options or {},
-                debug_events=debug_events,
-                call=limits or Limits(),
-            ),
+            settings=self.settings,
         )
         try:
             self._loop.run(self._relay.start())
@@ -157,16 +148,28 @@ class Lab:
     def _new_call(self, **options: Any) -> SimulatedCall:
         options.setdefault("words_per_minute", self.words_per_minute)
         options.setdefault("clock_speed", self.clock_speed)
+        call_sid = options.setdefault("call_sid", "CA" + uuid.uuid4().hex)
         public = self.server.public
         return SimulatedCall(
             self.ws_url,
-            auth_token=self.auth_token,
+            auth_token=self.settings.auth_token,
             signed_url=public.ws_url if public else None,
             portal=self._loop,
-            relay=_RelayView(self.server),
+            relay=self._relay_view(call_sid),
             action_url=f"{self.http_url}/action",
             **options,
         )
+
+    def session_for(self, call: SimulatedCall) -> CallSession | None:
+        """The relay's side of ``call`` (its CallSession), once the relay has handled every
+        frame the call sent; None if the relay never saw the call."""
+        return self._loop.run(self._relay_view(call.call_sid).session(len(call.sent)))
+
+    def _relay_view(self, call_sid: str) -> _RelayView:
+        view = self._relay_views.get(call_sid)
+        if view is None:
+            view = self._relay_views[call_sid] = _RelayView(self.server, call_sid)
+        return view
 
     def view(self) -> Any:
         """A live widget showing this lab's calls as they happen."""
@@ -212,19 +215,25 @@ class _RelayView:
 
     SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up with the call
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: RelayServer, call_sid: str) -> None:
         self._server = server
+        self._call_sid = call_sid
         self._session: CallSession | None = None
 
-    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
+    async def session(self, frames_sent: int) -> CallSession | None:
+        """The call's session once it has handled ``frames_sent`` frames (or 2 s passed)."""
         deadline = time.monotonic() + self.SETTLE_TIMEOUT
         while True:
-            self._session = self._session or self._server.find(call_sid)
+            self._session = self._session or self._server.find(self._call_sid)
             session = self._session
             settled = session is not None and (session.closed or session.caught_up(frames_sent))
             if settled or time.monotonic() > deadline:
-                return session.conversation.snapshot() if session is not None else None
+                return session
             await asyncio.sleep(0.005)
+
+    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
+        session = await self.session(frames_sent)
+        return session.conversation.snapshot() if session is not None else None
 
 
 def start(step: object = "tracking", **options: Any) -> Lab:

@@ -60,8 +60,8 @@ class FrameLog(list):
 def frame_log(lab, call):
     """Start recording the relay side of ``call`` (waits until the relay has its setup)."""
     for _ in range(100):
-        if call.session is not None:
-            return FrameLog(call.session)
+        if (session := lab.session_for(call)) is not None:
+            return FrameLog(session)
         time.sleep(0.01)
     raise AssertionError("the relay never saw this call's setup")
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 import relaylab as rl
-from relaylab.steps import Step
+from relaylab.step import Step
 
 
 def test_start_again_stops_the_previous_lab():
@@ -112,7 +112,7 @@ def test_using_a_call_after_its_lab_stopped_says_so_clearly(make_lab):
 
 
 def test_lab_claude_can_be_awaited_from_a_notebook_loop_without_breaking_the_relay(make_lab):
-    from relaylab.session import APOLOGY
+    from relaylab.failures import APOLOGY
 
     lab = make_lab("streaming")
 

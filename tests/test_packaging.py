@@ -1,6 +1,8 @@
 """The install paths agree: pyproject.toml, environment.yml, the Makefile, .ci/run and README."""
 
+import ast
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -51,3 +53,21 @@ def test_quick_start_commands_are_what_ci_runs():
 
 def test_console_script_points_at_cli_main():
     assert pyproject()["project"]["scripts"]["relaylab"] == "relaylab.cli:main"
+
+
+# The distribution that provides each top-level module the package imports.
+DISTRIBUTIONS = {"dotenv": "python-dotenv", "IPython": "ipython"}
+
+
+def test_every_third_party_import_of_the_package_is_declared():
+    declared = {re.split(r"[<>=\[ ]", d)[0].lower() for d in pyproject()["project"]["dependencies"]}
+    imported = set()
+    for path in (ROOT / "relaylab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    stdlib = set(sys.stdlib_module_names) | {"relaylab", "__future__"}
+    for module in sorted(imported - stdlib):
+        assert DISTRIBUTIONS.get(module, module).lower() in declared, f"{module} is not declared"

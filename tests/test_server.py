@@ -2,7 +2,9 @@
 
 import asyncio
 import http.client
+import socket
 import xml.etree.ElementTree as ET
+from urllib.parse import urlencode
 
 import pytest
 from websockets.asyncio.client import connect
@@ -32,9 +34,66 @@ def test_twiml_points_at_wss_from_host_header(lab):
     assert ET.fromstring(body).find("./Connect").get("action") == "https://abc.ngrok.app/action"
 
 
-def test_post_twiml_gets_405_saying_use_get(lab):
-    status, _, body = http_get(lab, "/twiml", method="POST")
-    assert status == 405 and "must use HTTP GET" in body
+FORM = {"CallSid": "CA1", "From": "+15550100", "To": "+15550101", "AccountSid": "AC1"}
+
+
+def http_post(lab, path, form, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", lab.server.port, timeout=5)
+    body = urlencode(form)
+    conn.request("POST", path, body=body, headers={**FORM_HEADERS, **(headers or {})})
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_twiml_answers_a_post_with_a_form_body_like_twilios_default(lab):
+    status, body = http_post(lab, "/twiml", FORM)
+    relay = ET.fromstring(body).find("./Connect/ConversationRelay")
+    assert status == 200 and relay.get("url").endswith("/ws")
+
+
+def test_signed_posts_pass_and_forged_or_missing_signatures_get_403(make_lab):
+    lab = make_lab(auth_token=TOKEN)
+    url = f"https://127.0.0.1:{lab.server.port}"
+    good = signatures.sign(TOKEN, f"{url}/twiml", FORM)
+    assert http_post(lab, "/twiml", FORM, {"X-Twilio-Signature": good})[0] == 200
+    tampered = {**FORM, "From": "+15559999"}  # same signature, other form: forged
+    assert http_post(lab, "/twiml", tampered, {"X-Twilio-Signature": good})[0] == 403
+    assert http_post(lab, "/twiml", FORM)[0] == 403
+    action = {"CallSid": "CA1", "SessionStatus": "ended", "HandoffData": '{"reason":"human"}'}
+    signed = signatures.sign(TOKEN, f"{url}/action", action)
+    status, body = http_post(lab, "/action", action, {"X-Twilio-Signature": signed})
+    assert status == 200 and ET.fromstring(body).tag == "Response"
+    assert http_post(lab, "/action", action, {"X-Twilio-Signature": good})[0] == 403
+    assert lab.server.sessions == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /twiml HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        b"GET /twiml HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET /twiml HTTP/1.1\r\nHost: a.test:abc\r\n\r\n",
+        b"GET /twiml HTTP/1.1\r\nHost: a.test\r\nX-Twilio-Signature: a\r\n"
+        b"X-Twilio-Signature: b\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        b"NONSENSE\r\n\r\n",
+    ],
+    ids=["two-hosts", "bad-ipv6-host", "bad-port", "two-signatures", "ws-two-hosts", "garbage"],
+)
+def test_malformed_requests_get_a_4xx_never_a_500(make_lab, relay_logs, head):
+    lab = make_lab(auth_token=TOKEN)
+    with socket.create_connection(("127.0.0.1", lab.server.port), timeout=5) as conn:
+        conn.sendall(head)
+        answer = conn.recv(4096).decode(errors="replace")
+    status = int(answer.split(" ", 2)[1])
+    assert 400 <= status < 500, answer
+    assert "Traceback" not in relay_logs.text
+    assert http_get(lab, "/healthz")[0] == 200
 
 
 def test_action_answers_goodbye_twiml(lab):

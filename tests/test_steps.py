@@ -165,7 +165,7 @@ def test_streaming_step_does_not_cancel_on_barge_in(make_lab):
 
 
 def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(lab, relay_logs):
-    from relaylab.session import APOLOGY
+    from relaylab.failures import APOLOGY
 
     lab.offline_claude.fail_next("overloaded", times=2)  # the client retries once
     call = lab.call()
@@ -179,7 +179,7 @@ def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(la
 
 
 def test_stream_cut_mid_reply_ends_with_an_apology(lab, relay_logs):
-    from relaylab.session import APOLOGY
+    from relaylab.failures import APOLOGY
 
     lab.offline_claude.fail_next("cut")
     call = lab.call()
@@ -191,7 +191,7 @@ def test_stream_cut_mid_reply_ends_with_an_apology(lab, relay_logs):
 
 
 def test_basic_step_model_failure(make_lab):
-    from relaylab.session import APOLOGY
+    from relaylab.failures import APOLOGY
 
     lab = make_lab("basic")
     lab.offline_claude.fail_next("server_error", times=2)
@@ -270,7 +270,7 @@ def test_two_prompts_back_to_back_keep_the_newest_reply_and_both_user_turns(lab)
         await call.listen_async(2.5)
 
     lab.run(scenario())
-    states = [(r.prompt, r.state) for r in call.session.replies]
+    states = [(r.prompt, r.state) for r in lab.session_for(call).replies]
     assert states == [(TEN_THINGS, "cancelled"), ("Tell me", "cancelled"), ("about dogs", "done")]
     history = call.conversation
     assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
@@ -285,7 +285,8 @@ def test_conversation_is_current_right_after_an_interrupt(lab):
 
 
 def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
-    from relaylab.steps import Step, tracking
+    from relaylab.step import Step
+    from relaylab.steps import tracking
 
     async def on_prompt(call, prompt):
         call.conversation.add_user(prompt.voice_prompt)
@@ -322,7 +323,8 @@ def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
 def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_call(
     make_lab, relay_logs
 ):
-    from relaylab.steps import Step, tracking
+    from relaylab.step import Step
+    from relaylab.steps import tracking
 
     async def stubborn(call, prompt):
         try:
@@ -357,7 +359,8 @@ def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_
 
 
 def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
-    from relaylab.steps import Step, tracking
+    from relaylab.step import Step
+    from relaylab.steps import tracking
 
     async def converts(call, prompt):
         try:

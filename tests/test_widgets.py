@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from relaylab.steps import Step
+from relaylab.step import Step
 from relaylab.widgets import (
     MAX_RATE,
     CallerPanel,
@@ -45,7 +45,7 @@ def test_interrupted_turn_shows_heard_text_plain_and_unheard_text_struck(make_la
     call = lab.call()
     reply = call.say("Tell me about dogs", interrupt_after_words=8)
     assert not reply.complete, "the pacing should interrupt while the reply still streams"
-    session = call.session
+    session = lab.session_for(call)
     assert wait_for(lambda: session.last_reply.state == "cancelled")
     sent, heard = session.last_reply.sent, session.last_reply.heard
     assert heard == reply.heard == "Dogs were the first animals people tamed, more"
@@ -103,7 +103,7 @@ def test_view_follows_the_newest_call(make_lab):
     second = lab.call()
     second.say(LONG)
     assert wait_for(lambda: "nineteen ninety nine" in view.html)
-    assert view.session is second.session
+    assert view.session is lab.session_for(second)
     assert "Hello" not in view.html
 
 
@@ -114,12 +114,12 @@ def test_caller_panel_says_and_interrupts_without_blocking(make_lab):
     started = time.monotonic()
     panel.say_button.click()  # what the button does: schedule on the loop, return at once
     assert time.monotonic() - started < 0.5
-    assert wait_for(lambda: panel.call is not None and panel.call.session is not None)
-    session_ready = wait_for(lambda: len(panel.call.session.last_reply.sent.split()) > 20)
+    assert wait_for(lambda: panel.call is not None and lab.session_for(panel.call) is not None)
+    session_ready = wait_for(lambda: len(lab.session_for(panel.call).last_reply.sent.split()) > 20)
     assert session_ready
     panel.interrupt_button.click()
     heard = panel.future.result(5).heard
-    reply = panel.call.session.last_reply
+    reply = lab.session_for(panel.call).last_reply
     assert wait_for(lambda: reply.state == "cancelled")
     assert heard and reply.heard == heard
     assert wait_for(lambda: panel.call.conversation[-1]["content"] == heard)
@@ -148,7 +148,7 @@ def test_history_table_marks_stored_but_unheard_text(make_lab):
     lab.use(Step(on_prompt=streaming.on_prompt, on_interrupt=on_interrupt))
     call = lab.call()
     reply = call.say("Tell me about dogs", interrupt_after_words=8)
-    assert wait_for(lambda: call.session.last_reply.state == "done")
+    assert wait_for(lambda: lab.session_for(call).last_reply.state == "done")
     page = history_table(call.conversation, heard=reply).data
     assert "<del> than fifteen thousand years ago" in page
     assert "never heard" in page
