@@ -67,7 +67,7 @@ def send(client, socket, frame):
 
 
 async def test_an_inbound_frame_reaches_the_session_before_the_loop_runs_again():
-    server, socket, _, client = open_socket()
+    _, socket, _, client = open_socket()
     send(client, socket, setup_frame("CA1"))
     send(client, socket, prompt_frame("Hi"))
     session = socket.session
