@@ -3,25 +3,71 @@
 Pure functions and small dataclasses, no I/O. Field names follow Python style
 (``voice_prompt``); the wire names (``voicePrompt``) live only in this module.
 See PROTOCOL.md for the facts behind each shape.
+
+What ``parse`` promises, whatever arrives on the socket:
+
+- It returns a message or raises ``ProtocolError``; nothing else gets out
+  (not ``RecursionError``, ``ValueError`` from a huge number, ``UnicodeError``...).
+- ``ProtocolError`` messages are one line and short; any caller text in them has
+  been through ``loggable``, so they can go straight into a log line.
+- Lone surrogates (``"\\ud800"`` is valid JSON but not valid Unicode) are replaced
+  by U+FFFD in every string of the message, ``raw`` included: the caller's other
+  words are kept, and nothing downstream (the SDK, a UTF-8 socket) chokes on them.
+- Over-long prompts and utterances are cut to the limits below, and the message
+  says so in ``truncated_from``.
+
+Sections: inbound messages and ``parse``; ``loggable`` for log lines; outbound
+builders (relay to Twilio); Twilio-side builders (for the simulated caller,
+benchmarks and tests).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+# -- limits ----------------------------------------------------------------------------
+
 MAX_FRAME_BYTES = 64 * 1024
-"""Largest inbound frame the relay accepts. Real ConversationRelay frames are far smaller."""
+"""Largest inbound frame (UTF-8 bytes) the relay accepts. Real ConversationRelay frames
+are far smaller: a setup is about 500 bytes, a long prompt a few KB."""
+
+MAX_PROMPT_CHARS = 4_000
+"""A longer ``voicePrompt`` is cut to its first this-many characters. One spoken turn
+runs at about 150 words (roughly 900 characters) a minute, so 4,000 characters is over
+four minutes of unbroken speech: no real turn reaches it, while a hostile caller cannot
+put 64 KB into every turn of the history sent to the model."""
+
+MAX_UTTERANCE_CHARS = 2_000
+"""A longer ``utteranceUntilInterrupt`` keeps only its last this-many characters: the
+end is where the caller cut in, which is what the relay has to locate. A voice reply is
+a few sentences; 2,000 characters is over two minutes of agent speech at 165 words a
+minute. The cap bounds the cost of lining the utterance up with the reply."""
+
+MAX_NESTING = 16
+"""Deepest nesting of JSON objects/arrays accepted (the frame itself is level 1).
+ConversationRelay uses two levels (``setup.customParameters``); the cap keeps every
+``raw`` dict safe to walk, print or re-serialise without hitting Python's recursion limit."""
 
 
 class ProtocolError(ValueError):
     """An inbound frame that is not a valid ConversationRelay message."""
 
 
+# -- inbound messages ------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """The first message of every call: who is calling, and the TwiML ``<Parameter>`` values."""
+    """The first message of every call: who is calling, and the TwiML ``<Parameter>`` values.
+
+    ``custom_parameters`` is always string to string: a non-string value is written as
+    its JSON text (``3`` -> ``"3"``, ``true`` -> ``"true"``), ``null`` as ``""``.
+    """
 
     session_id: str
     call_sid: str
@@ -38,21 +84,31 @@ class Setup:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """What the caller said. ``last`` is False only for partial prompts."""
+    """What the caller said. ``last`` is False only for partial prompts.
+
+    ``truncated_from`` is the original length when ``voicePrompt`` was longer than
+    ``MAX_PROMPT_CHARS`` (``voice_prompt`` then holds its start), else None.
+    """
 
     voice_prompt: str
     lang: str = ""
     last: bool = True
     type: str = "prompt"
+    truncated_from: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    """The caller spoke over the assistant; ``utterance_until_interrupt`` is what they heard."""
+    """The caller spoke over the assistant; ``utterance_until_interrupt`` is what they heard.
+
+    ``truncated_from`` is the original length when the utterance was longer than
+    ``MAX_UTTERANCE_CHARS`` (the utterance then holds its end), else None.
+    """
 
     utterance_until_interrupt: str
     duration_until_interrupt_ms: float | None = None
     type: str = "interrupt"
+    truncated_from: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +129,15 @@ class ErrorMessage:
 
 @dataclass(frozen=True, slots=True)
 class Info:
-    """Debug information (``debug`` attribute in the TwiML); shape not fixed by Twilio."""
+    """Events asked for with ``debug``/``events`` in the TwiML.
+
+    ``name`` and ``value`` are strings: ``agentSpeaking``/``clientSpeaking`` with
+    ``"on"``/``"off"``, ``tokensPlayed`` with the played text. A non-string value is
+    written as its JSON text (``null`` as ``""``); ``raw`` keeps the frame as sent.
+    """
 
     name: str
-    value: Any
+    value: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     type: str = "info"
 
@@ -93,27 +154,134 @@ Message = Setup | Prompt | Interrupt | Dtmf | ErrorMessage | Info | Unknown
 
 
 def parse(frame: str | bytes) -> Message:
-    """Turn one WebSocket frame into a message, or raise ProtocolError saying what is wrong."""
-    if isinstance(frame, bytes | bytearray | memoryview):
-        raise ProtocolError("got a binary frame; ConversationRelay sends JSON in text frames only")
-    if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError(
-            f"frame of {len(frame)} characters is larger than the {MAX_FRAME_BYTES} allowed"
-        )
-    try:
-        data = json.loads(frame)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"frame is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    """Turn one WebSocket frame into a message, or raise ProtocolError saying what is wrong.
+
+    ConversationRelay sends JSON in text frames, so ``bytes`` (a binary frame) is refused.
+    """
+    if not isinstance(frame, str):
+        raise _not_text(frame)
+    _check_size(frame)
+    data = _decode(frame)
     if not isinstance(data, dict):
-        raise ProtocolError(f"frame must be a JSON object, got {type(data).__name__}")
+        raise ProtocolError(f"frame must be a JSON object, got {_json_type(data)}")
+    # Deep nesting needs many brackets; counting them is far cheaper than walking.
+    if frame.count("{") + frame.count("[") > MAX_NESTING:
+        _check_nesting(data)
     kind = data.get("type")
     if not isinstance(kind, str) or not kind:
         raise ProtocolError('frame has no "type" field')
+    # Without a \u escape or a non-ASCII character, no string can hold a surrogate.
+    dirty = "\\u" in frame or not frame.isascii()
     reader = _READERS.get(kind)
-    return reader(data) if reader else Unknown(type=kind, raw=data)
+    if reader is not None:
+        return reader(data, dirty)
+    raw = _cleaned(data) if dirty else data
+    return Unknown(type=raw["type"], raw=raw)
 
 
-def _text(data: dict[str, Any], name: str, *, required: bool = True) -> str:
+def _not_text(frame: object) -> ProtocolError:
+    if isinstance(frame, bytes | bytearray | memoryview):
+        return ProtocolError(
+            f"got a binary frame ({len(frame)} bytes); "
+            "ConversationRelay sends JSON in text frames only"
+        )
+    return ProtocolError(f"frame must be text, got {type(frame).__name__}")
+
+
+def _check_size(frame: str) -> None:
+    size = len(frame)  # UTF-8 needs at least one byte a character, at most four
+    if MAX_FRAME_BYTES // 4 < size <= MAX_FRAME_BYTES and not frame.isascii():
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"frame is larger than the {MAX_FRAME_BYTES} bytes allowed "
+            f"(MAX_FRAME_BYTES): {size} or more"
+        )
+
+
+def _reject_constant(name: str) -> float:
+    raise ProtocolError(f"frame holds {name}, which is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ProtocolError(f"frame holds a number too large for a float: {loggable(literal, 40)}")
+    return number
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _decode(frame: str) -> Any:
+    try:
+        return _DECODER.decode(frame)
+    except ProtocolError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise ProtocolError(
+            f"frame is nested too deeply (more than {MAX_NESTING} levels allowed)"
+        ) from None
+    except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise ProtocolError("frame holds a number with too many digits") from None
+
+
+def _check_nesting(data: dict[str, Any]) -> None:
+    """Raise ProtocolError if ``data`` nests deeper than MAX_NESTING (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ProtocolError(
+                f"frame is nested too deeply (more than {MAX_NESTING} levels allowed)"
+            )
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """Replace lone surrogates (left by JSON escapes such as \\ud800) with U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")  # several times faster than a regex search when all is well
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _cleaned(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with every string, keys included, passed through ``_clean``."""
+    root: dict[str, Any] = {}
+    stack: list[tuple[Any, Any]] = [(data, root)]
+    while stack:
+        source, target = stack.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, value in pairs:
+            if isinstance(value, dict | list):
+                copy: Any = {} if isinstance(value, dict) else []
+                stack.append((value, copy))
+                value = copy
+            elif isinstance(value, str):
+                value = _clean(value)
+            if isinstance(target, dict):
+                target[_clean(key)] = value
+            else:
+                target.append(value)
+    return root
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _text(data: dict[str, Any], name: str, dirty: bool, *, required: bool = True) -> str:
     value = data.get(name)
     if value is None:
         if required:
@@ -121,69 +289,109 @@ def _text(data: dict[str, Any], name: str, *, required: bool = True) -> str:
         return ""
     if not isinstance(value, str):
         raise ProtocolError(
-            f'{data["type"]} message field "{name}" must be a string, got {type(value).__name__}'
+            f'{data["type"]} message field "{name}" must be a string, got {_json_type(value)}'
         )
-    return value
+    return _clean(value) if dirty else value
 
 
-def _setup(data: dict[str, Any]) -> Setup:
-    params = data.get("customParameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError('setup message field "customParameters" must be an object')
+def _as_text(value: object) -> str:
+    """A JSON value as a string: strings as they are, ``null`` as "", others as JSON text.
+
+    ``value`` comes from a parsed, nesting-checked, cleaned frame, so dumping it is safe.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _setup(data: dict[str, Any], dirty: bool) -> Setup:
+    raw = _cleaned(data) if dirty else data
+    params = raw.get("customParameters")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise ProtocolError(
+            f'setup message field "customParameters" must be an object, got {_json_type(params)}'
+        )
     return Setup(
-        session_id=_text(data, "sessionId", required=False),
-        call_sid=_text(data, "callSid", required=False),
-        account_sid=_text(data, "accountSid", required=False),
-        from_number=_text(data, "from", required=False),
-        to_number=_text(data, "to", required=False),
-        direction=_text(data, "direction", required=False),
-        call_type=_text(data, "callType", required=False),
-        call_status=_text(data, "callStatus", required=False),
-        custom_parameters={str(k): str(v) for k, v in params.items()},
-        raw=data,
+        session_id=_text(raw, "sessionId", False, required=False),
+        call_sid=_text(raw, "callSid", False, required=False),
+        account_sid=_text(raw, "accountSid", False, required=False),
+        from_number=_text(raw, "from", False, required=False),
+        to_number=_text(raw, "to", False, required=False),
+        direction=_text(raw, "direction", False, required=False),
+        call_type=_text(raw, "callType", False, required=False),
+        call_status=_text(raw, "callStatus", False, required=False),
+        custom_parameters={key: _as_text(value) for key, value in params.items()},
+        raw=raw,
     )
 
 
-def _prompt(data: dict[str, Any]) -> Prompt:
+def _prompt(data: dict[str, Any], dirty: bool) -> Prompt:
     last = data.get("last", True)
     if not isinstance(last, bool):
         raise ProtocolError('prompt message field "last" must be true or false')
+    words = _text(data, "voicePrompt", False)
+    truncated_from = None
+    if len(words) > MAX_PROMPT_CHARS:
+        truncated_from = len(words)
+        words = words[:MAX_PROMPT_CHARS]
     return Prompt(
-        voice_prompt=_text(data, "voicePrompt"),
-        lang=_text(data, "lang", required=False),
+        voice_prompt=_clean(words) if dirty else words,
+        lang=_text(data, "lang", dirty, required=False),
         last=last,
+        truncated_from=truncated_from,
     )
 
 
-def _interrupt(data: dict[str, Any]) -> Interrupt:
-    duration = data.get("durationUntilInterruptMs")
-    if isinstance(duration, str):  # older docs show a numeric string
-        try:
-            duration = float(duration)
-        except ValueError:
-            raise ProtocolError(
-                f'interrupt field "durationUntilInterruptMs" is not a number: {duration!r}'
-            ) from None
-    elif duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, int | float)
-    ):
-        raise ProtocolError('interrupt field "durationUntilInterruptMs" must be a number')
+def _interrupt(data: dict[str, Any], dirty: bool) -> Interrupt:
+    heard = _text(data, "utteranceUntilInterrupt", False, required=False)
+    truncated_from = None
+    if len(heard) > MAX_UTTERANCE_CHARS:
+        truncated_from = len(heard)
+        heard = heard[-MAX_UTTERANCE_CHARS:]  # the end is where the caller cut in
     return Interrupt(
-        utterance_until_interrupt=_text(data, "utteranceUntilInterrupt", required=False),
-        duration_until_interrupt_ms=duration,
+        utterance_until_interrupt=_clean(heard) if dirty else heard,
+        duration_until_interrupt_ms=_duration(data.get("durationUntilInterruptMs")),
+        truncated_from=truncated_from,
     )
 
 
-def _dtmf(data: dict[str, Any]) -> Dtmf:
-    return Dtmf(digit=_text(data, "digit"))
+def _duration(value: object) -> float | None:
+    """``durationUntilInterruptMs``: a number, or a numeric string as in older docs."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ProtocolError(
+            f'interrupt field "durationUntilInterruptMs" must be a number, got {_json_type(value)}'
+        )
+    try:
+        duration = float(value)
+    except (ValueError, OverflowError):
+        raise ProtocolError(
+            f'interrupt field "durationUntilInterruptMs" is not a number: {loggable(value, 40)}'
+        ) from None
+    if not math.isfinite(duration) or duration < 0:
+        raise ProtocolError(
+            'interrupt field "durationUntilInterruptMs" must be a finite number of '
+            f"milliseconds, not below 0: {loggable(value, 40)}"
+        )
+    return duration
 
 
-def _error(data: dict[str, Any]) -> ErrorMessage:
-    return ErrorMessage(description=_text(data, "description", required=False))
+def _dtmf(data: dict[str, Any], dirty: bool) -> Dtmf:
+    return Dtmf(digit=_text(data, "digit", dirty))
 
 
-def _info(data: dict[str, Any]) -> Info:
-    return Info(name=str(data.get("name", "")), value=data.get("value"), raw=data)
+def _error(data: dict[str, Any], dirty: bool) -> ErrorMessage:
+    return ErrorMessage(description=_text(data, "description", dirty, required=False))
+
+
+def _info(data: dict[str, Any], dirty: bool) -> Info:
+    raw = _cleaned(data) if dirty else data
+    return Info(name=_as_text(raw.get("name")), value=_as_text(raw.get("value")), raw=raw)
 
 
 _READERS = {
@@ -194,6 +402,56 @@ _READERS = {
     "error": _error,
     "info": _info,
 }
+
+
+# -- log lines --------------------------------------------------------------------------
+
+_BIDI_AND_LINE_BREAKS = frozenset(
+    [0x2028, 0x2029, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x20 or 0x7F <= code <= 0x9F:  # C0/C1 controls, DEL; ESC starts ANSI codes
+        return f"\\x{code:02x}"
+    if 0xD800 <= code <= 0xDFFF or code in _BIDI_AND_LINE_BREAKS:
+        return f"\\u{code:04x}"
+    return char
+
+
+def loggable(value: object, limit: int = 120) -> str:
+    """Caller-supplied text made safe for one log line.
+
+    Backslashes, newlines, control characters (so ANSI escapes too), Unicode line
+    separators, bidi overrides and lone surrogates are written as escapes such as
+    ``\\n`` or ``\\x1b``; the result never spans lines. Text longer than ``limit``
+    characters (after escaping) is cut and ends with ``... (N chars)``, N being the
+    original length. A non-string is shown with ``str()``.
+    """
+    text = value if isinstance(value, str) else _shown(value)
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text  # the common case: nothing to escape, nothing to cut
+    pieces: list[str] = []
+    used = 0
+    for char in text:
+        piece = _escaped(char)
+        if used + len(piece) > limit:
+            return "".join(pieces) + f"... ({len(text)} chars)"
+        pieces.append(piece)
+        used += len(piece)
+    return "".join(pieces)
+
+
+def _shown(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # a broken __str__, or a structure too deep to print
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 # Outbound: each builder returns the JSON text of one frame.
@@ -266,3 +524,83 @@ def end(handoff_data: str | dict[str, Any] | None = None) -> str:
 
 def _add_optional(message: dict[str, Any], **fields: Any) -> None:
     message.update({name: value for name, value in fields.items() if value is not None})
+
+
+# -- Twilio side: the frames ConversationRelay sends (simulated caller, benchmarks, tests) --
+
+
+def _dump_twilio(message: dict[str, Any]) -> str:
+    # Compact, non-ASCII as it is. A lone surrogate (useful in tests of hostile input)
+    # cannot be sent in a UTF-8 text frame, so then every non-ASCII char is \u-escaped.
+    frame = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if not frame.isascii() and _SURROGATE.search(frame):
+        frame = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    return frame
+
+
+def setup_frame(
+    call_sid: str,
+    *,
+    session_id: str | None = None,
+    account_sid: str = "AC" + "0" * 32,
+    from_number: str = "+15550100",
+    to_number: str = "+15550101",
+    custom_parameters: dict[str, str] | None = None,
+    call_status: str = "RINGING",
+    direction: str = "inbound",
+) -> str:
+    """The ``setup`` frame Twilio sends first, with every field of PROTOCOL.md section 3.
+
+    ``session_id`` defaults to a fresh ``VX...`` id, as each real session has its own.
+    """
+    return _dump_twilio(
+        {
+            "type": "setup",
+            "sessionId": session_id if session_id is not None else "VX" + uuid.uuid4().hex,
+            "callSid": call_sid,
+            "parentCallSid": "",
+            "accountSid": account_sid,
+            "from": from_number,
+            "to": to_number,
+            "forwardedFrom": "",
+            "callerName": "",
+            "direction": direction,
+            "callType": "PSTN",
+            "callStatus": call_status,
+            "customParameters": dict(custom_parameters or {}),
+        }
+    )
+
+
+def prompt_frame(text: str, *, last: bool = True, lang: str = "en-US") -> str:
+    """A ``prompt`` frame: the caller's words (``last=False`` for a partial prompt)."""
+    return _dump_twilio({"type": "prompt", "voicePrompt": text, "lang": lang, "last": last})
+
+
+def interrupt_frame(utterance: str, duration_ms: float | None = None) -> str:
+    """An ``interrupt`` frame: what the caller heard before speaking, and for how long.
+
+    A whole-number duration is written as an integer (``460``), as Twilio's docs show it;
+    None leaves the field out.
+    """
+    message: dict[str, Any] = {"type": "interrupt", "utteranceUntilInterrupt": utterance}
+    if duration_ms is not None:
+        if isinstance(duration_ms, float) and duration_ms.is_integer():
+            duration_ms = int(duration_ms)
+        message["durationUntilInterruptMs"] = duration_ms
+    return _dump_twilio(message)
+
+
+def dtmf_frame(digit: str) -> str:
+    """A ``dtmf`` frame: the caller pressed ``digit``."""
+    return _dump_twilio({"type": "dtmf", "digit": digit})
+
+
+def info_frame(name: str, value: object) -> str:
+    """An ``info`` frame: ``info_frame("agentSpeaking", "on")``, ``("tokensPlayed", text)``."""
+    return _dump_twilio({"type": "info", "name": name, "value": value})
+
+
+def error_frame(description: str) -> str:
+    """An ``error`` frame: Twilio reporting a bad outbound message."""
+    return _dump_twilio({"type": "error", "description": description})
