@@ -61,14 +61,12 @@ async def raw_http(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
         headers = {}
         for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        return status, headers, body
+        return int(lines[0].split(" ")[1]), headers, body
     finally:
         writer.close()
 
@@ -144,7 +142,7 @@ def test_tokens_look_like_claude_tokens() -> None:
     for text in REPLIES.values():
         tokens = tokenize(text)
         assert "".join(tokens) == text
-        assert 1.0 <= len(tokens) / len(text.split()) <= 1.6
+        assert 1.0 <= len(tokens) / len(text.split()) <= 1.6, text
     assert tokenize("Hello, the euro was launched.") == [
         "Hello",
         ",",
@@ -224,26 +222,25 @@ def test_stream_event_order_as_the_sdk_sees_it() -> None:
     assert record.tokens_sent == len(tokenize(REPLIES["dogs"]))
 
 
-def test_sse_wire_format() -> None:
-    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> bytes:
-        payload = {"model": MODEL, "max_tokens": 3, "messages": DOGS, "stream": True}
-        reader, writer = await asyncio.open_connection("127.0.0.1", claude.port)
-        writer.write(post(payload))
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert b"transfer-encoding: chunked" in head.lower()
-        assert b"content-type: text/event-stream" in head.lower()
-        body = b""
-        while True:  # de-chunk
-            size = int((await reader.readline()).strip(), 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-        writer.close()
-        return body
+async def read_sse(port: int, payload: dict) -> tuple[bytes, bytes]:
+    """POST ``payload`` on a raw socket; the response head and its de-chunked body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post(payload))
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = b""
+    while size := int((await reader.readline()).strip(), 16):
+        body += (await reader.readexactly(size + 2))[:-2]
+    writer.close()
+    return head.lower(), body
 
-    events = re.findall(rb"^event: (\w+)$", run(body), re.MULTILINE)
-    assert [e.decode() for e in events] == [
+
+def test_sse_wire_format() -> None:
+    payload = {"model": MODEL, "max_tokens": 3, "messages": DOGS, "stream": True}
+    head, body = run(lambda claude, c: read_sse(claude.port, payload))
+    assert b"transfer-encoding: chunked" in head
+    assert b"content-type: text/event-stream" in head
+    events = re.findall(rb"^event: (\w+)\ndata: (.*)$", body, re.MULTILINE)
+    assert [name.decode() for name, _ in events] == [
         "message_start",
         "content_block_start",
         "ping",
@@ -254,6 +251,11 @@ def test_sse_wire_format() -> None:
         "message_delta",
         "message_stop",
     ]
+    for name, data in events:
+        assert json.loads(data)["type"] == name.decode()
+    start = json.loads(events[0][1])["message"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert json.loads(events[3][1])["delta"] == {"type": "text_delta", "text": "Dogs"}
 
 
 def test_max_tokens_stops_the_reply() -> None:
@@ -312,6 +314,18 @@ def test_pacing_can_change_between_requests_and_on_token_sees_each_token() -> No
     assert [at for _, at in seen] == sorted(at for _, at in seen)
 
 
+def test_a_failing_on_token_hook_does_not_break_the_reply(caplog) -> None:
+    def hook(record: Any, token: str, at: float) -> None:
+        raise RuntimeError("boom")
+
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> str:
+        claude.on_token = hook
+        return await stream_text(client, DOGS, max_tokens=3)
+
+    assert run(body) == "".join(tokenize(REPLIES["dogs"])[:3])
+    assert "on_token hook raised" in caplog.text
+
+
 # ---- failures on purpose -------------------------------------------------------------------
 
 FAILURES = [
@@ -336,6 +350,7 @@ def test_failures_surface_as_sdk_errors(
     exc, after, requests = run(body)
     assert exc.status_code == status
     assert exc.body["type"] == "error" and exc.body["error"]["type"] == error_type
+    assert exc.request_id and exc.request_id == exc.body["request_id"]
     assert after.content[0].text == REPLIES["dogs"]
     assert requests[0].outcome == f"failed:{kind}" and requests[0].status == status
     assert requests[1].outcome == "complete"
@@ -358,7 +373,7 @@ def test_cut_stream_raises_during_iteration() -> None:
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         claude.fail_next("cut")
         received: list[str] = []
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(Exception) as caught:  # httpx's RemoteProtocolError, not wrapped
             async with client.messages.stream(model=MODEL, max_tokens=500, messages=DOGS) as s:
                 async for text in s.text_stream:
                     received.append(text)
@@ -371,6 +386,7 @@ def test_cut_stream_raises_during_iteration() -> None:
     assert "incomplete" in str(exc).lower() or "closed" in str(exc).lower(), repr(exc)
     assert after == REPLIES["dogs"]
     assert record.outcome == "failed:cut" and record.tokens_sent == len(received)
+    assert record.client_closed_at is None
 
 
 def test_cut_without_streaming_is_a_connection_error() -> None:
@@ -379,15 +395,98 @@ def test_cut_without_streaming_is_a_connection_error() -> None:
         for _ in range(2):
             with pytest.raises(anthropic.APIConnectionError):
                 await create(client, DOGS)
-        return await create(client, DOGS)
+        return await create(client, DOGS), [r.outcome for r in claude.requests]
 
-    assert run(body).content[0].text == REPLIES["dogs"]
+    message, outcomes = run(body)
+    assert message.content[0].text == REPLIES["dogs"]
+    assert outcomes == ["failed:cut", "failed:cut", "complete"]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["create", "stream"])
+def test_hang_sends_nothing_until_the_client_times_out(streaming: bool) -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next("hang")
+        start = time.monotonic()
+        with pytest.raises(anthropic.APITimeoutError):
+            if streaming:
+                await stream_text(client, DOGS, timeout=0.3)
+            else:
+                await create(client, DOGS, timeout=0.3)
+        gave_up = time.monotonic()
+        await asyncio.sleep(0.1)
+        return start, gave_up, claude.requests[0], await create(client, DOGS)
+
+    start, gave_up, record, after = run(body)
+    assert 0.25 <= gave_up - start < 2.0
+    assert record.outcome == "failed:hang" and record.tokens_sent == 0
+    assert record.first_token_at is None
+    assert abs(record.client_closed_at - gave_up) < 0.1
+    assert after.content[0].text == REPLIES["dogs"]
+
+
+def test_stall_streams_some_tokens_then_goes_quiet_on_an_open_connection() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next("stall")
+        received: list[tuple[str, float]] = []
+        with pytest.raises(Exception) as caught:  # httpx's own ReadTimeout, not wrapped
+            async with client.messages.stream(
+                model=MODEL, max_tokens=500, messages=DOGS, timeout=0.4
+            ) as s:
+                async for text in s.text_stream:
+                    received.append((text, time.monotonic()))
+        gave_up = time.monotonic()
+        await asyncio.sleep(0.1)
+        return caught.value, received, gave_up, claude.requests[0]
+
+    exc, received, gave_up, record = run(body)
+    assert type(exc).__name__ == "ReadTimeout", repr(exc)
+    assert len(received) == 10 and REPLIES["dogs"].startswith("".join(t for t, _ in received))
+    assert gave_up - received[-1][1] >= 0.35  # silence, not a closed connection
+    assert record.outcome == "failed:stall" and record.tokens_sent == 10
+    assert abs(record.client_closed_at - gave_up) < 0.1
+
+
+def test_stall_without_streaming_is_a_timeout() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next("stall")
+        with pytest.raises(anthropic.APITimeoutError):
+            await create(client, DOGS, timeout=0.3)
+        await asyncio.sleep(0.1)
+        return claude.requests[0]
+
+    record = run(body)
+    assert record.outcome == "failed:stall" and record.client_closed_at is not None
+
+
+def test_stop_ends_a_hang_and_a_stall_at_once() -> None:
+    async def main() -> Any:
+        claude = OfflineClaude(first_token_delay=0.0, tokens_per_second=math.inf)
+        await claude.start()
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
+        claude.fail_next("hang")
+        claude.fail_next("stall")
+        tasks = [asyncio.create_task(stream_text(client, DOGS)) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        start = time.monotonic()
+        await claude.stop()
+        stopped = time.monotonic() - start
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+        await client.close()
+        return stopped, results, claude.requests
+
+    stopped, results, requests = asyncio.run(main())
+    assert stopped < 0.5
+    assert all(isinstance(r, Exception) for r in results), results
+    assert sorted(r.outcome for r in requests) == ["failed:hang", "failed:stall"]
+    assert all(r.client_closed_at is None and r.finished_at for r in requests)
 
 
 def test_unknown_failure_kind_lists_the_valid_ones() -> None:
     claude = OfflineClaude()
-    with pytest.raises(ValueError, match=r"overloaded.*rate_limit.*server_error.*cut"):
+    with pytest.raises(ValueError, match=r"overloaded.*rate_limit.*server_error.*cut.*hang.*stall"):
         claude.fail_next("meltdown")
+    with pytest.raises(ValueError, match="times"):
+        claude.fail_next("cut", times=0)
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -422,10 +521,20 @@ def test_empty_content_is_a_bad_request() -> None:
         ({"max_tokens": None}, "max_tokens: Field required"),
         ({"messages": None}, "messages: Field required"),
         ({"max_tokens": 0}, "max_tokens"),
+        ({"stream": "yes"}, "stream: Input should be a valid boolean"),
         ({"messages": [{"role": "system", "content": "hi"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "   "}]}, "non-whitespace"),
         ({"messages": []}, "at least one message"),
         ({"system": 42}, "system"),
+        ({"tools": [{"name": "x"}]}, "tools.0.input_schema: Field required"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "x"}]}
+                ]
+            },
+            "messages.0.content.0: `tool_use` blocks can only be in `assistant` messages",
+        ),
     ],
 )
 def test_validation_like_the_real_api(change: dict, message: str) -> None:
@@ -436,67 +545,39 @@ def test_validation_like_the_real_api(change: dict, message: str) -> None:
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         return await raw_http(claude.port, post(request))
 
-    status, _, raw = run(body)
+    status, headers, raw = run(body)
     error = json.loads(raw)
-    assert status == 400
+    assert status == 400 and headers["request-id"] == error["request_id"]
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert message in error["error"]["message"]
 
 
-# ---- HTTP ----------------------------------------------------------------------------------
+def test_consecutive_turns_with_one_role_are_accepted_as_the_api_combines_them() -> None:
+    messages = [*Y1999, {"role": "user", "content": "Tell me about dogs"}]
+    assert run(lambda c, client: create(client, messages)).content[0].text == REPLIES["dogs"]
 
 
-def test_malformed_http_gets_400_and_the_server_keeps_serving() -> None:
+def test_bad_json_unknown_paths_and_malformed_http_get_errors_and_serving_goes_on() -> None:
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
-        garbage = await raw_http(claude.port, b"THIS IS NOT HTTP\r\n\r\n")
-        bad_header = await raw_http(claude.port, b"POST /v1/messages HTTP/1.1\r\nnocolon\r\n\r\n")
         bad_json = await raw_http(claude.port, post(b"{not json"))
+        not_object = await raw_http(claude.port, post(b"[1, 2]"))
         missing = await raw_http(claude.port, post({"model": MODEL}, path="/v1/nothing"))
-        return garbage, bad_header, bad_json, missing, await create(client, DOGS)
+        garbage = await raw_http(claude.port, b"THIS IS NOT HTTP\r\n\r\n")
+        return bad_json, not_object, missing, garbage, await create(client, DOGS), claude.requests
 
-    garbage, bad_header, bad_json, missing, message = run(body)
-    for status, _, raw in (garbage, bad_header, bad_json):
+    bad_json, not_object, missing, garbage, message, requests = run(body)
+    for status, _, raw in (bad_json, not_object):
         assert status == 400
         assert json.loads(raw)["error"]["type"] == "invalid_request_error"
-    assert "JSON" in json.loads(bad_json[2])["error"]["message"]
+    assert "not valid JSON" in json.loads(bad_json[2])["error"]["message"]
+    assert "must be a JSON object" in json.loads(not_object[2])["error"]["message"]
     assert missing[0] == 404 and json.loads(missing[2])["error"]["type"] == "not_found_error"
+    assert garbage[0] == 400
     assert message.content[0].text == REPLIES["dogs"]
+    assert [r.outcome for r in requests] == ["rejected", "rejected", "complete"]
 
 
-def test_keep_alive_reuses_one_connection() -> None:
-    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
-        await create(client, DOGS)
-        await create(client, Y1999)
-        await stream_text(client, DOGS)
-        await create(client, DOGS)
-        return claude.connections_accepted, {r.connection for r in claude.requests}
-
-    connections, used = run(body)
-    assert connections == 1
-    assert used == {1}
-
-
-def test_pipelined_requests_and_connection_close() -> None:
-    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
-        first = post({"model": MODEL, "max_tokens": 3, "messages": DOGS})
-        second = post({"model": MODEL, "max_tokens": 2, "messages": Y1999}).replace(
-            b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\nConnection: close\r\n"
-        )
-        reader, writer = await asyncio.open_connection("127.0.0.1", claude.port)
-        writer.write(first + second)  # both at once: the server must keep the second
-        texts = []
-        for _ in range(2):
-            head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
-            length = int(re.search(r"content-length: (\d+)", head).group(1))
-            texts.append(json.loads(await reader.readexactly(length))["content"][0]["text"])
-        rest = await asyncio.wait_for(reader.read(), 2)  # then the server closes
-        writer.close()
-        return head, texts, rest
-
-    head, texts, rest = run(body)
-    assert texts == ["".join(tokenize(REPLIES["dogs"])[:3]), "Here are"]
-    assert "connection: close" in head
-    assert rest == b""
+# ---- the client hanging up -----------------------------------------------------------------
 
 
 def test_closing_the_stream_early_is_noticed_at_once_and_stops_generation() -> None:
@@ -522,14 +603,14 @@ def test_closing_the_stream_early_is_noticed_at_once_and_stops_generation() -> N
 def test_closing_during_a_non_streamed_wait_is_noticed() -> None:
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         with pytest.raises(anthropic.APITimeoutError):
-            await client.messages.create(model=MODEL, max_tokens=500, messages=DOGS, timeout=0.2)
+            await create(client, DOGS, timeout=0.2)
         gave_up = time.monotonic()
         await asyncio.sleep(0.2)
         return gave_up, claude.requests[0]
 
     gave_up, record = run(body, delay=2.0)
     assert record.outcome == "client_closed" and record.tokens_sent == 0
-    assert record.client_closed_at - gave_up < 0.1
+    assert abs(record.client_closed_at - gave_up) < 0.1
 
 
 def test_stop_closes_open_streams_promptly() -> None:
@@ -551,6 +632,299 @@ def test_stop_closes_open_streams_promptly() -> None:
     assert stopped < 0.5
     assert outcome == "failed:stopped"
 
+
+# ---- tool use ------------------------------------------------------------------------------
+
+TOOLS = [
+    {
+        "name": "opening_hours",
+        "description": "When the restaurant opens and closes on a given day of the week.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"day": {"type": "string", "description": "A day of the week"}},
+            "required": ["day"],
+        },
+    },
+    {
+        "name": "order_status",
+        "description": "Where a takeaway order is: preparing, on its way or delivered.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"order_id": {"type": "string"}},
+            "required": ["order_id"],
+        },
+    },
+    {
+        "name": "book_table",
+        "description": "Reserve a table.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "party_size": {"type": "integer", "minimum": 1},
+                "time": {"type": "string", "description": "When, e.g. 7pm"},
+                "area": {"type": "string", "enum": ["inside", "terrace"]},
+                "high_chair": {"type": "boolean"},
+                "notes": {"type": "string"},
+            },
+            "required": ["party_size", "time", "area", "high_chair"],
+        },
+    },
+]
+ASK_HOURS = [{"role": "user", "content": "Are you open on Sunday?"}]
+
+
+def tool_turns(question: str, tool_use: Any, result: Any, **extra: Any) -> list[dict]:
+    """The three turns after a tool call: question, the call, and its tool_result."""
+    return [
+        {"role": "user", "content": question},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me check that."},
+                {
+                    "type": "tool_use",
+                    "id": tool_use.id,
+                    "name": tool_use.name,
+                    "input": tool_use.input,
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": tool_use.id, "content": result, **extra}
+            ],
+        },
+    ]
+
+
+def test_tool_use_streams_as_the_real_api_does_and_the_sdk_parses_the_input() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        events = []
+        async with client.messages.stream(
+            model=MODEL, max_tokens=300, messages=ASK_HOURS, tools=TOOLS
+        ) as s:
+            events = [event async for event in s]
+            final = await s.get_final_message()
+        return events, final, claude.requests[0]
+
+    events, final, record = run(body, tps=500)
+    raw = [e for e in events if e.type not in ("text", "input_json")]
+    kinds = [e.type for e in raw]
+    text_deltas = len(tokenize(REPLIES["tool_preamble"]))
+    json_deltas = kinds.count("content_block_delta") - text_deltas
+    assert kinds == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * text_deltas,
+        "content_block_stop",
+        "content_block_start",
+        *["content_block_delta"] * json_deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert json_deltas > 1  # the input arrives in pieces
+    tool_start = raw[text_deltas + 3]
+    assert tool_start.index == 1 and tool_start.content_block.type == "tool_use"
+    assert tool_start.content_block.id.startswith("toolu_")
+    assert tool_start.content_block.name == "opening_hours"
+    assert tool_start.content_block.input == {}
+    assert {e.delta.type for e in raw if e.type == "content_block_delta" and e.index == 1} == {
+        "input_json_delta"
+    }
+    assert raw[-2].delta.stop_reason == "tool_use"
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == REPLIES["tool_preamble"]
+    assert isinstance(final.content[1], anthropic.types.ToolUseBlock)
+    assert final.content[1].input == {"day": "Sunday"}
+    assert final.stop_reason == "tool_use"
+    assert record.tool_use == {
+        "id": tool_start.content_block.id,
+        "name": "opening_hours",
+        "input": {"day": "Sunday"},
+    }
+    assert record.stop_reason == "tool_use" and record.outcome == "complete"
+    assert record.tokens_sent == record.tokens_planned == text_deltas + json_deltas
+
+
+def test_tool_use_without_streaming() -> None:
+    message = run(lambda c, client: create(client, ASK_HOURS, tools=TOOLS))
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    assert message.content[1].name == "opening_hours" and message.content[1].input == {
+        "day": "Sunday"
+    }
+    assert message.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize(
+    ("question", "name", "tool_input"),
+    [
+        ("Where is my order 4417?", "order_status", {"order_id": "4417"}),
+        (
+            "Can I book a table for four at 7pm on the terrace?",
+            "book_table",
+            {"party_size": 4, "time": "7pm", "area": "terrace", "high_chair": True},
+        ),
+        ("When do you open on Friday?", "opening_hours", {"day": "Friday"}),
+    ],
+)
+def test_the_tool_and_its_input_follow_the_callers_words(
+    question: str, name: str, tool_input: dict
+) -> None:
+    messages = [{"role": "user", "content": question}]
+    message = run(lambda c, client: create(client, messages, tools=TOOLS))
+    assert (message.content[-1].name, message.content[-1].input) == (name, tool_input)
+
+
+def test_no_tool_when_nothing_matches_or_tool_choice_says_none() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        dogs = await create(client, DOGS, tools=TOOLS)
+        none = await create(client, ASK_HOURS, tools=TOOLS, tool_choice={"type": "none"})
+        forced = await create(
+            client, DOGS, tools=TOOLS, tool_choice={"type": "tool", "name": "order_status"}
+        )
+        any_tool = await create(client, DOGS, tools=TOOLS, tool_choice={"type": "any"})
+        return dogs, none, forced, any_tool
+
+    dogs, none, forced, any_tool = run(body)
+    assert dogs.content[0].text == REPLIES["dogs"] and dogs.stop_reason == "end_turn"
+    assert [b.type for b in none.content] == ["text"] and none.stop_reason == "end_turn"
+    assert forced.content[-1].name == "order_status" and forced.stop_reason == "tool_use"
+    assert any_tool.content[-1].name == "opening_hours"
+
+
+def test_without_a_preamble_the_tool_call_is_the_only_block() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.tool_preamble = ""
+        async with client.messages.stream(
+            model=MODEL, max_tokens=300, messages=ASK_HOURS, tools=TOOLS
+        ) as s:
+            starts = [e for e in [e async for e in s] if e.type == "content_block_start"]
+        return starts, await create(client, ASK_HOURS, tools=TOOLS)
+
+    starts, message = run(body)
+    assert [(e.index, e.content_block.type) for e in starts] == [(0, "tool_use")]
+    assert [b.type for b in message.content] == ["tool_use"]
+
+
+def test_a_tool_call_that_does_not_fit_max_tokens_is_dropped() -> None:
+    message = run(lambda c, client: create(client, ASK_HOURS, tools=TOOLS, max_tokens=6))
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == REPLIES["tool_preamble"]
+    assert message.stop_reason == "max_tokens"
+
+
+def test_the_follow_up_answer_is_built_from_the_tool_result() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        async with client.messages.stream(
+            model=MODEL, max_tokens=300, messages=ASK_HOURS, tools=TOOLS
+        ) as s:
+            call = (await s.get_final_message()).content[-1]
+        result = json.dumps({"day": "Sunday", "opening_time": "10:00", "closing_time": "17:30"})
+        turns = tool_turns(ASK_HOURS[0]["content"], call, result)
+        answer = await stream_text(client, turns, tools=TOOLS)
+        failed = tool_turns("Where is order 12?", call, "Order system down", is_error=True)
+        return answer, (await create(client, failed, tools=TOOLS)).content[0].text
+
+    answer, apology = run(body)
+    assert answer == REPLIES["tool_answer"].format(
+        result="day is Sunday, opening time is ten o'clock, closing time is seventeen thirty"
+    )
+    assert not re.search(r"[0-9*#_`\[\]{}<>|~\"]", answer)
+    assert apology == REPLIES["tool_error"].format(result="Order system down")
+
+
+def test_tool_results_as_text_blocks_are_read_too() -> None:
+    call = anthropic.types.ToolUseBlock(
+        type="tool_use", id="toolu_01a", name="order_status", input={"order_id": "7"}
+    )
+    turns = tool_turns(
+        "Where is order 7?", call, [{"type": "text", "text": "On its way, 5 minutes"}]
+    )
+    message = run(lambda c, client: create(client, turns, tools=TOOLS))
+    assert "On its way, five minutes" in message.content[0].text
+
+
+def test_on_token_sees_the_tool_input_chunks() -> None:
+    seen: list[str] = []
+
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.on_token = lambda record, token, at: seen.append(token)
+        await stream_text(client, ASK_HOURS, tools=TOOLS)
+
+    run(body)
+    assert "".join(seen) == REPLIES["tool_preamble"] + json.dumps({"day": "Sunday"})
+
+
+# ---- tool_use / tool_result pairing, as the API checks it ---------------------------------
+
+CALL = {
+    "type": "tool_use",
+    "id": "toolu_01abc",
+    "name": "opening_hours",
+    "input": {"day": "Monday"},
+}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_01abc", "content": "Nine to five"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        (
+            [
+                *ASK_HOURS,
+                {"role": "assistant", "content": [CALL]},
+                {"role": "user", "content": "hello?"},
+            ],
+            "messages.1: `tool_use` ids were found without `tool_result` blocks immediately "
+            "after: toolu_01abc. Each `tool_use` block must have a corresponding `tool_result` "
+            "block in the next message.",
+        ),
+        (
+            [*ASK_HOURS, {"role": "assistant", "content": [CALL]}],
+            "messages.1: `tool_use` ids were found without `tool_result` blocks",
+        ),
+        (
+            [
+                *ASK_HOURS,
+                {"role": "assistant", "content": "Nine to five."},
+                {"role": "user", "content": [RESULT]},
+            ],
+            "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: "
+            "toolu_01abc. Each `tool_result` block must have a corresponding `tool_use` block "
+            "in the previous message.",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "Monday?"}, RESULT]}],
+            "messages.0.content.1: unexpected `tool_use_id` found in `tool_result` blocks",
+        ),
+    ],
+    ids=["answered-by-text", "last-turn", "result-without-call", "result-first"],
+)
+def test_broken_tool_pairs_are_rejected_with_the_apis_message(messages: list, problem: str) -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await create(client, messages, tools=TOOLS)
+        return caught.value, claude.requests[0]
+
+    exc, record = run(body)
+    assert exc.status_code == 400 and exc.body["error"]["type"] == "invalid_request_error"
+    assert problem in exc.body["error"]["message"]
+    assert record.outcome == "rejected" and record.error == exc.body["error"]["message"]
+
+
+def test_a_well_paired_history_is_accepted() -> None:
+    messages = [
+        *ASK_HOURS,
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me see."}, CALL]},
+        {"role": "user", "content": [RESULT, {"type": "text", "text": "And on Sunday?"}]},
+    ]
+    message = run(lambda c, client: create(client, messages, tools=TOOLS))
+    assert message.content[0].text.startswith("I checked that for you. Nine to five")
+
+
+# ---- standalone ----------------------------------------------------------------------------
 
 FAST_FLAGS = ["--first-token-delay", "0", "--tokens-per-second", "1000"]
 

@@ -1,0 +1,49 @@
+"""A local stand-in for Claude: a small Messages API server on 127.0.0.1.
+
+It speaks enough of Anthropic's Messages API (``POST /v1/messages``, JSON or
+server-sent events, text and tool use) that the unmodified ``anthropic`` SDK works
+against it::
+
+    async with OfflineClaude() as claude:
+        client = AsyncAnthropic(base_url=claude.base_url, api_key="offline")
+        async with client.messages.stream(model="any", max_tokens=300, messages=[...]) as s:
+            async for text in s.text_stream:
+                ...
+
+Replies are deterministic and written for the ear (numbers spelled out, no symbols),
+paced like a real model (time to first token, then tokens per second), and every
+request is recorded in ``claude.requests`` so tests can see exactly what the relay
+sent and when it hung up. ``fail_next()`` makes the next requests fail the ways the
+real API can fail. Requests are checked like the real API checks them (400s with its
+messages, including ``tool_use`` / ``tool_result`` pairing).
+
+Modules: ``replies`` (what it says, tokens), ``tools`` (when and how it calls a tool),
+``validation`` (the 400s), ``server`` (aiohttp.web, pacing, failures, records). It
+never prints from a running server: it usually runs on a notebook's background thread,
+so it logs to ``logging.getLogger("relaylab.offline_claude")``.
+"""
+
+from relaylab.offline_claude.replies import REPLIES, reply_for, tokenize
+from relaylab.offline_claude.server import (
+    FAILURE_KINDS,
+    OfflineClaude,
+    RecordedRequest,
+    TokenHook,
+    main,
+)
+from relaylab.offline_claude.validation import InvalidRequest, validate
+
+_reply_for = reply_for  # the old private name, still imported by tests/test_cli.py
+
+__all__ = [
+    "FAILURE_KINDS",
+    "REPLIES",
+    "InvalidRequest",
+    "OfflineClaude",
+    "RecordedRequest",
+    "TokenHook",
+    "main",
+    "reply_for",
+    "tokenize",
+    "validate",
+]

@@ -1,0 +1,482 @@
+"""The stand-in's HTTP side: ``POST /v1/messages`` on aiohttp.web, as JSON or server-sent events.
+
+Every body it sends is one of the ``anthropic`` SDK's own types, serialised, so the SDK
+reads back exactly what it would read from the real API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from anthropic import types
+from anthropic.types.raw_message_delta_event import Delta
+
+from relaylab.offline_claude import replies, tools
+from relaylab.offline_claude.replies import REPLIES, content_text, tokenize
+from relaylab.offline_claude.validation import InvalidRequest, validate
+
+log = logging.getLogger("relaylab.offline_claude")
+
+FAILURE_KINDS: dict[str, tuple[int, str, str]] = {
+    # kind: (HTTP status, Anthropic error type, message); status 0: no error response
+    "overloaded": (529, "overloaded_error", "Overloaded"),
+    "rate_limit": (
+        429,
+        "rate_limit_error",
+        "This request would exceed your rate limit (simulated by relaylab's offline Claude).",
+    ),
+    "server_error": (500, "api_error", "Internal server error"),
+    "cut": (0, "", "the connection drops in the middle of the reply"),
+    "hang": (0, "", "the request is accepted, then nothing is sent until the client gives up"),
+    "stall": (0, "", "the reply starts, then stops without the connection closing"),
+}
+_BREAK_AFTER = 10  # "cut" and "stall" send at most this many tokens (half the reply if fewer)
+_MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's request size limit
+
+
+@dataclass
+class RecordedRequest:
+    """One ``POST /v1/messages`` as the server saw it. Times are ``time.monotonic()``.
+
+    ``outcome`` is "pending" while it runs, then "complete", "client_closed" (the client
+    hung up before the reply was complete), "rejected" (a 400) or "failed:<kind>": a
+    ``fail_next`` failure, or "failed:stopped" if the server stopped mid-reply. With
+    "failed:hang" and "failed:stall", ``client_closed_at`` is when the client gave up.
+    ``first_token_at`` is when the first token was written (for a JSON reply: the whole
+    reply). ``reply`` is the text the server chose, ``tool_use`` its tool call
+    (``{"id", "name", "input"}``) or None; ``tokens_planned`` counts the tokens (text
+    tokens and tool-input chunks) it meant to send after max_tokens, ``tokens_sent``
+    those it did send.
+    """
+
+    body: dict[str, Any]
+    stream: bool
+    received_at: float
+    reply: str = ""
+    tool_use: dict[str, Any] | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    tokens_sent: int = 0
+    tokens_planned: int = 0
+    client_closed_at: float | None = None
+    outcome: str = "pending"
+    status: int = 200
+    stop_reason: str | None = None
+    error: str | None = None
+
+
+TokenHook = Callable[[RecordedRequest, str, float], None]
+
+
+@dataclass
+class _Plan:
+    """What a reply sends: text tokens, then maybe a tool call streamed as JSON chunks."""
+
+    text: list[str]
+    tool: types.ToolUseBlock | None = None
+    chunks: list[str] = field(default_factory=list)
+    stop_reason: str = "end_turn"
+
+    @property
+    def size(self) -> int:
+        return len(self.text) + len(self.chunks)
+
+
+def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
+    """The full reply text, and what of it will be sent once max_tokens applies."""
+    messages = body["messages"]
+    index = replies.last_index(messages, "user")
+    last_user = messages[index] if index is not None else {"content": ""}
+    question = content_text(last_user["content"])
+    if results := tools.tool_results(last_user):
+        text, plan = tools.answer_from_results(results), _Plan([])
+    elif not replies.asks_how_far(question) and (chosen := tools.choose_tool(body, question)):
+        call = tools.tool_call(chosen, question)
+        text, plan = preamble, _Plan([], call, tokenize(json.dumps(call.input)), "tool_use")
+    else:
+        text, plan = replies.reply_for(messages), _Plan([])
+    plan.text = tokenize(text)
+    if plan.size > body["max_tokens"]:  # a tool call that does not fit is dropped whole
+        plan = _Plan(plan.text[: body["max_tokens"]], stop_reason="max_tokens")
+    return text, plan
+
+
+def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
+    """The Message of a JSON reply, or with ``plan=None`` the empty one a stream starts with."""
+    system = body.get("system")
+    texts = [system if isinstance(system, str) else content_text(system)]
+    texts += [content_text(m["content"]) for m in body["messages"]]
+    texts += [json.dumps(t) for t in body.get("tools") or []]
+    # A few tokens of framing per message, as the real count includes.
+    input_tokens = sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
+    content: list[Any] = []
+    if plan and plan.text:
+        content.append(types.TextBlock(type="text", text="".join(plan.text)))
+    if plan and plan.tool:
+        content.append(plan.tool)
+    return types.Message(
+        id="msg_offline_" + uuid.uuid4().hex[:20],
+        type="message",
+        role="assistant",
+        model=body["model"],
+        content=content,
+        stop_reason=plan.stop_reason if plan else None,  # type: ignore[arg-type]
+        stop_sequence=None,
+        usage=types.Usage(
+            input_tokens=input_tokens,
+            output_tokens=plan.size if plan else 1,
+            cache_creation_input_tokens=0,
+            cache_read_input_tokens=0,
+        ),
+    )
+
+
+def _error(status: int, error_type: str, message: str, **headers: str) -> web.Response:
+    request_id = "req_offline_" + uuid.uuid4().hex[:24]
+    error = {"type": error_type, "message": message}
+    body = types.ErrorResponse(type="error", error=error, request_id=request_id)  # type: ignore[arg-type]
+    return web.Response(
+        status=status,
+        reason="Overloaded" if status == 529 else None,
+        text=body.to_json(indent=None),
+        content_type="application/json",
+        headers={"request-id": request_id, **headers},
+    )
+
+
+def _sse(*events: Any) -> bytes:
+    """Server-sent events; ``None`` stands for a ping, which has no SDK type."""
+    return "".join(
+        f"event: {e.type}\ndata: {e.to_json(indent=None)}\n\n"
+        if e is not None
+        else 'event: ping\ndata: {"type": "ping"}\n\n'
+        for e in events
+    ).encode()
+
+
+class OfflineClaude:
+    """A local Messages API server that the ``anthropic`` SDK can talk to.
+
+    Pacing: the first token is sent ``first_token_delay`` seconds after the request
+    arrives, then ``tokens_per_second`` tokens a second (``math.inf``: no delay); a JSON
+    reply is sent whole after the same total time. These can change between requests,
+    as can ``tool_preamble`` (said before a tool call; "" for none) and ``on_token``,
+    called as ``on_token(record, token, at)`` for every token and tool-input chunk written.
+    """
+
+    def __init__(
+        self,
+        first_token_delay: float = 0.4,
+        tokens_per_second: float = 60.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if first_token_delay < 0:
+            raise ValueError("first_token_delay must be zero or more seconds")
+        if not tokens_per_second > 0:
+            raise ValueError("tokens_per_second must be more than zero (math.inf: no delay)")
+        self.first_token_delay = first_token_delay
+        self.tokens_per_second = tokens_per_second
+        self.host = host
+        self.port = port
+        self.tool_preamble = REPLIES["tool_preamble"]
+        self.requests: list[RecordedRequest] = []
+        self.on_token: TokenHook | None = None
+        self._failures: deque[str] = deque()
+        self._runner: web.AppRunner | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give the SDK, e.g. ``http://127.0.0.1:PORT``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start listening; afterwards ``port`` and ``base_url`` are set."""
+        if self._runner is not None:
+            raise RuntimeError("this OfflineClaude is already running")
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_route("*", "/{path:.*}", self._not_found)
+        # handler_cancellation: a client hanging up cancels its handler at once, so a
+        # reply notices an aborted request even while it waits for its next token.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port).start()
+        self._runner, self.port = runner, runner.addresses[0][1]
+        log.info("Offline Claude is listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        """Stop listening and close any open connections at once."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        try:
+            for task in self._handlers:
+                task.cancel()
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=1.0)
+            await runner.cleanup()  # nothing is in flight any more: this is quick
+        finally:
+            self._stopping = False
+        log.info("Offline Claude on %s has stopped", self.base_url)
+
+    async def __aenter__(self) -> OfflineClaude:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def fail_next(self, kind: str, times: int = 1) -> None:
+        """Make the next ``times`` requests fail as ``kind``, one failure per request.
+
+        Kinds: "overloaded" (HTTP 529), "rate_limit" (429, ``retry-after: 0``),
+        "server_error" (500), "cut" (the connection drops mid-reply), "hang" (nothing is
+        sent until the client gives up), "stall" (a few tokens, then silence on an open
+        connection). The SDK retries 429, 5xx and timeouts twice by default; use
+        ``max_retries=0`` to see the error itself.
+        """
+        if kind not in FAILURE_KINDS:
+            valid = ", ".join(repr(k) for k in FAILURE_KINDS)
+            raise ValueError(f"unknown failure kind {kind!r}; valid kinds are {valid}")
+        if times < 1:
+            raise ValueError("times must be 1 or more")
+        self._failures.extend([kind] * times)
+
+    # ---- one request ----------------------------------------------------------------
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        message = f"Not found: {request.method} {request.path} (try POST /v1/messages)"
+        return _error(404, "not_found_error", message)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        record = RecordedRequest(body={}, stream=False, received_at=time.monotonic())
+        self.requests.append(record)
+        try:
+            return await self._answer(request, record)
+        except asyncio.CancelledError:
+            self._gone(request, record)
+            raise
+        finally:
+            self._handlers.discard(task)
+
+    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+            if not isinstance(body, dict):
+                raise InvalidRequest("The request body must be a JSON object")
+            record.body, record.stream = body, body.get("stream") is True
+            validate(body)
+        except (ValueError, InvalidRequest) as exc:  # JSONDecodeError is a ValueError
+            problem = str(exc)
+            if not isinstance(exc, InvalidRequest):
+                problem = f"The request body is not valid JSON: {exc}"
+            log.warning("Offline Claude rejected a request with 400: %s", problem)
+            record.outcome, record.status, record.error = "rejected", 400, problem
+            record.finished_at = time.monotonic()
+            return _error(400, "invalid_request_error", problem)
+
+        record.reply, plan = _plan(body, self.tool_preamble)
+        if plan.tool:
+            record.tool_use = plan.tool.model_dump(include={"id", "name", "input"})
+        record.stop_reason, record.tokens_planned = plan.stop_reason, plan.size
+        failure = self._failures.popleft() if self._failures else None
+        if failure:
+            log.info("Offline Claude fails this request (%s), as queued by fail_next()", failure)
+        status, error_type, message = FAILURE_KINDS.get(failure or "", (0, "", ""))
+        if status:
+            record.outcome, record.status, record.error = f"failed:{failure}", status, message
+            record.finished_at = time.monotonic()
+            retry = {"retry-after": "0"} if failure == "rate_limit" else {}
+            return _error(status, error_type, message, **retry)
+        if failure == "hang":
+            record.outcome = "failed:hang"
+            await asyncio.Future()  # until the client gives up or stop(): both cancel us
+        response = web.StreamResponse(headers={"request-id": "req_offline_" + uuid.uuid4().hex})
+        try:
+            if record.stream:
+                await self._stream(request, response, record, plan, failure)
+            else:
+                await self._json(request, response, record, plan, failure)
+        except ConnectionError:  # a write found the client gone
+            self._gone(request, record)
+        return response
+
+    def _gone(self, request: web.Request, record: RecordedRequest) -> None:
+        """The client hung up, or stop() is closing everything: record which, and when."""
+        if record.finished_at is not None:
+            return  # already over (a cut, or the last byte was out)
+        record.finished_at = time.monotonic()
+        if self._stopping:
+            record.outcome = "failed:stopped" if record.outcome == "pending" else record.outcome
+            if request.transport is not None:
+                request.transport.abort()
+            return
+        record.client_closed_at = record.finished_at
+        record.outcome = "client_closed" if record.outcome == "pending" else record.outcome
+        log.info(
+            "The client closed the connection after %d of %d tokens, so Offline Claude "
+            "stopped this reply (this is what a cancelled or interrupted reply looks like)",
+            record.tokens_sent,
+            record.tokens_planned,
+        )
+
+    async def _wait_for_token(self, record: RecordedRequest, n: int) -> None:
+        """Sleep until token ``n`` (0-based) of this reply is due."""
+        tps = self.tokens_per_second
+        per_token = 1.0 / tps if math.isfinite(tps) else 0.0
+        due = record.received_at + self.first_token_delay + n * per_token
+        await asyncio.sleep(max(due - time.monotonic(), 0))  # also lets a cancel land
+
+    def _sent(self, record: RecordedRequest, token: str) -> None:
+        now = time.monotonic()
+        record.tokens_sent += 1
+        record.first_token_at = record.first_token_at or now
+        if self.on_token is not None:
+            try:
+                self.on_token(record, token, now)
+            except Exception:
+                log.exception("The on_token hook raised an error; ignoring it")
+
+    async def _break(self, request: web.Request, record: RecordedRequest, failure: str) -> None:
+        """Break the reply mid-way, as a "cut" (drop the connection) or a "stall"."""
+        if failure == "stall":
+            record.outcome = "failed:stall"
+            await asyncio.Future()  # silence on an open connection until someone gives up
+        transport = request.transport
+        for _ in range(20):  # let what was written reach the client before the drop
+            if transport is None or transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.005)
+        record.outcome, record.finished_at = "failed:cut", time.monotonic()
+        if transport is not None:
+            transport.abort()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        record: RecordedRequest,
+        plan: _Plan,
+        failure: str | None,
+    ) -> None:
+        response.content_type = "text/event-stream"
+        response.headers["cache-control"] = "no-cache"
+        await response.prepare(request)
+        start = types.RawMessageStartEvent(
+            type="message_start", message=_message(record.body, None)
+        )
+        await response.write(_sse(start))
+        blocks: list[tuple[Any, list[Any]]] = []
+        if plan.text:
+            deltas = [types.TextDelta(type="text_delta", text=t) for t in plan.text]
+            blocks.append((types.TextBlock(type="text", text=""), deltas))
+        if plan.tool:
+            chunks = [
+                types.InputJSONDelta(type="input_json_delta", partial_json=c) for c in plan.chunks
+            ]
+            blocks.append((plan.tool.model_copy(update={"input": {}}), chunks))
+        break_at = min(_BREAK_AFTER, max(1, plan.size // 2)) if failure in ("cut", "stall") else -1
+        for index, (block, deltas) in enumerate(blocks):
+            opening = types.RawContentBlockStartEvent(
+                type="content_block_start", index=index, content_block=block
+            )
+            await response.write(_sse(opening, None) if index == 0 else _sse(opening))
+            for delta in deltas:
+                await self._wait_for_token(record, record.tokens_sent)
+                if record.tokens_sent == break_at:
+                    return await self._break(request, record, failure or "")
+                event = types.RawContentBlockDeltaEvent(
+                    type="content_block_delta", index=index, delta=delta
+                )
+                await response.write(_sse(event))
+                self._sent(record, getattr(delta, "text", None) or delta.partial_json)
+            stop = types.RawContentBlockStopEvent(type="content_block_stop", index=index)
+            await response.write(_sse(stop))
+        closing = types.RawMessageDeltaEvent(
+            type="message_delta",
+            delta=Delta(stop_reason=plan.stop_reason, stop_sequence=None),  # type: ignore[arg-type]
+            usage=types.MessageDeltaUsage(output_tokens=plan.size),
+        )
+        await response.write(_sse(closing, types.RawMessageStopEvent(type="message_stop")))
+        await response.write_eof()
+        record.outcome, record.finished_at = "complete", time.monotonic()
+
+    async def _json(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        record: RecordedRequest,
+        plan: _Plan,
+        failure: str | None,
+    ) -> None:
+        if failure == "cut":
+            return await self._break(request, record, failure)
+        # The whole reply is "generated" before anything is sent, as with the real API.
+        await self._wait_for_token(record, max(plan.size - 1, 0))
+        payload = _message(record.body, plan).to_json(indent=None).encode()
+        response.content_type, response.content_length = "application/json", len(payload)
+        await response.prepare(request)
+        if failure == "stall":
+            await response.write(payload[: len(payload) // 2])
+            await self._break(request, record, failure)
+        await response.write(payload)
+        await response.write_eof()
+        for token in plan.text + plan.chunks:
+            self._sent(record, token)
+        record.outcome, record.finished_at = "complete", time.monotonic()
+
+
+# ---- standalone: python -m relaylab.offline_claude ---------------------------------------
+
+
+async def _serve_forever(args: argparse.Namespace) -> None:
+    claude = OfflineClaude(args.first_token_delay, args.tokens_per_second, args.host, args.port)
+    await claude.start()
+    print(f"Offline Claude is listening on {claude.base_url} (Ctrl-C to stop)", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await claude.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the offline Claude in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m relaylab.offline_claude",
+        description="A local stand-in for Anthropic's Messages API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick a free port")
+    parser.add_argument("--first-token-delay", type=float, default=0.4, metavar="SECONDS")
+    parser.add_argument("--tokens-per-second", type=float, default=60.0, metavar="N")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(args))
+    return 0

@@ -1,0 +1,142 @@
+"""Checks a Messages API request the way the real API does, with its style of message.
+
+``validate(body)`` raises ``InvalidRequest`` (answered with HTTP 400
+``invalid_request_error``) for what the real API rejects: missing fields, empty
+content, blocks of the wrong shape, and ``tool_use`` / ``tool_result`` blocks that
+do not pair up. Consecutive turns with the same role are accepted: the real API
+combines them into one turn (the SDK's ``MessageCreateParams.messages`` says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EMPTY = "all messages must have non-empty content except for the optional final assistant message"
+_BLOCK_ROLES = {"tool_use": "assistant", "tool_result": "user"}
+
+
+class InvalidRequest(Exception):
+    """A request the real API would reject with 400 invalid_request_error."""
+
+
+def validate(body: dict[str, Any]) -> None:
+    """Raise InvalidRequest with the API's message if the request is not valid."""
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            raise InvalidRequest(f"{name}: Field required")
+    if not isinstance(body["model"], str) or not body["model"]:
+        raise InvalidRequest("model: Input should be a valid, non-empty string")
+    max_tokens = body["max_tokens"]
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: Input should be an integer greater than or equal to 1")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("stream: Input should be a valid boolean")
+    _validate_system(body.get("system"))
+    _validate_tools(body.get("tools"))
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise InvalidRequest("messages: Input should be a valid list")
+    if not messages:
+        raise InvalidRequest("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages.{i}: Input should be a valid dictionary")
+        if message.get("role") not in ("user", "assistant"):
+            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if "content" not in message:
+            raise InvalidRequest(f"messages.{i}.content: Field required")
+        _validate_content(message["content"], message["role"], f"messages.{i}")
+    _validate_tool_pairs(messages)
+
+
+def _validate_system(system: Any) -> None:
+    if system is None or isinstance(system, str):
+        return
+    if not isinstance(system, list):
+        raise InvalidRequest("system: Input should be a valid string or a list of text blocks")
+    for j, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise InvalidRequest(f"system.{j}: Input should be a text block")
+        _validate_text(block.get("text"), f"system.{j}.text")
+
+
+def _validate_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools: Input should be a valid list")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise InvalidRequest(f"tools.{i}.name: Field required")
+        if not isinstance(tool.get("input_schema"), dict):
+            raise InvalidRequest(f"tools.{i}.input_schema: Field required")
+
+
+def _validate_content(content: Any, role: str, where: str) -> None:
+    if isinstance(content, str):
+        if not content:
+            raise InvalidRequest(f"{where}: {_EMPTY}")
+        if not content.strip():
+            raise InvalidRequest(
+                f"{where}.content: text content blocks must contain non-whitespace text"
+            )
+        return
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}.content: Input should be a valid string or list of blocks")
+    if not content:
+        raise InvalidRequest(f"{where}: {_EMPTY}")
+    for j, block in enumerate(content):
+        at = f"{where}.content.{j}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise InvalidRequest(f"{at}: Input should be a content block with a type")
+        kind = block["type"]
+        if kind == "text":
+            _validate_text(block.get("text"), f"{at}.text")
+        elif _BLOCK_ROLES.get(kind, role) != role:
+            raise InvalidRequest(
+                f"{at}: `{kind}` blocks can only be in `{_BLOCK_ROLES[kind]}` messages"
+            )
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise InvalidRequest(f"{at}.tool_use: `id` and `name` are required strings")
+            if not isinstance(block.get("input"), dict):
+                raise InvalidRequest(f"{at}.tool_use.input: Input should be a valid dictionary")
+        elif kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
+            raise InvalidRequest(f"{at}.tool_result.tool_use_id: Field required")
+
+
+def _validate_text(text: Any, where: str) -> None:
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{where}: Field required (a string)")
+    if not text:
+        raise InvalidRequest(f"{where}: text content blocks must be non-empty")
+    if not text.strip():
+        raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
+
+
+def _blocks(message: dict[str, Any], kind: str) -> list[tuple[int, dict[str, Any]]]:
+    content = message["content"]
+    blocks = content if isinstance(content, list) else []
+    return [(j, b) for j, b in enumerate(blocks) if b["type"] == kind]
+
+
+def _validate_tool_pairs(messages: list[dict[str, Any]]) -> None:
+    """Each tool_use needs its tool_result in the very next message, and the reverse."""
+    for i, message in enumerate(messages):
+        used = {b["id"] for _, b in _blocks(messages[i - 1], "tool_use")} if i else set()
+        for j, block in _blocks(message, "tool_result"):
+            if block["tool_use_id"] not in used:
+                raise InvalidRequest(
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` "
+                    "block must have a corresponding `tool_use` block in the previous message."
+                )
+        following = messages[i + 1] if i + 1 < len(messages) else {"content": ""}
+        answered = {b["tool_use_id"] for _, b in _blocks(following, "tool_result")}
+        missing = [b["id"] for _, b in _blocks(message, "tool_use") if b["id"] not in answered]
+        if missing:
+            raise InvalidRequest(
+                f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(missing)}. Each `tool_use` block must have "
+                "a corresponding `tool_result` block in the next message."
+            )
