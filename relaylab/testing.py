@@ -213,7 +213,7 @@ async def run_step(
             session.receive(frame)
             received += 1
     await _until(
-        lambda: session.caught_up(received) and not any(r.running for r in session.replies),
+        lambda: session.caught_up(received) and all(r.task.done() for r in session.replies),  # type: ignore[union-attr]
         settle,
     )
     await session.close()
