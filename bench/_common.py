@@ -203,6 +203,61 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used by ``pid`` and its descendants, including children they reaped.
+
+    Per live process: utime + stime + cutime + cstime (/proc/PID/stat), so a worker
+    that exited and was waited for still counts once, through its parent.
+    """
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
+    return total
+
+
+def tree_peak_rss_bytes(pid: int) -> int:
+    """Sum of each live process's peak resident memory (VmHWM) in ``pid``'s tree.
+
+    For one process this is its exact peak; for several it is an upper bound, since
+    their peaks need not coincide.
+    """
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 # -- stats and tables ----------------------------------------------------------------------
 
 

@@ -1,16 +1,24 @@
 """The load generator's side of a call: Twilio's half of ConversationRelay, kept lean.
 
-``RecordingConnection`` stamps every inbound frame with time.monotonic() the moment the
-websockets protocol parses it (inside ``data_received``), keeps the frames in arrival
-order (pongs included, so a ping sent right after an interrupt marks the point where
-the relay had the interrupt in hand), and never queues them for ``recv()``: the load
-generator does as little per frame as possible, so its own delay stays out of the way.
+``TwilioSide`` is an asyncio protocol around websockets' public sans-I/O
+``ClientProtocol``: bytes in, events out, no private API. It stamps every inbound frame
+with the time.monotonic() at which its bytes were read from the socket, keeps the
+frames in arrival order (pongs included, so a ping sent right after an interrupt marks
+the point where the relay had the interrupt in hand), and never queues them for a
+reader task: the load generator does as little per frame as possible, so its own
+delay stays out of the measurement.
+
+The frames it sends are the ones Twilio sends (PROTOCOL.md section 3), built by
+relaylab.protocol's Twilio-side builders: ``setup`` first, then ``prompt`` (and
+``interrupt`` in bench/interrupt.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,101 +26,177 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from _common import percentile
-from websockets.asyncio.client import ClientConnection, connect
+from websockets import ClientProtocol
+from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import WebSocketURI, parse_uri
 
-PONG = None  # marks a pong in RecordingConnection.frames
+from relaylab.protocol import prompt_frame, setup_frame
+
+PONG = None  # marks a pong in TwilioSide.frames
+OPEN_TIMEOUT = 20.0
+CLOSE_TIMEOUT = 2.0
+
+# -- the connection ----------------------------------------------------------------------
 
 
-class RecordingConnection(ClientConnection):
-    """A client connection that records inbound frames with their arrival time."""
+def _ends_talk_cycle(data: str) -> bool:
+    # A substring test instead of json.loads keeps the per-frame cost tiny; both spellings
+    # of JSON separators are accepted so any relay's encoder matches.
+    return '"last":true' in data or '"last": true' in data
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class TwilioSide(asyncio.Protocol):
+    """One caller's WebSocket, recording inbound frames as (arrival time, text or PONG)."""
+
+    def __init__(self, uri: WebSocketURI) -> None:
+        loop = asyncio.get_running_loop()
+        self.ws = ClientProtocol(uri)
         self.frames: list[tuple[float, str | None]] = []
         self.texts = 0  # text frames received
         self.lasts = 0  # ... of which ended a talk cycle
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._fragments: list[bytes] = []
         self._want: Callable[[], bool] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def process_event(self, event: Frame) -> None:  # type: ignore[override]
-        if not isinstance(event, Frame):  # the handshake response
-            super().process_event(event)
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        at = time.monotonic()
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event, at)
+            elif isinstance(event, Response):
+                self._on_handshake(event)
+        self._flush()
+        self._check()
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self._flush()
+        return False  # let asyncio close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during handshake: {exc}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # what happens to events
+
+    def _on_handshake(self, response: Response) -> None:
+        if self.opened.done():
             return
-        if event.opcode is Opcode.TEXT:
-            data = bytes(event.data).decode()
-            self.frames.append((time.monotonic(), data))
-            self.texts += 1
-            if '"last":true' in data:
-                self.lasts += 1
-            self._check()
+        if self.ws.handshake_exc is not None:
+            self.opened.set_exception(
+                ConnectionError(f"the relay refused the WebSocket: {self.ws.handshake_exc}")
+            )
+        else:
+            self.opened.set_result(None)
+
+    def _on_frame(self, frame: Frame, at: float) -> None:
+        if frame.opcode is Opcode.PONG:
+            self.frames.append((at, PONG))
             return
-        if event.opcode is Opcode.PONG:
-            self.frames.append((time.monotonic(), PONG))
-        super().process_event(event)
+        if frame.opcode is Opcode.TEXT or (frame.opcode is Opcode.CONT and self._fragments):
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data = b"".join(self._fragments).decode()
+                self._fragments.clear()
+                self.frames.append((at, data))
+                self.texts += 1
+                if _ends_talk_cycle(data):
+                    self.lasts += 1
+
+    def _flush(self) -> None:
+        if self._transport is None:
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                self._transport.write(data)
+            elif self._transport.can_write_eof():
+                self._transport.write_eof()  # sans-I/O asks for a half-close
 
     def _check(self) -> None:
         if self._waiter is not None and not self._waiter.done() and self._want and self._want():
             self._waiter.set_result(None)
 
+    # what the load generator calls
+
     async def until(self, want: Callable[[], bool], timeout: float) -> None:
         """Wait until ``want()`` holds after a frame arrives; TimeoutError / ConnectionError."""
         if want():
             return
-        self._want, self._waiter = want, self.loop.create_future()
-        lost = self.connection_lost_waiter
+        self._want, self._waiter = want, asyncio.get_running_loop().create_future()
         try:
             done, _ = await asyncio.wait(
-                {self._waiter, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {self._waiter, self.lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             self._want = None
         if self._waiter in done:
             return
-        if lost in done:
+        if self.lost in done:
             raise ConnectionError("the relay closed the call")
         raise TimeoutError(f"no reply within {timeout:.0f} s")
 
-    async def send_json(self, message: dict[str, Any]) -> float:
-        """Send one message; return the time.monotonic() just before it was sent."""
+    async def send_frame(self, frame: str) -> float:
+        """Send one text frame; return the time.monotonic() just before it was sent."""
+        if self.lost.done():
+            raise ConnectionError("the relay closed the call")
         at = time.monotonic()
-        await self.send(json.dumps(message))
+        self.ws.send_text(frame.encode())
+        self._flush()
         return at
 
+    def send_ping(self) -> None:
+        """Send a WebSocket ping; its pong shows up in ``frames`` as PONG."""
+        self.ws.send_ping(os.urandom(4))
+        self._flush()
 
-async def open_call(ws_url: str) -> RecordingConnection:
+    async def close(self) -> None:
+        """Close the WebSocket politely; drop the TCP connection if the relay lingers."""
+        if self._transport is None or self.lost.done():
+            return
+        with contextlib.suppress(InvalidState):  # already closing: wait or drop below
+            self.ws.send_close()
+            self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once."""
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def open_call(ws_url: str) -> TwilioSide:
     """Connect and send ``setup``, as Twilio does."""
-    conn = await connect(
-        ws_url,
-        create_connection=RecordingConnection,
-        compression=None,
-        open_timeout=20,
-        ping_interval=None,
-        max_queue=None,
+    uri = parse_uri(ws_url)
+    loop = asyncio.get_running_loop()
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: TwilioSide(uri), uri.host, uri.port), OPEN_TIMEOUT
     )
-    assert isinstance(conn, RecordingConnection)
-    await conn.send_json(
-        {
-            "type": "setup",
-            "sessionId": "VX" + uuid.uuid4().hex,
-            "callSid": "CA" + uuid.uuid4().hex,
-            "parentCallSid": "",
-            "accountSid": "AC" + "0" * 32,
-            "from": "+15550100",
-            "to": "+15550101",
-            "forwardedFrom": "",
-            "callerName": "",
-            "direction": "inbound",
-            "callType": "PSTN",
-            "callStatus": "RINGING",
-            "customParameters": {},
-        }
-    )
+    try:
+        await asyncio.wait_for(asyncio.shield(conn.opened), OPEN_TIMEOUT)
+    except BaseException:
+        conn.abort()
+        raise
+    await conn.send_frame(setup_frame("CA" + uuid.uuid4().hex))
     return conn
-
-
-def prompt(text: str) -> dict[str, Any]:
-    return {"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True}
 
 
 @dataclass
@@ -132,7 +216,7 @@ class Turn:
         return next((t for t, _ in self.tokens), None)
 
 
-def texts_since(conn: RecordingConnection, start: int) -> list[tuple[float, str, bool]]:
+def texts_since(conn: TwilioSide, start: int) -> list[tuple[float, str, bool]]:
     """The text frames recorded from index ``start`` on, parsed."""
     out = []
     for at, data in conn.frames[start:]:
@@ -164,7 +248,7 @@ async def conversation(
     try:
         for i, text in enumerate(prompts):
             start = len(conn.frames)
-            turn = Turn(text, await conn.send_json(prompt(text)))
+            turn = Turn(text, await conn.send_frame(prompt_frame(text)))
             await conn.until(lambda i=i: conn.lasts > i, timeout)
             turn.frames = texts_since(conn, start)
             result.turns.append(turn)

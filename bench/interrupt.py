@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 
 from _common import Processes, percentile, start_relay, start_standin, table
-from _load import PONG, RecordingConnection, dump_standin, open_call, prompt, texts_since
+from _load import PONG, TwilioSide, dump_standin, open_call, texts_since
+
+from relaylab.protocol import interrupt_frame, prompt_frame
 
 HEADERS = (
     "calls",
@@ -43,7 +45,7 @@ class Interrupted:
     leaked: int  # text frames after the pong
 
 
-def heard_so_far(conn: RecordingConnection, start: int) -> str:
+def heard_so_far(conn: TwilioSide, start: int) -> str:
     return "".join(token for _, token, _ in texts_since(conn, start))
 
 
@@ -57,18 +59,12 @@ async def interrupting_call(ws_url: str, call: int, turns: int, rng: random.Rand
             text = f"Tell me about interrupt run call {call} turn {t}"
             base, base_frame = conn.texts, len(conn.frames)
             after = rng.randint(3, 40)
-            await conn.send_json(prompt(text))
+            await conn.send_frame(prompt_frame(text))
             await conn.until(lambda b=base, a=after: conn.texts >= b + a, 30)
             mark = len(conn.frames)
             heard = " ".join(heard_so_far(conn, base_frame).split()[:-1])  # minus a partial word
-            sent_at = await conn.send_json(
-                {
-                    "type": "interrupt",
-                    "utteranceUntilInterrupt": heard,
-                    "durationUntilInterruptMs": 0,
-                }
-            )
-            await conn.ping()
+            sent_at = await conn.send_frame(interrupt_frame(heard, 0))
+            conn.send_ping()
             await asyncio.sleep(0.5)  # anything the relay still sends arrives meanwhile
             frames = conn.frames[mark:]
             pong = next((i for i, (_, data) in enumerate(frames) if data is PONG), len(frames))
