@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench lab serve clean
+.PHONY: demo test lint format bench bench-compare lab serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+bench-compare: $(STAMP)
+	$(BIN)/python bench/side_by_side.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from relaylab.cli import twiml_options
 from relaylab.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
+from relaylab.protocol import setup_frame
 
 RELAYLAB = [sys.executable, "-m", "relaylab"]
 
@@ -88,17 +89,7 @@ def relay(model_server):
         process.stderr.close()
 
 
-SETUP = {
-    "type": "setup",
-    "sessionId": "VX1",
-    "callSid": "CA_blackbox",
-    "from": "+1",
-    "to": "+2",
-    "direction": "inbound",
-    "callType": "PSTN",
-    "callStatus": "RINGING",
-    "customParameters": {},
-}
+SETUP = setup_frame("CA_blackbox", session_id="VX1")
 
 
 async def _frames_until(ws, predicate, timeout=10.0):
@@ -125,7 +116,7 @@ def test_black_box_interrupt_aborts_the_stream_and_only_heard_words_reach_the_mo
 ):
     async def call():
         async with connect(relay) as ws:
-            await ws.send(json.dumps(SETUP))
+            await ws.send(SETUP)
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
             )
@@ -166,7 +157,7 @@ def test_black_box_interrupt_aborts_the_stream_and_only_heard_words_reach_the_mo
 def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
     async def call():
         async with connect(relay) as ws:
-            await ws.send(json.dumps(SETUP))
+            await ws.send(SETUP)
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
             )
@@ -186,9 +177,9 @@ def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
 
 
 def _reply_text(claude, record):
-    from relaylab.offline_claude import _reply_for
+    from relaylab.offline_claude import reply_for
 
-    return _reply_for(record.body["messages"])
+    return reply_for(record.body["messages"])
 
 
 def test_serve_rejects_unsigned_sockets_when_twilio_token_is_set(model_server):
