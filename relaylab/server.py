@@ -29,7 +29,7 @@ from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
-from relaylab.webhooks import Webhooks
+from relaylab.webhooks import HttpLog, Webhooks
 
 log = logging.getLogger("relaylab.server")
 
@@ -65,7 +65,7 @@ class RelayServer:
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        self._http = web.Server(Webhooks(self), access_log=None)
+        self._http = web.Server(Webhooks(self), access_log=None, logger=HttpLog())
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: _FirstRequest(self), self.host, self.port
         )

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from relaylab import twiml
 from relaylab.protocol import loggable
@@ -89,6 +90,21 @@ class Webhooks:
         if settings.debug_events:
             options.setdefault("debug_events", True)
         return web.Response(text=twiml.relay_twiml(public.ws_url, **options), content_type=_XML)
+
+
+class HttpLog(logging.LoggerAdapter):
+    """The logger handed to aiohttp's server. aiohttp reports a malformed request (two Host
+    headers, a broken request line) as an exception with a traceback; a relay on a public
+    URL gets those all the time, so they become one escaped line. Real errors keep theirs."""
+
+    def __init__(self) -> None:
+        super().__init__(log, {})
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kw: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning("refused a malformed HTTP request: %s", loggable(exc_info.message))
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kw)  # type: ignore[arg-type]
 
 
 def _text(status: int, text: str) -> web.Response:

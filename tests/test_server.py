@@ -97,7 +97,7 @@ def test_malformed_requests_get_a_4xx_never_a_500(make_lab, relay_logs, head):
 
 
 def test_action_answers_goodbye_twiml(lab):
-    status, _, body = http_get(lab, "/action?SessionStatus=completed&CallSid=CA1")
+    status, _, body = http_get(lab, "/action?SessionStatus=ended&CallSid=CA1")
     assert status == 200 and ET.fromstring(body).find("./Hangup") is not None
 
 
