@@ -51,7 +51,9 @@ _MISSING_SENT_WORD = 2  # sent but never said
 _MAX_DRIFT = 40
 
 
-def heard_prefix(sent: str, utterance: str) -> str:
+def heard_prefix(
+    sent: str, utterance: str, *, duration_ms: float | None = None, words_per_minute: float = 165.0
+) -> str:
     """The start of `sent`, in its own spelling, that the caller heard before interrupting.
 
     `utterance` is ConversationRelay's `utteranceUntilInterrupt`: what the voice said,
@@ -73,7 +75,11 @@ def heard_prefix(sent: str, utterance: str) -> str:
 
     count = _count_heard_words(readings, heard, last_word_exact=not cut_off_word_dropped)
     if count == 0:
-        count = _estimate_heard_words(readings, len(heard))
+        spoken = len(heard)
+        if duration_ms is not None and duration_ms > 0:
+            # The text could not be placed; the time spoken says how far the voice got.
+            spoken = max(spoken, int(duration_ms / 60_000 * words_per_minute))
+        count = _estimate_heard_words(readings, spoken)
         result = _cut(sent, words, readings, count)
         logger.warning(
             "The heard text %r does not line up with the start of the reply %r, so the "
@@ -306,6 +312,18 @@ class Conversation(list):
         ):
             found.append("the final assistant turn ends with whitespace, which the API rejects")
         return found
+
+    def trim_to(self, max_chars: int) -> int:
+        """Drop the oldest turns until the history holds at most `max_chars` characters of
+        text, keeping it valid (it still opens with the caller). Returns how many went."""
+        dropped = 0
+        while len(self) > 1 and sum(len(str(turn.get("content", ""))) for turn in self) > max_chars:
+            del self[0]
+            dropped += 1
+            while self and self[0].get("role") != "user":
+                del self[0]
+                dropped += 1
+        return dropped
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Plain copies of the turns, safe to keep while the conversation goes on."""

@@ -192,3 +192,16 @@ async def test_bad_frames_are_logged_and_dropped(caplog):
     )
     assert result.history[-1] == {"role": "assistant", "content": "Woof."}
     assert "not valid JSON" in caplog.text
+
+
+async def test_a_long_call_keeps_its_history_under_the_cap_and_valid(caplog):
+    frames = []
+    for i in range(10):
+        frames += [prompt_frame(f"Question {i}: " + "tell me more " * 4), Pause(0.02)]
+    result = await run_step(
+        "tracking", frames, claude=ScriptedClaude(DOGS), limits=Limits(history_chars=400)
+    )
+    assert sum(len(turn["content"]) for turn in result.history) <= 400
+    assert_valid_history(result.history)
+    assert result.history[-1] == {"role": "assistant", "content": DOGS}
+    assert "dropped the" in caplog.text
