@@ -281,19 +281,37 @@ class Matched:
 
 
 def match_tokens(results: Sequence[CallResult], records: dict[str, dict[str, Any]]) -> Matched:
-    """Pair the i-th token a turn received with the i-th token the stand-in emitted for it."""
+    """Pair each token the stand-in emitted with the frame that brought its last character
+    to the caller. A relay may put several waiting tokens in one frame; each of them then
+    counts as arriving with that frame."""
     matched = Matched()
     for result in results:
         for turn in result.turns:
             record = records.get(turn.prompt)
-            received = turn.tokens
-            if record is None or len(record["emits"]) != len(received):
+            latencies = _token_latencies(record["emits"], turn.tokens) if record else None
+            if latencies is None:
                 matched.mismatched_turns += 1
                 continue
-            for emitted_at, (arrived_at, _) in zip(record["emits"], received, strict=True):
-                matched.latencies_ms.append((arrived_at - emitted_at) * 1000)
-            matched.tokens += len(received)
+            matched.latencies_ms += latencies
+            matched.tokens += len(latencies)
     return matched
+
+
+def _token_latencies(
+    emits: Sequence[tuple[float, int]], received: Sequence[tuple[float, str]]
+) -> list[float] | None:
+    """Milliseconds from each emit to the arrival of the frame that completed it; None when
+    the caller did not get exactly the emitted text."""
+    if sum(size for _, size in emits) != sum(len(text) for _, text in received):
+        return None
+    latencies, frame, frame_end, emitted_end = [], -1, 0, 0
+    for emitted_at, size in emits:
+        emitted_end += size
+        while frame_end < emitted_end:
+            frame += 1
+            frame_end += len(received[frame][1])
+        latencies.append((received[frame][0] - emitted_at) * 1000)
+    return latencies
 
 
 def summary(values_ms: Sequence[float]) -> tuple[float, float, float]:

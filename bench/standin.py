@@ -35,11 +35,11 @@ class Recorder:
 
     def __init__(self, claude: OfflineClaude) -> None:
         self.claude = claude
-        self.emits: dict[int, list[float]] = {}
+        self.emits: dict[int, list[tuple[float, int]]] = {}  # (time written, characters)
         claude.on_token = self.on_token
 
     def on_token(self, record: RecordedRequest, token: str, at: float) -> None:
-        self.emits.setdefault(id(record), []).append(at)
+        self.emits.setdefault(id(record), []).append((at, len(token)))
 
     def dump(self) -> list[dict[str, Any]]:
         records, self.claude.requests = self.claude.requests, []

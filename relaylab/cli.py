@@ -8,7 +8,8 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 level=logging.DEBUG if args.verbose else logging.INFO,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
-            return asyncio.run(serve_forever(args))
+            return run_fast(serve_forever(args))
         token = os.environ.get("TWILIO_AUTH_TOKEN") or None
         return asyncio.run(terminal_call(args.ws, token, args.words_per_minute))
     except KeyboardInterrupt:
@@ -96,6 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TunnelError, NumberSetupError, ValueError) as exc:
         print(f"relaylab {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """Run the relay on uvloop where it is installed (it moves socket and timer work into
+    C: see bench/), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def serve_forever(args: argparse.Namespace) -> int:

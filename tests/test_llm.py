@@ -1,0 +1,71 @@
+"""relaylab.llm against the offline stand-in, through the real anthropic SDK."""
+
+import asyncio
+
+import anthropic
+import pytest
+
+from relaylab.llm import choose_backend, stream_text
+from relaylab.offline_claude import OfflineClaude
+
+pytestmark = pytest.mark.anyio
+DOGS = [{"role": "user", "content": "Tell me about dogs"}]
+
+
+async def reply_text(client):
+    message = await client.messages.create(model="m", max_tokens=400, messages=DOGS)
+    return message.content[0].text
+
+
+async def test_stream_text_gives_the_same_text_as_the_sdk_in_pieces():
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=500) as claude:
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x")
+        pieces = [p async for p in stream_text(client, model="m", max_tokens=400, messages=DOGS)]
+        assert "".join(pieces) == await reply_text(client)
+        assert len(pieces) > 20
+
+
+async def test_tokens_already_waiting_come_out_as_one_piece():
+    # With the aiohttp transport (relaylab serve's) a read takes everything buffered.
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=500) as claude:
+        transport = anthropic.DefaultAioHttpClient()
+        client = anthropic.AsyncAnthropic(
+            base_url=claude.base_url, api_key="x", http_client=transport
+        )
+        pieces = []
+        async for piece in stream_text(client, model="m", max_tokens=400, messages=DOGS):
+            pieces.append(piece)
+            await asyncio.sleep(0.05)  # a relay that fell behind
+        assert "".join(pieces) == await reply_text(client)
+        assert len(pieces) < claude.requests[0].tokens_sent / 3
+        await client.close()
+
+
+async def test_leaving_the_loop_closes_the_request():
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=100) as claude:
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x")
+        stream = stream_text(client, model="m", max_tokens=400, messages=DOGS)
+        async for _ in stream:
+            break
+        await stream.aclose()
+        await asyncio.sleep(0.2)
+        assert claude.requests[-1].outcome == "client_closed"
+
+
+async def test_http_errors_are_the_sdks_own():
+    async with OfflineClaude(first_token_delay=0.01) as claude:
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
+        claude.fail_next("rate_limit")
+        with pytest.raises(anthropic.RateLimitError):
+            async for _ in stream_text(client, model="m", max_tokens=400, messages=DOGS):
+                pass
+
+
+def test_backend_choice_follows_the_environment():
+    assert choose_backend(env={}).kind == "offline"
+    assert choose_backend(env={"ANTHROPIC_API_KEY": "k"}).kind == "anthropic"
+    assert choose_backend(
+        env={"ANTHROPIC_BASE_URL": "http://x", "ANTHROPIC_API_KEY": "k"}
+    ).kind == ("custom")
+    with pytest.raises(ValueError, match="offline=False"):
+        choose_backend(False, env={})
