@@ -1,123 +1,103 @@
-"""SimulatedCall: Twilio's side of the ConversationRelay socket, with a speech clock.
+"""SimulatedCall: Twilio's side of a ConversationRelay call, driven from Python.
 
-It speaks the protocol over a real WebSocket (``setup``, then ``prompt``,
-``interrupt``, ``dtmf``), signs the handshake like Twilio when it has an auth token,
-and "plays" the tokens it receives at a speaking rate, so it knows what the caller
-has heard at any moment and can interrupt exactly like a person talking over the
-assistant.
+It is a pure client of the relay: everything it knows comes over the wire, as it would
+for Twilio. It can dial like Twilio (request the voice webhook, read the TwiML, open the
+socket it names), speaks ``setup``, ``prompt``, ``interrupt`` and ``dtmf``, "plays" the
+relay's ``text`` through a speech clock so it knows what the caller has heard at any
+moment, and acts on ``play``, ``sendDigits``, ``language`` and ``end`` (then requests the
+``<Connect action>`` URL). Messages Twilio would reject get an ``error`` frame, and ten in
+a row close the socket with 1007. Which of Twilio's behaviours it shows is a
+``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``).
+
+The one question about the relay's side, "what history did you store for this call?",
+goes through a ``RelayProbe`` that whoever runs the relay (the Lab) hands in.
+
+Frames the call sends, in order, when asked for: ``clientSpeaking`` on, partial
+prompts, ``clientSpeaking`` off, then the prompt; on an interrupt, ``clientSpeaking``
+on, ``tokensPlayed`` for the part of the chunk played, ``agentSpeaking`` off, the
+``interrupt``, ``clientSpeaking`` off. A new ``say`` while the last reply is still
+playing counts that reply as heard in full (the caller waited for it to end).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import concurrent.futures
+import contextlib
 import json
 import logging
-import re
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relaylab import signatures
+from relaylab import protocol, signatures
 from relaylab.loop import LoopThread
-from relaylab.spoken import speak
+from relaylab.simulation import twilio_http
+from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClock
+from relaylab.simulation.twilio_behaviour import (
+    INVALID_MESSAGE_ERROR,
+    MALFORMED_CLOSE_CODE,
+    InvalidOutbound,
+    PlaybackReporter,
+    RelayTwiml,
+    TwilioBehaviour,
+    client_speaking,
+    interrupt_message,
+    invalid_message_description,
+    partial_prompts,
+    read_outbound,
+    read_twiml,
+    utterance_for,
+)
+from relaylab.simulation.twilio_http import WebhookExchange
+
+__all__ = [
+    "DEFAULT_WORDS_PER_MINUTE",
+    "RelayProbe",
+    "Reply",
+    "SimulatedCall",
+    "SpeechClock",
+    "TwilioBehaviour",
+]
 
 T = TypeVar("T")
 
-DEFAULT_WORDS_PER_MINUTE = 165.0
-SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up before reading its state
 log = logging.getLogger("relaylab.caller")
-_WORD = re.compile(r"\S+")
-_WAKE: dict[str, Any] = {"type": "_wake"}  # an inbox marker, never sent or received
-_TRAILING = ",.;:!?\"')]}"
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DTMF_KEYS = "0123456789*#"
+_HTTP_ERRORS = (OSError, TimeoutError)
 
 
-class SpeechClock:
-    """Plays text at a fixed speaking rate as it arrives; says what was heard by when.
+class RelayProbe(Protocol):
+    """The one relay-side question a simulated call may ask (the Lab answers it)."""
 
-    Playback starts when the first word arrives. Each word takes ``60 / wpm`` seconds
-    of speech; ``speed`` > 1 runs the clock faster than real time (for tests). A word
-    plays once it has fully arrived and the previous word has finished.
-    """
-
-    def __init__(self, words_per_minute: float = DEFAULT_WORDS_PER_MINUTE, speed: float = 1.0):
-        self.word_ms = 60_000 / words_per_minute  # speech time per word
-        self.speed = speed
-        self.text = ""
-        self._scanned = 0
-        self._word_ends: list[int] = []  # character offset after each complete word
-        self._starts: list[float] = []  # monotonic time each word starts playing
-        self._finishes: list[float] = []  # ... and finishes
-
-    @property
-    def word_seconds(self) -> float:
-        """Real seconds one word takes to play."""
-        return self.word_ms / 1000 / self.speed
-
-    @property
-    def words(self) -> int:
-        return len(self._word_ends)
-
-    def feed(self, token: str, now: float, *, final: bool = False) -> None:
-        """Add received text; a word counts once whitespace (or the end) follows it."""
-        self.text += token
-        for match in _WORD.finditer(self.text, self._scanned):
-            complete = match.end() < len(self.text) or final
-            if not complete:
-                break
-            start = max(now, self._finishes[-1]) if self._finishes else now
-            self._word_ends.append(match.end())
-            self._starts.append(start)
-            self._finishes.append(start + self.word_seconds)
-            self._scanned = match.end()
-
-    def heard_words(self, now: float) -> int:
-        """How many words have been fully spoken by ``now``."""
-        return bisect.bisect_right(self._finishes, now)
-
-    def heard_text(self, words: int) -> str:
-        """The first ``words`` words, in the text's own spelling, without trailing punctuation.
-
-        Like ``heard_prefix``: a comma after the last word heard is a pause not yet reached.
-        """
-        return self.text[: self._word_ends[words - 1]].rstrip(_TRAILING) if words > 0 else ""
-
-    def played_ms(self, now: float) -> float:
-        """Speech time played by ``now``, in milliseconds (pauses while waiting for words)."""
-        seconds = sum(min(max(now - s, 0.0), self.word_seconds) for s in self._starts)
-        return seconds * self.speed * 1000
-
-    def time_of_word(self, words: int) -> float | None:
-        """When the ``words``-th word finishes playing, if it has arrived."""
-        return self._finishes[words - 1] if 0 < words <= len(self._finishes) else None
-
-    def time_of_ms(self, ms: float) -> float | None:
-        """When ``ms`` of speech have played, if the words for it have arrived."""
-        index = int(ms // self.word_ms)
-        if index >= len(self._starts):
-            return None
-        return self._starts[index] + (ms - index * self.word_ms) / 1000 / self.speed
+    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
+        """The relay's stored history for this call once it has handled `frames_sent` frames
+        from it (None if the relay does not know the call)."""
+        ...
 
 
 @dataclass
 class Reply:
-    """What the caller got back for one thing they said."""
+    """What the caller got back for one thing they said (``prompt`` "" when the relay
+    spoke unprompted, e.g. a greeting or a line before ``end``)."""
 
     prompt: str
     text: str = ""  # every token received, joined
     heard: str = ""  # what the caller heard: all of it, or up to the interrupt
     interrupted: bool = False
     utterance: str = ""  # what the interrupt frame reported as heard
-    complete: bool = False  # the talk cycle ended with last:true
+    complete: bool = False  # the talk cycle ended (last:true, or end)
     timings: dict[str, float] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
+    sent_at: float = 0.0  # time.monotonic() the prompt went out (or the reply began)
 
     def __str__(self) -> str:
         if not self.interrupted:
@@ -128,54 +108,97 @@ class Reply:
 class SimulatedCall:
     """A phone call as Twilio's ConversationRelay would make it, driven from Python.
 
-    Sync methods (``say``, ``press``, ``hang_up``) are for notebook cells; each has an
-    ``_async`` twin for tests and top-level ``await``.
+    Give ``ws_url`` to open the relay's socket directly, or ``twiml_url`` to dial like
+    Twilio: request the voice webhook (signed, POST by default), read the
+    ``<ConversationRelay>`` url, ``debug``/``events``, ``dtmfDetection``, languages,
+    ``<Parameter>`` children and ``<Connect action>``, then open that socket. With
+    ``public_url`` (a tunnel's address) requests go to the local address but are signed
+    over the public one, as the relay sees Twilio's. ``twilio`` picks Twilio's behaviours.
+
+    Sync methods (``say``, ``press``, ``hang_up``...) are for notebook cells and need
+    ``portal`` (the Lab's loop); each has an ``_async`` twin for tests and ``await``.
     """
 
     def __init__(
         self,
-        ws_url: str,
+        ws_url: str | None = None,
         *,
+        twiml_url: str | None = None,
+        public_url: str | None = None,
         auth_token: str | None = None,
         signed_url: str | None = None,
         call_sid: str | None = None,
+        account_sid: str = DEFAULT_ACCOUNT_SID,
         from_number: str = "+15550100",
         to_number: str = "+15550101",
         custom_parameters: dict[str, str] | None = None,
         words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
         clock_speed: float = 1.0,
-        tts_normalise: bool = False,
+        twilio: TwilioBehaviour | None = None,
+        tts_normalise: bool | None = None,
         portal: LoopThread | None = None,
-        session_lookup: Callable[[str], Any] | None = None,
+        relay: RelayProbe | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None,
         action_url: str | None = None,
     ) -> None:
+        if ws_url is None and twiml_url is None:
+            raise ValueError(
+                "give ws_url (open the relay's socket directly) or twiml_url (dial: "
+                "request the TwiML first, as Twilio does)"
+            )
+        behaviour = twilio or TwilioBehaviour()
+        if tts_normalise is not None:  # the older spelling of twilio.tts_normalise
+            behaviour = replace(behaviour, tts_normalise=tts_normalise)
+        self.twilio = behaviour
         self.ws_url = ws_url
+        self.twiml_url = twiml_url
+        self.public_url = public_url or _origin(signed_url)
         self.auth_token = auth_token
-        self.signed_url = signed_url or ws_url  # behind a tunnel Twilio signs the public URL
+        self.signed_url = signed_url  # the exact URL to sign the handshake over, if given
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
+        self.session_id = "VX" + uuid.uuid4().hex
+        self.account_sid = account_sid
         self.from_number = from_number
         self.to_number = to_number
-        self.custom_parameters = custom_parameters or {}
+        self.custom_parameters = dict(custom_parameters or {})
         self.words_per_minute = words_per_minute
         self.clock_speed = clock_speed
-        self.tts_normalise = tts_normalise
-        self.replies: list[Reply] = []
-        self.received: list[tuple[float, dict[str, Any]]] = []  # every frame in, with its time
-        self.sent: list[tuple[float, dict[str, Any]]] = []  # every frame out, with its time
-        self.action_url = action_url
-        self.handoff_data: str | None = None  # set when the relay ends the session
-        self.action_twiml: str | None = None  # what the <Connect action> URL answered
         self.portal = portal
-        self._playing: tuple[Reply, SpeechClock, float] | None = None  # the latest reply
-        self._session_lookup = session_lookup
+        self.relay = relay
+        self.action_url = action_url
         self.frame_listeners: list[Callable[[dict[str, Any]], None]] = (
             [on_frame] if on_frame else []
         )
-        self._session: Any = None
+        # What happened on the call, for tests, widgets and timelines.
+        self.replies: list[Reply] = []
+        self.received: list[tuple[float, dict[str, Any]]] = []  # valid frames in, with time
+        self.sent: list[tuple[float, dict[str, Any]]] = []  # every frame out, with its time
+        self.invalid: list[tuple[float, str | bytes, str]] = []  # dropped frames: time, frame, why
+        self.webhooks: list[WebhookExchange] = []  # the voice webhook and action requests
+        self.twiml: RelayTwiml | None = None  # what the voice webhook answered, when dialled
+        self.dtmf_detection: bool | None = None  # from the TwiML; None: unknown, keys are sent
+        self.tts_language = "en-US"
+        self.transcription_language = "en-US"  # prompts carry it as `lang`
+        self.played: list[str] = []  # audio sources the relay asked Twilio to play
+        self.digits_played: list[str] = []  # digits the relay asked Twilio to send
+        self.handoff_data: str | None = None  # set when the relay ends the session
+        self.session_status: str | None = None  # ended | completed | failed, once over
+        self.action_twiml: str | None = None  # what the <Connect action> URL answered
+        self.close_code: int | None = None
+        self.connected_at: float | None = None
         self._socket: ClientConnection | None = None
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._player: asyncio.Task[None] | None = None
+        self._reporter: PlaybackReporter | None = None
+        self._current: tuple[Reply, SpeechClock] | None = None
+        self._clocks: list[SpeechClock] = []
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._changed = asyncio.Event()  # a frame arrived or the call changed
+        self._playback_changed = asyncio.Event()
+        self._frames_lock = asyncio.Lock()  # keeps a group of info frames together
+        self._malformed = 0  # invalid messages in a row
+        self._hung_up = False
+        self._error_code: int | None = None  # Twilio's error when it failed the session
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "not connected"
@@ -199,6 +222,7 @@ class SimulatedCall:
     # -- public API ------------------------------------------------------------------
 
     def connect(self) -> SimulatedCall:
+        """Dial (with ``twiml_url``) or open the socket, then send ``setup``."""
         return self._sync(self._connect())
 
     async def connect_async(self) -> SimulatedCall:
@@ -234,12 +258,12 @@ class SimulatedCall:
     async def interrupt_async(self) -> Reply | None:
         return await self._async(self._interrupt_now())
 
-    def press(self, digit: str) -> None:
-        """Press a key on the phone (a ``dtmf`` message)."""
-        self._sync(self.send_async({"type": "dtmf", "digit": digit}))
+    def press(self, digits: str) -> None:
+        """Press keys on the phone (one ``dtmf`` message each: 0-9, * and #)."""
+        self._sync(self._press(digits))
 
-    async def press_async(self, digit: str) -> None:
-        await self._async(self.send_async({"type": "dtmf", "digit": digit}))
+    async def press_async(self, digits: str) -> None:
+        await self._async(self._press(digits))
 
     def listen(self, seconds: float) -> list[dict[str, Any]]:
         """Wait ``seconds`` and return the frames that arrived meanwhile."""
@@ -248,125 +272,340 @@ class SimulatedCall:
     async def listen_async(self, seconds: float) -> list[dict[str, Any]]:
         return await self._async(self._listen(seconds))
 
+    async def next_frame_async(self, timeout: float) -> dict[str, Any] | None:
+        """The next frame not yet taken by ``say`` or ``listen``; None after ``timeout``
+        seconds; ConnectionError once the call is closed and nothing is left."""
+        return await self._async(self._next(timeout))
+
     def hang_up(self) -> None:
+        """The caller hangs up: close the socket (then Twilio requests the action URL)."""
         self._sync(self._hang_up())
 
     async def hang_up_async(self) -> None:
         await self._async(self._hang_up())
 
     @property
-    def conversation(self) -> list[dict[str, str]]:
-        """The relay's history for this call, once the relay has caught up with the call.
+    def conversation(self) -> list[dict[str, Any]]:
+        """The relay's history for this call, once it has handled every frame sent so far.
 
-        Only for calls made with ``lab.call()`` (the relay runs in the same process).
+        Asked of the ``relay`` probe (``lab.call()`` passes one). In a coroutine, use
+        ``await call.history_async()`` instead.
         """
-        session = self.session
-        if session is None:
-            raise RuntimeError("the relay's history is only visible for calls made with lab.call()")
-        return session.conversation.snapshot()
+        self._require_probe()
+        if self.portal is not None and self.portal.running:
+            return self.portal.run(self._history(), timeout=None)
+        if self.portal is not None and self.portal.in_loop_thread():
+            raise RuntimeError("use await call.history_async() on the relay's own loop")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # no loop to borrow: a fresh one
+            return pool.submit(asyncio.run, self._history()).result()
 
-    @property
-    def session(self) -> Any:
-        """The relay's CallSession for this call, after it has handled all we sent."""
-        if self.portal is not None and self.portal.running and not self.portal.in_loop_thread():
-            return self.portal.run(self._settled_session(), timeout=None)
-        return self._find_session()
+    async def history_async(self) -> list[dict[str, Any]]:
+        """``conversation`` for async code."""
+        self._require_probe()
+        return await self._async(self._history())
 
-    def _find_session(self) -> Any:
-        if self._session is None and self._session_lookup is not None:
-            self._session = self._session_lookup(self.call_sid)
-        return self._session
+    def _require_probe(self) -> RelayProbe:
+        if self.relay is None:
+            raise RuntimeError(
+                "this call cannot see the relay's history: a SimulatedCall only speaks the "
+                "wire, and the history lives in the relay. Make the call with lab.call(), "
+                "or pass relay=<a RelayProbe> when you create it"
+            )
+        return self.relay
 
-    async def _settled_session(self, timeout: float = SETTLE_TIMEOUT) -> Any:
-        """Wait until the relay has handled every frame we sent, and no reply is between
-        its last token and its end, so what it remembers is up to date."""
-        if self._session_lookup is None:
-            return None  # a call to a relay in another process: nothing to wait for
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            session = self._find_session()
-            if session is None and not self.connected:
-                return None  # the relay dropped the call before it knew who we were
-            if session is not None and (session.closed or _caught_up(session, len(self.sent))):
-                return session
-            await asyncio.sleep(0.005)
-        return self._find_session()
+    async def _history(self) -> list[dict[str, Any]]:
+        history = await self._require_probe().history(self.call_sid, len(self.sent))
+        if history is None:
+            raise LookupError(
+                f"the relay has no history for call {self.call_sid}: it never got this "
+                "call's setup, or it has forgotten the call"
+            )
+        return history
 
-    # -- the protocol --------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------
 
     async def send_async(self, message: dict[str, Any] | str | bytes) -> None:
         """Send one frame: a dict as JSON, a str or bytes as it is (for tests of odd input)."""
+        frame = json.dumps(message) if isinstance(message, dict) else message
+        await self._async(self._send(frame))
+
+    async def _send(self, frame: str | bytes) -> None:
         if self._socket is None:
             raise RuntimeError("the call is not connected")
-        self.sent.append((time.monotonic(), message if isinstance(message, dict) else {}))
-        await self._socket.send(json.dumps(message) if isinstance(message, dict) else message)
+        self.sent.append((time.monotonic(), _as_message(frame)))
+        await self._socket.send(frame)
+
+    async def _send_all(self, frames: list[str]) -> None:
+        for frame in frames:
+            await self._send(frame)
+
+    def _require_connected(self) -> None:
+        if not self.connected:
+            state = "was never connected" if self._socket is None else "is over"
+            raise ConnectionError(f"call {self.call_sid} {state}: make a new call")
+
+    # -- dialling and connecting -----------------------------------------------------
 
     async def _connect(self) -> SimulatedCall:
+        if self._socket is not None:
+            raise RuntimeError("this call was already connected; make a new SimulatedCall")
+        self._inbox = asyncio.Queue()
+        self._changed, self._playback_changed = asyncio.Event(), asyncio.Event()
+        self._frames_lock = asyncio.Lock()
+        if self.twiml_url:
+            await self._dial(self.twiml_url)
+        assert self.ws_url is not None
         headers = {}
         if self.auth_token:
-            headers["X-Twilio-Signature"] = signatures.sign(self.auth_token, self.signed_url)
+            signed = self.signed_url or twilio_http.public_form(self.ws_url, self.public_url)
+            headers[signatures.SIGNATURE_HEADER] = signatures.sign(self.auth_token, signed)
         self._socket = await connect(
-            self.ws_url,
+            twilio_http.local_form(self.ws_url, self.public_url, self._local_origin()),
             additional_headers=headers,
             compression=None,
             open_timeout=10,
             logger=logging.getLogger("relaylab.websockets"),
         )
-        self._inbox = asyncio.Queue()
+        self.connected_at = time.monotonic()
+        if self.twilio.info_frames:
+            self._reporter = PlaybackReporter(
+                speaker_events=self.twilio.speaker_events, tokens_played=self.twilio.tokens_played
+            )
+            self._player = asyncio.create_task(self._report_playback())
         self._reader = asyncio.create_task(self._read())
-        await self.send_async(
-            {
-                "type": "setup",
-                "sessionId": "VX" + uuid.uuid4().hex,
-                "callSid": self.call_sid,
-                "parentCallSid": "",
-                "accountSid": "AC" + "0" * 32,
-                "from": self.from_number,
-                "to": self.to_number,
-                "forwardedFrom": "",
-                "callerName": "",
-                "direction": "inbound",
-                "callType": "PSTN",
-                "callStatus": "RINGING",
-                "customParameters": self.custom_parameters,
-            }
+        await self._send(
+            protocol.setup_frame(
+                self.call_sid,
+                session_id=self.session_id,
+                account_sid=self.account_sid,
+                from_number=self.from_number,
+                to_number=self.to_number,
+                custom_parameters=self.custom_parameters,
+            )
         )
         return self
 
-    async def _read(self) -> None:
-        assert self._socket is not None
+    async def _dial(self, twiml_url: str) -> None:
+        """Request the voice webhook like Twilio and take the call's settings from the TwiML."""
+        params = twilio_http.voice_webhook_params(
+            self.call_sid, self.account_sid, self.from_number, self.to_number
+        )
         try:
-            async for frame in self._socket:
-                message = json.loads(frame)
-                self.received.append((time.monotonic(), message))
-                for listener in self.frame_listeners:
-                    listener(message)
-                self._inbox.put_nowait(message)
-                if message.get("type") == "end":
-                    self.handoff_data = message.get("handoffData", "")
-                    await self._socket.close()  # Twilio closes the socket after `end`
+            exchange = await self._webhook(twiml_url, params, self.twilio.webhook_method)
+        except _HTTP_ERRORS as exc:
+            raise ConnectionError(f"could not reach the voice webhook {twiml_url}: {exc}") from exc
+        if exchange.status != 200:
+            raise ConnectionError(
+                f"the voice webhook {twiml_url} answered HTTP {exchange.status} "
+                f"({exchange.body[:200]!r}); Twilio would report error 11200 and the caller "
+                "would hear an application error"
+            )
+        relay = read_twiml(exchange.body, twilio_http.public_form(twiml_url, self.public_url))
+        self.twiml = relay
+        self.ws_url = relay.url
+        self.action_url = relay.action_url or self.action_url
+        self.custom_parameters = {**self.custom_parameters, **relay.parameters}
+        self.twilio = self.twilio.with_twiml(relay)
+        self.tts_language = relay.language("tts")
+        self.transcription_language = relay.language("transcription")
+        self.dtmf_detection = relay.dtmf_detection
+
+    async def _webhook(
+        self, url: str, params: dict[str, str], method: twilio_http.HttpMethod
+    ) -> WebhookExchange:
+        exchange = await twilio_http.request(
+            twilio_http.local_form(url, self.public_url, self._local_origin()),
+            params,
+            method=method,
+            auth_token=self.auth_token,
+            public_url=self.public_url,
+        )
+        self.webhooks.append(exchange)
+        return exchange
+
+    def _local_origin(self) -> str | None:
+        """scheme://host:port where this call reaches the relay locally."""
+        return _origin(self.twiml_url or self.ws_url)
+
+    # -- receiving: what Twilio does with each message -------------------------------
+
+    async def _read(self) -> None:
+        socket = self._socket
+        assert socket is not None
+        try:
+            async for frame in socket:
+                await self._receive(frame, time.monotonic())
         except ConnectionClosed:
             pass
-        if self.handoff_data is not None and self.action_url:
-            try:
-                self.action_twiml = await asyncio.to_thread(self._request_action)
-            except OSError as exc:
-                log.warning("the <Connect action> URL %s failed: %s", self.action_url, exc)
+        finally:
+            self.close_code = socket.close_code
+            self._changed.set()
+            if self._player is not None:
+                self._player.cancel()
+        await self._after_session()
 
-    def _request_action(self) -> str:
-        """Request the <Connect action> URL the way Twilio does after `end`."""
-        query = urlencode(
-            {"CallSid": self.call_sid, "SessionStatus": "ended", "HandoffData": self.handoff_data}
+    async def _receive(self, frame: str | bytes, now: float) -> None:
+        try:
+            message = read_outbound(frame)
+        except InvalidOutbound as exc:
+            await self._reject(frame, str(exc), now)
+            return
+        self._malformed = 0
+        self.received.append((now, message))
+        self._notify(message)
+        self._inbox.put_nowait(message)
+        kind = message["type"]
+        target = self._output_target(kind, now)
+        if target is not None:
+            reply, _ = target
+            reply.frames.append(message)
+            reply.arrivals.append(now)
+        if kind == "text" and target is not None:
+            self._on_text(message, now, *target)
+        elif kind == "play":
+            self._on_play(message, now, target)
+        elif kind == "sendDigits":
+            self.digits_played.append(message["digits"])
+        elif kind == "language":
+            self.tts_language = message.get("ttsLanguage", self.tts_language)
+            self.transcription_language = message.get(
+                "transcriptionLanguage", self.transcription_language
+            )
+        elif kind == "end":
+            await self._on_end(message, target)
+        self._changed.set()
+        self._playback_changed.set()
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        for listener in self.frame_listeners:
+            try:
+                listener(message)
+            except Exception:  # a broken listener must not end the call
+                log.exception("a frame listener of call %s failed", self.call_sid)
+
+    def _output_target(self, kind: str, now: float) -> tuple[Reply, SpeechClock] | None:
+        """The reply a frame belongs to: the current one, or a new unprompted one for
+        speech that starts after the last talk cycle ended."""
+        current = self._current
+        if kind not in ("text", "play") or (current is not None and not current[0].complete):
+            return current
+        after = current[1].busy_until if current and current[1].stopped_at is None else 0.0
+        reply = Reply(prompt="", sent_at=now)
+        self.replies.append(reply)
+        self._current = (reply, self._new_clock(not_before=after))
+        return self._current
+
+    def _new_clock(self, not_before: float = 0.0) -> SpeechClock:
+        clock = SpeechClock(
+            self.words_per_minute,
+            self.clock_speed,
+            chunking=self.twilio.chunking,
+            not_before=not_before,
         )
-        url = f"{self.action_url}?{query}"
-        signed = url
-        if self.signed_url != self.ws_url:  # behind a tunnel Twilio requests the public host
-            signed = f"https://{urlsplit(self.signed_url).netloc}{urlsplit(url).path}?{query}"
-        request = urllib.request.Request(url)
-        if self.auth_token:
-            request.add_header("X-Twilio-Signature", signatures.sign(self.auth_token, signed))
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.read().decode()
+        self._clocks.append(clock)
+        if self._reporter is not None:
+            self._reporter.add(clock)
+        return clock
+
+    def _on_text(
+        self, message: dict[str, Any], now: float, reply: Reply, clock: SpeechClock
+    ) -> None:
+        token, last = message["token"], bool(message.get("last", False))
+        if token and "first_token_ms" not in reply.timings:
+            reply.timings["first_token_ms"] = (now - reply.sent_at) * 1000
+        clock.feed(token, now, final=last)
+        reply.text += token
+        if last:
+            reply.complete = True
+            reply.timings["last_token_ms"] = (now - reply.sent_at) * 1000
+            if not reply.prompt and not reply.interrupted:  # unprompted: no say() to finish it
+                reply.heard = reply.text.strip()
+
+    def _on_play(
+        self, message: dict[str, Any], now: float, target: tuple[Reply, SpeechClock] | None
+    ) -> None:
+        self.played.append(message["source"])
+        if target is not None:
+            loops = max(message.get("loop", 1), 1)  # 0 (play for ever) counts as one play here
+            target[1].play_audio(message["source"], now, self.twilio.play_ms * loops)
+
+    async def _on_end(
+        self, message: dict[str, Any], target: tuple[Reply, SpeechClock] | None
+    ) -> None:
+        self.handoff_data = message.get("handoffData", "")
+        if target is not None:
+            target[0].complete = True
+        assert self._socket is not None
+        await self._socket.close()  # Twilio closes the socket after `end`
+
+    async def _reject(self, frame: str | bytes, problem: str, now: float) -> None:
+        """Drop an invalid message like Twilio (error 64107): an error frame, the call goes
+        on; after ``malformed_limit`` in a row, close the socket with 1007."""
+        self.invalid.append((now, frame, problem))
+        self._malformed += 1
+        log.warning(
+            "Twilio would drop this message from the relay (error %d) and send an error frame: %s",
+            INVALID_MESSAGE_ERROR,
+            problem,
+        )
+        await self._send(protocol.error_frame(invalid_message_description(problem)))
+        limit = self.twilio.malformed_limit
+        if self._malformed >= limit and self._socket is not None:
+            self._error_code = INVALID_MESSAGE_ERROR
+            log.warning("%d invalid messages in a row: Twilio closes the socket (1007)", limit)
+            await self._socket.close(MALFORMED_CLOSE_CODE, f"{limit} invalid messages in a row")
+
+    async def _after_session(self) -> None:
+        """Request the <Connect action> URL the way Twilio does once the session is over."""
+        if self.handoff_data is not None:
+            self.session_status = "ended"
+        elif self._error_code is not None or not self._hung_up:
+            self.session_status = "failed"  # Twilio failed it, or the relay dropped the socket
+        else:
+            self.session_status = "completed"
+        if not self.action_url:
+            return
+        params = twilio_http.action_params(
+            self.call_sid,
+            self.session_id,
+            self.session_status,
+            handoff_data=self.handoff_data,
+            duration_seconds=time.monotonic() - (self.connected_at or time.monotonic()),
+            error_code=self._error_code,
+        )
+        try:
+            exchange = await self._webhook(self.action_url, params, self.twilio.action_method)
+        except _HTTP_ERRORS as exc:
+            # A relay shutting down (1001) usually takes its action URL with it: no alarm.
+            level = logging.INFO if self.close_code == 1001 else logging.WARNING
+            log.log(level, "the <Connect action> URL %s failed: %s", self.action_url, exc)
+            return
+        self.action_twiml = exchange.body
+        if exchange.status != 200:
+            log.warning(
+                "the <Connect action> URL %s answered HTTP %d: Twilio would report error "
+                "11200 and hang up",
+                self.action_url,
+                exchange.status,
+            )
+
+    # -- playback reports (info frames) ----------------------------------------------
+
+    async def _report_playback(self) -> None:
+        """Send agentSpeaking / tokensPlayed frames as the speech clocks reach them."""
+        reporter = self._reporter
+        assert reporter is not None
+        with contextlib.suppress(ConnectionClosed, RuntimeError):
+            while True:
+                self._playback_changed.clear()
+                async with self._frames_lock:
+                    await self._send_all(reporter.due(time.monotonic()))
+                at = reporter.next_at()
+                wait = None if at is None else max(at - time.monotonic(), 0.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._playback_changed.wait(), wait)
+
+    # -- the caller's actions --------------------------------------------------------
 
     async def _next(self, timeout: float) -> dict[str, Any] | None:
         if self._reader is None or (self._reader.done() and self._inbox.empty()):
@@ -384,9 +623,13 @@ class SimulatedCall:
                 frame = await self._next(left)
             except ConnectionError:
                 break
-            if frame is not None and frame is not _WAKE:
+            if frame is not None:
                 frames.append(frame)
         return frames
+
+    async def _wait_changed(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(seconds, 0.0))
 
     async def _say(
         self,
@@ -395,99 +638,131 @@ class SimulatedCall:
         interrupt_after_ms: float | None,
         timeout: float,
     ) -> Reply:
-        while not self._inbox.empty():  # late frames of an earlier reply
-            self._inbox.get_nowait()
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"say() needs the words the caller says, got {text!r}: Twilio sends no "
+                "prompt when nothing was said"
+            )
+        self._require_connected()
+        self._drain_inbox()  # late frames of an earlier reply
+        if self._reporter is not None:
+            async with self._frames_lock:
+                await self._send_all(self._reporter.flush())
+        speaker_events = self.twilio.speaker_events
+        lang = self.transcription_language
+        if speaker_events:
+            await self._send(client_speaking("on"))
+        if self.twilio.partial_prompts:
+            for partial in partial_prompts(text):
+                await self._send(protocol.prompt_frame(partial, last=False, lang=lang))
+        if speaker_events:
+            await self._send(client_speaking("off"))
         reply = Reply(prompt=text)
+        clock = self._new_clock()
         self.replies.append(reply)
-        clock = SpeechClock(self.words_per_minute, self.clock_speed)
-        await self.send_async(
-            {"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True}
-        )
-        sent_at = time.monotonic()
-        self._playing = (reply, clock, sent_at)
-        deadline = sent_at + timeout
-        wants_interrupt = interrupt_after_words is not None or interrupt_after_ms is not None
+        self._current = (reply, clock)
+        await self._send(protocol.prompt_frame(text, last=True, lang=lang))
+        reply.sent_at = time.monotonic()
+        deadline = reply.sent_at + timeout
 
         def interrupt_time() -> float | None:
-            if interrupt_after_words is not None:
+            if interrupt_after_words is not None and interrupt_after_words > 0:
                 return clock.time_of_word(interrupt_after_words)
-            if interrupt_after_ms is not None:
-                return clock.time_of_ms(interrupt_after_ms)
+            if interrupt_after_words is not None or interrupt_after_ms is not None:
+                return clock.time_of_ms(interrupt_after_ms or 0.0)
             return None
 
         while not reply.interrupted:  # interrupt_async() may end it from another task
+            self._changed.clear()
             now = time.monotonic()
-            at = interrupt_time() if wants_interrupt else None
+            at = interrupt_time()
             if at is not None and now >= at:
-                await self._interrupt(reply, clock, now, sent_at)
+                await self._interrupt(reply, clock, now)
                 break
             if reply.complete:
                 if at is None:
                     break  # the reply ended before the interrupt point: nothing to talk over
-                await asyncio.sleep(at - now)
+                await self._wait_changed(at - now)
                 continue
+            if not self.connected:
+                raise ConnectionError(f"the relay closed the call before replying to {text!r}")
             if now >= deadline:
                 raise TimeoutError(f"no complete reply to {text!r} within {timeout} seconds")
-            frame = await self._next(min(deadline, at or deadline) - now)
-            if frame is None or frame is _WAKE:
-                continue
-            reply.frames.append(frame)
-            if frame.get("type") == "end":
-                reply.complete = True
-            if frame.get("type") != "text":
-                continue
-            token, last = frame.get("token", ""), bool(frame.get("last"))
-            arrived = time.monotonic()
-            if token and "first_token_ms" not in reply.timings:
-                reply.timings["first_token_ms"] = (arrived - sent_at) * 1000
-            clock.feed(token, arrived, final=last)
-            reply.text += token
-            if last:
-                reply.complete = True
-                reply.timings["last_token_ms"] = (arrived - sent_at) * 1000
+            await self._wait_changed(min(deadline, at if at is not None else deadline) - now)
         if not reply.interrupted:
             reply.heard = reply.text.strip()
-        self._find_session()  # keep hold of it: the relay forgets it once the call ends
+        self._drain_inbox()  # the reply took these frames; listen() gets the ones after
         return reply
+
+    def _drain_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
 
     async def _interrupt_now(self) -> Reply | None:
-        if self._playing is None:
+        if self._current is None:
             return None
-        reply, clock, sent_at = self._playing
+        reply, clock = self._current
         now = time.monotonic()
-        if reply.interrupted or (reply.complete and clock.heard_words(now) >= clock.words):
+        if reply.interrupted or (reply.complete and not clock.speaking(now)):
             return None  # already interrupted, or the caller has heard all of it
-        await self._interrupt(reply, clock, now, sent_at)
-        self._inbox.put_nowait(_WAKE)  # let a say() waiting for frames see it at once
+        await self._interrupt(reply, clock, now)
         return reply
 
-    async def _interrupt(
-        self, reply: Reply, clock: SpeechClock, now: float, sent_at: float
-    ) -> None:
+    async def _interrupt(self, reply: Reply, clock: SpeechClock, now: float) -> None:
+        for playing in self._clocks:
+            playing.stop(now)
         words = clock.heard_words(now)
+        played_ms = clock.played_ms(now)
         reply.heard = clock.heard_text(words)
-        reply.utterance = speak(reply.heard) if self.tts_normalise else reply.heard
+        reply.utterance = utterance_for(clock, words, self.twilio)
         reply.interrupted = True
-        played_ms = round(clock.played_ms(now))
-        reply.timings["interrupt_ms"] = (now - sent_at) * 1000
-        reply.timings["heard_ms"] = played_ms
-        await self.send_async(
-            {
-                "type": "interrupt",
-                "utteranceUntilInterrupt": reply.utterance,
-                "durationUntilInterruptMs": played_ms,
-            }
-        )
+        reply.timings["interrupt_ms"] = (now - reply.sent_at) * 1000
+        reply.timings["heard_ms"] = round(played_ms)
+        self._changed.set()  # a say() waiting for frames sees it at once
+        async with self._frames_lock:
+            frames = [client_speaking("on")] if self.twilio.speaker_events else []
+            if self._reporter is not None:
+                frames += self._reporter.interrupted(clock, now, words)
+            frames.append(interrupt_message(reply.utterance, played_ms, self.twilio))
+            if self.twilio.speaker_events:
+                frames.append(client_speaking("off"))
+            await self._send_all(frames)
+
+    async def _press(self, digits: str) -> None:
+        if not isinstance(digits, str) or not digits or any(d not in DTMF_KEYS for d in digits):
+            raise ValueError(f"a phone has keys 0-9, * and #; cannot press {digits!r}")
+        self._require_connected()
+        if self.dtmf_detection is False:
+            log.warning(
+                "key %s not reported: the TwiML's <ConversationRelay> has no "
+                'dtmfDetection="true", so Twilio does not send dtmf messages',
+                digits,
+            )
+            return
+        for digit in digits:
+            await self._send(protocol.dtmf_frame(digit))
 
     async def _hang_up(self) -> None:
-        await self._settled_session()  # keep hold of the session: the relay forgets it
-        if self._socket is not None:
-            await self._socket.close()
+        if self._socket is None:
+            return
+        self._hung_up = True
+        await self._socket.close()
         if self._reader is not None:
             await self._reader
 
 
-def _caught_up(session: Any, frames_sent: int) -> bool:
-    return session.frames_handled >= frames_sent and not any(
-        r.state == "running" and r.last_token_at is not None for r in session.replies
-    )
+def _as_message(frame: str | bytes) -> dict[str, Any]:
+    """A sent frame as a dict for the record ({} for frames that are not a JSON object)."""
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+def _origin(url: str | None) -> str | None:
+    """scheme://host[:port] of ``url`` (None for None)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))

@@ -1,0 +1,382 @@
+"""How Twilio's side of ConversationRelay behaves, as pure functions and small classes.
+
+- ``TwilioBehaviour``: the documented behaviours that vary (or that readings of the
+  docs disagree on), each selectable; the defaults are the most common real ones.
+- ``read_outbound``: Twilio's check of each message the relay sends (error 64107).
+- ``utterance_for`` / ``interrupt_message``: the ``interrupt`` frame for what was heard.
+- ``PlaybackReporter``: the ``info`` frames Twilio sends when the TwiML asks for them.
+- ``read_twiml``: what Twilio reads from the TwiML the voice webhook answers.
+
+No I/O here: ``relaylab.caller.SimulatedCall`` does the sockets and HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import urljoin
+
+from relaylab import protocol
+from relaylab.simulation.speech_clock import CHUNKINGS, Chunk, Chunking, SpeechClock
+from relaylab.spoken import speak
+from relaylab.twiml import GROUND_TRUTH_EVENTS
+
+Utterance = Literal["prefix", "sentence", "clause"]
+HttpMethod = Literal["POST", "GET"]
+UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
+METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
+
+INVALID_MESSAGE_ERROR = 64107  # Twilio's error code for an invalid message from the app
+MALFORMED_CLOSE_CODE = 1007  # WebSocket close code after too many invalid messages in a row
+_DIGITS = re.compile(r"[0-9w#*]+\Z")
+
+
+@dataclass(frozen=True)
+class TwilioBehaviour:
+    """Which of Twilio's documented behaviours a simulated call shows.
+
+    - ``utterance``: what ``utteranceUntilInterrupt`` holds: "prefix", everything the
+      caller heard of the reply (as Twilio's docs example reads); "sentence" or "clause",
+      only the part of the sentence (clause) being spoken when the caller cut in (as code
+      by Twilio's engineers reads it). PROTOCOL.md section 3.
+    - ``tts_normalise``: the utterance as the voice said it ("twelve dollars" for "$12").
+    - ``duration_as_string``: ``durationUntilInterruptMs`` as "460" (older docs), not 460.
+    - ``chunking``: the TTS speaks a "sentence" (or "clause") once its closing punctuation
+      or ``last`` arrives, or each "word" as soon as it is complete.
+    - ``speaker_events`` / ``tokens_played``: send ``info`` frames (agentSpeaking and
+      clientSpeaking on/off; tokensPlayed), as Twilio does when the TwiML's ``debug`` or
+      ``events`` ask for them. A dialled call also turns them on from its TwiML.
+    - ``partial_prompts``: send growing ``prompt`` frames with ``last: false`` before the
+      final one (TwiML ``partialPrompts``; a dialled call also reads it there).
+    - ``play_ms``: how long an audio file sent with ``play`` takes to play (speech time).
+    - ``malformed_limit``: invalid messages in a row after which the socket closes (1007).
+    - ``webhook_method`` / ``action_method``: how the voice webhook and the
+      ``<Connect action>`` URL are requested (a TwiML ``method`` overrides the latter).
+    """
+
+    utterance: Utterance = "prefix"
+    tts_normalise: bool = False
+    duration_as_string: bool = False
+    chunking: Chunking = "sentence"
+    speaker_events: bool = False
+    tokens_played: bool = False
+    partial_prompts: bool = False
+    play_ms: float = 2000.0
+    malformed_limit: int = 10
+    webhook_method: HttpMethod = "POST"
+    action_method: HttpMethod = "POST"
+
+    def __post_init__(self) -> None:
+        _one_of("utterance", self.utterance, UTTERANCES)
+        _one_of("chunking", self.chunking, CHUNKINGS)
+        _one_of("webhook_method", self.webhook_method, METHODS)
+        _one_of("action_method", self.action_method, METHODS)
+        if self.play_ms < 0:
+            raise ValueError(f"play_ms must not be negative, got {self.play_ms}")
+        if self.malformed_limit < 1:
+            raise ValueError(f"malformed_limit must be at least 1, got {self.malformed_limit}")
+
+    @property
+    def info_frames(self) -> bool:
+        return self.speaker_events or self.tokens_played
+
+    def with_twiml(self, relay: RelayTwiml) -> TwilioBehaviour:
+        """This behaviour plus what the TwiML turns on (events, partial prompts)."""
+        return replace(
+            self,
+            speaker_events=self.speaker_events or "speaker-events" in relay.events,
+            tokens_played=self.tokens_played or "tokens-played" in relay.events,
+            partial_prompts=self.partial_prompts or relay.flag("partialPrompts"),
+            action_method=relay.action_method or self.action_method,
+        )
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+# -- what the relay sends: Twilio's checks -----------------------------------------------
+
+
+class InvalidOutbound(ValueError):
+    """A message from the relay that Twilio would drop (error 64107)."""
+
+
+def read_outbound(frame: str | bytes) -> dict[str, Any]:
+    """Check one frame from the relay as Twilio does; the message, or InvalidOutbound."""
+    if not isinstance(frame, str):
+        raise InvalidOutbound("a binary frame; ConversationRelay takes JSON in text frames")
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        raise InvalidOutbound(f"not valid JSON: {protocol.loggable(frame)}") from None
+    if not isinstance(message, dict):
+        raise InvalidOutbound(f"not a JSON object: {protocol.loggable(frame)}")
+    kind = message.get("type")
+    check = _CHECKS.get(kind) if isinstance(kind, str) else None
+    if check is None:
+        shown = "no type" if kind is None else f"unknown type {protocol.loggable(kind)}"
+        raise InvalidOutbound(f"{shown} in {protocol.loggable(frame)}")
+    problem = check(message)
+    if problem:
+        raise InvalidOutbound(f"{kind} message {problem}")
+    return message
+
+
+def _field_problem(message: dict[str, Any], name: str, kind: type) -> str:
+    if name not in message:
+        return ""
+    value = message[name]
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok:
+        return ""
+    expected = "true or false" if kind is bool else "a string"
+    return f'field "{name}" must be {expected}, got {protocol.loggable(value)}'
+
+
+def _optional(message: dict[str, Any], **fields: type) -> str:
+    return next(
+        (p for name, kind in fields.items() if (p := _field_problem(message, name, kind))), ""
+    )
+
+
+def _check_text(message: dict[str, Any]) -> str:
+    if not isinstance(message.get("token"), str):
+        return f'needs "token" as a string, got {protocol.loggable(message.get("token"))}'
+    return _optional(message, last=bool, lang=str, interruptible=bool, preemptible=bool)
+
+
+def _check_play(message: dict[str, Any]) -> str:
+    source = message.get("source")
+    if not isinstance(source, str) or not source:
+        return f'needs "source" as a URL, got {protocol.loggable(source)}'
+    loop = message.get("loop", 1)
+    if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
+        return f'field "loop" must be a whole number, 0 or more, got {protocol.loggable(loop)}'
+    return _optional(message, interruptible=bool, preemptible=bool)
+
+
+def _check_send_digits(message: dict[str, Any]) -> str:
+    digits = message.get("digits")
+    if not isinstance(digits, str) or not _DIGITS.match(digits):
+        return f'needs "digits" made of 0-9, w, # and *, got {protocol.loggable(digits)}'
+    return ""
+
+
+def _check_language(message: dict[str, Any]) -> str:
+    if "ttsLanguage" not in message and "transcriptionLanguage" not in message:
+        return 'needs "ttsLanguage" or "transcriptionLanguage"'
+    return _optional(message, ttsLanguage=str, transcriptionLanguage=str)
+
+
+def _check_end(message: dict[str, Any]) -> str:
+    return _optional(message, handoffData=str)
+
+
+_CHECKS = {
+    "text": _check_text,
+    "play": _check_play,
+    "sendDigits": _check_send_digits,
+    "language": _check_language,
+    "end": _check_end,
+}
+
+
+def invalid_message_description(problem: str) -> str:
+    """The ``description`` of the ``error`` frame Twilio sends for an invalid message."""
+    return f"Invalid message received: {problem}"
+
+
+# -- the interrupt -----------------------------------------------------------------------
+
+
+def utterance_for(clock: SpeechClock, words: int, behaviour: TwilioBehaviour) -> str:
+    """``utteranceUntilInterrupt`` after ``words`` heard words, as ``behaviour`` says."""
+    if behaviour.utterance == "prefix":
+        text = clock.heard_text(words)
+    else:
+        text = clock.unit_text(words, behaviour.utterance)
+    return speak(text) if behaviour.tts_normalise else text
+
+
+def interrupt_message(utterance: str, played_ms: float, behaviour: TwilioBehaviour) -> str:
+    """The ``interrupt`` frame; the duration a number, or a numeric string if asked."""
+    frame = protocol.interrupt_frame(utterance, round(played_ms))
+    if not behaviour.duration_as_string:
+        return frame
+    message = json.loads(frame)
+    message["durationUntilInterruptMs"] = str(message["durationUntilInterruptMs"])
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- info frames ---------------------------------------------------------------------------
+
+
+class PlaybackReporter:
+    """The ``info`` frames about playback, from the speech clocks of one call.
+
+    ``agentSpeaking`` goes "on" when the voice starts after silence and "off" when it has
+    nothing more to play; ``tokensPlayed`` carries each speech chunk's text once played
+    (for an interrupted chunk, the part played before the interrupt), so the values
+    joined are exactly the text the caller heard. Clocks are played in the order added.
+    """
+
+    def __init__(self, *, speaker_events: bool, tokens_played: bool) -> None:
+        self.speaker_events = speaker_events
+        self.tokens_played = tokens_played
+        self.agent_speaking = False
+        self._clocks: list[SpeechClock] = []
+        self._started = 0  # chunks (over all clocks, in order) whose start was reported
+        self._finished = 0  # ... whose end was reported
+
+    def add(self, clock: SpeechClock) -> None:
+        self._clocks.append(clock)
+
+    def _chunks(self) -> list[tuple[SpeechClock, Chunk]]:
+        return [(clock, chunk) for clock in self._clocks for chunk in clock.chunks]
+
+    def next_at(self) -> float | None:
+        """When the next frame is due, or None if nothing is scheduled."""
+        chunks = self._chunks()
+        times = []
+        if self._finished < self._started:
+            times.append(chunks[self._finished][1].finish)
+        if self._started < len(chunks):
+            times.append(chunks[self._started][1].start)
+        return min(times, default=None)
+
+    def due(self, now: float) -> list[str]:
+        """The frames for everything that happened up to ``now``, in order."""
+        frames: list[str] = []
+        chunks = self._chunks()
+        while True:
+            finish = chunks[self._finished][1].finish if self._finished < self._started else None
+            start = chunks[self._started][1].start if self._started < len(chunks) else None
+            if finish is not None and finish <= now and (start is None or finish <= start):
+                frames += self._finish(chunks, self._finished)
+                self._finished += 1
+            elif start is not None and start <= now:
+                if not self.agent_speaking:
+                    frames += self._speaking("on")
+                self._started += 1
+            else:
+                return frames
+
+    def flush(self) -> list[str]:
+        """Report everything still scheduled as played (the caller waited for it)."""
+        return self.due(float("inf"))
+
+    def interrupted(self, clock: SpeechClock, now: float, words: int) -> list[str]:
+        """Frames for playback cut off at ``now`` after ``words`` heard words of ``clock``:
+        the played part of the chunk in progress, then agentSpeaking off."""
+        frames = self.due(now)
+        chunks = self._chunks()
+        heard_end = clock.word_end(words)
+        for owner, chunk in chunks[self._finished : self._started]:
+            if owner is clock and not chunk.is_audio and heard_end > chunk.start_char:
+                frames += self._tokens(clock.text[chunk.start_char : heard_end])
+        self._started = self._finished = len(chunks)
+        if self.agent_speaking:
+            frames += self._speaking("off")
+        return frames
+
+    def _finish(self, chunks: list[tuple[SpeechClock, Chunk]], index: int) -> list[str]:
+        clock, chunk = chunks[index]
+        frames = (
+            [] if chunk.is_audio else self._tokens(clock.text[chunk.start_char : chunk.end_char])
+        )
+        following = chunks[index + 1][1] if index + 1 < len(chunks) else None
+        if self.agent_speaking and (following is None or following.start > chunk.finish):
+            frames += self._speaking("off")
+        return frames
+
+    def _tokens(self, text: str) -> list[str]:
+        return [protocol.info_frame("tokensPlayed", text)] if self.tokens_played and text else []
+
+    def _speaking(self, value: str) -> list[str]:
+        self.agent_speaking = value == "on"
+        return [protocol.info_frame("agentSpeaking", value)] if self.speaker_events else []
+
+
+def client_speaking(value: Literal["on", "off"]) -> str:
+    """The ``info`` frame Twilio sends when the caller starts or stops speaking."""
+    return protocol.info_frame("clientSpeaking", value)
+
+
+def partial_prompts(text: str) -> Iterator[str]:
+    """The growing partial transcripts of ``text``: "Tell", "Tell me", "Tell me about"."""
+    words = text.split()
+    for count in range(1, len(words)):
+        yield " ".join(words[:count])
+
+
+# -- the TwiML ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelayTwiml:
+    """What Twilio reads from a ``<Connect><ConversationRelay>`` document."""
+
+    url: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    action_url: str | None = None
+    action_method: HttpMethod | None = None
+
+    def flag(self, name: str) -> bool:
+        return self.attributes.get(name, "").strip().lower() == "true"
+
+    @property
+    def events(self) -> frozenset[str]:
+        """The event words of ``debug`` and ``events`` (e.g. "speaker-events")."""
+        words = f"{self.attributes.get('debug', '')} {self.attributes.get('events', '')}"
+        return frozenset(w for w in re.split(r"[\s,]+", words) if w in GROUND_TRUTH_EVENTS)
+
+    @property
+    def dtmf_detection(self) -> bool:
+        return self.flag("dtmfDetection")
+
+    def language(self, kind: Literal["tts", "transcription"]) -> str:
+        """The starting TTS or transcription language (``language`` unless overridden)."""
+        general = self.attributes.get("language") or "en-US"
+        return self.attributes.get(f"{kind}Language") or general
+
+
+def read_twiml(document: str, base_url: str) -> RelayTwiml:
+    """Read the ConversationRelay TwiML a voice webhook answered (relative URLs resolved
+    against ``base_url``); ValueError saying what is missing."""
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError as exc:
+        raise ValueError(
+            f"the voice webhook did not answer TwiML (XML: {exc}): {document[:200]!r}"
+        ) from None
+    connect = root.find("Connect")
+    relay = connect.find("ConversationRelay") if connect is not None else None
+    if connect is None or relay is None:
+        raise ValueError(
+            "the TwiML has no <Connect><ConversationRelay>, so Twilio would not open a "
+            f"ConversationRelay session: {document[:200]!r}"
+        )
+    url = relay.get("url")
+    if not url:
+        raise ValueError("<ConversationRelay> has no url attribute: Twilio would fail the call")
+    action = connect.get("action")
+    method = (connect.get("method") or "").upper() or None
+    if method is not None and method not in METHODS:
+        raise ValueError(f"<Connect method={method!r}>: Twilio accepts GET or POST")
+    return RelayTwiml(
+        url=url,
+        attributes={name: value for name, value in relay.attrib.items() if name != "url"},
+        parameters={p.get("name", ""): p.get("value", "") for p in relay.iter("Parameter")},
+        action_url=urljoin(base_url, action) if action else None,
+        action_method=method,  # type: ignore[arg-type]  # checked above
+    )

@@ -1,0 +1,929 @@
+"""SimulatedCall as Twilio's side of ConversationRelay, against a scripted fake relay.
+
+The relay here is a few lines on the `websockets` server (it sends scripted frames and
+records what the caller sends); the voice webhook and the <Connect action> URL are a
+tiny aiohttp.web app. Everything goes through real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import VoiceResponse
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from relaylab import protocol
+from relaylab.caller import (
+    DEFAULT_WORDS_PER_MINUTE,
+    Reply,
+    SimulatedCall,
+    SpeechClock,
+    TwilioBehaviour,
+)
+from relaylab.loop import LoopThread
+from relaylab.simulation.twilio_behaviour import (
+    InvalidOutbound,
+    PlaybackReporter,
+    read_outbound,
+    read_twiml,
+)
+from relaylab.simulation.twilio_http import local_form, public_form
+
+TOKEN = "a-test-auth-token"
+SPEED = 20.0  # speech clock speed: a word (364 ms of speech) plays in 18 ms
+WORD_MS = 60_000 / DEFAULT_WORDS_PER_MINUTE
+
+Handler = Callable[["FakeRelay", ServerConnection, dict[str, Any]], Awaitable[None]]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 15))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        await asyncio.sleep(0.005)
+
+
+# -- the fake relay and the fake webhooks ---------------------------------------------------
+
+
+class FakeRelay:
+    """A relay that runs `handlers[type](relay, socket, message)` for each frame it gets."""
+
+    def __init__(self, **handlers: Handler) -> None:
+        self.handlers = handlers
+        self.received: list[dict[str, Any]] = []
+        self.headers: Any = None
+        self.close_code: int | None = None
+        self.closed = asyncio.Event()
+        self.texts_sent = 0  # text frames sent so far (a stream helper counts them)
+        self.texts_before_interrupt: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> FakeRelay:
+        self.server = await serve(self._handle, "127.0.0.1", 0, compression=None)
+        port = self.server.sockets[0].getsockname()[1]
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.server.close()
+        await self.server.wait_closed()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, socket: ServerConnection) -> None:
+        self.headers = socket.request.headers
+        try:
+            async for frame in socket:
+                message = json.loads(frame)
+                self.received.append(message)
+                if message["type"] == "interrupt" and self.texts_before_interrupt is None:
+                    self.texts_before_interrupt = self.texts_sent
+                handler = self.handlers.get(message["type"])
+                if handler is not None:
+                    await handler(self, socket, message)
+        except ConnectionClosed:
+            pass
+        self.close_code = socket.close_code
+        self.closed.set()
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.received if m["type"] == kind]
+
+    def infos(self) -> list[tuple[str, Any]]:
+        return [(m["name"], m["value"]) for m in self.of("info")]
+
+    async def stream(
+        self, socket: ServerConnection, tokens: list[str], gap: float = 0.0, last: bool = True
+    ) -> None:
+        for token in tokens:
+            await socket.send(protocol.text(token))
+            self.texts_sent += 1
+            if gap:
+                await asyncio.sleep(gap)
+        if last:
+            await socket.send(protocol.text("", last=True))
+            self.texts_sent += 1
+
+
+def words_of(text: str) -> list[str]:
+    """Tokens as a model streams them: each word with the space before it."""
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def replying(text: str, gap: float = 0.0) -> Handler:
+    """A prompt handler that streams `text` word by word (in the background)."""
+
+    async def on_prompt(relay: FakeRelay, socket: ServerConnection, message: dict) -> None:
+        if message["last"]:
+            relay.spawn(relay.stream(socket, words_of(text), gap))
+
+    return on_prompt
+
+
+def sending(*frames: str) -> Handler:
+    """A handler that sends `frames` at once."""
+
+    async def handler(relay: FakeRelay, socket: ServerConnection, message: dict) -> None:
+        if message.get("last", True):
+            for frame in frames:
+                await socket.send(frame)
+
+    return handler
+
+
+class Webhooks:
+    """The relay's HTTP side: /twiml answers `twiml`, /action answers `action_body`; both
+    record each request; /ws accepts a WebSocket and records its handshake and frames."""
+
+    def __init__(self, twiml: str = "", *, status: int = 200, action_body: str = "<Response/>"):
+        self.twiml, self.status, self.action_body = twiml, status, action_body
+        self.requests: list[dict[str, Any]] = []
+        self.ws_headers: Any = None
+        self.ws_frames: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> Webhooks:
+        app = web.Application()
+        app.router.add_route("*", "/twiml", self._twiml)
+        app.router.add_route("*", "/action", self._action)
+        app.router.add_get("/ws", self._ws)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.http_url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+    async def _record(self, request: web.Request) -> None:
+        form = dict(await request.post()) if request.method == "POST" else {}
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "url": str(request.url),
+                "query": dict(request.query),
+                "form": {k: str(v) for k, v in form.items()},
+                "signature": request.headers.get("X-Twilio-Signature"),
+            }
+        )
+
+    async def _twiml(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=self.status, text=self.twiml, content_type="text/xml")
+
+    async def _action(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(text=self.action_body, content_type="text/xml")
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        self.ws_headers = request.headers
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            self.ws_frames.append(json.loads(message.data))
+        return socket
+
+    def to(self, path: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"] == path]
+
+
+def relay_twiml(ws_url: str, *, action: str | None = None, method: str | None = None, **attrs):
+    response = VoiceResponse()
+    connect = response.connect(action=action, method=method)
+    parameters = attrs.pop("parameters", {})
+    relay = connect.conversation_relay(url=ws_url, **attrs)
+    for name, value in parameters.items():
+        relay.parameter(name=name, value=value)
+    return response.to_xml()
+
+
+def valid(url: str, params: dict[str, str], signature: str | None) -> bool:
+    return signature is not None and RequestValidator(TOKEN).validate(url, params, signature)
+
+
+def new_call(fake: FakeRelay, **options: Any) -> SimulatedCall:
+    options.setdefault("clock_speed", SPEED)
+    return SimulatedCall(fake.ws_url, **options)
+
+
+# -- the speech clock (pure) ------------------------------------------------------------------
+
+
+def test_word_chunking_plays_each_word_once_whitespace_follows():
+    clock = SpeechClock(60, chunking="word")  # one second per word
+    clock.feed("Hello", 0.0)
+    assert clock.words == 0, "'Hello' may go on in the next token"
+    clock.feed(" there", 0.5)
+    assert clock.time_of_word(1) == 1.5
+    clock.feed("", 0.7, final=True)
+    assert clock.time_of_word(2) == 2.5
+    assert clock.heard_words(2.0) == 1 and clock.heard_text(1) == "Hello"
+
+
+def test_sentence_chunking_waits_for_the_end_of_the_sentence():
+    clock = SpeechClock(60, chunking="sentence")
+    clock.feed("Hi there, friend", 0.0)
+    assert clock.words == 0
+    clock.feed(". Dogs", 1.0)
+    assert clock.words == 3 and [c.start for c in clock.chunks] == [1.0]
+    clock.feed(" bark.", 1.2, final=True)
+    assert clock.words == 5 and clock.chunks[1].start == 4.0  # after the first chunk
+    assert [clock.text[c.start_char : c.end_char] for c in clock.chunks] == [
+        "Hi there, friend.",
+        " Dogs bark.",
+    ]
+
+
+def test_clause_chunking_closes_at_commas_but_not_abbreviations():
+    clock = SpeechClock(60, chunking="clause")
+    clock.feed("In the U.S. today, dogs bark. ", 0.0, final=True)
+    texts = [clock.text[c.start_char : c.end_char] for c in clock.chunks]
+    assert texts == ["In the U.S. today,", " dogs bark."]
+    assert clock.heard_text(3) == "In the U.S.", "an abbreviation keeps its dot"
+    assert clock.heard_text(4) == "In the U.S. today", "a comma is a pause not yet reached"
+
+
+@pytest.mark.parametrize(
+    ("sent", "words", "unit", "expected"),
+    [  # PROTOCOL.md section 3's examples
+        (
+            "Hi there. Dogs were the first animals people tamed.",
+            6,
+            "sentence",
+            "Dogs were the first",
+        ),
+        ("It opens at 9. Tickets cost $12 for adults.", 8, "sentence", "Tickets cost $12 for"),
+        ("Step one is easy, and step two is harder.", 7, "clause", "and step two"),
+        (
+            "Step one is easy, and step two is harder.",
+            7,
+            "sentence",
+            "Step one is easy, and step two",
+        ),
+        ("Short.", 1, "sentence", "Short"),
+    ],
+)
+def test_unit_text_is_the_sentence_or_clause_being_spoken(sent, words, unit, expected):
+    clock = SpeechClock(chunking="word")
+    clock.feed(sent, 0.0, final=True)
+    assert clock.unit_text(words, unit) == expected
+
+
+def test_stop_freezes_what_was_heard_and_schedules_nothing_more():
+    clock = SpeechClock(60, chunking="word")
+    clock.feed("one two three ", 0.0)
+    clock.stop(1.5)
+    clock.feed("four five", 1.6, final=True)
+    assert clock.heard_words(10.0) == 1 and clock.words == 3
+    assert clock.played_ms(10.0) == 1500
+    assert "four" in clock.text and not clock.speaking(1.6)
+
+
+def test_audio_delays_the_words_after_it_and_counts_as_played_time():
+    clock = SpeechClock(60, speed=2.0, chunking="word")  # half a second per word
+    clock.play_audio("https://example.com/hold.mp3", 0.0, ms=2000)  # 1 s of real time
+    clock.feed("after audio ", 0.1)
+    assert clock.time_of_word(1) == 1.5
+    assert clock.played_ms(1.25) == 2500  # 2 s of audio and half a word, in speech time
+    assert clock.time_of_ms(2000) == 1.0
+    assert clock.time_of_ms(5000) is None
+
+
+def test_reporter_tells_played_tokens_and_speaking_state_in_time_order():
+    clock = SpeechClock(60, chunking="sentence")
+    reporter = PlaybackReporter(speaker_events=True, tokens_played=True)
+    reporter.add(clock)
+    clock.feed("Hi there. Bye now.", 0.0, final=True)
+    assert reporter.due(0.0) == [protocol.info_frame("agentSpeaking", "on")]
+    assert reporter.next_at() == 2.0
+    assert reporter.due(3.0) == [protocol.info_frame("tokensPlayed", "Hi there.")]
+    assert reporter.flush() == [
+        protocol.info_frame("tokensPlayed", " Bye now."),
+        protocol.info_frame("agentSpeaking", "off"),
+    ]
+    assert reporter.next_at() is None
+
+
+# -- Twilio's check of what the relay sends (pure) -----------------------------------------
+
+BAD_FRAMES = [
+    b'{"type":"text","token":"binary","last":true}',
+    "not json",
+    '["a list"]',
+    '{"token":"no type"}',
+    '{"type":"dance"}',
+    '{"type":"text","last":true}',
+    '{"type":"text","token":42}',
+    '{"type":"text","token":"hi","last":"yes"}',
+    '{"type":"sendDigits","digits":"12a"}',
+    '{"type":"play"}',
+    '{"type":"language"}',
+    '{"type":"end","handoffData":{"not":"a string"}}',
+]
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES)
+def test_read_outbound_refuses_what_twilio_refuses(frame):
+    with pytest.raises(InvalidOutbound):
+        read_outbound(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        protocol.text("hi", last=True, lang="fr-FR", interruptible=False),
+        protocol.play("https://example.com/a.mp3", loop=0),
+        protocol.send_digits("12w#*"),
+        protocol.language(tts_language="es-ES"),
+        protocol.end({"reason": "human"}),
+    ],
+)
+def test_read_outbound_accepts_every_documented_message(frame):
+    assert read_outbound(frame)["type"] == json.loads(frame)["type"]
+
+
+def test_behaviour_refuses_unknown_choices():
+    with pytest.raises(ValueError, match="utterance"):
+        TwilioBehaviour(utterance="whole")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="chunking"):
+        TwilioBehaviour(chunking="paragraph")  # type: ignore[arg-type]
+
+
+def test_public_and_local_forms_of_a_url():
+    public = "https://calls.example.com"
+    assert public_form("ws://127.0.0.1:5/ws?x=1", public) == "wss://calls.example.com/ws?x=1"
+    assert public_form("http://127.0.0.1:5/action", public) == "https://calls.example.com/action"
+    local = local_form("wss://calls.example.com/ws", public, "http://127.0.0.1:5")
+    assert local == "ws://127.0.0.1:5/ws"
+    assert local_form("wss://elsewhere.com/ws", public, "http://127.0.0.1:5").startswith(
+        "wss://else"
+    )
+
+
+# -- the call over real sockets ---------------------------------------------------------------
+
+
+def test_setup_comes_first_signed_and_say_returns_the_reply_with_arrival_times():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Hello there. How are you today?")) as relay:
+            call = new_call(relay, auth_token=TOKEN, custom_parameters={"topic": "dogs"})
+            await call.connect_async()
+            reply = await call.say_async("Hi")
+            await call.hang_up_async()
+            return relay, call, reply
+
+    relay, call, reply = run(scenario())
+    setup = relay.received[0]
+    assert setup["type"] == "setup" and setup["callSid"] == call.call_sid
+    assert setup["sessionId"] == call.session_id and setup["customParameters"] == {"topic": "dogs"}
+    assert valid(relay.ws_url, {}, relay.headers["X-Twilio-Signature"])
+    assert relay.received[1] == {
+        "type": "prompt",
+        "voicePrompt": "Hi",
+        "lang": "en-US",
+        "last": True,
+    }
+    assert reply.text == reply.heard == "Hello there. How are you today?"
+    assert reply.complete and not reply.interrupted
+    assert set(reply.timings) == {"first_token_ms", "last_token_ms"}
+    assert len(reply.arrivals) == len(reply.frames) == 7
+    assert reply.sent_at <= reply.arrivals[0]
+    assert reply.arrivals == sorted(reply.arrivals)
+
+
+@pytest.mark.parametrize(("chunking", "at_most", "at_least"), [("word", 3, 0), ("sentence", 99, 6)])
+def test_chunking_decides_when_speech_starts(chunking, at_most, at_least):
+    tokens = ["One", " two", " three", " four", " five.", " Six", " seven", " eight."]
+
+    async def on_prompt(relay, socket, message):
+        relay.spawn(relay.stream(socket, tokens, gap=0.06))
+
+    async def scenario():
+        async with FakeRelay(prompt=on_prompt) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(chunking=chunking))
+            await call.connect_async()
+            reply = await call.say_async("Count", interrupt_after_words=1)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    assert reply.heard == "One"
+    assert at_least <= relay.texts_before_interrupt <= at_most, relay.texts_before_interrupt
+
+
+@pytest.mark.parametrize(
+    ("sent", "words", "utterance", "tts", "expected"),
+    [
+        ("It opens at 9. Tickets cost $12 for adults.", 7, "prefix", False,
+         "It opens at 9. Tickets cost $12"),
+        ("It opens at 9. Tickets cost $12 for adults.", 7, "prefix", True,
+         "It opens at nine. Tickets cost twelve dollars"),
+        ("It opens at 9. Tickets cost $12 for adults.", 7, "sentence", False, "Tickets cost $12"),
+        ("It opens at 9. Tickets cost $12 for adults.", 8, "sentence", True,
+         "Tickets cost twelve dollars for"),
+        ("Step one is easy, and step two is harder.", 7, "clause", False, "and step two"),
+        ("Step one is easy, and step two is harder.", 7, "sentence", False,
+         "Step one is easy, and step two"),
+        ("Hi there. Dogs were the first animals people tamed.", 6, "sentence", False,
+         "Dogs were the first"),
+    ],
+)  # fmt: skip
+def test_interrupt_reports_the_utterance_each_way_twilio_may(sent, words, utterance, tts, expected):
+    async def scenario():
+        async with FakeRelay(prompt=replying(sent)) as relay:
+            twilio = TwilioBehaviour(utterance=utterance, tts_normalise=tts)
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            reply = await call.say_async("Go on", interrupt_after_words=words)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    [interrupt] = relay.of("interrupt")
+    assert interrupt["utteranceUntilInterrupt"] == reply.utterance == expected
+    assert reply.interrupted and reply.heard == " ".join(sent.split()[:words]).rstrip(",.")
+    duration = interrupt["durationUntilInterruptMs"]
+    assert isinstance(duration, int) and words * WORD_MS <= duration < (words + 1) * WORD_MS
+
+
+def test_duration_can_be_a_numeric_string_like_older_docs():
+    async def scenario():
+        async with FakeRelay(prompt=replying("one two three four five six")) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(duration_as_string=True))
+            await call.connect_async()
+            await call.say_async("Count", interrupt_after_words=2)
+            await call.hang_up_async()
+            return relay
+
+    [interrupt] = run(scenario()).of("interrupt")
+    duration = interrupt["durationUntilInterruptMs"]
+    assert isinstance(duration, str) and 2 * WORD_MS <= float(duration) < 3 * WORD_MS
+
+
+def test_interrupt_after_ms_and_interrupt_now():
+    text = " ".join(["word"] * 40)
+
+    async def scenario():
+        async with FakeRelay(prompt=replying(text, gap=0.01)) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            by_time = await call.say_async("Go", interrupt_after_ms=3 * WORD_MS + 1)
+            task = asyncio.create_task(call.say_async("Again"))
+            await wait_until(lambda: len(call.replies) == 2 and len(call.replies[1].frames) > 8)
+            now = await call.interrupt_async()
+            by_hand = await task
+            complete_when_interrupted = by_hand.complete
+            late = await call.interrupt_async()
+            await call.hang_up_async()
+            return by_time, now, by_hand, complete_when_interrupted, late
+
+    by_time, now, by_hand, complete, late = run(scenario())
+    assert by_time.heard == "word word word" and by_time.interrupted
+    assert now is by_hand and by_hand.interrupted and not complete
+    assert late is None, "nothing is playing after an interrupt"
+
+
+def test_info_frames_tell_what_was_played_when_the_reply_is_heard_in_full():
+    text = "Hello there. How are you?"
+    twilio = TwilioBehaviour(speaker_events=True, tokens_played=True)
+
+    async def scenario():
+        async with FakeRelay(prompt=replying(text)) as relay:
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            await call.say_async("Hi")
+            await wait_until(lambda: ("agentSpeaking", "off") in relay.infos())
+            await call.hang_up_async()
+            return relay
+
+    relay = run(scenario())
+    kinds = [m.get("name", m["type"]) for m in relay.received]
+    assert kinds[:4] == ["setup", "clientSpeaking", "clientSpeaking", "prompt"]
+    infos = relay.infos()[2:]
+    assert infos == [
+        ("agentSpeaking", "on"),
+        ("tokensPlayed", "Hello there."),
+        ("tokensPlayed", " How are you?"),
+        ("agentSpeaking", "off"),
+    ]
+
+
+def test_info_frames_around_an_interrupt_add_up_to_what_was_heard():
+    twilio = TwilioBehaviour(speaker_events=True, tokens_played=True, chunking="clause")
+
+    async def scenario():
+        async with FakeRelay(prompt=replying("Well, dogs are loyal and kind. Cats too.")) as relay:
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            reply = await call.say_async("Dogs?", interrupt_after_words=4)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    after_prompt = relay.received[relay.received.index(relay.of("prompt")[0]) + 1 :]
+    shown = [(m["type"], m.get("name"), m.get("value")) for m in after_prompt]
+    assert shown[-4:] == [
+        ("info", "tokensPlayed", " dogs are loyal"),
+        ("info", "agentSpeaking", "off"),
+        ("interrupt", None, None),
+        ("info", "clientSpeaking", "off"),
+    ]
+    assert ("info", "clientSpeaking", "on") in shown[:-4]
+    played = "".join(v for n, v in relay.infos() if n == "tokensPlayed")
+    assert played == reply.heard == "Well, dogs are loyal"
+
+
+def test_partial_prompts_grow_before_the_final_prompt():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Sure.")) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(partial_prompts=True))
+            await call.connect_async()
+            reply = await call.say_async("Tell me about dogs")
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    prompts = [(m["voicePrompt"], m["last"]) for m in relay.of("prompt")]
+    assert prompts == [
+        ("Tell", False),
+        ("Tell me", False),
+        ("Tell me about", False),
+        ("Tell me about dogs", True),
+    ]
+    assert reply.text == "Sure."
+
+
+def test_invalid_messages_get_an_error_frame_and_the_call_goes_on():
+    bad = BAD_FRAMES[:9]  # one short of the limit
+    heard: list[dict] = []
+
+    async def scenario():
+        async with FakeRelay(
+            prompt=sending(*bad, protocol.text("Still here.", last=True))
+        ) as relay:
+            call = new_call(relay, on_frame=heard.append)
+            await call.connect_async()
+            reply = await call.say_async("Hello?")
+            connected = call.connected
+            await call.hang_up_async()
+            return relay, call, reply, connected
+
+    relay, call, reply, connected = run(scenario())
+    errors = relay.of("error")
+    assert len(errors) == len(call.invalid) == 9
+    assert all(e["description"].startswith("Invalid message received: ") for e in errors)
+    assert "unknown type" in errors[4]["description"]
+    assert reply.text == "Still here." and connected
+    assert heard == [{"type": "text", "token": "Still here.", "last": True}]
+
+
+def test_ten_malformed_messages_in_a_row_close_the_socket_with_1007():
+    async def scenario():
+        async with Webhooks() as hooks:
+            junk = ["{nope"] * 10
+            async with FakeRelay(prompt=sending(*junk)) as relay:
+                call = new_call(relay, action_url=f"{hooks.http_url}/action")
+                await call.connect_async()
+                with pytest.raises(ConnectionError):
+                    await call.say_async("Hello?", timeout=5)
+                await asyncio.wait_for(relay.closed.wait(), 5)
+                await call.hang_up_async()
+                return relay, call, hooks
+
+    relay, call, hooks = run(scenario())
+    assert relay.close_code == 1007 and len(relay.of("error")) == 10
+    [action] = hooks.to("/action")
+    assert action["form"]["SessionStatus"] == "failed" and action["form"]["ErrorCode"] == "64107"
+    assert call.session_status == "failed"
+
+
+def test_a_valid_message_resets_the_malformed_count():
+    frames = ["{nope"] * 9 + [protocol.text("ok ")] + ["{nope"] * 9 + [protocol.text("", True)]
+
+    async def scenario():
+        async with FakeRelay(prompt=sending(*frames)) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            reply = await call.say_async("Hello?")
+            connected = call.connected
+            await call.hang_up_async()
+            return relay, reply, connected
+
+    relay, reply, connected = run(scenario())
+    assert connected and reply.text == "ok " and len(relay.of("error")) == 18
+    assert relay.close_code == 1000
+
+
+def test_play_send_digits_and_language_are_acted_on():
+    first = sending(
+        protocol.language(tts_language="es-ES", transcription_language="es-ES"),
+        protocol.send_digits("12#"),
+        protocol.play("https://example.com/hold.mp3"),
+        protocol.text("Hola amigos mios.", last=True),
+    )
+
+    async def scenario():
+        async with FakeRelay(prompt=first) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(play_ms=1000))
+            await call.connect_async()
+            reply = await call.say_async("Hola", interrupt_after_words=1)
+            relay.handlers["prompt"] = replying("Vale.")
+            await call.say_async("Gracias")
+            await call.hang_up_async()
+            return relay, call, reply
+
+    relay, call, reply = run(scenario())
+    assert call.digits_played == ["12#"] and call.played == ["https://example.com/hold.mp3"]
+    assert call.tts_language == call.transcription_language == "es-ES"
+    assert [p["lang"] for p in relay.of("prompt")] == ["en-US", "es-ES"]
+    assert reply.heard == "Hola"
+    duration = relay.of("interrupt")[0]["durationUntilInterruptMs"]
+    assert 1000 + WORD_MS <= duration < 1000 + 2 * WORD_MS, "the audio plays before the words"
+    assert [f["type"] for f in reply.frames] == ["language", "sendDigits", "play", "text"]
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_end_closes_the_socket_and_requests_the_action_url_signed(method):
+    async def scenario():
+        async with Webhooks(action_body="<Response><Hangup/></Response>") as hooks:
+            end = sending(protocol.text("Bye.", last=True), protocol.end({"reason": "human"}))
+            async with FakeRelay(prompt=end) as relay:
+                call = new_call(
+                    relay,
+                    auth_token=TOKEN,
+                    action_url=f"{hooks.http_url}/action",
+                    twilio=TwilioBehaviour(action_method=method),
+                )
+                await call.connect_async()
+                reply = await call.say_async("Get me a person")
+                await asyncio.wait_for(relay.closed.wait(), 5)
+                await call.hang_up_async()
+                return relay, call, hooks, reply
+
+    relay, call, hooks, reply = run(scenario())
+    assert reply.complete and reply.text == "Bye."
+    assert call.handoff_data == '{"reason": "human"}' and relay.close_code == 1000
+    [action] = hooks.to("/action")
+    assert action["method"] == method
+    fields = action["form"] if method == "POST" else action["query"]
+    assert (
+        fields["CallSid"] == call.call_sid and fields["SessionId"] == relay.received[0]["sessionId"]
+    )
+    assert fields["SessionStatus"] == "ended" and fields["HandoffData"] == call.handoff_data
+    assert fields["SessionDuration"].isdigit()
+    if method == "POST":
+        assert valid(f"{hooks.http_url}/action", action["form"], action["signature"])
+    else:
+        assert valid(action["url"], {}, action["signature"])
+    assert call.action_twiml == "<Response><Hangup/></Response>" and call.session_status == "ended"
+
+
+def test_hanging_up_is_quick_and_reports_completed():
+    async def scenario():
+        async with Webhooks() as hooks, FakeRelay(prompt=replying("Fine.")) as relay:
+            call = new_call(relay, action_url=f"{hooks.http_url}/action")
+            await call.connect_async()
+            await call.say_async("How are you?")
+            started = time.monotonic()
+            await call.hang_up_async()
+            return call, hooks, time.monotonic() - started
+
+    call, hooks, took = run(scenario())
+    assert took < 1.0
+    [action] = hooks.to("/action")
+    assert action["form"]["SessionStatus"] == "completed" and "HandoffData" not in action["form"]
+    assert call.session_status == "completed"
+
+
+def test_the_relay_speaking_first_is_an_unprompted_reply():
+    async def scenario():
+        greet = sending(protocol.text("Welcome! ", last=False), protocol.text("", last=True))
+        async with FakeRelay(setup=greet, prompt=replying("Hi.")) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            await wait_until(lambda: call.replies and call.replies[0].complete)
+            reply = await call.say_async("Hello")
+            await call.hang_up_async()
+            return call, reply
+
+    call, reply = run(scenario())
+    assert [(r.prompt, r.text) for r in call.replies] == [("", "Welcome! "), ("Hello", "Hi.")]
+    assert call.replies[0].heard == "Welcome!"
+    assert reply is call.replies[1]
+
+
+# -- dialling like Twilio ------------------------------------------------------------------------
+
+
+def test_dial_posts_the_signed_voice_webhook_and_follows_the_twiml():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Bonjour.")) as relay, Webhooks() as hooks:
+            hooks.twiml = relay_twiml(
+                relay.ws_url,
+                action="/action",
+                method="GET",
+                debug="speaker-events tokens-played",
+                dtmf_detection=True,
+                language="fr-FR",
+                parameters={"topic": "dogs"},
+            )
+            call = SimulatedCall(
+                twiml_url=f"{hooks.http_url}/twiml", auth_token=TOKEN, clock_speed=SPEED
+            )
+            await call.connect_async()
+            await call.say_async("Salut")
+            await call.press_async("1")
+            await wait_until(lambda: relay.of("dtmf"))
+            await call.hang_up_async()
+            return relay, hooks, call
+
+    relay, hooks, call = run(scenario())
+    [voice] = hooks.to("/twiml")
+    assert voice["method"] == "POST" and voice["form"]["CallSid"] == call.call_sid
+    assert voice["form"]["From"] == "+15550100" and voice["form"]["CallStatus"] == "ringing"
+    assert valid(f"{hooks.http_url}/twiml", voice["form"], voice["signature"])
+    assert valid(relay.ws_url, {}, relay.headers["X-Twilio-Signature"])
+    assert relay.received[0]["customParameters"] == {"topic": "dogs"}
+    assert relay.of("prompt")[0]["lang"] == "fr-FR"
+    assert call.twilio.speaker_events and call.twilio.tokens_played
+    assert relay.of("dtmf") == [{"type": "dtmf", "digit": "1"}]
+    [action] = hooks.to("/action")
+    assert action["method"] == "GET" and action["query"]["SessionStatus"] == "completed"
+
+
+def test_dial_with_get_and_no_dtmf_detection_sends_no_keys(caplog):
+    caplog.set_level(logging.WARNING, logger="relaylab.caller")
+
+    async def scenario():
+        async with FakeRelay() as relay, Webhooks() as hooks:
+            hooks.twiml = relay_twiml(relay.ws_url)
+            call = SimulatedCall(
+                twiml_url=f"{hooks.http_url}/twiml",
+                auth_token=TOKEN,
+                twilio=TwilioBehaviour(webhook_method="GET"),
+            )
+            await call.connect_async()
+            await call.press_async("5")
+            await call.send_async(protocol.prompt_frame("marker"))
+            await wait_until(lambda: relay.of("prompt"))
+            await call.hang_up_async()
+            return relay, hooks
+
+    relay, hooks = run(scenario())
+    [voice] = hooks.to("/twiml")
+    assert voice["method"] == "GET" and voice["query"]["CallSid"].startswith("CA")
+    assert valid(voice["url"], {}, voice["signature"])
+    assert relay.of("dtmf") == [] and "dtmfDetection" in caplog.text
+
+
+def test_a_refused_voice_webhook_is_a_clear_error():
+    async def scenario():
+        async with Webhooks("Forbidden", status=403) as hooks:
+            call = SimulatedCall(twiml_url=f"{hooks.http_url}/twiml", auth_token="wrong-token")
+            with pytest.raises(ConnectionError, match="HTTP 403"):
+                await call.connect_async()
+            return hooks
+
+    assert len(run(scenario()).to("/twiml")) == 1
+
+
+def test_behind_a_public_url_requests_go_local_but_are_signed_as_public():
+    public = "https://calls.example.com"
+
+    async def scenario():
+        async with Webhooks() as hooks:
+            hooks.twiml = relay_twiml("wss://calls.example.com/ws", action="/action")
+            call = SimulatedCall(
+                twiml_url=f"{hooks.http_url}/twiml", public_url=public, auth_token=TOKEN
+            )
+            await call.connect_async()
+            await wait_until(lambda: hooks.ws_frames)
+            await call.hang_up_async()
+            return hooks, call
+
+    hooks, call = run(scenario())
+    voice, action = hooks.to("/twiml")[0], hooks.to("/action")[0]
+    assert valid(f"{public}/twiml", voice["form"], voice["signature"])
+    assert valid("wss://calls.example.com/ws", {}, hooks.ws_headers["X-Twilio-Signature"])
+    assert hooks.ws_frames[0]["callSid"] == call.call_sid
+    assert valid(f"{public}/action", action["form"], action["signature"])
+
+
+# -- the relay probe and the sync API --------------------------------------------------------
+
+
+class FakeProbe:
+    """A RelayProbe over the fake relay: answers once it has received `frames_sent` frames."""
+
+    def __init__(self, relay: FakeRelay) -> None:
+        self.relay = relay
+        self.asked: list[tuple[str, int]] = []
+
+    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
+        self.asked.append((call_sid, frames_sent))
+        await wait_until(lambda: len(self.relay.received) >= frames_sent)
+        if self.relay.received[0]["callSid"] != call_sid:
+            return None
+        return [{"role": "user", "content": m["voicePrompt"]} for m in self.relay.of("prompt")]
+
+
+def test_sync_api_and_conversation_through_the_relay_probe():
+    portal = LoopThread("test-caller")
+    try:
+
+        async def start_relay() -> FakeRelay:
+            return await FakeRelay(prompt=replying("Yes.")).__aenter__()
+
+        relay = portal.run(start_relay())
+        probe = FakeProbe(relay)
+        call = new_call(relay, portal=portal, relay=probe).connect()
+        reply = call.say("First")
+        assert isinstance(reply, Reply) and reply.text == "Yes."
+        call.press("9")
+        assert call.conversation == [{"role": "user", "content": "First"}]
+        assert probe.asked == [(call.call_sid, 3)], "asked once the relay had setup, prompt, dtmf"
+        assert call.listen(0.05) == []
+        assert call.interrupt() is None
+        stranger = new_call(relay, portal=portal, relay=probe, call_sid="CAother")
+        with pytest.raises(LookupError, match="no history for call CAother"):
+            _ = stranger.conversation
+        call.hang_up()
+        portal.run(relay.__aexit__(None, None, None))
+    finally:
+        portal.close()
+
+
+def test_history_async_waits_for_the_relay_to_handle_what_was_sent():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Yes.")) as relay:
+            probe = FakeProbe(relay)
+            call = new_call(relay, relay=probe)
+            await call.connect_async()
+            await call.say_async("One")
+            await call.send_async(protocol.prompt_frame("Two"))
+            history = await call.history_async()
+            await call.hang_up_async()
+            return history, probe.asked, call.call_sid
+
+    history, asked, call_sid = run(scenario())
+    assert history == [{"role": "user", "content": "One"}, {"role": "user", "content": "Two"}]
+    assert asked == [(call_sid, 3)]
+
+
+def test_read_twiml_finds_the_relay_and_says_what_is_missing():
+    twiml = relay_twiml("wss://x.example/ws", action="/done", events="tokens-played")
+    relay = read_twiml(twiml, "https://x.example/twiml")
+    assert relay.url == "wss://x.example/ws" and relay.action_url == "https://x.example/done"
+    assert relay.events == {"tokens-played"} and not relay.dtmf_detection
+    assert relay.language("tts") == "en-US"
+    with pytest.raises(ValueError, match="no <Connect><ConversationRelay>"):
+        read_twiml("<Response><Say>Hi</Say></Response>", "https://x.example/twiml")
+
+
+def test_conversation_without_a_probe_says_where_the_history_lives():
+    call = SimulatedCall("ws://127.0.0.1:9/ws")
+    with pytest.raises(RuntimeError, match=r"lab\.call\(\)"):
+        _ = call.conversation
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="ws_url"):
+        SimulatedCall()
+
+    async def scenario():
+        async with FakeRelay() as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            with pytest.raises(ValueError, match="words the caller says"):
+                await call.say_async("  ")
+            with pytest.raises(ValueError, match="keys 0-9"):
+                await call.press_async("x")
+            await call.hang_up_async()
+            with pytest.raises(ConnectionError, match="is over"):
+                await call.say_async("Hello?")
+
+    run(scenario())
