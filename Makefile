@@ -31,8 +31,14 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	$(BIN)/python bench/side_by_side.py
 
+# Jupyter refuses to start as root (common in containers) unless given --allow-root.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	@if [ "$$(id -u)" = 0 ]; then \
+		echo "make lab: running as root, so JupyterLab starts with --allow-root"; \
+		$(BIN)/jupyter lab --allow-root notebooks/; \
+	else \
+		$(BIN)/jupyter lab notebooks/; \
+	fi
 
 serve: $(STAMP)
 	$(BIN)/relaylab serve --step tracking
