@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import anthropic
@@ -67,8 +68,10 @@ class Lab:
             tokens_per_second=tokens_per_second,
             settings=self.settings,
         )
+        self._sessions: deque[CallSession] = deque(maxlen=1000)  # for history after hang-up
         try:
             self._loop.run(self._relay.start())
+            self.server.session_listeners.append(self._sessions.append)
         except BaseException:
             self._loop.close()
             raise
@@ -168,7 +171,7 @@ class Lab:
     def _relay_view(self, call_sid: str) -> _RelayView:
         view = self._relay_views.get(call_sid)
         if view is None:
-            view = self._relay_views[call_sid] = _RelayView(self.server, call_sid)
+            view = self._relay_views[call_sid] = _RelayView(self._sessions, call_sid)
         return view
 
     def view(self) -> Any:
@@ -215,8 +218,8 @@ class _RelayView:
 
     SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up with the call
 
-    def __init__(self, server: RelayServer, call_sid: str) -> None:
-        self._server = server
+    def __init__(self, sessions: deque[CallSession], call_sid: str) -> None:
+        self._sessions = sessions
         self._call_sid = call_sid
         self._session: CallSession | None = None
 
@@ -224,7 +227,9 @@ class _RelayView:
         """The call's session once it has handled ``frames_sent`` frames (or 2 s passed)."""
         deadline = time.monotonic() + self.SETTLE_TIMEOUT
         while True:
-            self._session = self._session or self._server.find(self._call_sid)
+            self._session = self._session or next(
+                (s for s in self._sessions if s.call_sid == self._call_sid), None
+            )
             session = self._session
             settled = session is not None and (session.closed or session.caught_up(frames_sent))
             if settled or time.monotonic() > deadline:

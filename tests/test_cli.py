@@ -223,6 +223,7 @@ def test_serve_twiml_options_from_the_command_line():
         dtmf=False,
         step="handoff",
         param=["lesson=4", "team=blue"],
+        relay_attr=["speechTimeout=800", "ignoreBackchannel=true"],
     )
     assert twiml_options(args) == {
         "welcome_greeting": "Hello!",
@@ -231,6 +232,8 @@ def test_serve_twiml_options_from_the_command_line():
         "interruptible": "speech",
         "dtmf_detection": True,
         "parameters": {"lesson": "4", "team": "blue"},
+        "speechTimeout": "800",
+        "ignoreBackchannel": True,
     }
     args.param = ["oops"]
     with pytest.raises(ValueError, match="NAME=VALUE"):
