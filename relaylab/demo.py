@@ -1,57 +1,146 @@
-"""``relaylab demo``: the whole lesson path offline, printed as a transcript with timings."""
+"""``relaylab demo``: the whole lesson path offline, printed as a transcript with timings.
+
+Three lessons, each on a simulated call to a real relay and a local stand-in for Claude:
+a basic reply (one frame, after a silence), token streaming (the first word much
+sooner), and tracking with interruptions (the caller cuts in while tokens still stream;
+without tracking they keep coming, with it the relay stops at once and stores only the
+heard words).
+
+``relaylab demo --quick`` runs the stand-in faster (half the wait for the first token,
+twice the tokens per second) and the caller's speech clock twice as fast again, so the
+demo takes about ten seconds instead of about twenty; the lessons and what they show
+stay the same. Times are measured by the simulated caller, from the end of what it said.
+"""
 
 from __future__ import annotations
 
 import textwrap
 import time
+from typing import Any
 
-from relaylab.caller import Reply
+from relaylab.caller import Reply, SimulatedCall
 from relaylab.lab import Lab
 
 LONG_PROMPT = "Name ten things that happened in 1999"
+DOGS = "Tell me about dogs"
+WORDS_HEARD = 8  # the caller cuts in after hearing this many words
+WIDTH = 88
+
+# The stand-in's pacing. Lesson 3 uses slower tokens and a faster speech clock (as the
+# notebook does), so the caller cuts in while the reply is still streaming.
+PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0}
+QUICK_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0}
+INTERRUPT_PACING = {"first_token_delay": 0.4, "tokens_per_second": 40.0, "clock_speed": 2.0}
+QUICK_INTERRUPT_PACING = {"first_token_delay": 0.2, "tokens_per_second": 80.0, "clock_speed": 4.0}
 
 
 def run_demo(quick: bool = False) -> int:
+    """Print the three lessons' calls; returns the exit status (0)."""
     started = time.monotonic()
-    pace = {"first_token_delay": 0.2, "tokens_per_second": 120.0} if quick else {}
-    with Lab("basic", offline=True, **pace) as lab:
-        _heading("Lesson 1, basic reply: wait for the whole answer, send it as one frame")
-        call = lab.call()
-        basic = _show(call.say(LONG_PROMPT))
-        call.hang_up()
-
-        _heading("Lesson 2, token streaming: forward each token as it arrives")
-        lab.use("streaming")
-        call = lab.call()
-        streaming = _show(call.say(LONG_PROMPT))
-        call.hang_up()
-        ratio = basic.timings["first_token_ms"] / streaming.timings["first_token_ms"]
-        print(f"\n  Streaming: the caller hears the first word {ratio:.1f}x sooner.")
-
-        _heading("Lesson 3, tracking and interruptions: keep only what the caller heard")
-        lab.use("tracking")
-        call = lab.call()
-        _show(call.say("Tell me about dogs", interrupt_after_words=8))
-        _show(call.say("How far did you get?"))
-        print("\n  The relay's history for this call:")
-        for turn in call.conversation:
-            print(
-                textwrap.fill(
-                    f"  {turn['role']:>9}: {turn['content']}", width=88, subsequent_indent=" " * 13
-                )
-            )
-        call.hang_up()
-    print(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
+    with Lab("basic", offline=True, **(QUICK_PACING if quick else PACING)) as lab:
+        basic, streaming = _streaming_lessons(lab)
+    ratio = basic.timings["first_token_ms"] / streaming.timings["first_token_ms"]
+    print(f"\n  With streaming the caller hears the first word {ratio:.1f}x sooner.")
+    with Lab(
+        "streaming", offline=True, **(QUICK_INTERRUPT_PACING if quick else INTERRUPT_PACING)
+    ) as lab:
+        _interruption_lesson(lab, quick)
+    print(f"\nDemo finished in {time.monotonic() - started:.1f} s.", end="")
+    print("" if quick else " (relaylab demo --quick runs it faster.)")
     return 0
+
+
+def _streaming_lessons(lab: Lab) -> tuple[Reply, Reply]:
+    _heading("Lesson 1, basic reply: wait for the whole answer, send it as one frame")
+    call = lab.call()
+    basic = _show(call.say(LONG_PROMPT))
+    call.hang_up()
+
+    _heading("Lesson 2, token streaming: forward each token as it arrives")
+    lab.use("streaming")
+    call = lab.call()
+    streaming = _show(call.say(LONG_PROMPT))
+    call.hang_up()
+    return basic, streaming
+
+
+def _interruption_lesson(lab: Lab, quick: bool) -> None:
+    _heading("Lesson 3, tracking and interruptions: keep only what the caller heard")
+    intro = (
+        f"The caller cuts in after hearing {WORDS_HEARD} words, while tokens still stream "
+        f"(its speech clock runs {lab.clock_speed:g}x real time to keep this short)."
+    )
+    print("\n" + textwrap.fill(intro, width=WIDTH, initial_indent="  ", subsequent_indent="  "))
+    print("\n  Without tracking (lesson 2's step), nothing stops the stream:")
+    speed = lab.clock_speed
+    call = lab.call()
+    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
+    late = _text_frames(call.listen(1.5 if quick else 3.0))
+    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    call.hang_up()
+
+    print("\n  With tracking, the relay cancels the reply the moment the caller speaks:")
+    lab.use("tracking")
+    call = lab.call()
+    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
+    late = _text_frames(call.listen(0.5))
+    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    _show(call.say("How far did you get?"))
+    _print_history(call)
+    call.hang_up()
 
 
 def _heading(title: str) -> None:
     print(f"\n== {title}")
 
 
-def _show(reply: Reply) -> Reply:
+def _show(reply: Reply, clock_speed: float = 1.0) -> Reply:
+    """Print what the caller said, what it heard (unheard text marked), and when."""
     print(f"\n  caller: {reply.prompt}")
-    print(textwrap.fill(f"  claude: {reply}", width=88, subsequent_indent=" " * 10))
-    timings = ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms" for k, v in reply.timings.items())
-    print(f"  ({timings})")
+    print(textwrap.fill(f"  claude: {_heard(reply)}", width=WIDTH, subsequent_indent=" " * 10))
+    timings = _timings(reply, clock_speed)
+    print(textwrap.fill(f"  ({timings})", width=WIDTH, subsequent_indent="   "))
     return reply
+
+
+def _heard(reply: Reply, shown_words: int = 12) -> str:
+    """The reply as heard; of an interrupted one, the start of what was never heard."""
+    if not reply.interrupted:
+        return reply.text
+    unheard = reply.text[len(reply.heard) :].split() if reply.text.startswith(reply.heard) else []
+    more = f" … and {len(unheard) - shown_words} more words" if len(unheard) > shown_words else ""
+    return f"{reply.heard} [interrupted; unheard: {' '.join(unheard[:shown_words])}{more}]"
+
+
+def _timings(reply: Reply, clock_speed: float = 1.0) -> str:
+    """The caller's timings in plain words (seconds after it stopped talking)."""
+    timings = reply.timings
+    first, last = timings.get("first_token_ms"), timings.get("last_token_ms")
+    parts = []
+    if first is not None and last is not None and last - first < 1.0:
+        parts.append(f"the whole reply arrived at once, after {first / 1000:.2f} s")
+    elif first is not None:
+        parts.append(f"first word after {first / 1000:.2f} s")
+        if last is not None and not reply.interrupted:
+            parts.append(f"last word after {last / 1000:.2f} s")
+    if reply.interrupted and "interrupt_ms" in timings:
+        speech = timings.get("heard_ms", 0) / 1000
+        fast = f", played {clock_speed:g}x fast" if clock_speed != 1 else ""
+        parts.append(
+            f"the caller cut in after {timings['interrupt_ms'] / 1000:.2f} s, having heard "
+            f"{len(reply.heard.split())} words ({speech:.2f} s of speech{fast})"
+        )
+        streaming = "yes" if not reply.complete else "no, the last token had arrived"
+        parts.append(f"tokens still streaming then: {streaming}")
+    return "; ".join(parts) if parts else "no timings"
+
+
+def _text_frames(frames: list[dict[str, Any]]) -> int:
+    return sum(frame.get("type") == "text" for frame in frames)
+
+
+def _print_history(call: SimulatedCall) -> None:
+    print("\n  The relay's history for this call:")
+    for turn in call.conversation:
+        line = f"  {turn['role']:>9}: {turn['content']}"
+        print(textwrap.fill(line, width=WIDTH, subsequent_indent=" " * 13))
