@@ -148,15 +148,20 @@ class Lab:
     async def call_async(self, **options: Any) -> SimulatedCall:
         return await self._new_call(**options).connect_async()
 
-    def _new_call(self, **options: Any) -> SimulatedCall:
+    def _new_call(self, *, dial: bool = False, **options: Any) -> SimulatedCall:
+        """``dial=True`` calls like Twilio does: the /twiml webhook first (a signed POST),
+        then the socket its TwiML names, with the TwiML's options (events, DTMF, ...)."""
         options.setdefault("words_per_minute", self.words_per_minute)
         options.setdefault("clock_speed", self.clock_speed)
         call_sid = options.setdefault("call_sid", "CA" + uuid.uuid4().hex)
         public = self.server.public
+        if dial:
+            where = {"twiml_url": f"{self.http_url}/twiml", "public_url": self.settings.public_url}
+        else:
+            where = {"ws_url": self.ws_url, "signed_url": public.ws_url if public else None}
         return SimulatedCall(
-            self.ws_url,
+            **where,
             auth_token=self.settings.auth_token,
-            signed_url=public.ws_url if public else None,
             portal=self._loop,
             relay=self._relay_view(call_sid),
             action_url=f"{self.http_url}/action",
