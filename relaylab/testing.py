@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anthropic.types import (
+    InputJSONDelta,
     Message,
     MessageDeltaUsage,
     RawContentBlockDeltaEvent,
@@ -31,6 +32,7 @@ from anthropic.types import (
     RawMessageStopEvent,
     TextBlock,
     TextDelta,
+    ToolUseBlock,
     Usage,
 )
 from anthropic.types.raw_message_delta_event import Delta
@@ -85,7 +87,7 @@ class ScriptedClaude:
 
     def __init__(
         self,
-        *replies: str | BaseException,
+        *replies: str | BaseException | ToolCall,
         first_token_delay: float = 0.0,
         token_delay: float = 0.0,
     ) -> None:
@@ -100,6 +102,8 @@ class ScriptedClaude:
         """Like ``client.messages.create``: a Message, or with ``stream=True`` an event stream."""
         self.requests.append(json.loads(json.dumps(request)))
         reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
+        if isinstance(reply, ToolCall):  # a scripted tool call: see the block near the end
+            return _ToolCallStream(self, reply) if stream else reply.message(request)
         if stream:
             return _Stream(self, reply)
         if isinstance(reply, BaseException):
@@ -161,6 +165,108 @@ class _Stream:
             usage=MessageDeltaUsage(output_tokens=len(_words(reply))),
         )
         yield RawMessageStopEvent(type="message_stop")
+
+
+# -- scripted tool calls (lesson 5) ----------------------------------------------------------
+
+
+@dataclass
+class ToolCall:
+    """A scripted reply that calls a tool, for ``ScriptedClaude``: first ``text`` (streamed a
+    word at a time, may be ""), then a ``tool_use`` block whose input streams as
+    ``input_json_delta`` chunks, then ``stop_reason: "tool_use"``; as the real API does.
+
+    ``chunks_sent`` counts the input chunks streamed so far, so a test can tell that an
+    interrupt landed while the tool's input was still streaming.
+    """
+
+    name: str
+    input: dict[str, Any]
+    text: str = ""
+    id: str = ""
+    chunks: int = 4
+    chunks_sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"toolu_scripted_{self.name}"
+
+    def block(self) -> ToolUseBlock:
+        return ToolUseBlock(type="tool_use", id=self.id, name=self.name, input=self.input)
+
+    def json_chunks(self) -> list[str]:
+        """The input as JSON, cut into ``chunks`` pieces that join back to it."""
+        text = json.dumps(self.input)
+        size = max(1, -(-len(text) // max(1, self.chunks)))
+        return [text[i : i + size] for i in range(0, len(text), size)]
+
+    def message(self, request: dict[str, Any]) -> Message:
+        content: list[Any] = [TextBlock(type="text", text=self.text)] if self.text else []
+        return Message(
+            id="msg_scripted",
+            type="message",
+            role="assistant",
+            model=request.get("model", "scripted"),
+            content=[*content, self.block()],
+            stop_reason="tool_use",
+            usage=Usage(input_tokens=1, output_tokens=len(self.json_chunks())),
+        )
+
+
+class _ToolCallStream(_Stream):
+    async def _events(self) -> AsyncIterator[Any]:
+        claude, call = self._claude, self._reply
+        assert isinstance(call, ToolCall)
+        call.chunks_sent = 0
+        message = Message(
+            id="msg_scripted",
+            type="message",
+            role="assistant",
+            model="scripted",
+            content=[],
+            stop_reason=None,
+            usage=Usage(input_tokens=1, output_tokens=0),
+        )
+        yield RawMessageStartEvent(type="message_start", message=message)
+        await asyncio.sleep(claude.first_token_delay)
+        index = 0
+        if call.text:
+            yield RawContentBlockStartEvent(
+                type="content_block_start", index=0, content_block=TextBlock(type="text", text="")
+            )
+            for word in _words(call.text):
+                yield RawContentBlockDeltaEvent(
+                    type="content_block_delta",
+                    index=0,
+                    delta=TextDelta(type="text_delta", text=word),
+                )
+                if claude.token_delay:
+                    await asyncio.sleep(claude.token_delay)
+            yield RawContentBlockStopEvent(type="content_block_stop", index=0)
+            index = 1
+        yield RawContentBlockStartEvent(
+            type="content_block_start",
+            index=index,
+            content_block=call.block().model_copy(update={"input": {}}),
+        )
+        for chunk in call.json_chunks():
+            if claude.token_delay:
+                await asyncio.sleep(claude.token_delay)
+            yield RawContentBlockDeltaEvent(
+                type="content_block_delta",
+                index=index,
+                delta=InputJSONDelta(type="input_json_delta", partial_json=chunk),
+            )
+            call.chunks_sent += 1
+        yield RawContentBlockStopEvent(type="content_block_stop", index=index)
+        yield RawMessageDeltaEvent(
+            type="message_delta",
+            delta=Delta(stop_reason="tool_use"),
+            usage=MessageDeltaUsage(output_tokens=len(call.json_chunks())),
+        )
+        yield RawMessageStopEvent(type="message_stop")
+
+
+# -- end of scripted tool calls --------------------------------------------------------------
 
 
 def _words(text: str) -> list[str]:
@@ -246,4 +352,4 @@ async def _until(condition: Any, timeout: float) -> None:
         await asyncio.sleep(0.001)
 
 
-__all__ = ["Pause", "RunResult", "ScriptedClaude", "WaitFor", "run_step"]
+__all__ = ["Pause", "RunResult", "ScriptedClaude", "ToolCall", "WaitFor", "run_step"]
