@@ -213,7 +213,7 @@ class ReplyLines:
 
     def html(self) -> str:
         caller = (
-            f"<div class='rl-turn rl-user'><span class='rl-who'>caller:</span>"
+            f"<div class='rl-turn rl-user'><span class='rl-who'>caller:</span> "
             f"{_esc(self.prompt)}</div>"
         )
         if self.sent:
@@ -222,7 +222,7 @@ class ReplyLines:
             body = f"<i class='rl-meta'>{_esc(self.placeholder)}</i>"
         meta = f"<div class='rl-meta'>{' · '.join(_esc(n) for n in self.notes)}</div>"
         return (
-            f"{caller}<div class='rl-turn rl-assistant'><span class='rl-who'>claude:</span>"
+            f"{caller}<div class='rl-turn rl-assistant'><span class='rl-who'>claude:</span> "
             f"{body}{meta}</div>"
         )
 
@@ -478,7 +478,10 @@ class ConversationView:
         if self.replies_shown is not None and len(replies) > self.replies_shown:
             hidden = len(replies) - self.replies_shown
             replies = replies[hidden:]
-        lines = [ReplyLines.of(r, self._speech_ms.get(r.id)) for r in replies]
+        lines = [
+            ReplyLines.of(r, getattr(r, "heard_ms", None) or self._speech_ms.get(r.id))
+            for r in replies
+        ]
         earlier = f"{_plural(hidden, 'earlier exchange')} not shown" if hidden else ""
         turns = (
             "<div class='rl-view'>"
