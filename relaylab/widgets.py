@@ -261,8 +261,13 @@ def _notes(reply: Any, heard: str | None, speech_ms: float | None) -> list[str]:
         notes.append(f"the caller cut in{when}, having heard {words}")
         if speech_ms is not None:
             notes.append(f"{_seconds(speech_ms)} of speech played before the interrupt")
+        last = timings.get("last_token_ms")
         if reply.state == "running":
-            notes.append("still streaming after the interrupt")
+            notes.append(
+                "still streaming after the interrupt" if reply.sent else "Claude is still writing"
+            )
+        elif at is not None and last is not None and last > at:
+            notes.append(f"the relay kept sending for {_seconds(last - at)} after the interrupt")
     elif reply.state == "cancelled":
         notes.append("cancelled by the caller's next prompt")
         if heard is None:

@@ -254,9 +254,11 @@ def test_history_table_marks_stored_but_unheard_text(make_lab):
     from relaylab.steps import streaming
 
     lab.use(Step(on_prompt=streaming.on_prompt, on_interrupt=on_interrupt))
+    view = lab.view()
     call = lab.call()
     reply = call.say("Tell me about dogs", interrupt_after_words=8)
     assert wait_for(lambda: lab.session_for(call).last_reply.state == "done")
+    assert wait_for(lambda: "the relay kept sending for" in view.html), view.html
     page = history_table(call.conversation, heard=reply).data
     assert "never heard" in page
     assert f"{html.escape(reply.heard, quote=False)}<del>" in page
