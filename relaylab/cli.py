@@ -7,6 +7,8 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -35,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--public-url", help="the https:// address Twilio reaches this relay at")
     serve.add_argument("--tunnel", action="store_true", help="open an ngrok tunnel (pyngrok)")
     serve.add_argument("--offline", action="store_true", help="use the local stand-in for Claude")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="relay processes sharing the port, e.g. one per core (default 1); "
+        "each call stays in the process that took it",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--configure-number",
         metavar="NUMBER",
@@ -78,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     call.add_argument("--words-per-minute", type=float, default=165.0)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     load_dotenv(find_dotenv(usecwd=True))  # keys from a git-ignored .env; the environment wins
     if args.command == "demo":
         from relaylab.demo import run_demo
@@ -121,6 +132,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
         twiml=twiml_options(args),
         debug_events=args.debug_events,
         dial_number=args.dial_number,
+        reuse_port=args.workers > 1 or args.worker,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await relay.start()
@@ -128,11 +140,16 @@ async def serve_forever(args: argparse.Namespace) -> int:
     # full passes, which otherwise stall every call for ~70 ms now and then.
     gc.collect()
     gc.freeze()
+    if args.worker:
+        return await _serve_as_worker(relay)
     tunnel = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         if args.tunnel:
             tunnel = await asyncio.to_thread(open_tunnel, server.port)
             server.public = tunnel.endpoints
+        public_url = server.public.base_url if server.public else None
+        workers = [start_worker(args, server.port, public_url) for _ in range(args.workers - 1)]
         print(f"relaylab: step {args.step!r}; Claude is {backend.describe()}")
         print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
         if server.public:
@@ -141,6 +158,8 @@ async def serve_forever(args: argparse.Namespace) -> int:
             print("  Twilio signatures: checked (TWILIO_AUTH_TOKEN is set)")
         else:
             print("  Twilio signatures: NOT checked (set TWILIO_AUTH_TOKEN to turn them on)")
+        if workers:
+            print(f"  workers: {len(workers) + 1} processes share port {server.port}")
         if args.configure_number:
             if not server.public:
                 raise NumberSetupError("--configure-number needs --tunnel or --public-url")
@@ -149,10 +168,56 @@ async def serve_forever(args: argparse.Namespace) -> int:
             )
             print(f"  number:  {change}")
         print("Ctrl-C to stop.", flush=True)
-        await asyncio.Event().wait()
+        await until_stopped()
     finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGINT)
         if tunnel:
             tunnel.close()
+        await relay.stop()
+        for worker in workers:
+            await asyncio.to_thread(worker.wait, 10)
+    return 0
+
+
+async def until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM. The handlers are set here because a shell starts a
+    background job (`relaylab serve &`) with SIGINT ignored, and Python keeps it so."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def start_worker(
+    args: argparse.Namespace, port: int, public_url: str | None
+) -> subprocess.Popen[bytes]:
+    """Another `relaylab serve` on the same port (SO_REUSEPORT: the kernel spreads new
+    connections over the processes). The parent alone opens tunnels and sets numbers."""
+    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url"}
+    argv, rest = [], iter(args.argv)
+    for word in rest:
+        name = word.split("=", 1)[0]
+        if name in skip:
+            if "=" not in word and name != "--tunnel":
+                next(rest, None)  # its value
+            continue
+        argv.append(word)
+    argv += ["--port", str(port), "--worker"]
+    if public_url:
+        argv += ["--public-url", public_url]
+    return subprocess.Popen([sys.executable, "-m", "relaylab", *argv])
+
+
+async def _serve_as_worker(relay: Relay) -> int:
+    try:
+        await until_stopped()
+    finally:
         await relay.stop()
     return 0
 

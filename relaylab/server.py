@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -34,6 +35,11 @@ from relaylab.webhooks import HttpLog, Webhooks
 log = logging.getLogger("relaylab.server")
 
 STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
+REQUEST_HEAD_TIMEOUT = 10.0
+"""Seconds a new connection gets to send its whole first request head; then it is dropped,
+so connections that never say anything cannot pile up and use every file descriptor."""
+# A Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, then maybe a port.
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 Problem = tuple[int, str]  # (HTTP status, reason) for a refused request
 
 
@@ -67,7 +73,10 @@ class RelayServer:
     async def start(self) -> None:
         self._http = web.Server(Webhooks(self), access_log=None, logger=HttpLog())
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: _FirstRequest(self), self.host, self.port
+            lambda: _FirstRequest(self),
+            self.host,
+            self.port,
+            reuse_port=self.settings.reuse_port or None,
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
@@ -170,7 +179,8 @@ class RelayServer:
             return HTTPStatus.BAD_REQUEST, f"Bad request: {exc}"
         if reason is None:
             return None
-        log.warning("refused %s: %s", loggable(path_qs), reason)
+        # The reason quotes the Host header, which the caller chose.
+        log.warning("refused %s: %s", loggable(path_qs), loggable(reason, 600))
         return HTTPStatus.FORBIDDEN, f"Forbidden: {reason}"
 
     def public_endpoints(self, host: str | None) -> PublicEndpoints:
@@ -178,6 +188,8 @@ class RelayServer:
         if self.public is not None:
             return self.public
         host = host or f"{_url_host(self.host)}:{self.port}"
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{loggable(host)} is not a host name (expected name or name:port)")
         try:
             scheme = "http" if is_local(urlsplit("//" + host).hostname or "") else "https"
             return endpoints(f"{scheme}://{host}")
@@ -192,21 +204,24 @@ class _FirstRequest(asyncio.Protocol):
         self.server = server
         self.head = bytearray()
         self.transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(REQUEST_HEAD_TIMEOUT, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
+        if self._deadline is None:
+            return  # already refused
         self.head += data
         end = self.head.find(b"\r\n\r\n")
         if end < 0:
             if len(self.head) > self.server.settings.socket.max_request_head_bytes:
-                self.transport.write(  # type: ignore[union-attr]
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                self.transport.close()  # type: ignore[union-attr]
+                self._refuse(b"431 Request Header Fields Too Large")
             return
+        self._deadline.cancel()
+        self._deadline = None
         if _asks_for_websocket(bytes(self.head[:end])):
             protocol: asyncio.Protocol = self.server.call_socket()
         else:
@@ -215,8 +230,26 @@ class _FirstRequest(asyncio.Protocol):
         protocol.connection_made(self.transport)  # type: ignore[arg-type]
         protocol.data_received(bytes(self.head))
 
+    def _too_slow(self) -> None:
+        log.info(
+            "dropped a connection that sent no complete request within %.0f s",
+            REQUEST_HEAD_TIMEOUT,
+        )
+        self._refuse(b"408 Request Timeout")
+
+    def _refuse(self, status: bytes) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.close()  # type: ignore[union-attr]
+
     def connection_lost(self, exc: Exception | None) -> None:
-        pass  # closed before a whole request head arrived
+        if self._deadline is not None:  # closed before a whole request head arrived
+            self._deadline.cancel()
+            self._deadline = None
 
 
 def _asks_for_websocket(head: bytes) -> bool:

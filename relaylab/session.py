@@ -17,6 +17,7 @@ import contextvars
 import itertools
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,9 +52,26 @@ class Limits:
 
 Send = Callable[[str], Awaitable[None]]
 
-_current_reply: contextvars.ContextVar[Reply | None] = contextvars.ContextVar(
+# A weak reference: every callback scheduled from inside a reply (an HTTP connection's
+# reader, a connection pool's cleanup timer) keeps a copy of the reply's context, and
+# some of those live as long as the pool. A strong reference would keep the reply, its
+# task and its text alive with them long after the call ended.
+_current_reply: contextvars.ContextVar[weakref.ref[Reply] | None] = contextvars.ContextVar(
     "relaylab_current_reply", default=None
 )
+
+
+# For hooks other than on_prompt: the replies that existed when the hook's frame arrived.
+# An interrupt's handler must not cancel a reply to a prompt that came in after it.
+_replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "relaylab_replies_before", default=None
+)
+
+
+def _running_reply() -> Reply | None:
+    """The reply whose task is running this code, if any."""
+    ref = _current_reply.get()
+    return ref() if ref is not None else None
 
 
 class HungUp(ConnectionError):
@@ -81,6 +99,7 @@ class Reply:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     started: asyncio.Future[None] | None = field(default=None, repr=False)
     timeout_error: failures.ModelTooSlow | None = field(default=None, repr=False)
+    watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
     _order: int = 0
 
     @property
@@ -148,7 +167,7 @@ class CallSession:
     @property
     def reply(self) -> Reply | None:
         """The reply the running handler belongs to, else the latest reply of the call."""
-        return _current_reply.get() or self.last_reply
+        return _running_reply() or self.last_reply
 
     @property
     def last_reply(self) -> Reply | None:
@@ -156,9 +175,11 @@ class CallSession:
 
     @property
     def heard(self) -> str:
-        """What the caller heard of the latest reply before interrupting it ("" if nothing)."""
-        reply = self.last_reply
-        return reply.heard or "" if reply is not None else ""
+        """What the caller heard of the reply they talked over ("" if nothing). In a handler
+        of an interrupt, that is the latest reply begun before the interrupt arrived."""
+        limit = _replies_before.get()
+        replies = self.replies if limit is None else self.replies[:limit]
+        return (replies[-1].heard or "") if replies else ""
 
     @property
     def timings(self) -> dict[str, float]:
@@ -170,11 +191,13 @@ class CallSession:
 
         Cancelling closes the model stream inside the reply (``async with`` exits), which
         aborts the HTTP request. A newer reply is never cancelled by an older one, so two
-        prompts in quick succession leave the newest one running. Returns the most recent
+        prompts in quick succession leave the newest one running; and a handler of another
+        frame (an interrupt, a key press) cancels only replies that began before its frame. Returns the most recent
         reply that was cancelled.
         """
-        current = _current_reply.get()
-        running = [r for r in self.replies if r.running and (current is None or r.id < current.id)]
+        current = _running_reply()
+        limit = current.id - 1 if current is not None else _replies_before.get()
+        running = [r for r in self.replies if r.running and (limit is None or r.id <= limit)]
         for reply in running:
             reply.state = "cancelled"
             reply.task.cancel()  # type: ignore[union-attr]
@@ -213,7 +236,7 @@ class CallSession:
         self._barriers.append((reply._order, reply.started))
         self.replies.append(reply)
         context = contextvars.copy_context()
-        context.run(_current_reply.set, reply)
+        context.run(_current_reply.set, weakref.ref(reply))
         reply.task = loop.create_task(self._run_reply(reply, prompt), context=context)
         self._watch(reply)
         self.events.emit("reply_started", reply=reply)
@@ -247,6 +270,8 @@ class CallSession:
             if not reply.started.done():  # type: ignore[union-attr]
                 reply.started.set_result(None)  # type: ignore[union-attr]
             reply.ended_at = time.monotonic()
+            if reply.watchdog is not None:
+                reply.watchdog.cancel()  # drops its hold on the reply and the session now
             self._forget_barrier(reply.started)
             self.events.emit("reply_ended", reply=reply)
             self._check_history()
@@ -263,13 +288,13 @@ class CallSession:
             limit = self.limits.stall_timeout if started else self.limits.first_token_timeout
             since = reply.last_sent_at or reply.started_at
             if time.monotonic() - since < limit:
-                loop.call_at(since + limit, check)
+                reply.watchdog = loop.call_at(since + limit, check)
                 return
             reply.state = "timed_out"
             reply.timeout_error = failures.ModelTooSlow(limit, started=started)
             reply.task.cancel()  # type: ignore[union-attr]
 
-        loop.call_later(self.limits.first_token_timeout, check)
+        reply.watchdog = loop.call_later(self.limits.first_token_timeout, check)
 
     async def _apologise(self, reply: Reply, exc: BaseException) -> None:
         reply.state = "failed"
@@ -319,7 +344,7 @@ class CallSession:
 
     async def send_text(self, token: str, last: bool = False, **options: Any) -> None:
         """Send tokens for Twilio to speak; ``last=True`` ends this talk cycle."""
-        reply = _current_reply.get()
+        reply = _running_reply()
         if reply is not None:
             if self._barriers:
                 await self._wait_for_handlers(reply)
@@ -451,7 +476,9 @@ class CallSession:
     def _on_info(self, info: protocol.Info) -> None:
         reply = self.last_reply
         if info.name == "tokensPlayed" and isinstance(info.value, str) and reply is not None:
-            reply.played += info.value
+            # Twilio cannot have played more than was sent: the cap keeps a caller who
+            # floods tokensPlayed from growing this without bound.
+            reply.played = (reply.played + info.value)[: len(reply.sent)]
         elif info.name == "agentSpeaking":
             self.agent_speaking = info.value == "on"
         self.events.emit("info", name=info.name, value=info.value)
@@ -461,8 +488,10 @@ class CallSession:
         if getattr(self.step, hook) is None:
             return
         previous = self._last_handler
+        context = contextvars.Context()
+        context.run(_replies_before.set, len(self.replies))
         task = asyncio.get_running_loop().create_task(
-            self._handler(hook, previous, *message), context=contextvars.Context()
+            self._handler(hook, previous, *message), context=context
         )
         self._last_handler = task
         self._handlers.add(task)

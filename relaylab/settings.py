@@ -46,6 +46,8 @@ class RelaySettings:
     the caller heard."""
     dial_number: str | None = None
     """Where /action dials when a call is handed to a person."""
+    reuse_port: bool = False
+    """Let several relay processes listen on one port (``relaylab serve --workers N``)."""
     call: Limits = field(default_factory=Limits)
     socket: SocketLimits = field(default_factory=SocketLimits)
 

@@ -97,6 +97,7 @@ class ScriptedClaude:
         self.requests: list[dict[str, Any]] = []
         self.closed_streams = 0
         self.messages = self
+        self.with_streaming_response = _RawResponses(self)
 
     async def create(self, *, stream: bool = False, **request: Any) -> Any:
         """Like ``client.messages.create``: a Message, or with ``stream=True`` an event stream."""
@@ -118,6 +119,37 @@ class ScriptedClaude:
             stop_reason="end_turn",
             usage=Usage(input_tokens=1, output_tokens=len(_words(reply))),
         )
+
+
+class _RawResponses:
+    """``client.messages.with_streaming_response``: the same stream, as the server-sent
+    event bytes the API would send (what ``relaylab.llm.stream_text`` reads)."""
+
+    def __init__(self, claude: ScriptedClaude) -> None:
+        self._claude = claude
+
+    def create(self, **request: Any) -> _RawResponse:
+        return _RawResponse(self._claude, request)
+
+
+class _RawResponse:
+    http_request = None
+
+    def __init__(self, claude: ScriptedClaude, request: dict[str, Any]) -> None:
+        self._claude = claude
+        self._request = request
+        self._stream: Any = None
+
+    async def __aenter__(self) -> _RawResponse:
+        self._stream = await self._claude.create(**self._request)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stream.__aexit__(*exc)
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        async for event in self._stream:
+            yield f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode()
 
 
 class _Stream:

@@ -297,3 +297,53 @@ def test_terminal_call_talks_to_a_running_relay(make_lab):
     assert done.returncode == 0, done.stderr
     assert "you heard: 'Dogs were the first'" in done.stdout
     assert "You stopped me just after I said: 'Dogs were the first'" in done.stdout
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def test_serve_workers_share_one_port_and_stop_together(model_server):
+    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = []
+        while not any("workers:" in line for line in lines):
+            lines.append(process.stdout.readline())
+            assert lines[-1], "relaylab serve --workers 2 exited early"
+        ws_url = re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines)).group(1)
+        workers = _children(process.pid)
+        assert len(workers) == 1, "one worker besides the first process"
+
+        async def one_call(n):
+            async with connect(ws_url) as ws:
+                await ws.send(setup_frame(f"CA_worker_{n}"))
+                await ws.send(json.dumps({"type": "prompt", "voicePrompt": "Hi", "last": True}))
+                frames = await _frames_until(ws, lambda f: f[-1].get("last") is True)
+                return "".join(f["token"] for f in frames)
+
+        async def calls():
+            return await asyncio.gather(*(one_call(n) for n in range(8)))
+
+        assert all(reply.strip() for reply in asyncio.run(calls()))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(15)
+        process.stdout.close()
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read()

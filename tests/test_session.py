@@ -205,3 +205,17 @@ async def test_a_long_call_keeps_its_history_under_the_cap_and_valid(caplog):
     assert_valid_history(result.history)
     assert result.history[-1] == {"role": "assistant", "content": DOGS}
     assert "dropped the" in caplog.text
+
+
+async def test_an_interrupt_followed_at_once_by_a_prompt_keeps_the_new_reply():
+    claude = ScriptedClaude(DOGS, "Sure, cats.")
+    result = await run_step(
+        "tracking",
+        [prompt_frame("dogs"), WaitFor(4), interrupt_frame("Dogs were the"), prompt_frame("cats")],
+        claude=claude,
+    )
+    assert "".join(f["token"] for f in texts(_after_second_prompt(result))) == "Sure, cats."
+    assert result.history[-2:] == [
+        {"role": "user", "content": "cats"},
+        {"role": "assistant", "content": "Sure, cats."},
+    ]
