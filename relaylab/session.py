@@ -192,8 +192,8 @@ class CallSession:
         Cancelling closes the model stream inside the reply (``async with`` exits), which
         aborts the HTTP request. A newer reply is never cancelled by an older one, so two
         prompts in quick succession leave the newest one running; and a handler of another
-        frame (an interrupt, a key press) cancels only replies that began before its frame. Returns the most recent
-        reply that was cancelled.
+        frame (an interrupt, a key press) cancels only replies that began before its frame.
+        Returns the most recent reply that was cancelled.
         """
         current = _running_reply()
         limit = current.id - 1 if current is not None else _replies_before.get()
