@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
     demo = commands.add_parser("demo", help="run the three lessons offline and print a transcript")
-    demo.add_argument("--quick", action="store_true", help="faster model pacing")
+    demo.add_argument(
+        "--quick", action="store_true", help="faster pacing: about 10 s instead of 20"
+    )
 
     call = commands.add_parser("call", help="a text-mode simulated call to a running relay")
     call.add_argument("--ws", required=True, help="the relay's URL, e.g. ws://127.0.0.1:8080/ws")
@@ -261,7 +263,9 @@ async def terminal_call(ws_url: str, auth_token: str | None, words_per_minute: f
                 continue
             break
         if line.startswith("/press "):
-            await call.press_async(line.split()[1])
+            digit = line.split()[1]
+            await call.press_async(digit)
+            print(f"(pressed {digit})")
         elif line.startswith("/interrupt "):
             interrupt_after = int(line.split()[1])
             print(f"(your next prompt interrupts the reply after {interrupt_after} words)")

@@ -179,13 +179,19 @@ class Lab:
             view = self._relay_views[call_sid] = _RelayView(self._sessions, call_sid)
         return view
 
-    def view(self) -> Any:
-        """A live widget showing this lab's calls as they happen."""
+    def view(self, **options: Any) -> Any:
+        """A live widget showing this lab's calls as they happen (options: replies_shown)."""
         from relaylab.widgets import ConversationView
 
-        view = ConversationView(self)
+        view = ConversationView(self, **options)
         self._views.append(view)
         return view
+
+    def phone(self, call: SimulatedCall | None = None, **options: Any) -> Any:
+        """The live view with the caller's controls under it: Say, Interrupt, a key pad."""
+        from relaylab.widgets import Phone
+
+        return Phone(self, call=call, **options)
 
     def run(self, coro: Any, timeout: float | None = 60.0) -> Any:
         """Run a coroutine on the lab's loop from a cell (for experiments)."""

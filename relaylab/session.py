@@ -89,6 +89,7 @@ class Reply:
     state: str = "running"  # running, done, cancelled, failed
     heard: str | None = None  # set when the caller interrupts this reply
     played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
+    heard_ms: float | None = None  # speech played before the interrupt, as Twilio reported it
     error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -458,6 +459,7 @@ class CallSession:
         reply = self.last_reply
         if reply is not None and reply.heard is None:
             reply.interrupted_at = time.monotonic()
+            reply.heard_ms = interrupt.duration_until_interrupt_ms
             reply.heard = self._heard(reply, interrupt)
         self.events.emit("interrupt", reply=reply, utterance=interrupt.utterance_until_interrupt)
         self._run_handler("on_interrupt", interrupt)
