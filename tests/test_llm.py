@@ -19,9 +19,11 @@ async def reply_text(client):
 
 async def test_stream_text_gives_the_same_text_as_the_sdk_in_pieces():
     async with OfflineClaude(first_token_delay=0.01, tokens_per_second=500) as claude:
-        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x")
-        pieces = [p async for p in stream_text(client, model="m", max_tokens=400, messages=DOGS)]
-        assert "".join(pieces) == await reply_text(client)
+        async with anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x") as client:
+            pieces = [
+                p async for p in stream_text(client, model="m", max_tokens=400, messages=DOGS)
+            ]
+            assert "".join(pieces) == await reply_text(client)
         assert len(pieces) > 20
 
 
@@ -43,22 +45,23 @@ async def test_tokens_already_waiting_come_out_as_one_piece():
 
 async def test_leaving_the_loop_closes_the_request():
     async with OfflineClaude(first_token_delay=0.01, tokens_per_second=100) as claude:
-        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x")
-        stream = stream_text(client, model="m", max_tokens=400, messages=DOGS)
-        async for _ in stream:
-            break
-        await stream.aclose()
-        await asyncio.sleep(0.2)
+        async with anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x") as client:
+            stream = stream_text(client, model="m", max_tokens=400, messages=DOGS)
+            async for _ in stream:
+                break
+            await stream.aclose()
+            await asyncio.sleep(0.2)
         assert claude.requests[-1].outcome == "client_closed"
 
 
 async def test_http_errors_are_the_sdks_own():
     async with OfflineClaude(first_token_delay=0.01) as claude:
-        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
         claude.fail_next("rate_limit")
-        with pytest.raises(anthropic.RateLimitError):
-            async for _ in stream_text(client, model="m", max_tokens=400, messages=DOGS):
-                pass
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
+        async with client:
+            with pytest.raises(anthropic.RateLimitError):
+                async for _ in stream_text(client, model="m", max_tokens=400, messages=DOGS):
+                    pass
 
 
 def test_backend_choice_follows_the_environment():
