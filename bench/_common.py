@@ -170,7 +170,14 @@ def start_standin(procs: Processes, *, first_token_delay: float, tokens_per_seco
     )
 
 
-def start_relay(procs: Processes, *, step: str, model_port: int, name: str = "relay") -> Child:
+def start_relay(
+    procs: Processes,
+    *,
+    step: str,
+    model_port: int,
+    name: str = "relay",
+    extra: Sequence[str] = (),
+) -> Child:
     """``relaylab serve`` on a free port, talking to the stand-in through the anthropic SDK.
 
     RELAYLAB_SRC=DIR runs the relay from another checkout (e.g. a scratch copy with a
@@ -185,6 +192,7 @@ def start_relay(procs: Processes, *, step: str, model_port: int, name: str = "re
     src = os.environ.get("RELAYLAB_SRC") or str(REPO_DIR)
     env["PYTHONPATH"] = src  # `python -m` also puts the working directory first on sys.path
     argv = [PYTHON, "-m", "relaylab", "serve", "--step", step, "--host", "127.0.0.1", "--port", "0"]
+    argv += extra
     return procs.start(name, argv, ready=r"ws://127\.0\.0\.1:(?P<ws>\d+)/ws", env=env, cwd=src)
 
 

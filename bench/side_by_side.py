@@ -304,6 +304,14 @@ async def all_runs(
         starters: list[tuple[str, Callable[[], Child]]] = [
             (RELAYLAB, lambda: start_relay(procs, step="tracking", model_port=model))
         ]
+        if args.workers > 1:
+            extra = ["--workers", str(args.workers)]
+            starters.append(
+                (
+                    workers_name(args.workers),
+                    lambda: start_relay(procs, step="tracking", model_port=model, extra=extra),
+                )
+            )
         if with_node:
             starters.append(
                 (NODE, lambda: start_node_relay(procs, model_port=model, node_dir=args.node_dir))
@@ -347,12 +355,18 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def workers_name(workers: int) -> str:
+    return f"{RELAYLAB} x{workers}"
+
+
 def summary_rows(runs: Sequence[Run], levels: Sequence[int], with_node: bool) -> list[list[object]]:
-    """Per level of calls: each relay's medians over its rounds, then relaylab / Node."""
+    """Per level of calls: each relay's medians over its rounds, then each relaylab / Node."""
     rows: list[list[object]] = []
+    names = list(dict.fromkeys(r.relay for r in runs))  # in the order they ran
+    ours = [name for name in names if name != NODE]
     for calls in levels:
         medians: dict[str, list[float]] = {}
-        for relay in (RELAYLAB, NODE) if with_node else (RELAYLAB,):
+        for relay in [*ours, NODE] if with_node else ours:
             mine = [r for r in runs if r.relay == relay and r.calls == calls]
             medians[relay] = [median([get(r) for r in mine]) for _, get in METRICS]
             shown = [
@@ -360,9 +374,9 @@ def summary_rows(runs: Sequence[Run], levels: Sequence[int], with_node: bool) ->
                 for (name, _), v in zip(METRICS, medians[relay], strict=True)
             ]
             rows.append([calls, relay, len(mine), *shown])
-        if with_node:
-            ratios = [ratio(a, b) for a, b in zip(medians[RELAYLAB], medians[NODE], strict=True)]
-            rows.append([calls, f"{RELAYLAB} / {NODE}", "", *ratios])
+        for name in ours if with_node else ():
+            ratios = [ratio(a, b) for a, b in zip(medians[name], medians[NODE], strict=True)]
+            rows.append([calls, f"{name} / {NODE}", "", *ratios])
     return rows
 
 
@@ -385,6 +399,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--first-token-delay", type=float, default=0.2)
     parser.add_argument("--spread", type=float, default=1.0, help="seconds over which calls start")
     parser.add_argument("--no-node", action="store_true", help="run relaylab rows only")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run `relaylab serve --workers N` as a third relay (default: not)",
+    )
     parser.add_argument(
         "--node-dir",
         type=Path,

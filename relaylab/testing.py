@@ -168,16 +168,7 @@ class _Stream:
 
     async def _events(self) -> AsyncIterator[Any]:
         claude, reply = self._claude, self._reply
-        message = Message(
-            id="msg_scripted",
-            type="message",
-            role="assistant",
-            model="scripted",
-            content=[],
-            stop_reason=None,
-            usage=Usage(input_tokens=1, output_tokens=0),
-        )
-        yield RawMessageStartEvent(type="message_start", message=message)
+        yield _message_start()
         await asyncio.sleep(claude.first_token_delay)
         if isinstance(reply, BaseException):
             raise reply
@@ -244,21 +235,25 @@ class ToolCall:
         )
 
 
+def _message_start() -> RawMessageStartEvent:
+    message = Message(
+        id="msg_scripted",
+        type="message",
+        role="assistant",
+        model="scripted",
+        content=[],
+        stop_reason=None,
+        usage=Usage(input_tokens=1, output_tokens=0),
+    )
+    return RawMessageStartEvent(type="message_start", message=message)
+
+
 class _ToolCallStream(_Stream):
     async def _events(self) -> AsyncIterator[Any]:
         claude, call = self._claude, self._reply
         assert isinstance(call, ToolCall)
         call.chunks_sent = 0
-        message = Message(
-            id="msg_scripted",
-            type="message",
-            role="assistant",
-            model="scripted",
-            content=[],
-            stop_reason=None,
-            usage=Usage(input_tokens=1, output_tokens=0),
-        )
-        yield RawMessageStartEvent(type="message_start", message=message)
+        yield _message_start()
         await asyncio.sleep(claude.first_token_delay)
         index = 0
         if call.text:
