@@ -115,6 +115,10 @@ def ordinal_words(n: int) -> str:
     return head + last
 
 
+# Numbers with more digits than this are read digit by digit.
+_LONGEST_NUMBER = 15
+
+
 def _unique(readings: list[str]) -> list[str]:
     return list(dict.fromkeys(readings))
 
@@ -122,11 +126,11 @@ def _unique(readings: list[str]) -> list[str]:
 def _integer_readings(digits: str) -> list[str]:
     """Ways to say an integer written as digits ("1999", "1,200", "007"), most typical first."""
     plain = digits.replace(",", "")
+    if len(plain) > _LONGEST_NUMBER:  # read digit by digit (and never int() a huge string)
+        return [digit_words(plain)]
     n = int(plain)
     if len(plain) > 1 and plain.startswith("0"):  # a code like "007", not a quantity
         return [digit_words(plain), number_words(n)]
-    if len(plain) > 15:
-        return [digit_words(plain)]
     readings = [number_words(n), number_words(n, with_and=True)]
     if 1000 <= n <= 9999:
         in_pairs = [year_words(n)]
@@ -143,7 +147,7 @@ def _decimal_readings(whole: str, fraction: str) -> list[str]:
     """Ways to say "3.14": "three point one four"; "0.5" may also be "point five"."""
     after_point = f"point {digit_words(fraction)}"
     readings = [f"{w} {after_point}" for w in _integer_readings(whole)]
-    if int(whole.replace(",", "")) == 0:
+    if set(whole) <= {"0", ","}:
         readings += [after_point, f"oh {after_point}"]
     return _unique(readings)
 
@@ -172,7 +176,8 @@ SPOKEN_SYMBOLS = "".join(_SYMBOLS) + "".join(_CURRENCIES)
 def _money_readings(currency: str, amount: str, cents: str | None, scale: str | None) -> list[str]:
     """Ways to say "$5", "$1.50", "$0.99" or "$2.5 million"."""
     one, many, minor_one, minor_many = _CURRENCIES[currency]
-    if scale or (cents and len(cents) > 2):  # "$2.5 million", "$1.125": read as a number
+    too_long = len(amount.replace(",", "")) > _LONGEST_NUMBER
+    if scale or (cents and len(cents) > 2) or too_long:  # "$2.5 million", "$1.125"
         number = _decimal_readings(amount, cents) if cents else _integer_readings(amount)
         return [f"{r} {scale} {many}" if scale else f"{r} {many}" for r in number]
 
@@ -229,7 +234,8 @@ def _readings(match: re.Match[str]) -> list[str]:
     if match["symbol"]:
         return _SYMBOLS[match["symbol"]]
 
-    if match["ordinal"] and not match["fraction"]:
+    too_long = len(match["whole"].replace(",", "")) > _LONGEST_NUMBER
+    if match["ordinal"] and not match["fraction"] and not too_long:
         readings = [ordinal_words(int(match["whole"].replace(",", "")))]
     elif match["fraction"]:
         readings = _decimal_readings(match["whole"], match["fraction"])
@@ -317,9 +323,14 @@ class Word(NamedTuple):
         return self.start + end
 
 
-def split_words(text: str) -> list[Word]:
-    """Split text at whitespace, keeping each word's position: "Hi, you" -> Hi, (0-3), you (4-7)."""
-    return [Word(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+def split_words(text: str, limit: int | None = None) -> list[Word]:
+    """Split text at whitespace, keeping each word's position: "Hi, you" -> Hi, (0-3), you (4-7).
+
+    With `limit`, only the first `limit` words are split off, so a long text costs no more
+    than its start.
+    """
+    matches = itertools.islice(re.finditer(r"\S+", text), limit)
+    return [Word(m.group(), m.start(), m.end()) for m in matches]
 
 
 def comparable_words(text: str) -> list[str]:

@@ -1,7 +1,10 @@
 """Tests for relaylab.spoken: how a TTS voice says text, and comparing words."""
 
+import doctest
+
 import pytest
 
+from relaylab import spoken
 from relaylab.spoken import (
     Word,
     comparable_words,
@@ -258,3 +261,35 @@ def test_comparable_words(text, words):
 def test_edit_distance(a, b, distance):
     assert edit_distance(a, b) == distance
     assert edit_distance(b, a) == distance
+
+
+def test_split_words_with_a_limit_stops_early():
+    assert split_words("one two three four", limit=2) == [Word("one", 0, 3), Word("two", 4, 7)]
+    assert split_words("one two", limit=5) == split_words("one two")
+    assert split_words("one two", limit=0) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 5_000,  # Python refuses int() of more than 4,300 digits
+        "$" + "9" * 5_000,
+        "$" + "9" * 5_000 + ".99",
+        "0." + "5" * 5_000,
+        "1" * 5_000 + ".5",
+        "1" * 5_000 + "th",
+        "-" + "1" * 5_000 + "%",
+        "1" * 20 + "st",
+    ],
+)
+def test_numbers_too_long_to_say_are_read_digit_by_digit(text):
+    said = comparable_words(speak(text))
+    digits = sum(c.isdigit() for c in text)
+    assert said.count("one") + said.count("nine") + said.count("five") >= digits - 2
+    assert spoken_variants(text)[0] == speak(text)
+
+
+def test_module_examples_run():
+    failures, tried = doctest.testmod(spoken)
+    assert tried >= 4
+    assert failures == 0
