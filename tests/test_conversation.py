@@ -547,7 +547,8 @@ def test_a_flood_of_huge_utterances_stays_cheap_and_right():
         assert heard_prefix(reply, clause) == _first_words(reply, end)
         assert heard_prefix(reply, played) == _first_words(reply, 300)
     elapsed = time.process_time() - started
-    assert elapsed < 2.0, f"300 interrupts took {elapsed:.2f} CPU-seconds"
+    # Generous: ~0.4 CPU-s here when the machine is quiet; the uncapped code took ~48.
+    assert elapsed < 8.0, f"300 interrupts took {elapsed:.2f} CPU-seconds"
 
 
 def test_a_reply_of_few_distinct_words_is_bounded_by_the_step_limit():
@@ -560,7 +561,8 @@ def test_a_reply_of_few_distinct_words_is_bounded_by_the_step_limit():
     started = time.process_time()
     for utterance in utterances:
         assert reply.startswith(heard_prefix(reply, utterance))
-    assert time.process_time() - started < 0.3
+    # Generous: ~0.05 CPU-s when the machine is quiet; without the limit about 2.
+    assert time.process_time() - started < 1.0
 
 
 def test_module_examples_run():
