@@ -18,19 +18,18 @@ import importlib
 import inspect
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from relaylab.session import CallSession
+from typing import Any, Protocol
 
 HOOKS = ("on_setup", "on_prompt", "on_interrupt", "on_dtmf", "on_close")
 LESSONS = ("basic", "streaming", "tracking", "handoff", "tools")
 
 
 class Hook(Protocol):
-    """One handler: ``hook(call, message)`` (``on_close`` gets only the call)."""
+    """One handler: ``hook(call, message)`` (``on_close`` gets only the call). ``call`` is
+    the relaylab.session.CallSession of the call (typed loosely here, so that this module
+    sits below the session it describes)."""
 
-    def __call__(self, call: CallSession, /, *message: Any) -> Awaitable[None] | None: ...
+    def __call__(self, call: Any, /, *message: Any) -> Awaitable[None] | None: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Step:
     on_close: Hook | None = None
     name: str = "custom"
 
-    async def run(self, hook: str, call: CallSession, *message: Any) -> None:
+    async def run(self, hook: str, call: Any, *message: Any) -> None:
         """Call the hook named ``hook`` if this step has it, awaiting it if it is async."""
         handler = getattr(self, hook)
         if handler is None:
