@@ -1,25 +1,31 @@
 """``relaylab demo``: the whole lesson path offline, printed as a transcript with timings.
 
-Three lessons, each on a simulated call to a real relay and a local stand-in for Claude:
+Four lessons, each on a simulated call to a real relay and a local stand-in for Claude:
 a basic reply (one frame, after a silence), token streaming (the first word much
-sooner), and tracking with interruptions (the caller cuts in while tokens still stream;
+sooner), tracking with interruptions (the caller cuts in while tokens still stream;
 without tracking they keep coming, with it the relay stops at once and stores only the
-heard words).
+heard words), and tool use (a slow tool with a holding line; then the caller cuts in
+while the tool runs: it is cancelled, nothing more is sent, and the history keeps the
+tool call with a result that says so).
 
 ``relaylab demo --quick`` runs the stand-in faster (half the wait for the first token,
 twice the tokens per second) and the caller's speech clock twice as fast again, so the
-demo takes about ten seconds instead of about twenty; the lessons and what they show
-stay the same. Times are measured by the simulated caller, from the end of what it said.
+demo takes about ten seconds instead of about twenty (the slow tool is quicker
+too); the lessons and what they show stay the same. Times are measured by the
+simulated caller, from the end of what it said.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from typing import Any
 
 from relaylab.caller import Reply, SimulatedCall
 from relaylab.lab import Lab
+from relaylab.steps.tools import ToolRun, ToolSettings, describe_history, tool_runs, tools_step
+from relaylab.tools import demo_toolbox
 
 LONG_PROMPT = "Name ten things that happened in 1999"
 DOGS = "Tell me about dogs"
@@ -33,9 +39,17 @@ QUICK_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0}
 INTERRUPT_PACING = {"first_token_delay": 0.4, "tokens_per_second": 40.0, "clock_speed": 2.0}
 QUICK_INTERRUPT_PACING = {"first_token_delay": 0.2, "tokens_per_second": 80.0, "clock_speed": 4.0}
 
+# Lesson 5: how long the slow tool takes and when the holding line comes (seconds).
+ORDER = "Where is my order 12345?"
+TOOL_WORDS_HEARD = 4  # "Let me check that.": the caller cuts in while the tool runs
+TOOLS = {"slow_seconds": 1.5, "hold_after": 0.8}
+QUICK_TOOLS = {"slow_seconds": 0.8, "hold_after": 0.4}
+TOOL_PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0, "clock_speed": 2.0}
+QUICK_TOOL_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0, "clock_speed": 4.0}
+
 
 def run_demo(quick: bool = False) -> int:
-    """Print the three lessons' calls; returns the exit status (0)."""
+    """Print the four lessons' calls; returns the exit status (0)."""
     started = time.monotonic()
     with Lab("basic", offline=True, **(QUICK_PACING if quick else PACING)) as lab:
         basic, streaming = _streaming_lessons(lab)
@@ -45,6 +59,12 @@ def run_demo(quick: bool = False) -> int:
         "streaming", offline=True, **(QUICK_INTERRUPT_PACING if quick else INTERRUPT_PACING)
     ) as lab:
         _interruption_lesson(lab, quick)
+    tools = QUICK_TOOLS if quick else TOOLS
+    step = tools_step(
+        toolbox=demo_toolbox(slow_seconds=tools["slow_seconds"]), hold_after=tools["hold_after"]
+    )
+    with Lab(step, offline=True, **(QUICK_TOOL_PACING if quick else TOOL_PACING)) as lab:
+        _tool_lesson(lab)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s.", end="")
     print("" if quick else " (relaylab demo --quick runs it faster.)")
     return 0
@@ -90,6 +110,52 @@ def _interruption_lesson(lab: Lab, quick: bool) -> None:
     call.hang_up()
 
 
+def _tool_lesson(lab: Lab) -> None:
+    _heading("Lesson 5, tool use: a slow tool, a holding line, and an interrupt while it runs")
+    call = lab.call()
+    _show(call.say(ORDER), lab.clock_speed)
+    _print_tools(lab, call)
+    holding = ToolSettings().holding_line
+    print(f"  ({holding!r} is the relay's holding line while the tool ran: never stored.)")
+
+    print(
+        f"\n  Again, but the caller cuts in after hearing {TOOL_WORDS_HEARD} words, "
+        "while the tool still runs:"
+    )
+    _show(call.say(ORDER, interrupt_after_words=TOOL_WORDS_HEARD), lab.clock_speed)
+    late = _text_frames(call.listen(0.5))
+    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    _print_tools(lab, call)
+    session = lab.session_for(call)
+    print("\n  The relay's history for this call (tool calls and results in brackets):")
+    for line in describe_history(call.conversation).splitlines():
+        print(textwrap.fill(line, width=WIDTH, initial_indent="  ", subsequent_indent=" " * 7))
+    problems = session.conversation.problems() if session is not None else ["no session"]
+    if problems:
+        print("  The Messages API would reject it: " + "; ".join(problems))
+    else:
+        print("  Valid for the Messages API: the tool call has its tool_result, no turn is empty.")
+    call.hang_up()
+
+
+def _print_tools(lab: Lab, call: SimulatedCall) -> None:
+    session = lab.session_for(call)
+    for run in tool_runs(session.last_reply if session is not None else None):
+        print(textwrap.fill(f"  tool: {_tool_run(run)}", width=WIDTH, subsequent_indent="   "))
+
+
+def _tool_run(run: ToolRun) -> str:
+    """A tool call in plain words: what, how it ended and after how long."""
+    took = f"{run.ms / 1000:.2f} s"
+    state = f"running for {took} so far" if run.state == "running" else f"{run.state} after {took}"
+    said = f"{run.name} {json.dumps(run.input)}: {state}"
+    if run.interrupted and run.side_effects:
+        return said + " (the caller interrupted; it changes things, so it was not stopped)"
+    if run.interrupted:
+        return said + " (the caller interrupted; it only reads, so it was cancelled)"
+    return said
+
+
 def _heading(title: str) -> None:
     print(f"\n== {title}")
 
@@ -108,6 +174,8 @@ def _heard(reply: Reply, shown_words: int = 12) -> str:
     if not reply.interrupted:
         return reply.text
     unheard = reply.text[len(reply.heard) :].split() if reply.text.startswith(reply.heard) else []
+    if not any(word.strip(".,;:!?…") for word in unheard):  # only the closing punctuation
+        return f"{reply.text.strip()} [interrupted; nothing more had been sent]"
     more = f" … and {len(unheard) - shown_words} more words" if len(unheard) > shown_words else ""
     return f"{reply.heard} [interrupted; unheard: {' '.join(unheard[:shown_words])}{more}]"
 

@@ -13,16 +13,19 @@ from typing import Any
 
 log = logging.getLogger("relaylab.events")
 
+# Every kind of event, with the data it carries.
 KINDS = (
-    "frame_in",
-    "frame_out",
-    "reply_started",
-    "token",
-    "reply_ended",
-    "interrupt",
-    "info",
-    "error",
-    "closed",
+    "frame_in",  # frame: the inbound frame as received
+    "frame_out",  # frame: the outbound frame as sent
+    "reply_started",  # reply: the session's Reply
+    "token",  # reply, token: a text token sent for that reply
+    "reply_ended",  # reply: finished, cancelled, failed or timed out (reply.state says)
+    "interrupt",  # reply (None before any reply), utterance: utteranceUntilInterrupt
+    "info",  # name, value: an info frame from Twilio
+    "error",  # message: what went wrong, for a learner
+    "tool_started",  # reply, run: a tool call the relay began (steps.tools.ToolRun)
+    "tool_ended",  # run: the same ToolRun, now done, failed or cancelled
+    "closed",  # (nothing): the call is over
 )
 
 

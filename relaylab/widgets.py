@@ -1,8 +1,8 @@
 """Live views of a Lab's calls for Jupyter: a view, the caller's controls, a phone, tables.
 
 These are views only: they read what the relay's CallSession records (its replies,
-what each reply sent, what the caller heard, the last frames, timings) and draw it.
-No conversation logic lives here.
+what each reply sent, what the caller heard, the last frames, timings, the tool calls
+of the tools step) and draw it. No conversation logic lives here.
 
 - ``ConversationView`` (``lab.view()``): the newest call, live.
 - ``CallerPanel``: a Say box, Say, Interrupt and a key pad that act as the caller.
@@ -14,8 +14,8 @@ No conversation logic lives here.
 Threading: session events arrive on the lab's loop thread. The view never draws on
 each token; it marks itself dirty and draws from a timer on that loop, at most
 ``max_rate`` times a second, by setting widget values (comm messages, not cell
-output). A reply starting or ending, an interrupt and a hang-up draw at once. Nothing
-here prints or writes to an Output widget from a thread.
+output). A reply starting or ending, an interrupt, a tool call starting or ending and a
+hang-up draw at once. Nothing here prints or writes to an Output widget from a thread.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ FRAME_CHARS = 110
 KEYS = "123456789*0#"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-_URGENT = frozenset({"reply_started", "reply_ended", "interrupt", "closed"})
+_URGENT = frozenset(
+    {"reply_started", "reply_ended", "interrupt", "tool_started", "tool_ended", "closed"}
+)
 
 _STYLE = """<style>
 .rl-view {font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.45;}
@@ -59,6 +61,7 @@ _STYLE = """<style>
 .rl-assistant {background: #f3f7ee;}
 .rl-who {font-weight: 600; margin-right: 6px;}
 .rl-meta {color: #777; font-size: 11px;}
+.rl-tool {color: #5b4a00; font-size: 12px; margin: 2px 0;}
 .rl-view del {color: #b3261e; text-decoration: line-through;}
 .rl-frames {font-family: monospace; font-size: 11px; color: #444; white-space: pre;
   overflow-x: auto; margin: 0;}
@@ -195,10 +198,14 @@ class ReplyLines:
     placeholder: str  # shown when nothing was sent yet
     streaming: bool
     notes: tuple[str, ...]
+    tools: tuple[str, ...] = ()  # one line per tool call the reply ran
 
     @classmethod
-    def of(cls, reply: Any, speech_ms: float | None = None) -> ReplyLines:
-        """Describe ``reply``; ``speech_ms`` is the interrupt's durationUntilInterruptMs."""
+    def of(
+        cls, reply: Any, speech_ms: float | None = None, tools: Sequence[Any] = ()
+    ) -> ReplyLines:
+        """Describe ``reply``; ``speech_ms`` is the interrupt's durationUntilInterruptMs,
+        ``tools`` the tool calls it ran (``relaylab.steps.tools.ToolRun``)."""
         heard = _heard(reply)
         running = reply.state == "running"
         placeholder = "waiting for Claude's first word…" if running else "(nothing sent)"
@@ -209,6 +216,7 @@ class ReplyLines:
             placeholder=placeholder,
             streaming=running and bool(reply.sent),
             notes=tuple(_notes(reply, heard, speech_ms)),
+            tools=tuple(tool_line(run) for run in tools),
         )
 
     def html(self) -> str:
@@ -220,17 +228,41 @@ class ReplyLines:
             body = spoken_html(self.sent, self.heard) + (" ▌" if self.streaming else "")
         else:
             body = f"<i class='rl-meta'>{_esc(self.placeholder)}</i>"
+        tools = "".join(f"<div class='rl-tool'>tool: {_esc(line)}</div>" for line in self.tools)
         meta = f"<div class='rl-meta'>{' · '.join(_esc(n) for n in self.notes)}</div>"
         return (
             f"{caller}<div class='rl-turn rl-assistant'><span class='rl-who'>claude:</span> "
-            f"{body}{meta}</div>"
+            f"{body}{tools}{meta}</div>"
         )
 
     def text(self) -> str:
         body = spoken_text(self.sent, self.heard) if self.sent else self.placeholder
         if self.streaming:
             body += " …"
-        return f"caller: {self.prompt}\nclaude: {body}\n        ({'; '.join(self.notes)})"
+        tools = "".join(f"\n        tool: {line}" for line in self.tools)
+        return f"caller: {self.prompt}\nclaude: {body}{tools}\n        ({'; '.join(self.notes)})"
+
+
+def tool_line(run: Any) -> str:
+    """One tool call in words: name, input, state and time, and what an interrupt did.
+
+    ``run`` is a ``relaylab.steps.tools.ToolRun`` (name, input, state, ms, interrupted,
+    side_effects)."""
+    call = f"{run.name} {json.dumps(run.input, ensure_ascii=False)}"
+    took = _seconds(run.ms)
+    state = {
+        "running": f"running, {took} so far",
+        "done": f"done in {took}",
+        "failed": f"failed after {took}",
+        "cancelled": f"cancelled after {took}",
+    }.get(run.state, f"{run.state} after {took}")
+    line = f"{call}: {state}"
+    if run.interrupted:
+        if getattr(run, "side_effects", False):
+            line += "; the caller interrupted, but it changes things, so it was not stopped"
+        else:
+            line += "; the caller interrupted while it ran"
+    return line
 
 
 def _heard(reply: Any) -> str | None:
@@ -329,6 +361,7 @@ class ConversationView:
         self._last_render = 0.0
         self._detached = False
         self._speech_ms: dict[int, float] = {}  # reply id -> durationUntilInterruptMs
+        self._tools: dict[int, list[Any]] = {}  # reply id -> its tool calls (ToolRun)
         self._pending_speech_ms: float | None = None
         self._text = ""
         self._head = widgets.HTML()
@@ -385,6 +418,7 @@ class ConversationView:
             self._unsubscribe()
         self.session = session
         self._speech_ms = {}
+        self._tools = _tool_runs_so_far(session)
         self._unsubscribe = session.subscribe(self._on_event)
 
     def _on_event(self, event: Any) -> None:
@@ -395,6 +429,12 @@ class ConversationView:
             if reply is not None and self._pending_speech_ms is not None:
                 self._speech_ms.setdefault(reply.id, self._pending_speech_ms)
             self._pending_speech_ms = None
+        elif event.kind == "tool_started":
+            reply, run = event.data.get("reply"), event.data.get("run")
+            if reply is not None and run is not None:
+                runs = self._tools.setdefault(reply.id, [])
+                if not any(known is run for known in runs):
+                    runs.append(run)
         self._draw_soon(urgent=event.kind in _URGENT)
 
     def _draw_soon(self, urgent: bool = False) -> None:
@@ -484,7 +524,11 @@ class ConversationView:
             hidden = len(replies) - self.replies_shown
             replies = replies[hidden:]
         lines = [
-            ReplyLines.of(r, getattr(r, "heard_ms", None) or self._speech_ms.get(r.id))
+            ReplyLines.of(
+                r,
+                getattr(r, "heard_ms", None) or self._speech_ms.get(r.id),
+                self._tools.get(r.id, ()),
+            )
             for r in replies
         ]
         earlier = f"{_plural(hidden, 'earlier exchange')} not shown" if hidden else ""
@@ -502,6 +546,15 @@ class ConversationView:
             rows.append(f"{arrow}  {_esc(shown)}")
         frames = f"<pre class='rl-frames'>{chr(10).join(rows)}</pre>"
         return head, turns, frames, text
+
+
+def _tool_runs_so_far(session: Any) -> dict[int, list[Any]]:
+    """The tool calls of the session's replies before the view started listening (the
+    tools step records them), so a view made after a call still shows them."""
+    from relaylab.steps.tools import tool_runs
+
+    found = {reply.id: tool_runs(reply) for reply in list(session.replies)}
+    return {reply_id: runs for reply_id, runs in found.items() if runs}
 
 
 def _speech_ms(frame: str) -> float | None:

@@ -10,6 +10,8 @@ import pytest
 from relaylab.session import Reply
 from relaylab.simulation import TwilioBehaviour
 from relaylab.step import Step
+from relaylab.steps.tools import ToolRun, tool_runs, tools_step
+from relaylab.tools import demo_toolbox
 from relaylab.widgets import (
     MAX_RATE,
     WIDGET_VIEW,
@@ -22,6 +24,7 @@ from relaylab.widgets import (
     reply_html,
     spoken_html,
     spoken_text,
+    tool_line,
 )
 
 LONG = "Name ten things that happened in 1999"
@@ -227,6 +230,53 @@ def test_reply_played_by_twilio_is_shown(make_lab):
     call = lab.call(twilio=TwilioBehaviour(tokens_played=True, chunking="word"))
     call.say("Tell me about dogs", interrupt_after_words=8)
     assert wait_for(lambda: "Twilio reports" in view.html and "<del>" in view.html), view.html
+
+
+ORDER = "Where is my order 12345?"
+ORDER_CALL = 'order_status {"order_number": "12345"}'
+
+
+def test_the_view_shows_tool_calls_live_with_state_timing_and_interrupts(make_lab):
+    toolbox = demo_toolbox(slow_seconds=1.0)
+    lab = make_lab(tools_step(toolbox=toolbox, hold_after=0.2))
+    view = lab.view()
+    call = lab.call()
+    future = lab.loop.submit(call.say_async(ORDER))
+    while_running = set()
+    while not future.done():
+        if f"{ORDER_CALL}: running" in view.html:
+            while_running.add(view.html)
+        time.sleep(0.01)
+    future.result()
+    assert while_running, "the view should show the tool call while it runs"
+    session = lab.session_for(call)
+    [done] = tool_runs(session.last_reply)
+    assert done.state == "done"
+    assert wait_for(lambda: f"{ORDER_CALL}: done in {done.ms / 1000:.2f} s" in view.html)
+    assert f"tool: {ORDER_CALL}: done in" in view.text
+
+    # The caller cuts in while the (read-only) tool runs: it is cancelled, and the view says so.
+    reply = call.say(ORDER, interrupt_after_words=4)
+    assert reply.interrupted
+    [cancelled] = tool_runs(session.last_reply)
+    assert wait_for(lambda: cancelled.state == "cancelled")
+    line = f"{ORDER_CALL}: cancelled after {cancelled.ms / 1000:.2f} s"
+    assert wait_for(lambda: line in view.html), view.html
+    assert f"{line}; the caller interrupted while it ran" in view.text
+
+    # A view made after the calls still shows them (the tools step recorded them).
+    later = lab.view()
+    assert f"{ORDER_CALL}: done in" in later.html and f"{ORDER_CALL}: cancelled" in later.html
+
+
+def test_tool_line_says_when_a_side_effecting_tool_was_not_stopped():
+    run = ToolRun("toolu_1", "book_table", {"people": 4}, side_effects=True, interrupted=True)
+    assert tool_line(run).startswith('book_table {"people": 4}: running, ')
+    assert tool_line(run).endswith(
+        "the caller interrupted, but it changes things, so it was not stopped"
+    )
+    run.state, run.ended_at = "failed", run.started_at + 0.25
+    assert tool_line(run).startswith('book_table {"people": 4}: failed after 0.25 s;')
 
 
 def test_reply_lines_in_words():
