@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
-    demo = commands.add_parser("demo", help="run the three lessons offline and print a transcript")
+    demo = commands.add_parser("demo", help="run lessons 1-3 and 5 offline and print a transcript")
     demo.add_argument(
         "--quick", action="store_true", help="faster pacing: about 10 s instead of 20"
     )
@@ -238,7 +238,7 @@ def twiml_options(args: argparse.Namespace) -> dict[str, object]:
         "voice": args.voice,
         "tts_provider": args.tts_provider,
         "interruptible": args.interruptible,
-        "dtmf_detection": True if args.dtmf or args.step == "handoff" else None,
+        "dtmf_detection": True if args.dtmf or args.step in ("handoff", "switchboard") else None,
         "parameters": parameters or None,
     }
     chosen = {name: value for name, value in options.items() if value is not None}

@@ -36,8 +36,9 @@ def test_demo_runs_the_lesson_path_offline_and_exits_0():
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    for heading in ("Lesson 1", "Lesson 2", "Lesson 3"):
+    for heading in ("Lesson 1", "Lesson 2", "Lesson 3", "Lesson 5"):
         assert heading in out
+    assert "cancelled after" in out  # lesson 5: the interrupt during the tool
     assert "interrupted; unheard" in out
     assert "You stopped me just after I said" in out
     assert re.search(r"first word [\d.]+x sooner", out)
