@@ -7,21 +7,28 @@ is what lets ``CallSession`` promise that no token leaves after an interrupt it 
 received: there is no queue between the socket and the session for it to hide in.
 
 Sending waits only when the caller stops reading: past the write buffer limit a
-send waits for the buffer to drain, and past the send timeout the call is closed,
-which cancels its reply and aborts the model stream.
+send waits for the buffer to drain. If the buffer stays full for the send timeout,
+counted from the moment it filled up (so new prompts do not restart the clock), the
+call is closed, which cancels its reply and aborts the model stream. The kernel's own
+send buffer is capped at the same size: Linux would otherwise let it grow to 4 MB per
+socket, so a caller that stops reading would park that much before the relay noticed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING
 
+from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from relaylab.protocol import loggable
 from relaylab.session import CallSession, HungUp
 
 if TYPE_CHECKING:
@@ -30,6 +37,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaylab.server")
 _WEBSOCKETS_LOG = logging.getLogger("relaylab.websockets")  # quiet unless asked for
 _CLOSE_TIMEOUT = 2.0  # seconds the caller gets to finish a close handshake
+SETUP_TIMEOUT = 10.0
+"""Seconds an open socket may go without its ``setup`` message (Twilio sends it at once);
+then it is closed, so sockets that never start a call cannot pile up."""
+_BAD_REQUEST_TEXT = b"Bad request: not a valid WebSocket request\n"
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_BAD_REQUEST_TEXT), _BAD_REQUEST_TEXT)
+)
 
 
 class CallSocket(asyncio.Protocol):
@@ -44,6 +60,9 @@ class CallSocket(asyncio.Protocol):
         self._message: list[bytes] = []  # fragments of a message still arriving
         self._message_opcode = Opcode.TEXT
         self._drained: asyncio.Future[None] | None = None  # set while writing is paused
+        self._reading_deadline: asyncio.TimerHandle | None = None  # while writing is paused
+        self._stopped_reading = False
+        self._setup_deadline: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -52,6 +71,10 @@ class CallSocket(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         limit = self.server.settings.socket.write_buffer_bytes
         self.transport.set_write_buffer_limits(high=limit)  # type: ignore[union-attr]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
 
     def data_received(self, data: bytes) -> None:
         self.ws.receive_data(data)
@@ -68,16 +91,22 @@ class CallSocket(asyncio.Protocol):
         return False  # close the transport
 
     def pause_writing(self) -> None:
-        self._drained = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._drained = loop.create_future()
+        timeout = self.server.settings.socket.send_timeout
+        self._reading_deadline = loop.call_later(timeout, self._caller_stopped_reading)
 
     def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
+        if self._reading_deadline is not None:
+            self._reading_deadline.cancel()
+            self._reading_deadline = None
+        self._release_senders()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ws.receive_eof()
         self.resume_writing()
+        if self._setup_deadline is not None:
+            self._setup_deadline.cancel()
         if self.session is not None:
             session = self.session
             task = asyncio.get_running_loop().create_task(session.close())
@@ -98,6 +127,14 @@ class CallSocket(asyncio.Protocol):
         self.ws.send_response(response)
         if response.status_code == 101:
             self.session = self.server.open_session(self.send)
+            loop = asyncio.get_running_loop()
+            self._setup_deadline = loop.call_later(SETUP_TIMEOUT, self._check_setup)
+
+    def _check_setup(self) -> None:
+        self._setup_deadline = None
+        if self.session is not None and self.session.setup is None:
+            log.info("closed a socket that sent no 'setup' within %.0f s", SETUP_TIMEOUT)
+            self.close(1008, "no setup message")
 
     def _frame(self, frame: Frame) -> None:
         if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
@@ -128,10 +165,22 @@ class CallSocket(asyncio.Protocol):
             if chunk:
                 self.transport.write(chunk)  # type: ignore[union-attr]
             else:  # the end of the stream: the close handshake is over
+                self._answer_unreadable_request()
                 self.transport.close()  # type: ignore[union-attr]
                 return
         if self.ws.close_expected():
             asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self._abort)
+
+    def _answer_unreadable_request(self) -> None:
+        """websockets closes without a word when a request head does not parse; answer
+        400 instead, as the relay does for any other malformed HTTP request."""
+        problem = self.ws.handshake_exc
+        if self.session is None and isinstance(problem, InvalidMessage):
+            log.warning(
+                "refused a WebSocket request that is not valid HTTP: %s",
+                loggable(problem.__cause__ or problem),
+            )
+            self.transport.write(_BAD_REQUEST)  # type: ignore[union-attr]
 
     def _abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -139,34 +188,43 @@ class CallSocket(asyncio.Protocol):
 
     async def send(self, frame: str) -> None:
         """Send one text frame; waits only while a caller that stopped reading catches up."""
-        if self.ws.state is not State.OPEN:
-            raise HungUp("the caller's socket is closed")
+        self._check_open()
         self.ws.send_text(frame.encode())
         for chunk in self.ws.data_to_send():
             self.transport.write(chunk)  # type: ignore[union-attr]
         if self._drained is not None:
-            await self._wait_for_caller()
+            await asyncio.shield(self._drained)
+            self._check_open()
 
-    async def _wait_for_caller(self) -> None:
-        timeout = self.server.settings.socket.send_timeout
-        try:
-            await asyncio.wait_for(asyncio.shield(self._drained), timeout)  # type: ignore[arg-type]
-        except TimeoutError:
-            log.warning(
-                "%r: the caller has read nothing for %.0f s while frames kept queueing; "
-                "closing the call (its reply and model stream stop)",
-                self.session,
-                timeout,
-            )
-            self._abort()
-            raise HungUp("the caller stopped reading") from None
+    def _check_open(self) -> None:
+        if self._stopped_reading:
+            raise HungUp("the caller stopped reading")
         if self.ws.state is not State.OPEN:
             raise HungUp("the caller's socket is closed")
 
-    def close(self) -> None:
-        """Close the socket from the relay's side (server shutdown)."""
+    def _caller_stopped_reading(self) -> None:
+        """The send buffer has stayed full for the whole send timeout: give up on the caller."""
+        self._reading_deadline = None
+        self._stopped_reading = True
+        log.warning(
+            "%r: the caller has read nothing for %.1f s while frames kept queueing; "
+            "closing the call (its reply and model stream stop)",
+            self.session,
+            self.server.settings.socket.send_timeout,
+        )
+        self._abort()
+        self._release_senders()
+
+    def _release_senders(self) -> None:
+        """Wake every send waiting for the caller to read (it then checks why)."""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def close(self, code: int = 1001, reason: str = "relay shutting down") -> None:
+        """Close the socket from the relay's side (server shutdown, by default)."""
         if self.ws.state is State.OPEN:
-            self.ws.send_close(1001, "relay shutting down")
+            self.ws.send_close(code, reason)
             self._flush()
         elif self.transport is not None:
             self.transport.close()
