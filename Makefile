@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-compare lab serve clean
+.PHONY: demo test lint format bench bench-compare soak lab serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(BIN)/python bench/side_by_side.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 # Jupyter refuses to start as root (common in containers) unless given --allow-root.
 lab: $(STAMP)

@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaylab.server")
 _WEBSOCKETS_LOG = logging.getLogger("relaylab.websockets")  # quiet unless asked for
 _CLOSE_TIMEOUT = 2.0  # seconds the caller gets to finish a close handshake
-SETUP_TIMEOUT = 10.0
-"""Seconds an open socket may go without its ``setup`` message (Twilio sends it at once);
-then it is closed, so sockets that never start a call cannot pile up."""
 _BAD_REQUEST_TEXT = b"Bad request: not a valid WebSocket request\n"
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -128,12 +125,17 @@ class CallSocket(asyncio.Protocol):
         if response.status_code == 101:
             self.session = self.server.open_session(self.send)
             loop = asyncio.get_running_loop()
-            self._setup_deadline = loop.call_later(SETUP_TIMEOUT, self._check_setup)
+            self._setup_deadline = loop.call_later(
+                self.server.settings.socket.setup_timeout, self._check_setup
+            )
 
     def _check_setup(self) -> None:
         self._setup_deadline = None
         if self.session is not None and self.session.setup is None:
-            log.info("closed a socket that sent no 'setup' within %.0f s", SETUP_TIMEOUT)
+            log.info(
+                "closed a socket that sent no 'setup' within %.0f s",
+                self.server.settings.socket.setup_timeout,
+            )
             self.close(1008, "no setup message")
 
     def _frame(self, frame: Frame) -> None:

@@ -35,9 +35,6 @@ from relaylab.webhooks import HttpLog, Webhooks
 log = logging.getLogger("relaylab.server")
 
 STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
-REQUEST_HEAD_TIMEOUT = 10.0
-"""Seconds a new connection gets to send its whole first request head; then it is dropped,
-so connections that never say anything cannot pile up and use every file descriptor."""
 # A Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, then maybe a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 Problem = tuple[int, str]  # (HTTP status, reason) for a refused request
@@ -209,7 +206,9 @@ class _FirstRequest(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(REQUEST_HEAD_TIMEOUT, self._too_slow)
+        self._deadline = loop.call_later(
+            self.server.settings.socket.request_head_timeout, self._too_slow
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None:
@@ -233,7 +232,7 @@ class _FirstRequest(asyncio.Protocol):
     def _too_slow(self) -> None:
         log.info(
             "dropped a connection that sent no complete request within %.0f s",
-            REQUEST_HEAD_TIMEOUT,
+            self.server.settings.socket.request_head_timeout,
         )
         self._refuse(b"408 Request Timeout")
 

@@ -23,12 +23,19 @@ class SocketLimits:
     """Past this, websockets closes the socket (1009). Smaller oversized frames are
     refused one by one by protocol.parse, and the call goes on."""
     write_buffer_bytes: int = 256 * 1024
-    """Frames queued for a caller that is not reading, before sends start waiting."""
+    """Frames queued for a caller that is not reading, before sends start waiting (the
+    socket's kernel send buffer is capped to the same size)."""
     send_timeout: float = 10.0
     """Seconds a send may wait for a caller that stopped reading; then the call is closed
     and its model stream aborted."""
     max_request_head_bytes: int = 16 * 1024
     """Largest HTTP request line plus headers accepted on the relay's port."""
+    request_head_timeout: float = 10.0
+    """Seconds a new connection gets to send its request head; then 408, so connections
+    that never say anything cannot pile up and use every file descriptor."""
+    setup_timeout: float = 10.0
+    """Seconds an open ConversationRelay socket gets to send `setup` (Twilio sends it at
+    once); then it is closed (1008)."""
 
 
 @dataclass(frozen=True)

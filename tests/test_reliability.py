@@ -34,8 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
-from relaylab import call_socket, failures
-from relaylab import server as relay_server
+from relaylab import failures
 from relaylab.conversation import Conversation
 from relaylab.llm import choose_backend
 from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
@@ -624,10 +623,8 @@ async def _open_and_drop(lab, rng: random.Random) -> None:
         writer.transport.abort()
 
 
-async def test_hundreds_of_connections_opened_and_dropped_leak_nothing(make_lab, monkeypatch):
-    monkeypatch.setattr(relay_server, "REQUEST_HEAD_TIMEOUT", 0.5)
-    monkeypatch.setattr(call_socket, "SETUP_TIMEOUT", 0.5)
-    lab = make_lab(**MODEL)
+async def test_hundreds_of_connections_opened_and_dropped_leak_nothing(make_lab):
+    lab = make_lab(**MODEL, socket=SocketLimits(request_head_timeout=0.5, setup_timeout=0.5))
     await warm_up(lab, calls=4)
     before = await usage(lab)
     rng = random.Random(SEED)

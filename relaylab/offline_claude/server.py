@@ -167,6 +167,10 @@ def _sse(*events: Any) -> bytes:
     ).encode()
 
 
+KEPT_REQUESTS = 2_000
+"""Request records kept; past this the older half is dropped, so memory stays flat."""
+
+
 class OfflineClaude:
     """A local Messages API server that the ``anthropic`` SDK can talk to.
 
@@ -272,6 +276,8 @@ class OfflineClaude:
         self._handlers.add(task)
         record = RecordedRequest(body={}, stream=False, received_at=time.monotonic())
         self.requests.append(record)
+        if len(self.requests) > KEPT_REQUESTS:  # a long `relaylab serve --offline` run
+            del self.requests[: -KEPT_REQUESTS // 2]
         try:
             return await self._answer(request, record)
         except asyncio.CancelledError:
