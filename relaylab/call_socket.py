@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
@@ -29,10 +29,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relaylab.protocol import loggable
-from relaylab.session import CallSession, HungUp
-
-if TYPE_CHECKING:
-    from relaylab.server import RelayServer
+from relaylab.session import CallSession, HungUp, Send
+from relaylab.settings import RelaySettings
 
 log = logging.getLogger("relaylab.server")
 _WEBSOCKETS_LOG = logging.getLogger("relaylab.websockets")  # quiet unless asked for
@@ -45,10 +43,22 @@ _BAD_REQUEST = (
 )
 
 
+class Calls(Protocol):
+    """What a CallSocket needs from the server that accepted it (RelayServer)."""
+
+    settings: RelaySettings
+
+    def check_websocket(self, request: Request) -> tuple[int, str] | None: ...
+
+    def open_session(self, send: Send) -> CallSession: ...
+
+    def forget(self, session: CallSession) -> None: ...
+
+
 class CallSocket(asyncio.Protocol):
     """The relay's side of one ConversationRelay socket."""
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: Calls) -> None:
         self.server = server
         limits = server.settings.socket
         self.ws = ServerProtocol(max_size=limits.max_message_bytes, logger=_WEBSOCKETS_LOG)

@@ -13,17 +13,16 @@ public URL plus, for a POST, its form fields; anything else gets 403.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from relaylab import twiml
 from relaylab.protocol import loggable
-
-if TYPE_CHECKING:
-    from relaylab.server import RelayServer
+from relaylab.settings import RelaySettings
+from relaylab.tunnel import PublicEndpoints
 
 log = logging.getLogger("relaylab.server")
 
@@ -32,10 +31,28 @@ _TEXT = "text/plain"
 _XML = "text/xml"
 
 
+class Checks(Protocol):
+    """What the webhooks need from the server that serves them (RelayServer)."""
+
+    settings: RelaySettings
+
+    def check_signature(
+        self,
+        *,
+        path_qs: str,
+        host_headers: Sequence[str],
+        signature_headers: Sequence[str],
+        params: Mapping[str, str],
+        websocket: bool,
+    ) -> tuple[int, str] | None: ...
+
+    def public_endpoints(self, host: str | None) -> PublicEndpoints: ...
+
+
 class Webhooks:
     """aiohttp request handler for the relay's HTTP paths."""
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: Checks) -> None:
         self.server = server
 
     async def __call__(self, request: web.BaseRequest) -> web.Response:
