@@ -943,3 +943,27 @@ def test_command_line_runs_it_standalone() -> None:
         finally:
             process.terminate()
             assert process.wait(5) == 0
+
+
+def test_a_new_question_after_tool_results_is_answered_not_the_results():
+    # The caller spoke again after an interrupted tool call: the relay puts the new words
+    # in the same user turn as the tool_result, as the Messages API requires.
+    messages = [
+        {"role": "user", "content": "Where is my order 12345?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "order_status", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "cancelled"},
+                {"type": "text", "text": "Tell me about dogs"},
+            ],
+        },
+    ]
+
+    async def body(claude, client):
+        return await create(client, messages)
+
+    assert run(body).content[0].text.startswith("Dogs were the first animals")

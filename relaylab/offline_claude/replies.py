@@ -148,6 +148,11 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
     return REPLIES["default"].format(topic=_topic(question))
 
 
+def has_own_reply(text: str) -> bool:
+    """Does ``text`` ask about one of the stand-in's own topics (dogs, 1999, how far...)?"""
+    return any(_matches(text, phrases) for _, phrases in _KEYWORDS)
+
+
 def _matches(text: str, phrases: tuple[str, ...]) -> bool:
     lowered = " ".join(re.findall(r"[\w']+", text.lower()))
     return any(re.search(rf"\b{re.escape(p)}\b", lowered) for p in phrases)

@@ -101,7 +101,11 @@ def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
     index = replies.last_index(messages, "user")
     last_user = messages[index] if index is not None else {"content": ""}
     question = content_text(last_user["content"])
-    if results := tools.tool_results(last_user):
+    results = tools.tool_results(last_user)
+    if results and not replies.has_own_reply(question):
+        # The follow-up to a tool call, or a question about what the tools just said
+        # ("did the booking go through?"): answered from the results. A question on one
+        # of the stand-in's own topics ("tell me about dogs") is answered as itself.
         text, plan = tools.answer_from_results(results), _Plan([])
     elif not replies.asks_how_far(question) and (chosen := tools.choose_tool(body, question)):
         call = tools.tool_call(chosen, question)
