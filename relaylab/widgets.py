@@ -292,7 +292,12 @@ def _notes(reply: Any, heard: str | None, speech_ms: float | None) -> list[str]:
         when = f" at {_seconds(at)}" if at is not None else ""
         notes.append(f"the caller cut in{when}, having heard {words}")
         if speech_ms is not None:
-            notes.append(f"{_seconds(speech_ms)} of speech played before the interrupt")
+            # Twilio's durationUntilInterruptMs: speech time, which a simulated call's
+            # clock_speed runs faster than the wall clock the other timings use.
+            notes.append(
+                f"{_seconds(speech_ms)} of speech played before the interrupt "
+                "(by the voice's clock, which a lab's clock_speed can run fast)"
+            )
         last = timings.get("last_token_ms")
         if reply.state == "running":
             notes.append(
