@@ -1,0 +1,998 @@
+"""Record calls to JSON Lines, replay them against another step, and time every turn.
+
+Record what a lab's relay does (or a live relay's, with ``Recorder(path).attach(server)``)::
+
+    with recording.record(lab, "workshop.jsonl") as recorder:
+        call = lab.call()
+        call.say("Tell me about dogs", interrupt_after_words=8)
+        call.hang_up()
+    recorder.calls[0].timeline()
+
+Replay a recorded call, real or simulated, offline against a learner's step: the frames
+Twilio sent go to a fresh relay at the same moments, and the result says what the relay
+sent and stored this time, next to what it did then::
+
+    result = recording.replay("workshop.jsonl", my_step)
+    print(result)
+
+And the latency of each turn, from the prompt to the stream closing::
+
+    recording.timeline(call, lab)      # caller, relay and (offline) Claude's own times
+    call.timeline()                    # what the call and the relay saw
+
+The file has one JSON object a line. Each has ``call`` (the callSid), ``t`` (seconds since
+the relay opened that call's socket) and ``kind``:
+
+- ``call``: the first line of a call, with ``step`` and ``started`` (UTC, ISO 8601)
+- ``in`` / ``out``: a frame from / to Twilio (``frame``); an ``out`` line names the
+  ``reply`` (1, 2, ...) that sent it
+- ``interrupt``: the relay worked out what the caller heard of ``reply`` (``heard``)
+- ``reply``: a reply ended: its prompt, state, text sent, heard text and ``times``
+- ``model``: one request to Claude with its ``times`` and ``outcome`` (offline only: the
+  stand-in records them; a real Claude does not tell us)
+- ``closed``: the call ended (or the recording stopped, ``"open": true``): the stored
+  ``history`` and every reply's final summary
+
+A recording holds what callers said and their phone numbers: keep it private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, overload
+
+from relaylab.events import Event
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from relaylab.caller import Reply as CallerReply
+    from relaylab.caller import SimulatedCall
+    from relaylab.lab import Lab
+    from relaylab.offline_claude import RecordedRequest
+    from relaylab.server import RelayServer
+    from relaylab.session import CallSession
+    from relaylab.session import Reply as RelayReply
+
+log = logging.getLogger("relaylab.recording")
+
+Line = dict[str, Any]
+Requests = Callable[[], Sequence["RecordedRequest"]]
+
+RAN_ON_MS = 50.0  # a stream closed within this of the interrupt was closed by it
+REPLAY_SETTLE = 10.0  # seconds a replay waits, after the last frame, for the relay to finish
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+class CallRecorder:
+    """Turns one CallSession's events into recording lines as they happen.
+
+    Runs on the relay's loop (it is an event listener). ``opened_at`` is the
+    ``time.monotonic()`` the relay opened the socket: every ``t`` counts from it.
+    """
+
+    def __init__(
+        self,
+        session: CallSession,
+        write: Callable[[Line], None],
+        requests: Requests | None = None,
+        *,
+        keep: bool = True,
+        on_finish: Callable[[CallRecorder], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.opened_at = time.monotonic()
+        self.call_sid = ""
+        self.lines: list[Line] = []
+        self.done = False
+        self._write = write
+        self._requests = requests
+        self._keep = keep  # keep the lines in memory (a long-running relay writes only)
+        self._on_finish = on_finish
+        self._waiting: list[Line] = []  # lines from before the callSid was known
+        self._started = _utc_now()
+        self._unsubscribe = session.subscribe(self._on_event)
+
+    def recording(self) -> CallRecording:
+        """What has been recorded so far, as a CallRecording."""
+        return CallRecording(self.call_sid, list(self.lines), opened_at=self.opened_at)
+
+    def finish(self, *, still_open: bool = False) -> None:
+        """Write the call's model requests and its final history and replies, once."""
+        if self.done:
+            return
+        self.done = True
+        self._unsubscribe()
+        for request in self._own_requests():
+            self._add("model", request=request)
+        replies = [_reply_summary(reply, self.opened_at) for reply in self.session.replies]
+        closing: Line = {"history": self.session.conversation.snapshot(), "replies": replies}
+        if still_open:
+            closing["open"] = True
+        self._add("closed", **closing)
+        if not self.call_sid:  # the call never sent its setup: name it so it is not lost
+            self._name(f"no-setup-{id(self.session):x}")
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    def _on_event(self, event: Event) -> None:
+        data = event.data
+        if event.kind == "frame_in":
+            frame = _frame(data["frame"])
+            if not self.call_sid and frame.get("type") == "setup":
+                self._name(str(frame.get("callSid") or frame.get("sessionId") or ""))
+            self._add("in", frame=frame)
+        elif event.kind == "frame_out":
+            reply = self.session.reply  # inside a reply's task: the reply sending this frame
+            self._add("out", frame=_frame(data["frame"]), reply=reply.id if reply else None)
+        elif event.kind == "interrupt":
+            reply = data.get("reply")
+            heard = reply.heard if reply is not None else None
+            self._add(
+                "interrupt",
+                reply=reply.id if reply else None,
+                heard=heard,
+                utterance=data.get("utterance"),
+            )
+        elif event.kind == "reply_ended":
+            self._add("reply", reply=_reply_summary(data["reply"], self.opened_at))
+        elif event.kind == "error":
+            self._add("error", message=data.get("message"))
+        elif event.kind == "closed":
+            self.finish()
+
+    def _add(self, kind: str, **fields: Any) -> None:
+        line: Line = {"call": self.call_sid, "t": round(time.monotonic() - self.opened_at, 4)}
+        line.update(kind=kind, **fields)
+        if self._keep:
+            self.lines.append(line)
+        if self.call_sid:
+            self._write(line)
+        else:
+            self._waiting.append(line)
+
+    def _name(self, call_sid: str) -> None:
+        self.call_sid = call_sid or f"call-{id(self.session):x}"
+        first: Line = {"call": self.call_sid, "t": 0.0, "kind": "call", "started": self._started}
+        first["step"] = self.session.step.name
+        if self._keep:
+            self.lines.insert(0, first)
+        for line in [first, *self._waiting]:
+            line["call"] = self.call_sid
+            self._write(line)
+        self._waiting.clear()
+
+    def _own_requests(self) -> list[Line]:
+        if self._requests is None:
+            return []
+        return [
+            _request_summary(request, self.opened_at)
+            for request in list(self._requests())
+            if _belongs_to(request, self.session.replies)
+        ]
+
+
+class Recorder:
+    """Records every call a relay serves, to a JSON Lines file (or only in memory).
+
+    ``requests`` returns the offline stand-in's request records, so each call's model
+    requests are recorded too. ``keep=False`` (for a relay that runs for days) writes each
+    line to the file and keeps nothing in memory: ``calls`` is then empty. Attach it to a
+    RelayServer; ``close()`` finishes the calls still open and closes the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        requests: Requests | None = None,
+        keep: bool = True,
+    ) -> None:
+        if path is None and not keep:
+            raise ValueError("a Recorder with keep=False needs a path: it keeps nothing itself")
+        self.path = Path(path) if path is not None else None
+        self.keep = keep
+        self._requests = requests
+        self._file: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._calls: list[CallRecorder] = []
+        self._servers: list[RelayServer] = []
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path else "memory"
+        return f"<Recorder {len(self._calls)} calls to {where}>"
+
+    @property
+    def calls(self) -> list[CallRecording]:
+        """Every call recorded so far, oldest first (those that sent a setup)."""
+        return [call.recording() for call in self._calls if call.call_sid]
+
+    def recorder_for(self, call_sid: str) -> CallRecorder | None:
+        """The live recorder of one call, by its callSid."""
+        return next((c for c in reversed(self._calls) if c.call_sid == call_sid), None)
+
+    def attach(self, server: RelayServer) -> Recorder:
+        """Record every call ``server`` opens from now on."""
+        server.session_listeners.append(self.add_session)
+        self._servers.append(server)
+        return self
+
+    async def attach_async(self, server: RelayServer) -> Recorder:
+        """``attach`` on the relay's own loop (``lab.run(recorder.attach_async(server))``)."""
+        return self.attach(server)
+
+    def add_session(self, session: CallSession) -> None:
+        """Start recording one call (a RelayServer session listener)."""
+        forget = None if self.keep else self._calls.remove
+        call = CallRecorder(session, self._write, self._requests, keep=self.keep, on_finish=forget)
+        self._calls.append(call)
+
+    def close(self) -> None:
+        """Stop recording: finish the calls still open and close the file."""
+        for server in self._servers:
+            with contextlib.suppress(ValueError):
+                server.session_listeners.remove(self.add_session)
+        self._servers.clear()
+        for call in list(self._calls):
+            call.finish(still_open=True)
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    async def close_async(self) -> None:
+        """``close`` for the relay's own loop (where the sessions change)."""
+        self.close()
+
+    def _write(self, line: Line) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            self._file.flush()
+
+
+@contextlib.contextmanager
+def record(lab: Lab, path: str | Path | None = None) -> Iterator[Recorder]:
+    """Record the lab's calls while the ``with`` block runs (to ``path``, as JSON Lines).
+
+    Offline, each call's requests to the stand-in are recorded too.
+    """
+    claude = lab.offline_claude
+    requests = (lambda: claude.requests) if claude is not None else None
+    recorder = Recorder(path, requests=requests)
+    lab.run(recorder.attach_async(lab.server))
+    try:
+        yield recorder
+    finally:
+        if lab.running:
+            lab.run(recorder.close_async())
+        else:
+            recorder.close()
+
+
+# -- reading a recording --------------------------------------------------------------------
+
+
+@dataclass
+class CallRecording:
+    """One recorded call: its lines, and what they say.
+
+    ``opened_at`` is the ``time.monotonic()`` of ``t == 0`` while the call is live in this
+    process (None for a call read from a file).
+    """
+
+    call_sid: str
+    lines: list[Line]
+    opened_at: float | None = None
+
+    def __repr__(self) -> str:
+        prompts = sum(frame.get("type") == "prompt" for _, frame in self.frames_in)
+        return (
+            f"<CallRecording {self.call_sid} step={self.step!r} {prompts} prompts, "
+            f"{len(self.frames_in)} frames in, {len(self.frames_out)} out>"
+        )
+
+    def _of(self, kind: str) -> list[Line]:
+        return [line for line in self.lines if line.get("kind") == kind]
+
+    @property
+    def step(self) -> str | None:
+        first = self._of("call")
+        return first[0].get("step") if first else None
+
+    @property
+    def frames_in(self) -> list[tuple[float, dict[str, Any]]]:
+        """(t, frame) for every frame from Twilio, in the relay's order."""
+        return [(line["t"], line["frame"]) for line in self._of("in")]
+
+    @property
+    def frames_out(self) -> list[tuple[float, dict[str, Any], int | None]]:
+        """(t, frame, reply id) for every frame the relay sent."""
+        return [(line["t"], line["frame"], line.get("reply")) for line in self._of("out")]
+
+    @property
+    def replies(self) -> list[dict[str, Any]]:
+        """Each reply's final summary: id, prompt, state, sent, heard, times (seconds)."""
+        closed = self._of("closed")
+        if closed:
+            return list(closed[-1].get("replies", []))
+        latest: dict[int, dict[str, Any]] = {}
+        for line in self._of("reply"):
+            latest[line["reply"]["id"]] = dict(line["reply"])
+        for line in self._of("interrupt"):
+            reply = latest.get(line.get("reply"))  # type: ignore[arg-type]
+            if reply is not None and reply.get("heard") is None:
+                reply["heard"] = line.get("heard")
+                reply.setdefault("times", {})["interrupted"] = line["t"]
+        return [latest[key] for key in sorted(latest)]
+
+    @property
+    def history(self) -> list[dict[str, Any]] | None:
+        """The history the relay stored, as it was when the call closed."""
+        closed = self._of("closed")
+        return closed[-1].get("history") if closed else None
+
+    @property
+    def model_requests(self) -> list[dict[str, Any]]:
+        """The call's requests to the offline stand-in: times, outcome, messages."""
+        return [line["request"] for line in self._of("model")]
+
+    def timeline(self) -> Timeline:
+        """Each turn's latency, from the relay's side (and the stand-in's, offline)."""
+        relay = [_relay_times_of_summary(reply) for reply in self.replies]
+        requests = [_request_times(summary) for summary in self.model_requests]
+        return _build_timeline(relay=relay, caller=[], requests=requests)
+
+
+def load(path: str | Path) -> list[CallRecording]:
+    """The calls in a recording file, in the order they started."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no recording at {path}")
+    by_call: dict[str, list[Line]] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, text in enumerate(lines, 1):
+            if not text.strip():
+                continue
+            line = _parse_line(text, number, path)
+            by_call.setdefault(str(line["call"]), []).append(line)
+    return [CallRecording(call_sid, lines) for call_sid, lines in by_call.items()]
+
+
+def _parse_line(text: str, number: int, path: Path) -> Line:
+    try:
+        line = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"line {number} of {path} is not JSON ({exc}): {text[:80]!r}") from None
+    if not isinstance(line, dict) or not {"call", "t", "kind"} <= line.keys():
+        raise ValueError(
+            f"line {number} of {path} is not a relaylab recording line: it needs "
+            f'"call", "t" and "kind"; got {text[:80]!r}'
+        )
+    if isinstance(line["t"], bool) or not isinstance(line["t"], int | float):
+        raise ValueError(f"line {number} of {path} has a time that is not a number: {text[:80]!r}")
+    if line["kind"] in ("in", "out") and not isinstance(line.get("frame"), dict):
+        raise ValueError(f"line {number} of {path} is a frame line without a frame object")
+    return line
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """A recorded call re-run against another step: what the relay did then and now."""
+
+    original: CallRecording
+    replayed: CallRecording
+    step: str
+
+    @property
+    def history(self) -> list[dict[str, Any]] | None:
+        """What the relay stored this time."""
+        return self.replayed.history
+
+    @property
+    def frames_out(self) -> list[tuple[float, dict[str, Any], int | None]]:
+        """What the relay sent this time: (t, frame, reply id)."""
+        return self.replayed.frames_out
+
+    def timeline(self) -> Timeline:
+        return self.replayed.timeline()
+
+    def __str__(self) -> str:
+        frames = [frame.get("type", "?") for _, frame in self.original.frames_in]
+        counts = ", ".join(f"{frames.count(kind)} {kind}" for kind in dict.fromkeys(frames))
+        lines = [
+            f"Replayed call {self.original.call_sid} ({counts} from Twilio) against step "
+            f"{self.step!r}; it was recorded with step {self.original.step!r}."
+        ]
+        then, now = _turns(self.original), _turns(self.replayed)
+        for number, prompt in enumerate(_prompts(self.original), 1):
+            lines.append(f"turn {number}: {_short(prompt, 60)!r}")
+            for label, turns in (("then", then), ("now ", now)):
+                turn = turns[number - 1] if number <= len(turns) else None
+                lines.append(f"  {label}  {_describe_turn(turn)}")
+        for label, call in (("then", self.original), ("now ", self.replayed)):
+            lines.append(f"history {label}: {_describe_history(call.history)}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def replay(
+    source: str | Path | CallRecording,
+    step: object,
+    *,
+    call_sid: str | None = None,
+    speed: float = 1.0,
+    settle: float = REPLAY_SETTLE,
+    **lab_options: Any,
+) -> ReplayResult:
+    """Re-run a recorded call offline against ``step`` (a lesson name or a Step).
+
+    The frames Twilio sent (setup's caller and parameters, every prompt, interrupt, key
+    press and info frame) go to a fresh offline relay at their recorded moments
+    (``speed`` 2 replays twice as fast); after the last one the relay gets up to
+    ``settle`` seconds to finish. A recorded interrupt is sent as it was: if the new reply
+    differs, the relay places the heard words by ``durationUntilInterruptMs``. Lab options
+    (e.g. ``first_token_delay``, ``tokens_per_second``) set the stand-in's pacing. The
+    notebook's own lab is left alone.
+    """
+    from relaylab.lab import Lab
+
+    original = _pick(source, call_sid)
+    if speed <= 0:
+        raise ValueError(f"speed must be more than 0, got {speed}")
+    setup = next((frame for _, frame in original.frames_in if frame.get("type") == "setup"), None)
+    if setup is None:
+        raise ValueError(f"call {original.call_sid} has no setup frame: nothing to replay")
+    lab = Lab(step, offline=True, **lab_options)
+    try:
+        claude = lab.offline_claude
+        recorder = Recorder(requests=(lambda: claude.requests) if claude else None)
+        lab.run(recorder.attach_async(lab.server))
+        call_sid = lab.run(_drive(lab, recorder, original, setup, speed, settle), timeout=None)
+        replayed = recorder.recorder_for(call_sid)
+        lab.run(recorder.close_async())
+    finally:
+        lab.stop()
+    if replayed is None:
+        raise RuntimeError("the replayed call never reached the relay")
+    return ReplayResult(original, replayed.recording(), lab.step.name)
+
+
+def _pick(source: str | Path | CallRecording, call_sid: str | None) -> CallRecording:
+    if isinstance(source, CallRecording):
+        return source
+    calls = load(source)
+    if not calls:
+        raise ValueError(f"{source} holds no calls")
+    if call_sid is None:
+        return calls[0]
+    for call in calls:
+        if call.call_sid == call_sid:
+            return call
+    known = ", ".join(call.call_sid for call in calls)
+    raise LookupError(f"no call {call_sid} in {source}; it holds {known}")
+
+
+async def _drive(
+    lab: Lab,
+    recorder: Recorder,
+    original: CallRecording,
+    setup: dict[str, Any],
+    speed: float,
+    settle: float,
+) -> str:
+    """Dial with the recorded setup's details, then send the other frames on time; returns
+    the callSid used."""
+    parameters = setup.get("customParameters")
+    call = await lab.call_async(
+        call_sid=str(setup.get("callSid") or "") or None,
+        account_sid=str(setup.get("accountSid") or "AC" + "0" * 32),
+        from_number=str(setup.get("from") or "+15550100"),
+        to_number=str(setup.get("to") or "+15550101"),
+        custom_parameters=parameters if isinstance(parameters, dict) else None,
+    )
+    frames = original.frames_in
+    start_t = next(t for t, frame in frames if frame is setup)
+    started = time.monotonic()
+    for t, frame in frames:
+        if frame is setup or t < start_t:
+            continue
+        await asyncio.sleep(max(0.0, started + (t - start_t) / speed - time.monotonic()))
+        await call.send_async(frame)
+    live = recorder.recorder_for(call.call_sid)
+    if live is not None:
+        await _until_idle(live.session, len(call.sent), settle)
+    await call.hang_up_async()
+    if live is not None:
+        await _until(lambda: live.done, 2.0)
+    return call.call_sid
+
+
+async def _until_idle(session: CallSession, frames_sent: int, timeout: float) -> bool:
+    """Wait until the relay has read every frame and no reply runs; False on timeout."""
+    return await _until(
+        lambda: session.caught_up(frames_sent) and not any(r.running for r in session.replies),
+        timeout,
+    )
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def _prompts(call: CallRecording) -> list[str]:
+    return [
+        str(frame.get("voicePrompt", ""))
+        for _, frame in call.frames_in
+        if frame.get("type") == "prompt" and frame.get("last", True)
+    ]
+
+
+@dataclass
+class _TurnSummary:
+    frames: int
+    after_interrupt: int
+    interrupted: bool
+    state: str
+
+
+def _turns(call: CallRecording) -> list[_TurnSummary]:
+    """Per reply: text frames sent, and how many of them after its interrupt was read."""
+    interrupts = {
+        line.get("reply"): line["t"] for line in call.lines if line.get("kind") == "interrupt"
+    }
+    turns = []
+    for reply in call.replies:
+        cut = interrupts.get(reply["id"], math.inf)
+        texts = [
+            t
+            for t, frame, rid in call.frames_out
+            if rid == reply["id"] and frame.get("type") == "text"
+        ]
+        turns.append(
+            _TurnSummary(
+                frames=len(texts),
+                after_interrupt=sum(t > cut for t in texts),
+                interrupted=reply["id"] in interrupts,
+                state=str(reply.get("state")),
+            )
+        )
+    return turns
+
+
+def _describe_turn(turn: _TurnSummary | None) -> str:
+    if turn is None:
+        return "no reply"
+    text = f"{turn.frames} text frames, reply {turn.state}"
+    if turn.interrupted:
+        text += f"; interrupted, {turn.after_interrupt} frames sent after the interrupt"
+    return text
+
+
+def _describe_history(history: list[dict[str, Any]] | None) -> str:
+    if history is None:
+        return "not recorded"
+    turns = [f"{turn.get('role')} {_short(_text(turn.get('content')), 48)!r}" for turn in history]
+    return "; ".join(turns) if turns else "empty"
+
+
+# -- timelines ------------------------------------------------------------------------------
+
+# Each mark of a turn, in the order they usually happen, and what it means.
+MARKS: dict[str, str] = {
+    "prompt": "the caller's prompt went out",
+    "relay_read": "the relay read the prompt",
+    "model_request": "the request reached Claude",
+    "first_model_token": "Claude wrote its first token (a JSON reply: all of it)",
+    "first_frame_out": "the relay sent the first text frame",
+    "first_frame_heard": "the caller got the first text frame",
+    "interrupt": "the caller talked over the reply",
+    "stream_closed": "Claude's stream closed (finished, or the relay hung up on it)",
+    "last_frame_out": "the relay sent last=true",
+    "last_frame_heard": "the caller got the last frame",
+    "ended": "the relay's reply task ended",
+}
+_TABLE = (
+    ("first_model_token", "Claude 1st token"),
+    ("first_frame_out", "1st frame out"),
+    ("first_frame_heard", "caller got it"),
+    ("interrupt", "interrupt"),
+    ("stream_closed", "stream closed"),
+    ("ended", "reply ended"),
+)
+
+
+@dataclass
+class TurnTiming:
+    """One turn: milliseconds from the prompt to each mark (see MARKS) that happened."""
+
+    turn: int
+    prompt: str
+    state: str
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def interrupted(self) -> bool:
+        return "interrupt" in self.marks
+
+    def get(self, mark: str) -> float | None:
+        return self.marks.get(mark)
+
+    def row(self) -> dict[str, Any]:
+        """This turn as a flat dict: turn, prompt, state and ``<mark>_ms`` for each mark."""
+        row: dict[str, Any] = {"turn": self.turn, "prompt": self.prompt, "state": self.state}
+        row.update(
+            {f"{mark}_ms": round(self.marks[mark], 1) for mark in MARKS if mark in self.marks}
+        )
+        return row
+
+    @property
+    def after_interrupt_ms(self) -> float | None:
+        """How long Claude's stream ran on after the interrupt (None: no interrupt)."""
+        if not self.interrupted:
+            return None
+        end = self.marks.get("stream_closed", self.marks.get("ended"))
+        return None if end is None else max(0.0, end - self.marks["interrupt"])
+
+
+class Timeline(Sequence[TurnTiming]):
+    """A call's per-turn latency waterfall: a list of TurnTiming, a table, a plot."""
+
+    def __init__(self, turns: Iterable[TurnTiming]) -> None:
+        self.turns = list(turns)
+
+    @overload
+    def __getitem__(self, index: int) -> TurnTiming: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TurnTiming]: ...
+    def __getitem__(self, index: int | slice) -> TurnTiming | Sequence[TurnTiming]:
+        return self.turns[index]
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every turn as a flat dict (ready for ``pandas.DataFrame(timeline.rows())``)."""
+        return [turn.row() for turn in self.turns]
+
+    def __str__(self) -> str:
+        if not self.turns:
+            return "no turns yet"
+        width = min(max(len(turn.prompt) for turn in self.turns), 28)
+        header = f"{'turn':<5}{'prompt':<{width + 2}}" + "".join(f"{h:>17}" for _, h in _TABLE)
+        lines = [header, "(milliseconds after the prompt)".rjust(len(header))]
+        for turn in self.turns:
+            cells = "".join(f"{_ms(turn.get(mark)):>17}" for mark, _ in _TABLE)
+            lines.append(f"{turn.turn:<5}{_short(turn.prompt, width):<{width + 2}}{cells}")
+        for turn in self.turns:
+            ran_on = turn.after_interrupt_ms
+            if ran_on is not None and ran_on >= RAN_ON_MS:
+                lines.append(
+                    f"turn {turn.turn}: Claude's stream ran on {ran_on:.0f} ms after the interrupt"
+                )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Timeline {len(self.turns)} turns>\n{self}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def plot(self, ax: Axes | None = None, labels: Sequence[str] | None = None) -> Axes:
+        """Draw the waterfall, one row per turn; returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            height = 1.5 + 0.45 * max(len(self.turns), 1)
+            _, ax = plt.subplots(figsize=(8, height), layout="constrained")
+        names = list(labels) if labels is not None else [_short(t.prompt, 24) for t in self]
+        drawn: set[str] = set()
+        for row, turn in enumerate(self.turns):
+            for start, end, colour, label in _segments(turn):
+                ax.barh(
+                    row,
+                    (end - start) / 1000,
+                    left=start / 1000,
+                    color=colour,
+                    label=None if label in drawn else label,
+                    **({"hatch": "//", "alpha": 0.5} if "after" in label else {}),
+                )
+                drawn.add(label)
+            if turn.interrupted:
+                marked = "the caller interrupts"
+                ax.plot(
+                    [turn.marks["interrupt"] / 1000] * 2,
+                    [row - 0.45, row + 0.45],
+                    color="#d93025",
+                    linewidth=2,
+                    label=None if marked in drawn else marked,
+                )
+                drawn.add(marked)
+        ax.set_yticks(range(len(self.turns)), names[: len(self.turns)])
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds after the caller's prompt")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), ncol=2, frameon=False, fontsize=9)
+        return ax
+
+
+def _segments(turn: TurnTiming) -> list[tuple[float, float, str, str]]:
+    """(start, end, colour, label) bars of one turn, in milliseconds."""
+    marks = turn.marks
+    first_frame = _first_of(marks, "first_frame_heard", "first_frame_out")
+    claude = _first_of(marks, "first_model_token", "first_frame_heard", "first_frame_out")
+    last_frame = _first_of(marks, "last_frame_heard", "last_frame_out")
+    stream_end = _first_of(marks, "stream_closed", "last_frame_heard", "last_frame_out", "ended")
+    cut = marks.get("interrupt")
+    bars = []
+    if claude is not None:
+        bars.append((0.0, claude, "#c8c8c8", "waiting for Claude's first token"))
+    if claude is not None and first_frame is not None and first_frame > claude:
+        bars.append((claude, first_frame, "#f4b400", "relay and socket"))
+    if first_frame is not None:
+        end = max(v for v in (first_frame, last_frame, stream_end) if v is not None)
+        if cut is not None:
+            end = min(end, cut)
+        bars.append((first_frame, max(end, first_frame + 5), "#3b78e7", "reply streaming"))
+    if cut is not None and stream_end is not None and stream_end - cut >= RAN_ON_MS:
+        bars.append((cut, stream_end, "#d93025", "Claude still writing after the interrupt"))
+    return bars
+
+
+def _first_of(marks: dict[str, float], *names: str) -> float | None:
+    return next((marks[name] for name in names if name in marks), None)
+
+
+def timeline(call: SimulatedCall, lab: Lab | None = None) -> Timeline:
+    """The per-turn waterfall of ``call``: what the caller saw, joined with the relay's own
+    timings and, when ``lab`` runs offline, the stand-in's record of each request."""
+    session = lab.session_for(call) if lab is not None else _session_via_probe(call)
+    claude = lab.offline_claude if lab is not None else None
+    requests = [_request_times_of(r) for r in claude.requests] if claude is not None else []
+    relay = [_relay_times_of_reply(reply) for reply in session.replies] if session else []
+    caller = [_caller_times(reply) for reply in call.replies if reply.prompt]
+    return _build_timeline(relay=relay, caller=caller, requests=requests)
+
+
+def _session_via_probe(call: SimulatedCall) -> CallSession | None:
+    """The relay's session, when the call's probe can show it (a Lab's can)."""
+    finder = getattr(call.relay, "session", None)
+    portal = call.portal
+    if finder is None or portal is None or not portal.running or portal.in_loop_thread():
+        return None
+    return portal.run(finder(len(call.sent)))
+
+
+# All times below are seconds on one clock: time.monotonic() for a live call, or
+# seconds since the socket opened for a recording.
+
+
+@dataclass
+class _Times:
+    prompt: str
+    at: dict[str, float]
+    state: str = ""
+    text: str = ""  # a model request's last user text (to tell whose request it is)
+
+
+def _relay_times_of_reply(reply: RelayReply) -> _Times:
+    marks = {
+        "relay_read": reply.started_at,
+        "first_frame_out": reply.first_token_at,
+        "last_frame_out": reply.last_token_at,
+        "interrupt": reply.interrupted_at,
+        "ended": reply.ended_at,
+    }
+    at = {name: value for name, value in marks.items() if value is not None}
+    return _Times(reply.prompt, at, reply.state)
+
+
+def _relay_times_of_summary(summary: dict[str, Any]) -> _Times:
+    times = summary.get("times", {})
+    names = {
+        "started": "relay_read",
+        "first_frame_out": "first_frame_out",
+        "last_frame_out": "last_frame_out",
+        "interrupted": "interrupt",
+        "ended": "ended",
+    }
+    at = {names[k]: float(v) for k, v in times.items() if k in names and v is not None}
+    return _Times(str(summary.get("prompt", "")), at, str(summary.get("state", "")))
+
+
+def _caller_times(reply: CallerReply) -> _Times:
+    at = {"prompt": reply.sent_at}
+    texts = [
+        t for t, f in zip(reply.arrivals, reply.frames, strict=False) if f.get("type") == "text"
+    ]
+    if texts:
+        at["first_frame_heard"] = texts[0]
+        at["last_frame_heard"] = texts[-1]
+    if "interrupt_ms" in reply.timings:
+        at["interrupt"] = reply.sent_at + reply.timings["interrupt_ms"] / 1000
+    return _Times(reply.prompt, at, "interrupted" if reply.interrupted else "")
+
+
+def _request_times_of(request: RecordedRequest) -> _Times:
+    return _request_times(_request_summary(request, 0.0))
+
+
+def _request_times(summary: dict[str, Any]) -> _Times:
+    times = summary.get("times", {})
+    closed = times.get("client_closed", times.get("finished"))
+    marks = {
+        "model_request": times.get("received"),
+        "first_model_token": times.get("first_token"),
+        "stream_closed": closed,
+    }
+    at = {name: float(value) for name, value in marks.items() if value is not None}
+    return _Times("", at, str(summary.get("outcome", "")), str(summary.get("last_user", "")))
+
+
+def _build_timeline(
+    *, relay: list[_Times], caller: list[_Times], requests: list[_Times]
+) -> Timeline:
+    """Join the relay's replies, the caller's replies and the model requests turn by turn."""
+    turns = []
+    callers = list(caller)
+    for number, reply in enumerate(relay or caller, 1):
+        at = dict(reply.at) if relay else {}
+        heard = _take_matching(callers, reply.prompt)
+        if heard is not None:
+            # The caller's interrupt and the prompt time come first: they are when it happened.
+            at = {**at, **heard.at}
+        start, end = at.get("relay_read", at.get("prompt")), at.get("ended", math.inf)
+        mine = [
+            r
+            for r in requests
+            if start is not None
+            and start - 0.001 <= r.at.get("model_request", -math.inf) <= end
+            and (not r.text or reply.prompt.strip() in r.text)
+        ]
+        if mine:
+            at.setdefault("model_request", mine[0].at["model_request"])
+            if "first_model_token" in mine[0].at:
+                at["first_model_token"] = mine[0].at["first_model_token"]
+            if "stream_closed" in mine[-1].at:
+                at["stream_closed"] = mine[-1].at["stream_closed"]
+        origin = at.get("prompt", at.get("relay_read"))
+        if origin is None:
+            continue
+        marks = {name: (at[name] - origin) * 1000 for name in MARKS if name in at}
+        state = reply.state or (heard.state if heard else "")
+        turns.append(TurnTiming(number, reply.prompt, state, marks))
+    return Timeline(turns)
+
+
+def _take_matching(callers: list[_Times], prompt: str) -> _Times | None:
+    for index, candidate in enumerate(callers):
+        if candidate.prompt == prompt:
+            return callers.pop(index)
+    return None
+
+
+# -- summaries written to the file -----------------------------------------------------------
+
+
+def _reply_summary(reply: RelayReply, base: float) -> dict[str, Any]:
+    marks = {
+        "started": reply.started_at,
+        "first_frame_out": reply.first_token_at,
+        "last_frame_out": reply.last_token_at,
+        "interrupted": reply.interrupted_at,
+        "ended": reply.ended_at,
+    }
+    return {
+        "id": reply.id,
+        "prompt": reply.prompt,
+        "state": reply.state,
+        "sent": reply.sent,
+        "heard": reply.heard,
+        "heard_ms": reply.heard_ms,
+        "frames": reply.frames,
+        "error": reply.error,
+        "times": {k: round(v - base, 4) for k, v in marks.items() if v is not None},
+    }
+
+
+def _request_summary(request: RecordedRequest, base: float) -> dict[str, Any]:
+    marks = {
+        "received": request.received_at,
+        "first_token": request.first_token_at,
+        "finished": request.finished_at,
+        "client_closed": request.client_closed_at,
+    }
+    messages = request.body.get("messages") if isinstance(request.body, dict) else None
+    return {
+        "times": {k: round(v - base, 4) for k, v in marks.items() if v is not None},
+        "outcome": request.outcome,
+        "status": request.status,
+        "stream": request.stream,
+        "reply": request.reply,
+        "tokens_sent": request.tokens_sent,
+        "tokens_planned": request.tokens_planned,
+        "error": request.error,
+        "last_user": _last_user_text(messages),
+        "messages": messages,
+    }
+
+
+def _belongs_to(request: RecordedRequest, replies: Sequence[RelayReply]) -> bool:
+    """Was ``request`` made by one of these replies? (Its time and its last user turn.)"""
+    messages = request.body.get("messages") if isinstance(request.body, dict) else None
+    asked = _last_user_text(messages)
+    for reply in replies:
+        end = reply.ended_at if reply.ended_at is not None else math.inf
+        if reply.started_at - 0.001 <= request.received_at <= end and reply.prompt.strip() in asked:
+            return True
+    return False
+
+
+def _last_user_text(messages: object) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text(message.get("content"))
+    return ""
+
+
+def _text(content: object) -> str:
+    """The text of a message's content: a string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+        ]
+        return " ".join(t for t in texts if isinstance(t, str))
+    return ""
+
+
+def _frame(frame: object) -> dict[str, Any]:
+    """A frame as a dict for the file ({"raw": ...} when it is not a JSON object)."""
+    if isinstance(frame, bytes):
+        return {"raw": f"<binary frame, {len(frame)} bytes>"}
+    try:
+        value = json.loads(frame)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return {"raw": str(frame)[:2000]}
+    return value if isinstance(value, dict) else {"raw": str(frame)[:2000]}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

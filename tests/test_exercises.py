@@ -1,0 +1,251 @@
+"""Exercises check themselves: every scenario passes with the lesson's reference step, and
+the lesson's naive version fails the scenarios it should, with evidence in plain words.
+
+Each check() runs real calls: a private offline Lab (relay, offline Claude over HTTP,
+SimulatedCall over a WebSocket) with the learner's step.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from relaylab import exercises
+from relaylab.exercises import EXERCISES, Say, Scenario, check
+from relaylab.step import Step
+from relaylab.tools import demo_toolbox
+
+# -- the lessons' naive versions --------------------------------------------------------------
+
+
+async def forgetful_basic(call, prompt):
+    """Lesson 01 gone wrong: no last=true, and the reply is never stored."""
+    call.conversation.append({"role": "user", "content": prompt.voice_prompt})
+    message = await call.claude.messages.create(
+        model=call.model, max_tokens=call.max_tokens, system=call.system, messages=call.conversation
+    )
+    await call.send_text("".join(b.text for b in message.content if b.type == "text"))
+
+
+async def first_attempt_prompt(call, prompt):
+    """Lesson 03's first attempt: the turn is stored only when the stream ends."""
+    call.conversation.append({"role": "user", "content": prompt.voice_prompt})
+    reply = ""
+    async with call.claude.messages.stream(
+        model=call.model, max_tokens=call.max_tokens, system=call.system, messages=call.conversation
+    ) as stream:
+        async for token in stream.text_stream:
+            reply += token
+            await call.send_text(token)
+    await call.send_text("", last=True)
+    call.conversation.append({"role": "assistant", "content": reply})
+
+
+def first_attempt_interrupt(call, interrupt):
+    heard = interrupt.utterance_until_interrupt
+    for turn in reversed(call.conversation):
+        if turn["role"] == "assistant" and heard in turn["content"]:
+            turn["content"] = turn["content"][: turn["content"].index(heard) + len(heard)]
+            return
+
+
+toolbox = demo_toolbox()
+
+
+async def tools_first_attempt(call, prompt):
+    """Lesson 05's first attempt: a cancelled tool leaves its tool_use unanswered."""
+    await call.cancel_reply()
+    call.conversation.append({"role": "user", "content": prompt.voice_prompt})
+    while True:
+        async with call.claude.messages.stream(
+            model=call.model,
+            max_tokens=call.max_tokens,
+            system=call.system,
+            messages=call.conversation,
+            tools=toolbox.definitions,
+        ) as stream:
+            async for text in stream.text_stream:
+                await call.send_text(text)
+            message = await stream.get_final_message()
+        call.conversation.append(
+            {"role": "assistant", "content": [block.to_dict() for block in message.content]}
+        )
+        if message.stop_reason != "tool_use":
+            break
+        results = []
+        for block in message.content:
+            if block.type == "tool_use":
+                outcome = await toolbox.call(block.name, block.input)
+                results.append(
+                    {"type": "tool_result", "tool_use_id": block.id, "content": outcome.content}
+                )
+        call.conversation.append({"role": "user", "content": results})
+    await call.send_text("", last=True)
+
+
+async def cancel_on_interrupt(call, interrupt):
+    await call.cancel_reply()
+
+
+def on_interrupt_alone():
+    def on_interrupt(call, interrupt):
+        pass
+
+    return on_interrupt
+
+
+def only(exercise, *names):
+    """The named scenarios of an exercise (so a naive step is checked where it should fail)."""
+    chosen = [s for s in EXERCISES[exercise].scenarios if s.name in names]
+    assert len(chosen) == len(names), f"unknown scenario among {names}"
+    return chosen
+
+
+def problems(report, name):
+    result = report.result(name)
+    assert not result.passed, f"{name!r} should fail:\n{report}"
+    return "\n".join(result.problems)
+
+
+# -- the reference steps pass ----------------------------------------------------------------
+
+
+def test_every_scenario_passes_with_the_reference_step():
+    # Two at a time (each check has its own lab): the calls mostly wait on pacing.
+    with ThreadPoolExecutor(2) as pool:
+        names = list(EXERCISES)
+        reports = dict(
+            zip(names, pool.map(lambda e: check(e, EXERCISES[e].reference), names), strict=True)
+        )
+    assert set(reports) == {"basic", "streaming", "tracking", "tools"}
+    for exercise, report in reports.items():
+        assert report.passed, str(report)
+        assert len(report.results) == len(EXERCISES[exercise].scenarios) >= 3
+        assert str(report).endswith(f"All {len(report.results)} passed.")
+    # The scenario that interrupts a finished reply really did: the reply had ended.
+    finished = reports["tracking"].result(
+        "keeps only the heard words when the reply had finished streaming"
+    )
+    reply = finished.run.said[0]
+    assert reply.complete and reply.interrupted
+
+
+# -- the naive versions fail, with evidence -----------------------------------------------------
+
+
+def test_basic_without_last_true_or_the_stored_reply_fails_with_evidence():
+    scenarios = only("basic", "answers in one frame that ends the talk cycle", "stores both turns")
+    report = check("basic", forgetful_basic, scenarios=scenarios)
+    talk = problems(report, "answers in one frame that ends the talk cycle")
+    assert "never sent last=true (1 text frame, none with last=true)" in talk
+    stored = problems(report, "stores both turns")
+    assert "turn 2 should be what the caller heard" in stored and "has nothing" in stored
+    assert "Hint: send the whole reply once" in str(report)
+    assert str(report).endswith("0 of 2 passed.")
+
+
+def test_basic_step_does_not_pass_the_streaming_exercise():
+    name = "the caller hears the first words while Claude is still writing"
+    report = check("streaming", "basic", scenarios=only("streaming", name))
+    assert "came as 1 text frame" in problems(report, name)
+
+
+def test_streaming_step_neither_stops_nor_keeps_only_the_heard_words():
+    stops = "stops at once after an interrupt"
+    keeps = "keeps only the heard words, and tells Claude so"
+    report = check("tracking", "streaming", scenarios=only("tracking", stops, keeps))
+    late = problems(report, stops)
+    assert "after the interrupt the relay sent" in late
+    assert "ran" in late and "after the interrupt (its request ended 'complete'" in late
+    stored = problems(report, keeps)
+    assert "turn 2 should be what the caller heard" in stored
+    assert "Claude was told it had said" in stored
+
+
+def test_lesson_3_first_attempt_runs_two_replies_at_once_on_barge_in():
+    name = "a new question stops the old reply (barge-in)"
+    report = check(
+        "tracking",
+        on_prompt=first_attempt_prompt,
+        on_interrupt=first_attempt_interrupt,
+        scenarios=only("tracking", name),
+    )
+    found = problems(report, name)
+    assert "the old reply still sent" in found and "two answers at once" in found
+    assert "roles must alternate" in found
+
+
+def test_lesson_5_first_attempt_loses_tool_results_and_the_booking():
+    lookup = "an interrupt while a lookup runs keeps the history valid"
+    booking = "a question during the booking: it still completes, and the caller gets an answer"
+    report = check(
+        "tools",
+        on_prompt=tools_first_attempt,
+        on_interrupt=cancel_on_interrupt,
+        scenarios=only("tools", lookup, booking),
+    )
+    assert "has no tool_result for it" in problems(report, lookup)
+    found = problems(report, booking)
+    assert "the caller heard the apology" in found
+    assert "Claude answered HTTP 400" in found and "tool_result" in found
+    assert "the history should hold '\"booked\": true'" in found
+
+
+# -- scenarios as plain data, and bad input --------------------------------------------------
+
+
+TEACHERS_SCENARIO = {
+    "name": "talks over a long answer",
+    "do": [{"say": "Tell me about dogs", "interrupt_after_words": 6}, {"settle": True}],
+    "expect": ["nothing_after_interrupt", "stores_what_was_heard", "valid_history"],
+    "hint": "cancel the reply in on_interrupt",
+}
+
+
+def test_a_teachers_scenario_from_a_dict_passes_and_fails_like_the_built_in_ones():
+    scenario = Scenario.from_dict(TEACHERS_SCENARIO)
+    assert scenario.actions[0] == Say("Tell me about dogs", interrupt_after_words=6)
+    assert check("tracking", "tracking", scenarios=[TEACHERS_SCENARIO]).passed
+    report = check("tracking", "streaming", scenarios=[scenario])
+    assert "after the interrupt the relay sent" in problems(report, "talks over a long answer")
+    assert "Hint: cancel the reply in on_interrupt" in str(report)
+
+
+def test_a_handler_that_raises_is_a_failure_with_the_apology_as_evidence():
+    async def broken(call, prompt):
+        raise KeyError("oops")
+
+    report = check("basic", broken, scenarios=only("basic", "remembers the conversation"))
+    assert "the caller heard the apology" in problems(report, "remembers the conversation")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda: check("lesson9", "basic"), ValueError, "no exercise 'lesson9'"),
+        (lambda: check("basic"), TypeError, "needs your step"),
+        (lambda: check("tracking", on_interrupt_alone()), TypeError, "pass on_interrupt by name"),
+        (lambda: check("basic", on_promt=forgetful_basic), TypeError, "unknown hook(s) on_promt"),
+        (lambda: check("basic", "nope"), ValueError, "unknown step 'nope'"),
+        (lambda: Scenario.from_dict({"do": []}), ValueError, "needs a 'name'"),
+        (
+            lambda: Scenario.from_dict({"name": "x", "do": [{"shout": "hi"}]}),
+            ValueError,
+            "unknown action",
+        ),
+        (
+            lambda: Scenario.from_dict({"name": "x", "expect": ["be_nice"]}),
+            ValueError,
+            "unknown expectation 'be_nice'",
+        ),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, words):
+    with pytest.raises(error) as raised:
+        call()
+    assert words in str(raised.value)
+
+
+def test_a_plain_on_prompt_function_and_a_step_are_both_accepted():
+    assert exercises._learner_step(forgetful_basic, {}).on_prompt is forgetful_basic
+    step = Step(on_prompt=forgetful_basic, name="mine")
+    assert exercises._learner_step(step, {}) is step

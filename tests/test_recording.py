@@ -1,0 +1,185 @@
+"""Recording calls to JSON Lines, replaying them against another step, and per-turn timelines.
+
+Everything runs through a real Lab: relay on a socket, the SDK against the offline Claude,
+SimulatedCall over a WebSocket.
+"""
+
+import itertools
+import json
+
+import matplotlib
+import pytest
+
+from relaylab import recording
+from relaylab.recording import Recorder, load, record, replay, timeline
+
+matplotlib.use("Agg")
+
+DOGS = "Tell me about dogs"
+HOW_FAR = "How far did you get?"
+
+
+def interrupted_call(lab, *, words=8, listen=0.0):
+    """Interrupt a long reply while it streams, then ask how far it got."""
+    call = lab.call()
+    reply = call.say(DOGS, interrupt_after_words=words)
+    assert reply.interrupted and not reply.complete, "the reply should still be streaming"
+    if listen:
+        call.listen(listen)
+    call.say(HOW_FAR)
+    return call, reply
+
+
+def test_record_writes_frames_both_ways_replies_model_requests_and_history(make_lab, tmp_path):
+    lab = make_lab("tracking")
+    path = tmp_path / "calls.jsonl"
+    with record(lab, path) as recorder:
+        call, reply = interrupted_call(lab)
+        history = call.conversation
+        call.hang_up()
+    [recorded] = load(path)
+    assert recorded.call_sid == call.call_sid and recorded.step == "tracking"
+    assert [f["type"] for _, f in recorded.frames_in] == ["setup", "prompt", "interrupt", "prompt"]
+    texts = [f for _, f, _ in recorded.frames_out if f["type"] == "text"]
+    assert "".join(f["token"] for f in texts) == "".join(
+        f["token"] for _, f in call.received if f["type"] == "text"
+    )
+    first, second = recorded.replies
+    assert (first["state"], first["heard"]) == ("cancelled", reply.heard)
+    assert second["state"] == "done" and second["prompt"] == HOW_FAR
+    assert {r for _, f, r in recorded.frames_out if f["type"] == "text"} == {1, 2}
+    assert recorded.history == history
+    requests = recorded.model_requests
+    assert [r["outcome"] for r in requests] == ["client_closed", "complete"]
+    assert requests[1]["messages"][1] == {"role": "assistant", "content": reply.heard}
+    times = [line["t"] for line in recorded.lines]
+    assert times == sorted(times) and times[0] == 0.0
+    assert recorder.calls[0].lines == recorded.lines  # memory and file agree
+    interrupt_at = next(t for t, f in recorded.frames_in if f["type"] == "interrupt")
+    assert first["times"]["interrupted"] == pytest.approx(interrupt_at, abs=0.01)
+
+
+def test_a_live_relays_calls_are_written_as_they_happen_without_model_records(make_lab, tmp_path):
+    """As `relaylab serve` would use it: attached to the server, no stand-in to ask."""
+    lab = make_lab("streaming")
+    path = tmp_path / "live.jsonl"
+    recorder = Recorder(path, keep=False)
+    lab.run(recorder.attach_async(lab.server))
+    call = lab.call()
+    call.say("Hello")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # call still open
+    assert [line["kind"] for line in lines[:2]] == ["call", "in"]
+    assert any(line["kind"] == "out" and line["frame"].get("last") for line in lines)
+    call.hang_up()
+    lab.run(recorder.close_async())
+    assert recorder.calls == []  # nothing kept in memory
+    [recorded] = load(path)
+    assert recorded.model_requests == []
+    assert recorded.history[-1]["role"] == "assistant"
+    assert recorded.timeline()[0].get("first_frame_out") > 0
+
+
+def test_stopping_a_recording_closes_calls_still_open(make_lab, tmp_path):
+    lab = make_lab("tracking")
+    path = tmp_path / "open.jsonl"
+    with record(lab, path):
+        call = lab.call()
+        call.say("Hello")
+    closing = [json.loads(line) for line in path.read_text().splitlines()][-1]
+    assert closing["kind"] == "closed" and closing["open"] is True
+    assert closing["history"][0] == {"role": "user", "content": "Hello"}
+    call.hang_up()
+
+
+def test_timeline_shows_the_stream_closing_at_the_interrupt_with_tracking(make_lab):
+    lab = make_lab("tracking")
+    call, _ = interrupted_call(lab)
+    turns = timeline(call, lab)
+    first, second = turns
+    assert first.interrupted and not second.interrupted
+    marks = first.marks
+    assert marks["prompt"] == 0
+    assert marks["relay_read"] <= marks["model_request"] <= marks["first_model_token"]
+    assert marks["first_model_token"] <= marks["first_frame_out"] <= marks["first_frame_heard"]
+    assert marks["first_frame_heard"] < marks["interrupt"]
+    assert first.after_interrupt_ms < 100, f"the stream was closed at once: {turns}"
+    assert "ran on" not in str(turns)
+    rows = turns.rows()
+    assert rows[1]["prompt"] == HOW_FAR and rows[1]["last_frame_out_ms"] > 0
+    labels = {text.get_text() for text in turns.plot().get_legend().get_texts()}
+    assert "Claude still writing after the interrupt" not in labels
+    assert "the caller interrupts" in labels
+
+
+def test_timeline_shows_claude_writing_on_after_the_interrupt_without_tracking(make_lab):
+    lab = make_lab("streaming")
+    call, _ = interrupted_call(lab, listen=1.5)
+    turns = timeline(call, lab)
+    assert turns[0].after_interrupt_ms > 300
+    assert "turn 1: Claude's stream ran on" in str(turns)
+    labels = {text.get_text() for text in turns.plot().get_legend().get_texts()}
+    assert "Claude still writing after the interrupt" in labels
+
+
+def test_call_timeline_joins_the_callers_and_the_relays_view(make_lab):
+    lab = make_lab("basic")
+    call = lab.call()
+    reply = call.say("Hello")
+    [turn] = call.timeline()
+    assert "first_model_token" not in turn.marks  # only the lab knows the stand-in's times
+    assert turn.get("relay_read") >= 0 and turn.get("last_frame_out") > 0
+    assert turn.get("first_frame_heard") == pytest.approx(reply.timings["first_token_ms"], abs=1)
+    assert turn.state == "done"
+
+
+def test_replay_of_an_untracked_call_against_tracking_stops_at_the_interrupt(make_lab, tmp_path):
+    lab = make_lab("streaming")
+    path = tmp_path / "untracked.jsonl"
+    with record(lab, path):
+        call, reply = interrupted_call(lab, listen=1.5)
+        call.hang_up()
+    result = replay(path, "tracking", first_token_delay=0.05, tokens_per_second=100.0)
+    [original] = load(path)
+    assert result.step == "tracking" and result.original.call_sid == original.call_sid
+    before = recording._turns(original)[0]
+    after = recording._turns(result.replayed)[0]
+    assert before.after_interrupt > 10 and after.after_interrupt == 0
+    assert result.history[1] == {"role": "assistant", "content": reply.heard}
+    assert "interrupted, 0 frames sent after the interrupt" in str(result)
+    # The recorded frames went out at their recorded moments.
+    gaps = [
+        [t for t, f in call.frames_in if f["type"] in ("prompt", "interrupt")]
+        for call in (original, result.replayed)
+    ]
+    then, now = ([b - a for a, b in itertools.pairwise(g)] for g in gaps)
+    assert now == pytest.approx(then, abs=0.15)
+
+
+def test_replay_against_the_same_step_does_what_the_recording_did(make_lab, tmp_path):
+    lab = make_lab("tracking")
+    path = tmp_path / "tracked.jsonl"
+    with record(lab, path):
+        call, _ = interrupted_call(lab)
+        call.hang_up()
+    result = replay(path, "tracking", speed=2.0, first_token_delay=0.05, tokens_per_second=100.0)
+    assert result.history == load(path)[0].history
+
+
+def test_bad_recordings_get_clear_errors(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="no recording at"):
+        load(missing)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"call": "CA1", "t": 0, "kind": "call"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"line 2 of .* is not JSON"):
+        load(broken)
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"hello": 1}\n')
+    with pytest.raises(ValueError, match='needs "call", "t" and "kind"'):
+        load(odd)
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"call": "CA1", "t": 0, "kind": "call"}\n')
+    with pytest.raises(LookupError, match=r"no call CA2 in .* it holds CA1"):
+        replay(one, "tracking", call_sid="CA2")
+    with pytest.raises(ValueError, match="has no setup frame"):
+        replay(one, "tracking")
