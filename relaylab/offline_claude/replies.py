@@ -149,8 +149,9 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
 
 
 def has_own_reply(text: str) -> bool:
-    """Does ``text`` ask about one of the stand-in's own topics (dogs, 1999, how far...)?"""
-    return any(_matches(text, phrases) for _, phrases in _KEYWORDS)
+    """Does ``text`` ask about one of the stand-in's own topics (dogs, 1999, how far...)?
+    A greeting does not count: "hello, are you still there?" wants the answer it waited for."""
+    return any(_matches(text, phrases) for key, phrases in _KEYWORDS if key != "greeting")
 
 
 def _matches(text: str, phrases: tuple[str, ...]) -> bool:
