@@ -8,9 +8,11 @@ reply = call.say("Name ten things that happened in 1999")
 
 import logging
 
+from relaylab import exercises, recording
 from relaylab.caller import Reply, SimulatedCall
 from relaylab.conversation import Conversation, heard_prefix
 from relaylab.lab import Lab, start
+from relaylab.recording import replay
 from relaylab.session import CallSession
 from relaylab.step import Step
 
@@ -26,6 +28,9 @@ __all__ = [
     "Reply",
     "SimulatedCall",
     "Step",
+    "exercises",
     "heard_prefix",
+    "recording",
+    "replay",
     "start",
 ]

@@ -284,16 +284,6 @@ class SimulatedCall:
     async def hang_up_async(self) -> None:
         await self._async(self._hang_up())
 
-    def timeline(self) -> Any:
-        """Each turn's latency waterfall (a ``relaylab.recording.Timeline``: rows, a table,
-        ``.plot()``): when the prompt went out, the first and last frame arrived and the
-        caller interrupted, joined with the relay's own timings when the call was made with
-        ``lab.call()``. ``relaylab.recording.timeline(call, lab)`` adds Claude's first token
-        and when its stream closed, from the offline stand-in."""
-        from relaylab.recording import timeline  # recording builds on this module
-
-        return timeline(self)
-
     @property
     def conversation(self) -> list[dict[str, Any]]:
         """The relay's history for this call, once it has handled every frame sent so far.

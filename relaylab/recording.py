@@ -18,7 +18,7 @@ sent and stored this time, next to what it did then::
 And the latency of each turn, from the prompt to the stream closing::
 
     recording.timeline(call, lab)      # caller, relay and (offline) Claude's own times
-    call.timeline()                    # what the call and the relay saw
+    recording.timeline(call)           # what the call and the relay saw
 
 The file has one JSON object a line. Each has ``call`` (the callSid), ``t`` (seconds since
 the relay opened that call's socket) and ``kind``:

@@ -125,7 +125,7 @@ def test_call_timeline_joins_the_callers_and_the_relays_view(make_lab):
     lab = make_lab("basic")
     call = lab.call()
     reply = call.say("Hello")
-    [turn] = call.timeline()
+    [turn] = timeline(call)
     assert "first_model_token" not in turn.marks  # only the lab knows the stand-in's times
     assert turn.get("relay_read") >= 0 and turn.get("last_frame_out") > 0
     assert turn.get("first_frame_heard") == pytest.approx(reply.timings["first_token_ms"], abs=1)
