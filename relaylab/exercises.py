@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from relaylab import protocol
 from relaylab.conversation import Conversation
 from relaylab.failures import APOLOGY
+from relaylab.loop import until
 from relaylab.recording import CallRecording, Recorder
 from relaylab.simulation.twilio_behaviour import TwilioBehaviour
 from relaylab.step import HOOKS, Step, resolve
@@ -927,14 +928,14 @@ async def _run_scenario(lab: Lab, recorder: Recorder, scenario: Scenario) -> Res
     started = time.monotonic()  # the stand-in drops its oldest records: pick ours by time
     call = await lab.call_async(twilio=TwilioBehaviour(**scenario.twilio))
     notes: list[str] = []
-    await _until(lambda: recorder.recorder_for(call.call_sid) is not None, 2.0)
+    await until(lambda: recorder.recorder_for(call.call_sid) is not None, 2.0)
     live = recorder.recorder_for(call.call_sid)
     try:
         for action in scenario.actions:
             note = await _act(call, live.session if live else None, action)
             if note:
                 notes.append(note)
-        if live is not None and not await _settled(live.session, len(call.sent), SETTLE):
+        if live is not None and not await live.session.until_idle(len(call.sent), SETTLE):
             notes.append(f"a reply was still running {SETTLE:.0f} s after the last action")
         history = await call.history_async()
     except (ConnectionError, TimeoutError, LookupError, RuntimeError) as exc:
@@ -945,7 +946,7 @@ async def _run_scenario(lab: Lab, recorder: Recorder, scenario: Scenario) -> Res
     if live is None:
         live = recorder.recorder_for(call.call_sid)
     if live is not None:
-        await _until(lambda: live.done, 2.0)
+        await until(lambda: live.done, 2.0)
     requests = [r for r in claude.requests if r.received_at >= started] if claude else []
     relay = live.recording() if live else CallRecording(call.call_sid, [])
     run = Run(call, relay, history, requests, notes)
@@ -967,7 +968,7 @@ async def _act(call: SimulatedCall, session: CallSession | None, action: Action)
         await call.send_async(protocol.prompt_frame(action.text))
     elif isinstance(action, WaitForFrames):
         quiet = _Quiet(session, call)
-        got = await _until(
+        got = await until(
             lambda: _texts_since_prompt(call) >= action.count or quiet.for_long(), action.timeout
         )
         if not got or _texts_since_prompt(call) < action.count:
@@ -1032,7 +1033,7 @@ class _Quiet:
         self._since: float | None = None
 
     def for_long(self, waiting: bool = True) -> bool:
-        idle = self._session is not None and _idle(self._session, len(self._call.sent))
+        idle = self._session is not None and self._session.idle(len(self._call.sent))
         if not (waiting and idle):
             self._since = None
             return False
@@ -1042,26 +1043,9 @@ class _Quiet:
 
 
 async def _settle(session: CallSession, call: SimulatedCall, timeout: float) -> str | None:
-    if await _settled(session, len(call.sent), timeout):
+    if await session.until_idle(len(call.sent), timeout):
         return None
     return f"a reply was still running {timeout:.0f} s later"
-
-
-def _idle(session: CallSession, frames_sent: int) -> bool:
-    return session.frames_received >= frames_sent and not any(r.running for r in session.replies)
-
-
-async def _settled(session: CallSession, frames_sent: int, timeout: float) -> bool:
-    return await _until(lambda: _idle(session, frames_sent), timeout)
-
-
-async def _until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def _texts_since_prompt(call: SimulatedCall) -> int:

@@ -12,7 +12,8 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -88,3 +89,14 @@ class LoopThread:
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:
+    """Wait, polling on the running loop, until ``condition()`` holds; False if ``timeout``
+    seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, overload
 
 from relaylab.events import Event
+from relaylab.loop import until
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -522,28 +523,11 @@ async def _drive(
         await call.send_async(frame)
     live = recorder.recorder_for(call.call_sid)
     if live is not None:
-        await _until_idle(live.session, len(call.sent), settle)
+        await live.session.until_idle(len(call.sent), settle)
     await call.hang_up_async()
     if live is not None:
-        await _until(lambda: live.done, 2.0)
+        await until(lambda: live.done, 2.0)
     return call.call_sid
-
-
-async def _until_idle(session: CallSession, frames_sent: int, timeout: float) -> bool:
-    """Wait until the relay has read every frame and no reply runs; False on timeout."""
-    return await _until(
-        lambda: session.caught_up(frames_sent) and not any(r.running for r in session.replies),
-        timeout,
-    )
-
-
-async def _until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def _prompts(call: CallRecording) -> list[str]:

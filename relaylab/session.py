@@ -27,6 +27,7 @@ from relaylab import failures, protocol
 from relaylab.conversation import Conversation, heard_prefix
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
+from relaylab.loop import until
 from relaylab.protocol import loggable
 from relaylab.step import Step
 
@@ -525,6 +526,14 @@ class CallSession:
         if any(not task.done() for task in self._handlers):
             return False
         return not any(r.running and r.last_token_at is not None and r.sent for r in self.replies)
+
+    def idle(self, frames: int) -> bool:
+        """Caught up with the first ``frames`` frames, and every reply has ended."""
+        return self.caught_up(frames) and all(r.task is None or r.task.done() for r in self.replies)
+
+    async def until_idle(self, frames: int, timeout: float) -> bool:
+        """Wait until ``idle(frames)``; False if ``timeout`` seconds pass first."""
+        return await until(lambda: self.idle(frames), timeout)
 
     async def close(self) -> None:
         """The socket is gone: stop every reply and handler, then let the step clean up."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -345,10 +344,8 @@ async def run_step(
             log.append(("in", _as_dict(frame)))
             session.receive(frame)
             received += 1
-    await _until(
-        lambda: session.caught_up(received) and all(r.task.done() for r in session.replies),  # type: ignore[union-attr]
-        settle,
-    )
+    if not await session.until_idle(received, settle):
+        raise TimeoutError(f"the call did not settle within {settle} s")
     await session.close()
     return RunResult(log=log, history=session.conversation.snapshot(), session=session)
 
@@ -369,14 +366,6 @@ def _as_dict(frame: str | bytes) -> dict[str, Any]:
     except ValueError:
         return {"raw": frame}
     return value if isinstance(value, dict) else {"raw": value}
-
-
-async def _until(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the call did not get there within {timeout} s")
-        await asyncio.sleep(0.001)
 
 
 __all__ = ["Pause", "RunResult", "ScriptedClaude", "ToolCall", "WaitFor", "run_step"]
