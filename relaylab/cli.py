@@ -286,5 +286,16 @@ def _print_frame(frame: dict) -> None:
         print(f"\n[{frame.get('type')}] {frame}", flush=True)
 
 
+_TIMING_WORDS = {
+    "first_token_ms": "first words after",
+    "last_token_ms": "whole reply after",
+    "interrupt_ms": "you cut in after",
+    "heard_ms": "speech heard before that:",
+}
+
+
 def _timings(timings: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.0f} ms" for name, value in timings.items())
+    """The caller's timings in words: "first words after 413 ms, whole reply after ..."."""
+    return ", ".join(
+        f"{_TIMING_WORDS.get(name, name)} {value:.0f} ms" for name, value in timings.items()
+    )

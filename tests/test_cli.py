@@ -353,3 +353,13 @@ def test_serve_workers_share_one_port_and_stop_together(model_server):
 def _state(pid):
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_terminal_call_says_its_timings_in_words():
+    from relaylab.cli import _timings
+
+    said = _timings({"first_token_ms": 413.2, "interrupt_ms": 2380.0, "heard_ms": 2910})
+    assert (
+        said
+        == "first words after 413 ms, you cut in after 2380 ms, speech heard before that: 2910 ms"
+    )
