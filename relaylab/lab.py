@@ -9,11 +9,9 @@ Starting a new Lab stops the previous one, so re-running a cell never hits
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
-import time
 import uuid
 from collections import deque
 from typing import Any
@@ -23,7 +21,7 @@ from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
 from relaylab.llm import LLM, Backend, choose_backend
-from relaylab.loop import LoopThread
+from relaylab.loop import LoopThread, until
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import Relay
 from relaylab.server import RelayServer
@@ -236,16 +234,16 @@ class _RelayView:
 
     async def session(self, frames_sent: int) -> CallSession | None:
         """The call's session once it has handled ``frames_sent`` frames (or 2 s passed)."""
-        deadline = time.monotonic() + self.SETTLE_TIMEOUT
-        while True:
+
+        def settled() -> bool:
             self._session = self._session or next(
                 (s for s in self._sessions if s.call_sid == self._call_sid), None
             )
             session = self._session
-            settled = session is not None and (session.closed or session.caught_up(frames_sent))
-            if settled or time.monotonic() > deadline:
-                return session
-            await asyncio.sleep(0.005)
+            return session is not None and (session.closed or session.caught_up(frames_sent))
+
+        await until(settled, self.SETTLE_TIMEOUT)
+        return self._session
 
     async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
         session = await self.session(frames_sent)

@@ -125,9 +125,6 @@ class Reply:
         return {k: (at - self.started_at) * 1000 for k, at in marks.items() if at is not None}
 
 
-ReplyTask = Reply  # the name earlier lessons used
-
-
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
