@@ -44,9 +44,12 @@ from pathlib import Path
 from _common import (
     BENCH_DIR,
     REPO_DIR,
+    USABLE_CPUS,
     Child,
+    Cores,
     Processes,
     StartError,
+    describe_cores,
     fmt,
     machine,
     start_relay,
@@ -224,7 +227,12 @@ def start_node_relay(procs: Processes, *, model_port: int, node_dir: Path) -> Ch
     }
     argv = [shutil.which("node") or "node", "server.js"]
     child = procs.start(
-        "Node relay", argv, ready=r"Server running at http://localhost:\d+", env=env, cwd=node_dir
+        "Node relay",
+        argv,
+        ready=r"Server running at http://localhost:\d+",
+        env=env,
+        cwd=node_dir,
+        cpus=procs.cores.relay if procs.cores else None,
     )
     wait_for_port(child, port)
     child.ports["ws"] = port
@@ -306,10 +314,13 @@ async def all_runs(
         ]
         if args.workers > 1:
             extra = ["--workers", str(args.workers)]
+            cpus = workers_cpus(args.workers)
             starters.append(
                 (
                     workers_name(args.workers),
-                    lambda: start_relay(procs, step="tracking", model_port=model, extra=extra),
+                    lambda: start_relay(
+                        procs, step="tracking", model_port=model, extra=extra, cpus=cpus
+                    ),
                 )
             )
         if with_node:
@@ -359,6 +370,22 @@ def workers_name(workers: int) -> str:
     return f"{RELAYLAB} x{workers}"
 
 
+def workers_cpus(workers: int) -> frozenset[int] | None:
+    """CPUs of their own for ``serve --workers N``, or, when the machine has too few, every
+    CPU (shared with the load, which the report then says)."""
+    cores = Cores.split(workers)
+    if cores is not None:
+        return cores.relay
+    if Cores.split() is None:
+        return None  # nothing is pinned at all
+    print(
+        f"  {workers_name(workers)}: fewer than {workers + 1} CPUs, so its workers share "
+        "the load generator's CPUs; read its row with that in mind",
+        flush=True,
+    )
+    return USABLE_CPUS
+
+
 def summary_rows(runs: Sequence[Run], levels: Sequence[int], with_node: bool) -> list[list[object]]:
     """Per level of calls: each relay's medians over its rounds, then each relaylab / Node."""
     rows: list[list[object]] = []
@@ -400,6 +427,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=1.0, help="seconds over which calls start")
     parser.add_argument("--no-node", action="store_true", help="run relaylab rows only")
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the relays share CPUs with the load generator and stand-in "
+        "(same as RELAYLAB_BENCH_PIN=0)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -421,6 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> str:
     """Run the comparison, printing each run as it ends; return the whole report."""
     args = parse_args(argv)
+    if args.no_pin:
+        os.environ["RELAYLAB_BENCH_PIN"] = "0"
     with_node = not args.no_node
     if with_node and (reason := node_unavailable(args.node_dir)):
         print(f"Node relay skipped, relaylab rows only: {reason}", flush=True)
@@ -435,7 +470,10 @@ def run(argv: list[str] | None = None) -> str:
     load_before = os.getloadavg()
     widths = [max(len(h), 8) for h in RUN_HEADERS]
     dashes = "  ".join("-" * w for w in widths)
-    print(f"{title}\n{machine()}\n\n{_row_line(RUN_HEADERS, widths)}\n{dashes}", flush=True)
+    cores = describe_cores(Cores.split())
+    print(
+        f"{title}\n{machine()}\n{cores}\n\n{_row_line(RUN_HEADERS, widths)}\n{dashes}", flush=True
+    )
     runs: list[Run] = []
 
     def on_run(run: Run) -> None:

@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             [PYTHON, "-c", _RELAY_WITH_HOOK, *serve],
             ready=r"ws://127\.0\.0\.1:(?P<ws>\d+)/ws",
             env=env,
+            cpus=procs.cores.relay if procs.cores else None,
         )
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
         print(machine())

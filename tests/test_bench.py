@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,11 +32,43 @@ def test_percentile_is_nearest_rank():
     assert _common.percentile([3.0], 99) == 3.0
 
 
-def test_table_has_the_machine_and_fixed_columns():
+def test_table_has_the_machine_the_cores_and_fixed_columns():
     text = _common.table("title", ("a", "bb"), [["x", 1.5], ["yy", 10]])
     lines = text.splitlines()
     assert lines[0] == "title" and lines[1].startswith("machine: ")
-    assert len({len(line) for line in lines[3:]}) == 1
+    assert lines[2].startswith("cores: ")
+    assert len({len(line) for line in lines[4:]}) == 1
+
+
+def test_cores_give_the_relay_the_last_cpus_and_the_load_the_rest(monkeypatch):
+    monkeypatch.delenv("RELAYLAB_BENCH_PIN", raising=False)
+    monkeypatch.setattr(_common, "USABLE_CPUS", frozenset({0, 2, 5, 7}))
+    one = _common.Cores.split()
+    assert one == _common.Cores(relay=frozenset({7}), load=frozenset({0, 2, 5}))
+    assert "relay on CPU 7; load generator and model stand-in on CPU 0,2,5" in (
+        _common.describe_cores(one)
+    )
+    assert _common.Cores.split(3) == _common.Cores(frozenset({2, 5, 7}), frozenset({0}))
+    assert _common.Cores.split(4) is None  # nothing left for the load
+    monkeypatch.setenv("RELAYLAB_BENCH_PIN", "0")
+    assert _common.Cores.split() is None
+    assert "not pinned" in _common.describe_cores(None)
+
+
+def test_a_child_started_on_cpus_runs_there_and_the_parent_keeps_its_own():
+    before = os.sched_getaffinity(0)
+    cpu = frozenset({max(before)})
+    with _common.Processes() as procs:
+        child = procs.start(
+            "sleeper",
+            [sys.executable, "-c", "import os, time; print('up', flush=True); time.sleep(30)"],
+            ready="up",
+            cpus=cpu,
+        )
+        assert os.sched_getaffinity(child.pid) == cpu
+        expected_load = procs.cores.load if procs.cores else before
+        assert os.sched_getaffinity(0) == expected_load  # the load generator's CPUs
+    assert os.sched_getaffinity(0) == before
 
 
 def test_tree_cpu_counts_the_children_of_the_relay_process():
@@ -145,9 +178,9 @@ def _table_rows(report: str, title_start: str) -> tuple[list[str], list[list[str
     """The header cells and row cells of the table whose title starts with ``title_start``."""
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(title_start))
-    header = lines[start + 3]
+    header = lines[start + 4]  # after the title, the machine, the cores and a blank line
     rows = []
-    for line in lines[start + 5 :]:
+    for line in lines[start + 6 :]:
         if not line.strip() or line.startswith(("load average", "Medians")):
             break
         rows.append(line)
