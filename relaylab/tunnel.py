@@ -227,7 +227,8 @@ def configure_number(
     client: Client | None = None,
     http_client: HttpClient | None = None,
 ) -> NumberChange:
-    """Point the account's number `phone_number` (E.164) at `twiml_url`, method GET.
+    """Point the account's number `phone_number` (E.164) at `twiml_url`, method POST
+    (Twilio's default; the signature then covers the form fields too).
 
     Without `client`, one is built from TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN
     (`http_client` is passed to it). Raises NumberSetupError when credentials are
@@ -251,7 +252,7 @@ def configure_number(
                 "the account that owns it"
             )
         action = "update"
-        updated = match.update(voice_url=twiml_url, voice_method="GET")
+        updated = match.update(voice_url=twiml_url, voice_method="POST")
     except requests.RequestException as exc:
         raise NumberSetupError(
             _scrub(f"could not reach Twilio to {action} {number}: {exc}", token)
@@ -264,7 +265,7 @@ def configure_number(
         old_voice_url=match.voice_url,
         old_voice_method=match.voice_method,
         new_voice_url=str(updated.voice_url or twiml_url),
-        new_voice_method=str(updated.voice_method or "GET"),
+        new_voice_method=str(updated.voice_method or "POST"),
     )
 
 

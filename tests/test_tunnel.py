@@ -309,19 +309,19 @@ def client_for(api: FakeTwilioApi, token: str = AUTH_TOKEN) -> Client:
 
 
 def test_configure_number_updates_voice_url_and_method():
-    api = FakeTwilioApi([number_resource(OLD_URL, "POST")])
+    api = FakeTwilioApi([number_resource(OLD_URL, "GET")])
     change = configure_number(NUMBER, NEW_URL, client=client_for(api))
 
     assert change == NumberChange(
         sid=NUMBER_SID,
         phone_number=NUMBER,
         old_voice_url=OLD_URL,
-        old_voice_method="POST",
+        old_voice_method="GET",
         new_voice_url=NEW_URL,
-        new_voice_method="GET",
+        new_voice_method="POST",
     )
     assert change.changed
-    assert str(change) == f"{NUMBER} ({NUMBER_SID}): voice webhook POST {OLD_URL} -> GET {NEW_URL}"
+    assert str(change) == f"{NUMBER} ({NUMBER_SID}): voice webhook GET {OLD_URL} -> POST {NEW_URL}"
 
     lookup, update = api.requests
     assert lookup["method"] == "GET"
@@ -329,18 +329,18 @@ def test_configure_number_updates_voice_url_and_method():
     assert lookup["params"]["PhoneNumber"] == NUMBER
     assert update["method"] == "POST"
     assert update["uri"] == f"{API}/IncomingPhoneNumbers/{NUMBER_SID}.json"
-    assert update["data"] == {"VoiceUrl": NEW_URL, "VoiceMethod": "GET"}
+    assert update["data"] == {"VoiceUrl": NEW_URL, "VoiceMethod": "POST"}
     assert api.numbers[0]["voice_url"] == NEW_URL
 
 
 def test_configure_number_builds_client_from_environment(monkeypatch):
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-    api = FakeTwilioApi([number_resource(NEW_URL, "GET")])
+    api = FakeTwilioApi([number_resource(NEW_URL, "POST")])
     change = configure_number("+1 555-0101", NEW_URL, http_client=api)
     assert [r["auth"] for r in api.requests] == [(ACCOUNT_SID, AUTH_TOKEN)] * 2
     assert not change.changed
-    assert str(change) == f"{NUMBER} ({NUMBER_SID}): voice webhook already GET {NEW_URL}"
+    assert str(change) == f"{NUMBER} ({NUMBER_SID}): voice webhook already POST {NEW_URL}"
 
 
 def test_partial_match_of_another_number_is_not_used():
