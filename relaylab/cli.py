@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--configure-number",
         metavar="NUMBER",
-        help="point this Twilio number's voice webhook at the relay's /twiml (HTTP GET)",
+        help="point this Twilio number's voice webhook at the relay's /twiml (HTTP POST)",
     )
     serve.add_argument("--dial-number", help="on a handoff to a human, dial this number")
     serve.add_argument("--welcome-greeting", help="what Twilio says when the call connects")
