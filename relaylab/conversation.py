@@ -573,9 +573,9 @@ def _nothing_placed_but_time(reply: _Reply, utterance: str, spoken_estimate: int
         logger.warning(
             "The interrupt reported %r as heard, but %d words' worth of speech had played, "
             "so the reply was kept up to the last clause the voice had finished: %r",
-            _shorten(utterance),
+            shorten(utterance),
             spoken_estimate,
-            _shorten(result),
+            shorten(result),
         )
     return result
 
@@ -599,16 +599,18 @@ def _estimate(
     logger.warning(
         "The heard text %r could not be found in the reply %r, so the heard part was "
         "estimated from %s: %r",
-        _shorten(utterance),
-        _shorten(reply.sent),
+        shorten(utterance),
+        shorten(reply.sent),
         source,
-        _shorten(result),
+        shorten(result),
     )
     return result
 
 
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis if longer."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- The history -------------------------------------------------------------------------
@@ -724,6 +726,36 @@ class Conversation(list):
             last["content"] = [*last["content"], {"type": "text", "text": text}]
         else:
             last["content"] = f"{_text_of(last, 'conversation[-1]').rstrip()} {text}".lstrip()
+
+
+def content_text(content: object) -> str:
+    """The words of a message's content: a string as it is, or its text blocks joined,
+    with ``[tool_use NAME]`` and ``[tool_result]`` standing in for tool blocks."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif block.get("type") == "tool_use":
+            parts.append(f"[tool_use {block.get('name')}]")
+        elif block.get("type") == "tool_result":
+            parts.append("[tool_result]")
+    return " ".join(parts)
+
+
+def last_user_text(messages: object) -> str:
+    """The words of the last user turn of a Messages API ``messages`` list ("" if none)."""
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
 
 
 def _text_of(turn: dict[str, Any], where: str) -> str:

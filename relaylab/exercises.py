@@ -36,7 +36,7 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relaylab import protocol
-from relaylab.conversation import Conversation
+from relaylab.conversation import Conversation, content_text, last_user_text
 from relaylab.failures import APOLOGY
 from relaylab.loop import until
 from relaylab.recording import CallRecording, Recorder
@@ -279,7 +279,7 @@ class StoresWhatWasHeard(Expectation):
             heard = reply.heard if reply.interrupted else reply.text
             if heard.strip():
                 expected.append(("assistant", heard))
-        stored = [(turn.get("role"), _content_text(turn.get("content"))) for turn in run.history]
+        stored = [(turn.get("role"), content_text(turn.get("content"))) for turn in run.history]
         for index, (role, text) in enumerate(expected):
             got_role, got = stored[index] if index < len(stored) else (None, "")
             if got_role == role and _words(got) == _words(text):
@@ -399,7 +399,7 @@ class ClaudeToldWhatWasHeard(Expectation):
                 problems.append(f"no request to Claude was made for {said[index + 1].prompt!r}")
                 continue
             assistant = [
-                _content_text(m.get("content"))
+                content_text(m.get("content"))
                 for m in request.body.get("messages", [])
                 if m.get("role") == "assistant"
             ]
@@ -490,7 +490,7 @@ class NotInHistory(Expectation):
     text: str = ""
 
     def check(self, run: Run) -> list[str]:
-        found = [t for t in run.history if _content_text(t.get("content")).strip() == self.text]
+        found = [t for t in run.history if content_text(t.get("content")).strip() == self.text]
         if not found:
             return []
         return [f"the history stores {self.text!r} as words: {_history_in_words(run.history)}"]
@@ -1073,31 +1073,8 @@ def _first_text_arrival(reply: Reply) -> float | None:
 def _request_for(run: Run, reply: Reply) -> RecordedRequest | None:
     """The request to Claude made for this reply (the first one after its prompt)."""
     after = [r for r in run.requests if r.received_at >= reply.sent_at - 0.05]
-    mine = [r for r in after if reply.prompt in _last_user(r.body.get("messages", []))]
+    mine = [r for r in after if reply.prompt in last_user_text(r.body.get("messages", []))]
     return (mine or after or [None])[0]
-
-
-def _last_user(messages: Sequence[dict[str, Any]]) -> str:
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return _content_text(users[-1].get("content")) if users else ""
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-            elif block.get("type") == "tool_use":
-                parts.append(f"[tool_use {block.get('name')}]")
-            elif block.get("type") == "tool_result":
-                parts.append("[tool_result]")
-        return " ".join(parts)
-    return ""
 
 
 def _history_text(history: Sequence[dict[str, Any]]) -> str:
@@ -1113,7 +1090,7 @@ def _history_text(history: Sequence[dict[str, Any]]) -> str:
                 parts.append(json.dumps(block.get("input")))
             elif block.get("type") == "tool_result":
                 result = block.get("content")
-                parts.append(result if isinstance(result, str) else _content_text(result))
+                parts.append(result if isinstance(result, str) else content_text(result))
             else:
                 parts.append(str(block.get("text", "")))
     return "\n".join(parts)
@@ -1163,7 +1140,7 @@ def _history_in_words(history: Sequence[dict[str, Any]]) -> str:
     if not history:
         return "[] (empty)"
     turns = [
-        f"{turn.get('role')}: {_quote(_content_text(turn.get('content')), 50)}" for turn in history
+        f"{turn.get('role')}: {_quote(content_text(turn.get('content')), 50)}" for turn in history
     ]
     return "[" + "; ".join(turns) + "]"
 

@@ -1,4 +1,4 @@
-"""Record calls to JSON Lines, replay them against another step, and time every turn.
+"""Record calls to JSON Lines and replay them against another step.
 
 Record what a lab's relay does (or a live relay's, with ``Recorder(path).attach(server)``)::
 
@@ -15,10 +15,7 @@ sent and stored this time, next to what it did then::
     result = recording.replay("workshop.jsonl", my_step)
     print(result)
 
-And the latency of each turn, from the prompt to the stream closing::
-
-    recording.timeline(call, lab)      # caller, relay and (offline) Claude's own times
-    recording.timeline(call)           # what the call and the relay saw
+A recorded call's ``timeline()`` is its per-turn latency waterfall (relaylab.timeline).
 
 The file has one JSON object a line. Each has ``call`` (the callSid), ``t`` (seconds since
 the relay opened that call's socket) and ``kind``:
@@ -46,19 +43,17 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, overload
+from typing import IO, TYPE_CHECKING, Any
 
+from relaylab.conversation import content_text, last_user_text, shorten
 from relaylab.events import Event
 from relaylab.loop import until
+from relaylab.timeline import Timeline, timeline_of_recording
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-
-    from relaylab.caller import Reply as CallerReply
-    from relaylab.caller import SimulatedCall
     from relaylab.lab import Lab
     from relaylab.offline_claude import RecordedRequest
     from relaylab.server import RelayServer
@@ -70,7 +65,6 @@ log = logging.getLogger("relaylab.recording")
 Line = dict[str, Any]
 Requests = Callable[[], Sequence["RecordedRequest"]]
 
-RAN_ON_MS = 50.0  # a stream closed within this of the interrupt was closed by it
 REPLAY_SETTLE = 10.0  # seconds a replay waits, after the last frame, for the relay to finish
 
 
@@ -356,9 +350,7 @@ class CallRecording:
 
     def timeline(self) -> Timeline:
         """Each turn's latency, from the relay's side (and the stand-in's, offline)."""
-        relay = [_relay_times_of_summary(reply) for reply in self.replies]
-        requests = [_request_times(summary) for summary in self.model_requests]
-        return _build_timeline(relay=relay, caller=[], requests=requests)
+        return timeline_of_recording(self.replies, self.model_requests)
 
 
 def load(path: str | Path) -> list[CallRecording]:
@@ -426,7 +418,7 @@ class ReplayResult:
         ]
         then, now = _turns(self.original), _turns(self.replayed)
         for number, prompt in enumerate(_prompts(self.original), 1):
-            lines.append(f"turn {number}: {_short(prompt, 60)!r}")
+            lines.append(f"turn {number}: {shorten(prompt, 60)!r}")
             for label, turns in (("then", then), ("now ", now)):
                 turn = turns[number - 1] if number <= len(turns) else None
                 lines.append(f"  {label}  {_describe_turn(turn)}")
@@ -582,302 +574,10 @@ def _describe_turn(turn: _TurnSummary | None) -> str:
 def _describe_history(history: list[dict[str, Any]] | None) -> str:
     if history is None:
         return "not recorded"
-    turns = [f"{turn.get('role')} {_short(_text(turn.get('content')), 48)!r}" for turn in history]
-    return "; ".join(turns) if turns else "empty"
-
-
-# -- timelines ------------------------------------------------------------------------------
-
-# Each mark of a turn, in the order they usually happen, and what it means.
-MARKS: dict[str, str] = {
-    "prompt": "the caller's prompt went out",
-    "relay_read": "the relay read the prompt",
-    "model_request": "the request reached Claude",
-    "first_model_token": "Claude wrote its first token (a JSON reply: all of it)",
-    "first_frame_out": "the relay sent the first text frame",
-    "first_frame_heard": "the caller got the first text frame",
-    "interrupt": "the caller talked over the reply",
-    "stream_closed": "Claude's stream closed (finished, or the relay hung up on it)",
-    "last_frame_out": "the relay sent last=true",
-    "last_frame_heard": "the caller got the last frame",
-    "ended": "the relay's reply task ended",
-}
-_TABLE = (
-    ("first_model_token", "Claude 1st token"),
-    ("first_frame_out", "1st frame out"),
-    ("first_frame_heard", "caller got it"),
-    ("interrupt", "interrupt"),
-    ("stream_closed", "stream closed"),
-    ("ended", "reply ended"),
-)
-
-
-@dataclass
-class TurnTiming:
-    """One turn: milliseconds from the prompt to each mark (see MARKS) that happened."""
-
-    turn: int
-    prompt: str
-    state: str
-    marks: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def interrupted(self) -> bool:
-        return "interrupt" in self.marks
-
-    def get(self, mark: str) -> float | None:
-        return self.marks.get(mark)
-
-    def row(self) -> dict[str, Any]:
-        """This turn as a flat dict: turn, prompt, state and ``<mark>_ms`` for each mark."""
-        row: dict[str, Any] = {"turn": self.turn, "prompt": self.prompt, "state": self.state}
-        row.update(
-            {f"{mark}_ms": round(self.marks[mark], 1) for mark in MARKS if mark in self.marks}
-        )
-        return row
-
-    @property
-    def after_interrupt_ms(self) -> float | None:
-        """How long Claude's stream ran on after the interrupt (None: no interrupt)."""
-        if not self.interrupted:
-            return None
-        end = self.marks.get("stream_closed", self.marks.get("ended"))
-        return None if end is None else max(0.0, end - self.marks["interrupt"])
-
-
-class Timeline(Sequence[TurnTiming]):
-    """A call's per-turn latency waterfall: a list of TurnTiming, a table, a plot."""
-
-    def __init__(self, turns: Iterable[TurnTiming]) -> None:
-        self.turns = list(turns)
-
-    @overload
-    def __getitem__(self, index: int) -> TurnTiming: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[TurnTiming]: ...
-    def __getitem__(self, index: int | slice) -> TurnTiming | Sequence[TurnTiming]:
-        return self.turns[index]
-
-    def __len__(self) -> int:
-        return len(self.turns)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every turn as a flat dict (ready for ``pandas.DataFrame(timeline.rows())``)."""
-        return [turn.row() for turn in self.turns]
-
-    def __str__(self) -> str:
-        if not self.turns:
-            return "no turns yet"
-        width = min(max(len(turn.prompt) for turn in self.turns), 28)
-        header = f"{'turn':<5}{'prompt':<{width + 2}}" + "".join(f"{h:>17}" for _, h in _TABLE)
-        lines = [header, "(milliseconds after the prompt)".rjust(len(header))]
-        for turn in self.turns:
-            cells = "".join(f"{_ms(turn.get(mark)):>17}" for mark, _ in _TABLE)
-            lines.append(f"{turn.turn:<5}{_short(turn.prompt, width):<{width + 2}}{cells}")
-        for turn in self.turns:
-            ran_on = turn.after_interrupt_ms
-            if ran_on is not None and ran_on >= RAN_ON_MS:
-                lines.append(
-                    f"turn {turn.turn}: Claude's stream ran on {ran_on:.0f} ms after the interrupt"
-                )
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return f"<Timeline {len(self.turns)} turns>\n{self}"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(str(self))
-
-    def plot(self, ax: Axes | None = None, labels: Sequence[str] | None = None) -> Axes:
-        """Draw the waterfall, one row per turn; returns the matplotlib Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            height = 1.5 + 0.45 * max(len(self.turns), 1)
-            _, ax = plt.subplots(figsize=(8, height), layout="constrained")
-        names = list(labels) if labels is not None else [_short(t.prompt, 24) for t in self]
-        drawn: set[str] = set()
-        for row, turn in enumerate(self.turns):
-            for start, end, colour, label in _segments(turn):
-                ax.barh(
-                    row,
-                    (end - start) / 1000,
-                    left=start / 1000,
-                    color=colour,
-                    label=None if label in drawn else label,
-                    **({"hatch": "//", "alpha": 0.5} if "after" in label else {}),
-                )
-                drawn.add(label)
-            if turn.interrupted:
-                marked = "the caller interrupts"
-                ax.plot(
-                    [turn.marks["interrupt"] / 1000] * 2,
-                    [row - 0.45, row + 0.45],
-                    color="#d93025",
-                    linewidth=2,
-                    label=None if marked in drawn else marked,
-                )
-                drawn.add(marked)
-        ax.set_yticks(range(len(self.turns)), names[: len(self.turns)])
-        ax.invert_yaxis()
-        ax.set_xlabel("seconds after the caller's prompt")
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), ncol=2, frameon=False, fontsize=9)
-        return ax
-
-
-def _segments(turn: TurnTiming) -> list[tuple[float, float, str, str]]:
-    """(start, end, colour, label) bars of one turn, in milliseconds."""
-    marks = turn.marks
-    first_frame = _first_of(marks, "first_frame_heard", "first_frame_out")
-    claude = _first_of(marks, "first_model_token", "first_frame_heard", "first_frame_out")
-    last_frame = _first_of(marks, "last_frame_heard", "last_frame_out")
-    stream_end = _first_of(marks, "stream_closed", "last_frame_heard", "last_frame_out", "ended")
-    cut = marks.get("interrupt")
-    bars = []
-    if claude is not None:
-        bars.append((0.0, claude, "#c8c8c8", "waiting for Claude's first token"))
-    if claude is not None and first_frame is not None and first_frame > claude:
-        bars.append((claude, first_frame, "#f4b400", "relay and socket"))
-    if first_frame is not None:
-        end = max(v for v in (first_frame, last_frame, stream_end) if v is not None)
-        if cut is not None:
-            end = min(end, cut)
-        bars.append((first_frame, max(end, first_frame + 5), "#3b78e7", "reply streaming"))
-    if cut is not None and stream_end is not None and stream_end - cut >= RAN_ON_MS:
-        bars.append((cut, stream_end, "#d93025", "Claude still writing after the interrupt"))
-    return bars
-
-
-def _first_of(marks: dict[str, float], *names: str) -> float | None:
-    return next((marks[name] for name in names if name in marks), None)
-
-
-def timeline(call: SimulatedCall, lab: Lab | None = None) -> Timeline:
-    """The per-turn waterfall of ``call``: what the caller saw, joined with the relay's own
-    timings and, when ``lab`` runs offline, the stand-in's record of each request."""
-    session = lab.session_for(call) if lab is not None else _session_via_probe(call)
-    claude = lab.offline_claude if lab is not None else None
-    requests = [_request_times_of(r) for r in claude.requests] if claude is not None else []
-    relay = [_relay_times_of_reply(reply) for reply in session.replies] if session else []
-    caller = [_caller_times(reply) for reply in call.replies if reply.prompt]
-    return _build_timeline(relay=relay, caller=caller, requests=requests)
-
-
-def _session_via_probe(call: SimulatedCall) -> CallSession | None:
-    """The relay's session, when the call's probe can show it (a Lab's can)."""
-    finder = getattr(call.relay, "session", None)
-    portal = call.portal
-    if finder is None or portal is None or not portal.running or portal.in_loop_thread():
-        return None
-    return portal.run(finder(len(call.sent)))
-
-
-# All times below are seconds on one clock: time.monotonic() for a live call, or
-# seconds since the socket opened for a recording.
-
-
-@dataclass
-class _Times:
-    prompt: str
-    at: dict[str, float]
-    state: str = ""
-    text: str = ""  # a model request's last user text (to tell whose request it is)
-
-
-def _relay_times_of_reply(reply: RelayReply) -> _Times:
-    marks = {
-        "relay_read": reply.started_at,
-        "first_frame_out": reply.first_token_at,
-        "last_frame_out": reply.last_token_at,
-        "interrupt": reply.interrupted_at,
-        "ended": reply.ended_at,
-    }
-    at = {name: value for name, value in marks.items() if value is not None}
-    return _Times(reply.prompt, at, reply.state)
-
-
-def _relay_times_of_summary(summary: dict[str, Any]) -> _Times:
-    times = summary.get("times", {})
-    names = {
-        "started": "relay_read",
-        "first_frame_out": "first_frame_out",
-        "last_frame_out": "last_frame_out",
-        "interrupted": "interrupt",
-        "ended": "ended",
-    }
-    at = {names[k]: float(v) for k, v in times.items() if k in names and v is not None}
-    return _Times(str(summary.get("prompt", "")), at, str(summary.get("state", "")))
-
-
-def _caller_times(reply: CallerReply) -> _Times:
-    at = {"prompt": reply.sent_at}
-    texts = [
-        t for t, f in zip(reply.arrivals, reply.frames, strict=False) if f.get("type") == "text"
+    turns = [
+        f"{turn.get('role')} {shorten(content_text(turn.get('content')), 48)!r}" for turn in history
     ]
-    if texts:
-        at["first_frame_heard"] = texts[0]
-        at["last_frame_heard"] = texts[-1]
-    if "interrupt_ms" in reply.timings:
-        at["interrupt"] = reply.sent_at + reply.timings["interrupt_ms"] / 1000
-    return _Times(reply.prompt, at, "interrupted" if reply.interrupted else "")
-
-
-def _request_times_of(request: RecordedRequest) -> _Times:
-    return _request_times(_request_summary(request, 0.0))
-
-
-def _request_times(summary: dict[str, Any]) -> _Times:
-    times = summary.get("times", {})
-    closed = times.get("client_closed", times.get("finished"))
-    marks = {
-        "model_request": times.get("received"),
-        "first_model_token": times.get("first_token"),
-        "stream_closed": closed,
-    }
-    at = {name: float(value) for name, value in marks.items() if value is not None}
-    return _Times("", at, str(summary.get("outcome", "")), str(summary.get("last_user", "")))
-
-
-def _build_timeline(
-    *, relay: list[_Times], caller: list[_Times], requests: list[_Times]
-) -> Timeline:
-    """Join the relay's replies, the caller's replies and the model requests turn by turn."""
-    turns = []
-    callers = list(caller)
-    for number, reply in enumerate(relay or caller, 1):
-        at = dict(reply.at) if relay else {}
-        heard = _take_matching(callers, reply.prompt)
-        if heard is not None:
-            # The caller's interrupt and the prompt time come first: they are when it happened.
-            at = {**at, **heard.at}
-        start, end = at.get("relay_read", at.get("prompt")), at.get("ended", math.inf)
-        mine = [
-            r
-            for r in requests
-            if start is not None
-            and start - 0.001 <= r.at.get("model_request", -math.inf) <= end
-            and (not r.text or reply.prompt.strip() in r.text)
-        ]
-        if mine:
-            at.setdefault("model_request", mine[0].at["model_request"])
-            if "first_model_token" in mine[0].at:
-                at["first_model_token"] = mine[0].at["first_model_token"]
-            if "stream_closed" in mine[-1].at:
-                at["stream_closed"] = mine[-1].at["stream_closed"]
-        origin = at.get("prompt", at.get("relay_read"))
-        if origin is None:
-            continue
-        marks = {name: (at[name] - origin) * 1000 for name in MARKS if name in at}
-        state = reply.state or (heard.state if heard else "")
-        turns.append(TurnTiming(number, reply.prompt, state, marks))
-    return Timeline(turns)
-
-
-def _take_matching(callers: list[_Times], prompt: str) -> _Times | None:
-    for index, candidate in enumerate(callers):
-        if candidate.prompt == prompt:
-            return callers.pop(index)
-    return None
+    return "; ".join(turns) if turns else "empty"
 
 
 # -- summaries written to the file -----------------------------------------------------------
@@ -921,7 +621,7 @@ def _request_summary(request: RecordedRequest, base: float) -> dict[str, Any]:
         "tokens_sent": request.tokens_sent,
         "tokens_planned": request.tokens_planned,
         "error": request.error,
-        "last_user": _last_user_text(messages),
+        "last_user": last_user_text(messages),
         "messages": messages,
     }
 
@@ -929,33 +629,12 @@ def _request_summary(request: RecordedRequest, base: float) -> dict[str, Any]:
 def _belongs_to(request: RecordedRequest, replies: Sequence[RelayReply]) -> bool:
     """Was ``request`` made by one of these replies? (Its time and its last user turn.)"""
     messages = request.body.get("messages") if isinstance(request.body, dict) else None
-    asked = _last_user_text(messages)
+    asked = last_user_text(messages)
     for reply in replies:
         end = reply.ended_at if reply.ended_at is not None else math.inf
         if reply.started_at - 0.001 <= request.received_at <= end and reply.prompt.strip() in asked:
             return True
     return False
-
-
-def _last_user_text(messages: object) -> str:
-    if not isinstance(messages, list):
-        return ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _text(message.get("content"))
-    return ""
-
-
-def _text(content: object) -> str:
-    """The text of a message's content: a string, or its text blocks joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [
-            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
-        ]
-        return " ".join(t for t in texts if isinstance(t, str))
-    return ""
 
 
 def _frame(frame: object) -> dict[str, Any]:
@@ -967,15 +646,6 @@ def _frame(frame: object) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {"raw": str(frame)[:2000]}
     return value if isinstance(value, dict) else {"raw": str(frame)[:2000]}
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _utc_now() -> str:

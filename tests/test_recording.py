@@ -11,7 +11,8 @@ import matplotlib
 import pytest
 
 from relaylab import recording
-from relaylab.recording import Recorder, load, record, replay, timeline
+from relaylab.recording import Recorder, load, record, replay
+from relaylab.timeline import timeline
 
 matplotlib.use("Agg")
 
