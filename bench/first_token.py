@@ -14,7 +14,7 @@ import argparse
 import asyncio
 
 from _common import Processes, percentile, start_relay, start_standin, table
-from _load import conversation
+from _load import conversation, no_gc_pauses
 
 HEADERS = ("step", "replies", "failed", "first token p50 ms", "p99 ms", "whole reply p50 ms")
 PROMPT = "Name ten things that happened in 1999"
@@ -24,9 +24,13 @@ async def one_step(procs: Processes, model_port: int, step: str, calls: int, tur
     relay = start_relay(procs, step=step, model_port=model_port, name=f"relay ({step})")
     try:
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
-        results = await asyncio.gather(
-            *(conversation(ws_url, [PROMPT] * turns, start_delay=c * 0.05) for c in range(calls))
-        )
+        with no_gc_pauses():
+            results = await asyncio.gather(
+                *(
+                    conversation(ws_url, [PROMPT] * turns, start_delay=c * 0.05)
+                    for c in range(calls)
+                )
+            )
     finally:
         procs.stop(relay)
     first = [(t.first_token_at - t.sent_at) * 1000 for r in results for t in r.turns if t.tokens]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from _common import Processes, percentile, start_relay, start_standin, table
-from _load import PONG, TwilioSide, dump_standin, open_call, texts_since
+from _load import PONG, TwilioSide, dump_standin, no_gc_pauses, open_call, texts_since
 
 from relaylab.protocol import interrupt_frame, prompt_frame
 
@@ -78,9 +78,11 @@ async def interrupting_call(ws_url: str, call: int, turns: int, rng: random.Rand
 
 async def measure(ws_url: str, control: int, calls: int, turns: int) -> list:
     rng = random.Random(calls)
-    results = await asyncio.gather(
-        *(interrupting_call(ws_url, c, turns, rng) for c in range(calls)), return_exceptions=True
-    )
+    with no_gc_pauses():
+        results = await asyncio.gather(
+            *(interrupting_call(ws_url, c, turns, rng) for c in range(calls)),
+            return_exceptions=True,
+        )
     records = await dump_standin(control)
     failed = sum(1 for r in results if isinstance(r, BaseException))
     done = [i for r in results if not isinstance(r, BaseException) for i in r]

@@ -15,7 +15,7 @@ import random
 import time
 
 from _common import Processes, cpu_seconds, rss_bytes, start_relay, start_standin, table
-from _load import conversation, dump_standin, open_call
+from _load import conversation, dump_standin, no_gc_pauses, open_call
 
 HEADERS = ("measure", "calls", "tokens", "relay CPU s", "CPU s / 1k tokens", "RSS KiB / call")
 
@@ -23,16 +23,17 @@ HEADERS = ("measure", "calls", "tokens", "relay CPU s", "CPU s / 1k tokens", "RS
 async def cpu_row(ws_url: str, pid: int, calls: int, turns: int) -> list:
     rng = random.Random(calls)
     before = cpu_seconds(pid)
-    results = await asyncio.gather(
-        *(
-            conversation(
-                ws_url,
-                [f"Tell me about cost run {calls} call {c} turn {t}" for t in range(turns)],
-                start_delay=rng.uniform(0, 1.0) if calls > 1 else 0.0,
+    with no_gc_pauses():
+        results = await asyncio.gather(
+            *(
+                conversation(
+                    ws_url,
+                    [f"Tell me about cost run {calls} call {c} turn {t}" for t in range(turns)],
+                    start_delay=rng.uniform(0, 1.0) if calls > 1 else 0.0,
+                )
+                for c in range(calls)
             )
-            for c in range(calls)
         )
-    )
     used = cpu_seconds(pid) - before
     tokens = sum(len(turn.tokens) for r in results for turn in r.turns)
     failed = sum(1 for r in results if r.error or len(r.turns) != turns)

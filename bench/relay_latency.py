@@ -15,7 +15,7 @@ import asyncio
 import random
 
 from _common import Processes, start_relay, start_standin, table
-from _load import conversation, dump_standin, match_tokens, summary
+from _load import conversation, dump_standin, match_tokens, no_gc_pauses, summary
 
 HEADERS = (
     "calls",
@@ -40,7 +40,8 @@ async def measure(ws_url: str, control: int, calls: int, turns: int, spread: flo
         )
         for c in range(calls)
     ]
-    results = await asyncio.gather(*jobs)
+    with no_gc_pauses():
+        results = await asyncio.gather(*jobs)
     matched = match_tokens(results, await dump_standin(control))
     failed = sum(1 for r in results if r.error or len(r.turns) != turns)
     p50, p99, worst = summary(matched.latencies_ms)

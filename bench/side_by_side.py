@@ -58,7 +58,7 @@ from _common import (
     tree_cpu_seconds,
     tree_peak_rss_bytes,
 )
-from _load import conversation, dump_standin, match_tokens, summary
+from _load import conversation, dump_standin, match_tokens, no_gc_pauses, summary
 
 RELAYLAB, NODE = "relaylab", "Node"
 NODE_DIR = REPO_DIR.parent / "shared" / "peers" / "cr-anthropic-demo-step3"
@@ -263,14 +263,15 @@ async def one_run(
         rng = random.Random(calls * 1000 + round_no)
         prompts = [[next_prompt() for _ in range(args.turns)] for _ in range(calls)]
         cpu_before = tree_cpu_seconds(child.pid)
-        results = await asyncio.gather(
-            *(
-                conversation(
-                    ws_url, p, start_delay=rng.uniform(0, args.spread) if calls > 1 else 0.0
+        with no_gc_pauses():
+            results = await asyncio.gather(
+                *(
+                    conversation(
+                        ws_url, p, start_delay=rng.uniform(0, args.spread) if calls > 1 else 0.0
+                    )
+                    for p in prompts
                 )
-                for p in prompts
             )
-        )
         cpu = tree_cpu_seconds(child.pid) - cpu_before
         peak_rss = tree_peak_rss_bytes(child.pid)
         crashed = child.popen.poll() is not None

@@ -1,6 +1,7 @@
 """Smoke tests for bench/: the helpers, the load generator's socket, and short real runs."""
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -91,6 +92,18 @@ def test_tree_cpu_counts_the_children_of_the_relay_process():
             subprocess.run(["kill", str(pid)], check=False)
         proc.kill()
         proc.wait()
+
+
+def test_no_gc_pauses_holds_the_collector_off_only_inside_the_block():
+    assert gc.isenabled()
+    with _load.no_gc_pauses():
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what existed before is never scanned
+        cycle: list[object] = []
+        cycle.append(cycle)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    del cycle
+    assert gc.collect() > 0  # the cycle made inside is collected once the block ends
 
 
 def test_twilio_side_stamps_text_frames_and_pongs_and_counts_talk_cycles():
