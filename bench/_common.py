@@ -72,8 +72,8 @@ class Cores:
     Measured on 2 cores at 200 calls: with the relay sharing cores with its own load
     generator and the model stand-in, relaylab's per-token p50 was 0.19-0.47 ms from one
     run to the next (which core the kernel woke it on decided), the Node relay's
-    0.24-0.44 ms; with a core of its own, 0.16-0.17 and 0.18-0.27 ms. ``RELAYLAB_BENCH_PIN=0``
-    turns it off.
+    0.24-0.44 ms; with a core of its own, 0.14-0.18 and 0.15-0.20 ms.
+    ``RELAYLAB_BENCH_PIN=0`` turns it off.
     """
 
     relay: frozenset[int]
