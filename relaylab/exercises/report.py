@@ -1,0 +1,76 @@
+"""What a check reports: ``Result``, one scenario's pass or failure with its evidence, and
+``Report``, every scenario's, which shows itself as plain text in a notebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relaylab.exercises.catalogue import Exercise, Scenario
+    from relaylab.exercises.run import Run
+
+
+@dataclass
+class Result:
+    """One scenario's outcome: ``problems`` is the evidence of what went wrong."""
+
+    scenario: Scenario
+    problems: list[str]
+    run: Run | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    """Every scenario's outcome; shows itself as plain text in a notebook."""
+
+    exercise: Exercise
+    step: str
+    results: list[Result]
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    @property
+    def failures(self) -> list[Result]:
+        return [result for result in self.results if not result.passed]
+
+    def result(self, name: str) -> Result:
+        """The result of the scenario called ``name``."""
+        for result in self.results:
+            if result.scenario.name == name:
+                return result
+        raise KeyError(f"no scenario {name!r}; they are: {[r.scenario.name for r in self.results]}")
+
+    def __str__(self) -> str:
+        lines = [
+            f"Exercise {self.exercise.lesson}: {self.exercise.task}.",
+            f"Checked step {self.step!r} with {len(self.results)} scripted calls.",
+            "",
+        ]
+        for result in self.results:
+            lines.append(f"{'PASS' if result.passed else 'FAIL'}  {result.scenario.name}")
+            for problem in result.problems:
+                lines.append(f"      - {problem}")
+            if not result.passed and result.scenario.hint:
+                lines.append(f"      Hint: {result.scenario.hint}")
+        passed = sum(result.passed for result in self.results)
+        lines.append("")
+        if self.passed:
+            lines.append(f"All {passed} passed.")
+        else:
+            lines.append(f"{passed} of {len(self.results)} passed.")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
