@@ -17,6 +17,13 @@ prompts, ``clientSpeaking`` off, then the prompt; on an interrupt, ``clientSpeak
 on, ``tokensPlayed`` for the part of the chunk played, ``agentSpeaking`` off, the
 ``interrupt``, ``clientSpeaking`` off. A new ``say`` while the last reply is still
 playing counts that reply as heard in full (the caller waited for it to end).
+
+Talking over the agent (``say(..., interrupt_after_words=N)`` or ``interrupt()``) or
+pressing a key over it (``press=``) interrupts only what the TwiML's ``interruptible``
+(or the talk cycle's own ``interruptible``) allows; input that does not interrupt is
+sent, held until the agent stops, or dropped, as ``reportInputDuringAgentSpeech`` says.
+Talk cycles follow one another: a new cycle's speech waits for the one still playing,
+or cuts it off when that one is ``preemptible``. A welcome greeting is spoken first.
 """
 
 from __future__ import annotations
@@ -43,10 +50,13 @@ from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClo
 from relaylab.simulation.twilio_behaviour import (
     INVALID_MESSAGE_ERROR,
     MALFORMED_CLOSE_CODE,
+    InputKind,
+    InterruptMode,
     InvalidOutbound,
     PlaybackReporter,
     RelayTwiml,
     TwilioBehaviour,
+    allows,
     client_speaking,
     interrupt_message,
     invalid_message_description,
@@ -94,15 +104,86 @@ class Reply:
     interrupted: bool = False
     utterance: str = ""  # what the interrupt frame reported as heard
     complete: bool = False  # the talk cycle ended (last:true, or end)
+    talked_over: bool = False  # the caller spoke (or pressed keys) over it; it went on
+    cut_off: bool = False  # the next talk cycle preempted it: ``heard`` is what played
     timings: dict[str, float] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
     sent_at: float = 0.0  # time.monotonic() the prompt went out (or the reply began)
 
     def __str__(self) -> str:
-        if not self.interrupted:
+        if not (self.interrupted or self.cut_off):
             return self.text
-        return f"{self.heard} [interrupted; unheard: {self.text[len(self.heard) :].strip()!r}]"
+        how = "interrupted" if self.interrupted else "cut off by the next reply"
+        return f"{self.heard} [{how}; unheard: {self.text[len(self.heard) :].strip()!r}]"
+
+
+@dataclass(eq=False)
+class _TalkCycle:
+    """One talk cycle as Twilio plays it: a reply's speech, from its first frame to
+    ``last: true`` (or the next cycle taking over), with its own per-message flags."""
+
+    reply: Reply
+    clock: SpeechClock
+    closed: bool = False  # no more frames belong to it
+    awaited: bool = False  # a say() is waiting for it and sets ``heard`` itself
+    speech_begun: bool = False
+    interruptible: bool | None = None  # from its text/play frames; None: the TwiML's
+    preemptible: bool | None = None
+
+    def over(self, now: float) -> bool:
+        """Nothing more of it will be heard after ``now``."""
+        if self.reply.interrupted or self.reply.cut_off or self.clock.stopped_at is not None:
+            return True
+        return self.closed and not self.clock.speaking(now)
+
+    def take_flags(self, message: dict[str, Any]) -> None:
+        """A text or play frame's own ``interruptible`` / ``preemptible`` for this cycle."""
+        if "interruptible" in message:
+            self.interruptible = message["interruptible"]
+        if "preemptible" in message:
+            self.preemptible = message["preemptible"]
+
+
+@dataclass(frozen=True)
+class _CutIn:
+    """When and how the caller cuts in on a reply (see ``SimulatedCall.say``)."""
+
+    after_words: int | None = None
+    after_ms: float | None = None
+    talk_over: str | None = None
+    press: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.talk_over is not None and (
+            not isinstance(self.talk_over, str) or not self.talk_over.strip()
+        ):
+            raise ValueError(f"talk_over needs the words the caller says, got {self.talk_over!r}")
+        if self.press is not None:
+            _check_keys(self.press)
+        if self.talk_over is not None and self.press is not None:
+            raise ValueError("cut in by talking (talk_over) or by pressing keys (press), not both")
+
+    @property
+    def timed(self) -> bool:
+        return self.after_words is not None or self.after_ms is not None
+
+    @property
+    def kind(self) -> InputKind:
+        return "dtmf" if self.press else "speech"
+
+    @property
+    def words(self) -> str | None:
+        """What the caller says or presses when cutting in (None: speech with no words)."""
+        return self.press or self.talk_over
+
+    def time(self, clock: SpeechClock) -> float | None:
+        """When the caller cuts in on ``clock``'s speech, once that is scheduled."""
+        if self.after_words is not None and self.after_words > 0:
+            return clock.time_of_word(self.after_words)
+        if self.timed:
+            return clock.time_of_ms(self.after_ms or 0.0)
+        return None
 
 
 class SimulatedCall:
@@ -171,6 +252,7 @@ class SimulatedCall:
         )
         # What happened on the call, for tests, widgets and timelines.
         self.replies: list[Reply] = []
+        self.greeting: Reply | None = None  # the welcome greeting Twilio spoke itself
         self.received: list[tuple[float, dict[str, Any]]] = []  # valid frames in, with time
         self.sent: list[tuple[float, dict[str, Any]]] = []  # every frame out, with its time
         self.invalid: list[tuple[float, str | bytes, str]] = []  # dropped frames: time, frame, why
@@ -190,12 +272,16 @@ class SimulatedCall:
         self._reader: asyncio.Task[None] | None = None
         self._player: asyncio.Task[None] | None = None
         self._reporter: PlaybackReporter | None = None
-        self._current: tuple[Reply, SpeechClock] | None = None
-        self._clocks: list[SpeechClock] = []
+        self._current: _TalkCycle | None = None  # the cycle new frames belong to
+        self._cycles: list[_TalkCycle] = []  # every talk cycle of the call
+        self._live: list[_TalkCycle] = []  # cycles since the caller last waited for silence
+        self._held: list[tuple[InputKind, str]] = []  # input held until the agent stops
+        self._held_task: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._changed = asyncio.Event()  # a frame arrived or the call changed
         self._playback_changed = asyncio.Event()
         self._frames_lock = asyncio.Lock()  # keeps a group of info frames together
+        self._held_lock = asyncio.Lock()  # held input goes out once, in order
         self._malformed = 0  # invalid messages in a row
         self._hung_up = False
         self._error_code: int | None = None  # Twilio's error when it failed the session
@@ -234,10 +320,21 @@ class SimulatedCall:
         *,
         interrupt_after_words: int | None = None,
         interrupt_after_ms: float | None = None,
+        talk_over: str | None = None,
+        press: str | None = None,
         timeout: float = 60.0,
     ) -> Reply:
-        """Say ``text`` and return the reply; optionally talk over it after N words or ms."""
-        return self._sync(self._say(text, interrupt_after_words, interrupt_after_ms, timeout))
+        """Say ``text`` and return the reply; optionally cut in after N words or ms.
+
+        Cutting in is talking over the reply (saying ``talk_over``, if given) or pressing
+        the ``press`` keys over it. It interrupts the reply when Twilio lets that input
+        interrupt (then ``talk_over`` or the keys follow the interrupt); otherwise the
+        reply plays on (``Reply.talked_over``) and the input is reported or dropped as
+        ``reportInputDuringAgentSpeech`` says. ``say`` returns at the cut-in; use
+        ``wait_for_reply`` for what follows.
+        """
+        cut_in = _CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
+        return self._sync(self._say(text, cut_in, timeout))
 
     async def say_async(
         self,
@@ -245,18 +342,30 @@ class SimulatedCall:
         *,
         interrupt_after_words: int | None = None,
         interrupt_after_ms: float | None = None,
+        talk_over: str | None = None,
+        press: str | None = None,
         timeout: float = 60.0,
     ) -> Reply:
-        return await self._async(
-            self._say(text, interrupt_after_words, interrupt_after_ms, timeout)
-        )
+        cut_in = _CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
+        return await self._async(self._say(text, cut_in, timeout))
 
-    def interrupt(self) -> Reply | None:
-        """Talk over the reply now; None when nothing is playing any more."""
-        return self._sync(self._interrupt_now())
+    def interrupt(self, *, talk_over: str | None = None, press: str | None = None) -> Reply | None:
+        """Talk over (or press keys over) whatever plays now, the welcome greeting included;
+        the reply talked over, or None when nothing is playing any more."""
+        return self._sync(self._cut_in_now(_CutIn(talk_over=talk_over, press=press)))
 
-    async def interrupt_async(self) -> Reply | None:
-        return await self._async(self._interrupt_now())
+    async def interrupt_async(
+        self, *, talk_over: str | None = None, press: str | None = None
+    ) -> Reply | None:
+        return await self._async(self._cut_in_now(_CutIn(talk_over=talk_over, press=press)))
+
+    def wait_for_reply(self, timeout: float = 60.0) -> Reply | None:
+        """Wait until input held during agent speech is sent and the latest reply is over
+        (complete, interrupted or cut off); return it (None if there is none)."""
+        return self._sync(self._wait_for_reply(timeout))
+
+    async def wait_for_reply_async(self, timeout: float = 60.0) -> Reply | None:
+        return await self._async(self._wait_for_reply(timeout))
 
     def press(self, digits: str) -> None:
         """Press keys on the phone (one ``dtmf`` message each: 0-9, * and #)."""
@@ -351,7 +460,7 @@ class SimulatedCall:
             raise RuntimeError("this call was already connected; make a new SimulatedCall")
         self._inbox = asyncio.Queue()
         self._changed, self._playback_changed = asyncio.Event(), asyncio.Event()
-        self._frames_lock = asyncio.Lock()
+        self._frames_lock, self._held_lock = asyncio.Lock(), asyncio.Lock()
         if self.twiml_url:
             await self._dial(self.twiml_url)
         assert self.ws_url is not None
@@ -383,7 +492,21 @@ class SimulatedCall:
                 custom_parameters=self.custom_parameters,
             )
         )
+        self._play_greeting()
         return self
+
+    def _play_greeting(self) -> None:
+        """Twilio speaks the welcome greeting itself as the session starts; the relay never
+        sees it. It is not reported in info frames (whether Twilio does is unconfirmed)."""
+        text = self.twilio.welcome_greeting
+        if not text.strip():
+            return
+        now = time.monotonic()
+        reply = Reply(prompt="", text=text, heard=text.strip(), complete=True, sent_at=now)
+        cycle = self._open_cycle(reply, after_live=False, report=False)
+        cycle.clock.feed(text, now, final=True)
+        cycle.closed = True
+        self.greeting = reply
 
     async def _dial(self, twiml_url: str) -> None:
         """Request the voice webhook like Twilio and take the call's settings from the TwiML."""
@@ -440,8 +563,9 @@ class SimulatedCall:
         finally:
             self.close_code = socket.close_code
             self._changed.set()
-            if self._player is not None:
-                self._player.cancel()
+            for task in (self._player, self._held_task):
+                if task is not None:
+                    task.cancel()
         await self._after_session()
 
     async def _receive(self, frame: str | bytes, now: float) -> None:
@@ -457,11 +581,14 @@ class SimulatedCall:
         kind = message["type"]
         target = self._output_target(kind, now)
         if target is not None:
-            reply, _ = target
-            reply.frames.append(message)
-            reply.arrivals.append(now)
+            target.reply.frames.append(message)
+            target.reply.arrivals.append(now)
+            if kind in ("text", "play"):
+                target.take_flags(message)
+                if kind == "play" or message["token"]:
+                    await self._begin_speech(target, now)
         if kind == "text" and target is not None:
-            self._on_text(message, now, *target)
+            self._on_text(message, now, target)
         elif kind == "play":
             self._on_play(message, now, target)
         elif kind == "sendDigits":
@@ -483,58 +610,108 @@ class SimulatedCall:
             except Exception:  # a broken listener must not end the call
                 log.exception("a frame listener of call %s failed", self.call_sid)
 
-    def _output_target(self, kind: str, now: float) -> tuple[Reply, SpeechClock] | None:
-        """The reply a frame belongs to: the current one, or a new unprompted one for
+    def _output_target(self, kind: str, now: float) -> _TalkCycle | None:
+        """The talk cycle a frame belongs to: the current one, or a new unprompted one for
         speech that starts after the last talk cycle ended."""
         current = self._current
-        if kind not in ("text", "play") or (current is not None and not current[0].complete):
+        if kind not in ("text", "play") or (current is not None and not current.closed):
             return current
-        after = current[1].busy_until if current and current[1].stopped_at is None else 0.0
         reply = Reply(prompt="", sent_at=now)
         self.replies.append(reply)
-        self._current = (reply, self._new_clock(not_before=after))
-        return self._current
+        return self._open_cycle(reply, after_live=True)
 
-    def _new_clock(self, not_before: float = 0.0) -> SpeechClock:
-        clock = SpeechClock(
-            self.words_per_minute,
-            self.clock_speed,
-            chunking=self.twilio.chunking,
-            not_before=not_before,
-        )
-        self._clocks.append(clock)
-        if self._reporter is not None:
+    def _open_cycle(self, reply: Reply, *, after_live: bool, report: bool = True) -> _TalkCycle:
+        """A new talk cycle for ``reply``, current from now on. ``after_live``: it follows
+        the speech still playing (else the caller waited for silence first)."""
+        cycle = _TalkCycle(reply, self._new_clock(report=report))
+        self._live = [*self._live, cycle] if after_live else [cycle]
+        self._cycles.append(cycle)
+        self._current = cycle
+        return cycle
+
+    def _new_clock(self, *, report: bool = True) -> SpeechClock:
+        clock = SpeechClock(self.words_per_minute, self.clock_speed, chunking=self.twilio.chunking)
+        if report and self._reporter is not None:
             self._reporter.add(clock)
         return clock
 
-    def _on_text(
-        self, message: dict[str, Any], now: float, reply: Reply, clock: SpeechClock
-    ) -> None:
-        token, last = message["token"], bool(message.get("last", False))
+    async def _begin_speech(self, cycle: _TalkCycle, now: float) -> None:
+        """A talk cycle's first speech: earlier cycles end there (Twilio has the next one's
+        tokens), and what still plays of them is waited for, or cut off if preemptible."""
+        if cycle.speech_begun:
+            return
+        cycle.speech_begun = True
+        earlier = self._live[: self._live.index(cycle)] if cycle in self._live else []
+        for before in earlier:
+            if not before.closed:
+                self._close_cycle(before, now)
+        playing = [before for before in earlier if not before.over(now)]
+        if not playing:
+            return
+        if self._preemptible(playing[0]):
+            await self._cut_off(playing, now)
+        else:
+            cycle.clock.delay_until(max(before.clock.busy_until for before in playing))
+
+    def _close_cycle(self, cycle: _TalkCycle, now: float) -> None:
+        """No more frames for ``cycle``: the voice speaks what it holds of it."""
+        cycle.clock.feed("", now, final=True)
+        cycle.closed = True
+        self._update_heard(cycle)
+
+    async def _cut_off(self, playing: list[_TalkCycle], now: float) -> None:
+        """The next cycle preempts ``playing`` (in order) at ``now``: each keeps what was heard."""
+        first = playing[0].clock
+        words = first.heard_words(now)
+        frames = self._reporter.interrupted(first, now, words) if self._reporter else []
+        for cycle in playing:
+            heard = cycle.clock.heard_text(cycle.clock.heard_words(now))
+            cycle.clock.stop(now)
+            cycle.reply.heard, cycle.reply.cut_off = heard, True
+        self._changed.set()
+        async with self._frames_lock:
+            await self._send_all(frames)
+
+    def _preemptible(self, cycle: _TalkCycle) -> bool:
+        return self.twilio.preemptible if cycle.preemptible is None else cycle.preemptible
+
+    def _interrupt_mode(self, cycle: _TalkCycle) -> InterruptMode:
+        if cycle.interruptible is not None:  # the cycle's own boolean
+            return "any" if cycle.interruptible else "none"
+        if cycle.reply is self.greeting:
+            return self.twilio.welcome_greeting_interruptible
+        return self.twilio.interruptible
+
+    def _update_heard(self, cycle: _TalkCycle) -> None:
+        """Keep ``heard`` of a reply no say() is waiting for: all its text, once the cycle
+        is over or the caller talked over it without interrupting."""
+        reply = cycle.reply
+        if reply.interrupted or reply.cut_off or cycle.awaited:
+            return
+        if cycle.closed or reply.talked_over:
+            reply.heard = reply.text.strip()
+
+    def _on_text(self, message: dict[str, Any], now: float, cycle: _TalkCycle) -> None:
+        reply, token, last = cycle.reply, message["token"], bool(message.get("last", False))
         if token and "first_token_ms" not in reply.timings:
             reply.timings["first_token_ms"] = (now - reply.sent_at) * 1000
-        clock.feed(token, now, final=last)
+        cycle.clock.feed(token, now, final=last)
         reply.text += token
         if last:
-            reply.complete = True
+            reply.complete = cycle.closed = True
             reply.timings["last_token_ms"] = (now - reply.sent_at) * 1000
-            if not reply.prompt and not reply.interrupted:  # unprompted: no say() to finish it
-                reply.heard = reply.text.strip()
+        self._update_heard(cycle)
 
-    def _on_play(
-        self, message: dict[str, Any], now: float, target: tuple[Reply, SpeechClock] | None
-    ) -> None:
+    def _on_play(self, message: dict[str, Any], now: float, target: _TalkCycle | None) -> None:
         self.played.append(message["source"])
         if target is not None:
             loops = max(message.get("loop", 1), 1)  # 0 (play for ever) counts as one play here
-            target[1].play_audio(message["source"], now, self.twilio.play_ms * loops)
+            target.clock.play_audio(message["source"], now, self.twilio.play_ms * loops)
 
-    async def _on_end(
-        self, message: dict[str, Any], target: tuple[Reply, SpeechClock] | None
-    ) -> None:
+    async def _on_end(self, message: dict[str, Any], target: _TalkCycle | None) -> None:
         self.handoff_data = message.get("handoffData", "")
         if target is not None:
-            target[0].complete = True
+            target.reply.complete = target.closed = True
         assert self._socket is not None
         await self._socket.close()  # Twilio closes the socket after `end`
 
@@ -631,23 +808,72 @@ class SimulatedCall:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), max(seconds, 0.0))
 
-    async def _say(
-        self,
-        text: str,
-        interrupt_after_words: int | None,
-        interrupt_after_ms: float | None,
-        timeout: float,
-    ) -> Reply:
+    async def _say(self, text: str, cut_in: _CutIn, timeout: float) -> Reply:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(
                 f"say() needs the words the caller says, got {text!r}: Twilio sends no "
                 "prompt when nothing was said"
             )
+        if cut_in.words is not None and not cut_in.timed:
+            raise ValueError(
+                "talk_over and press say what the caller does when cutting in: give "
+                "interrupt_after_words or interrupt_after_ms too (or use interrupt())"
+            )
         self._require_connected()
         self._drain_inbox()  # late frames of an earlier reply
+        await self._caller_waited()
+        cycle = await self._new_prompt(text, after_live=False, awaited=True)
+        reply = cycle.reply
+        try:
+            await self._await_reply(cycle, cut_in, reply.sent_at + timeout)
+        finally:
+            cycle.awaited = False
+        if not (reply.interrupted or reply.cut_off):
+            reply.heard = reply.text.strip()
+        self._drain_inbox()  # the reply took these frames; listen() gets the ones after
+        return reply
+
+    async def _await_reply(self, cycle: _TalkCycle, cut_in: _CutIn, deadline: float) -> None:
+        """Wait for the reply to complete, cutting in at ``cut_in``'s point if it comes."""
+        reply = cycle.reply
+        while not (reply.interrupted or reply.cut_off):  # interrupt_async() may end it
+            self._changed.clear()
+            now = time.monotonic()
+            at = cut_in.time(cycle.clock)
+            if at is not None and now >= at:
+                await self._cut_in(now, cut_in)
+                return
+            if reply.complete:
+                if at is None:
+                    return  # the reply ended before the cut-in point: nothing to talk over
+                await self._wait_changed(at - now)
+                continue
+            if not self.connected:
+                raise ConnectionError(
+                    f"the relay closed the call before replying to {reply.prompt!r}"
+                )
+            if now >= deadline:
+                raise TimeoutError(f"no complete reply to {reply.prompt!r} in time")
+            await self._wait_changed(min(deadline, at if at is not None else deadline) - now)
+
+    async def _caller_waited(self) -> None:
+        """The caller waited for silence: what still played counts as heard, and input held
+        until the agent stopped goes out now."""
         if self._reporter is not None:
             async with self._frames_lock:
                 await self._send_all(self._reporter.flush())
+        task = self._held_task
+        if task is not None and not task.done():
+            task.cancel()  # stops its wait; a send under way finishes (shielded) first
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._send_held()
+
+    async def _new_prompt(
+        self, text: str, *, after_live: bool, awaited: bool = False
+    ) -> _TalkCycle:
+        """Send what the caller said (with speaker events and partial prompts when asked
+        for) and open the talk cycle of its reply."""
         speaker_events = self.twilio.speaker_events
         lang = self.transcription_language
         if speaker_events:
@@ -658,59 +884,118 @@ class SimulatedCall:
         if speaker_events:
             await self._send(client_speaking("off"))
         reply = Reply(prompt=text)
-        clock = self._new_clock()
         self.replies.append(reply)
-        self._current = (reply, clock)
+        cycle = self._open_cycle(reply, after_live=after_live)
+        cycle.awaited = awaited
         await self._send(protocol.prompt_frame(text, last=True, lang=lang))
         reply.sent_at = time.monotonic()
-        deadline = reply.sent_at + timeout
-
-        def interrupt_time() -> float | None:
-            if interrupt_after_words is not None and interrupt_after_words > 0:
-                return clock.time_of_word(interrupt_after_words)
-            if interrupt_after_words is not None or interrupt_after_ms is not None:
-                return clock.time_of_ms(interrupt_after_ms or 0.0)
-            return None
-
-        while not reply.interrupted:  # interrupt_async() may end it from another task
-            self._changed.clear()
-            now = time.monotonic()
-            at = interrupt_time()
-            if at is not None and now >= at:
-                await self._interrupt(reply, clock, now)
-                break
-            if reply.complete:
-                if at is None:
-                    break  # the reply ended before the interrupt point: nothing to talk over
-                await self._wait_changed(at - now)
-                continue
-            if not self.connected:
-                raise ConnectionError(f"the relay closed the call before replying to {text!r}")
-            if now >= deadline:
-                raise TimeoutError(f"no complete reply to {text!r} within {timeout} seconds")
-            await self._wait_changed(min(deadline, at if at is not None else deadline) - now)
-        if not reply.interrupted:
-            reply.heard = reply.text.strip()
-        self._drain_inbox()  # the reply took these frames; listen() gets the ones after
-        return reply
+        return cycle
 
     def _drain_inbox(self) -> None:
         while not self._inbox.empty():
             self._inbox.get_nowait()
 
-    async def _interrupt_now(self) -> Reply | None:
-        if self._current is None:
-            return None
-        reply, clock = self._current
-        now = time.monotonic()
-        if reply.interrupted or (reply.complete and not clock.speaking(now)):
-            return None  # already interrupted, or the caller has heard all of it
-        await self._interrupt(reply, clock, now)
-        return reply
+    async def _wait_for_reply(self, timeout: float) -> Reply | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            reply = self.replies[-1] if self.replies else None
+            over = reply is None or reply.complete or reply.interrupted or reply.cut_off
+            if over and not self._held:
+                return reply
+            if not self.connected:
+                raise ConnectionError("the relay closed the call while a reply was awaited")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no complete reply within {timeout} seconds")
+            await self._wait_changed(min(deadline - time.monotonic(), 0.05))
 
-    async def _interrupt(self, reply: Reply, clock: SpeechClock, now: float) -> None:
-        for playing in self._clocks:
-            playing.stop(now)
+    # -- cutting in: interrupts, and input made during agent speech --------------------
+
+    def _playing_cycle(self, now: float) -> _TalkCycle | None:
+        """The talk cycle the caller hears (or waits for) at ``now``, if any."""
+        return next((cycle for cycle in self._live if not cycle.over(now)), None)
+
+    async def _cut_in_now(self, cut_in: _CutIn) -> Reply | None:
+        if cut_in.words is not None:
+            self._require_connected()
+        return await self._cut_in(time.monotonic(), cut_in)
+
+    async def _cut_in(self, now: float, cut_in: _CutIn) -> Reply | None:
+        """The caller talks (or presses keys) over what plays at ``now``: an interrupt when
+        Twilio lets this input interrupt, else the input is reported or dropped. Returns
+        the reply talked over; None (and the input is simply made) when nothing plays."""
+        playing = self._playing_cycle(now)
+        if cut_in.press and not self._keys_detected(cut_in.press):
+            return playing.reply if playing else None
+        if playing is None:
+            await self._make_input(cut_in.kind, cut_in.words, after_live=True)
+            return None
+        if allows(self._interrupt_mode(playing), cut_in.kind):
+            await self._interrupt(playing, now, cut_in.kind)
+            await self._make_input(cut_in.kind, cut_in.words, after_live=False)
+        else:
+            playing.reply.talked_over = True
+            self._update_heard(playing)
+            await self._input_during_speech(cut_in.kind, cut_in.words)
+        return playing.reply
+
+    async def _input_during_speech(self, kind: InputKind, words: str | None) -> None:
+        """Input that did not interrupt: sent now, held until the agent stops, or dropped,
+        as reportInputDuringAgentSpeech (and the reading of its timing) says."""
+        if words is None:
+            return  # speech with no words given: nothing to transcribe
+        if not allows(self.twilio.report_input_during_agent_speech, kind):
+            log.info(
+                "Twilio drops %s made while the agent speaks (reportInputDuringAgentSpeech=%s): %s",
+                "the key press" if kind == "dtmf" else "what the caller said",
+                self.twilio.report_input_during_agent_speech,
+                protocol.loggable(words),
+            )
+            return
+        if self.twilio.report_timing == "at_once":
+            await self._make_input(kind, words, after_live=True)
+            return
+        self._held.append((kind, words))
+        if self._held_task is None or self._held_task.done():
+            self._held_task = asyncio.create_task(self._release_held())
+
+    async def _make_input(self, kind: InputKind, words: str | None, *, after_live: bool) -> None:
+        """Send the caller's input: a prompt (with its reply's talk cycle) or dtmf frames."""
+        if words is None:
+            return
+        if kind == "dtmf":
+            for digit in words:
+                await self._send(protocol.dtmf_frame(digit))
+        else:
+            await self._new_prompt(words, after_live=after_live)
+
+    async def _release_held(self) -> None:
+        """Send the held input once the agent has stopped speaking."""
+        with contextlib.suppress(ConnectionClosed, RuntimeError):
+            while self._agent_busy(time.monotonic()):
+                self._changed.clear()
+                await self._wait_changed(0.05)
+            await asyncio.shield(self._send_held())
+
+    def _agent_busy(self, now: float) -> bool:
+        return any(not cycle.over(now) for cycle in self._live)
+
+    async def _send_held(self) -> None:
+        async with self._held_lock:
+            if self._held and self._reporter is not None:
+                async with self._frames_lock:  # agentSpeaking off comes first
+                    await self._send_all(self._reporter.due(time.monotonic()))
+            while self._held:
+                kind, words = self._held[0]
+                await self._make_input(kind, words, after_live=True)
+                self._held.pop(0)  # only now: wait_for_reply sees it as pending till here
+
+    async def _interrupt(self, playing: _TalkCycle, now: float, kind: InputKind) -> None:
+        """Twilio stops all speech at ``now``: the interrupt frame tells what was heard of
+        the cycle playing; cycles queued after it were not heard at all."""
+        for cycle in self._cycles:
+            cycle.clock.stop(now)
+        clock, reply = playing.clock, playing.reply
         words = clock.heard_words(now)
         played_ms = clock.played_ms(now)
         reply.heard = clock.heard_text(words)
@@ -718,29 +1003,37 @@ class SimulatedCall:
         reply.interrupted = True
         reply.timings["interrupt_ms"] = (now - reply.sent_at) * 1000
         reply.timings["heard_ms"] = round(played_ms)
+        for queued in self._live[self._live.index(playing) + 1 :]:
+            queued.reply.heard, queued.reply.interrupted = "", True
+        self._live = []
         self._changed.set()  # a say() waiting for frames sees it at once
+        if reply is self.greeting and not self.twilio.greeting_interrupt_frame:
+            return  # the reading where the greeting just stops
+        speech = kind == "speech" and self.twilio.speaker_events
         async with self._frames_lock:
-            frames = [client_speaking("on")] if self.twilio.speaker_events else []
+            frames = [client_speaking("on")] if speech else []
             if self._reporter is not None:
                 frames += self._reporter.interrupted(clock, now, words)
             frames.append(interrupt_message(reply.utterance, played_ms, self.twilio))
-            if self.twilio.speaker_events:
+            if speech:
                 frames.append(client_speaking("off"))
             await self._send_all(frames)
 
+    def _keys_detected(self, digits: str) -> bool:
+        if self.dtmf_detection is not False:
+            return True
+        log.warning(
+            "key %s not reported: the TwiML's <ConversationRelay> has no "
+            'dtmfDetection="true", so Twilio does not send dtmf messages',
+            digits,
+        )
+        return False
+
     async def _press(self, digits: str) -> None:
-        if not isinstance(digits, str) or not digits or any(d not in DTMF_KEYS for d in digits):
-            raise ValueError(f"a phone has keys 0-9, * and #; cannot press {digits!r}")
+        _check_keys(digits)
         self._require_connected()
-        if self.dtmf_detection is False:
-            log.warning(
-                "key %s not reported: the TwiML's <ConversationRelay> has no "
-                'dtmfDetection="true", so Twilio does not send dtmf messages',
-                digits,
-            )
-            return
-        for digit in digits:
-            await self._send(protocol.dtmf_frame(digit))
+        if self._keys_detected(digits):
+            await self._make_input("dtmf", digits, after_live=True)
 
     async def _hang_up(self) -> None:
         if self._socket is None:
@@ -749,6 +1042,11 @@ class SimulatedCall:
         await self._socket.close()
         if self._reader is not None:
             await self._reader
+
+
+def _check_keys(digits: object) -> None:
+    if not isinstance(digits, str) or not digits or any(d not in DTMF_KEYS for d in digits):
+        raise ValueError(f"a phone has keys 0-9, * and #; cannot press {digits!r}")
 
 
 def _as_message(frame: str | bytes) -> dict[str, Any]:

@@ -927,3 +927,286 @@ def test_bad_arguments_are_clear_errors():
                 await call.say_async("Hello?")
 
     run(scenario())
+
+
+# -- interruptible, reportInputDuringAgentSpeech, preemptible, the welcome greeting -----------
+
+SIX = "one two three four five six."  # one sentence: played once all of it has arrived
+
+
+def first_prompt_only(text: str) -> Handler:
+    """Reply `text` (all at once) to the first prompt and "Okay." to every later one."""
+
+    async def on_prompt(relay: FakeRelay, socket: ServerConnection, message: dict) -> None:
+        if message["last"]:
+            answer = text if len(relay.of("prompt")) == 1 else "Okay."
+            relay.spawn(relay.stream(socket, words_of(answer)))
+
+    return on_prompt
+
+
+def prompt_sent_at(call: SimulatedCall, words: str) -> float:
+    return next(at for at, m in call.sent if m.get("voicePrompt") == words and m.get("last"))
+
+
+def speech_seconds(words: int) -> float:
+    return words * WORD_MS / 1000 / SPEED
+
+
+def test_interrupt_modes_take_the_older_booleans_and_refuse_the_rest():
+    assert TwilioBehaviour(interruptible=False).interruptible == "none"
+    assert TwilioBehaviour(interruptible="TRUE").interruptible == "any"
+    greeting = TwilioBehaviour(welcome_greeting_interruptible="false")
+    assert greeting.welcome_greeting_interruptible == "none"
+    defaults = TwilioBehaviour()
+    assert (defaults.interruptible, defaults.report_input_during_agent_speech) == ("any", "none")
+    assert not defaults.preemptible and defaults.welcome_greeting == ""
+    with pytest.raises(ValueError, match="interruptible must be one of"):
+        TwilioBehaviour(interruptible="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="report_timing"):
+        TwilioBehaviour(report_timing="later")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="preemptible"):
+        TwilioBehaviour(preemptible="yes")  # type: ignore[arg-type]
+
+
+def test_with_twiml_takes_the_interruption_and_greeting_attributes():
+    twiml = relay_twiml(
+        "wss://x.example/ws",
+        interruptible="dtmf",
+        report_input_during_agent_speech="speech",
+        preemptible=True,
+        welcome_greeting="Hello caller",
+        welcome_greeting_interruptible="false",
+    )
+    behaviour = TwilioBehaviour(report_timing="after_speech").with_twiml(
+        read_twiml(twiml, "https://x.example/twiml")
+    )
+    assert behaviour.interruptible == "dtmf" and behaviour.preemptible
+    assert behaviour.report_input_during_agent_speech == "speech"
+    assert behaviour.welcome_greeting == "Hello caller"
+    assert behaviour.welcome_greeting_interruptible == "none"
+    assert behaviour.report_timing == "after_speech", "not a TwiML attribute: kept"
+    bare = read_twiml(relay_twiml("wss://x.example/ws"), "https://x.example/twiml")
+    kept = TwilioBehaviour(interruptible="none", preemptible=True).with_twiml(bare)
+    assert kept.interruptible == "none" and kept.preemptible, "absent attributes keep the option"
+    bad = read_twiml(relay_twiml("wss://x.example/ws", interruptible="never"), "https://x/t")
+    with pytest.raises(ValueError, match="interruptible"):
+        TwilioBehaviour().with_twiml(bad)
+
+
+@pytest.mark.parametrize(
+    ("report", "timing"), [("none", "at_once"), ("speech", "at_once"), ("any", "after_speech")]
+)
+def test_speech_that_may_not_interrupt_plays_on_and_is_reported_as_asked(report, timing):
+    async def scenario():
+        async with FakeRelay(prompt=first_prompt_only(SIX)) as relay:
+            twilio = TwilioBehaviour(
+                interruptible="none", report_input_during_agent_speech=report, report_timing=timing
+            )
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=2, talk_over="wait")
+            talked_over = (reply.talked_over, reply.interrupted)
+            last = await call.wait_for_reply_async(timeout=5)
+            await call.hang_up_async()
+            return relay, call, reply, talked_over, last
+
+    relay, call, reply, talked_over, last = run(scenario())
+    assert talked_over == (True, False) and relay.of("interrupt") == []
+    assert reply.heard == SIX and not reply.interrupted, "the agent kept speaking"
+    prompts = [p["voicePrompt"] for p in relay.of("prompt")]
+    if report == "none":
+        assert prompts == ["Go"] and last is reply and call.replies == [reply]
+        return
+    assert prompts == ["Go", "wait"] and last is call.replies[1] and last.heard == "Okay."
+    speech_end = reply.arrivals[-1] + speech_seconds(6)
+    if timing == "at_once":
+        assert prompt_sent_at(call, "wait") < speech_end - speech_seconds(2)
+    else:
+        assert prompt_sent_at(call, "wait") >= speech_end - 0.002
+
+
+def test_with_dtmf_only_speech_talks_over_and_a_key_interrupts():
+    async def scenario():
+        async with FakeRelay(prompt=replying(SIX)) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(interruptible="dtmf"))
+            await call.connect_async()
+            spoken = await call.say_async("Go", interrupt_after_words=2, talk_over="stop")
+            await call.wait_for_reply_async(timeout=5)
+            pressed = await call.say_async("Again", interrupt_after_words=2, press="5")
+            await wait_until(lambda: relay.of("dtmf"))
+            await call.hang_up_async()
+            return relay, spoken, pressed
+
+    relay, spoken, pressed = run(scenario())
+    assert not spoken.interrupted and spoken.heard == SIX
+    assert pressed.interrupted and pressed.heard == "one two"
+    assert [m["type"] for m in relay.received[3:]] == ["interrupt", "dtmf"]
+    assert relay.of("interrupt")[0]["utteranceUntilInterrupt"] == "one two"
+    assert relay.of("dtmf") == [{"type": "dtmf", "digit": "5"}]
+    assert [p["voicePrompt"] for p in relay.of("prompt")] == ["Go", "Again"], "'stop' dropped"
+
+
+@pytest.mark.parametrize("report", ["none", "dtmf"])
+def test_a_key_that_may_not_interrupt_is_reported_only_when_asked(report):
+    async def scenario():
+        async with FakeRelay(prompt=replying(SIX)) as relay:
+            twilio = TwilioBehaviour(
+                interruptible="speech", report_input_during_agent_speech=report
+            )
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=3, press="7")
+            await call.send_async(protocol.prompt_frame("marker"))
+            await wait_until(lambda: relay.of("prompt")[-1]["voicePrompt"] == "marker")
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    assert reply.talked_over and not reply.interrupted and relay.of("interrupt") == []
+    assert relay.of("dtmf") == ([{"type": "dtmf", "digit": "7"}] if report == "dtmf" else [])
+
+
+@pytest.mark.parametrize(
+    ("twiml_mode", "own", "interrupts"), [("any", False, False), ("none", True, True)]
+)
+def test_a_talk_cycles_own_interruptible_overrides_the_twiml(twiml_mode, own, interrupts):
+    async def scenario():
+        cycle = sending(protocol.text(SIX, last=True, interruptible=own))
+        async with FakeRelay(prompt=cycle) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(interruptible=twiml_mode))
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=2)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    assert reply.interrupted is interrupts and len(relay.of("interrupt")) == int(interrupts)
+    assert reply.heard == ("one two" if interrupts else SIX)
+
+
+@pytest.mark.parametrize(
+    ("twiml", "own", "cut"),
+    [(False, None, False), (True, None, True), (False, True, True), (True, False, False)],
+)
+def test_the_next_talk_cycle_waits_for_speech_still_playing_or_preempts_it(twiml, own, cut):
+    async def two_cycles(relay: FakeRelay, socket: ServerConnection, message: dict) -> None:
+        await socket.send(protocol.text(SIX, last=True, preemptible=own))
+        await asyncio.sleep(speech_seconds(2.5))  # the voice is on the third word
+        await socket.send(protocol.text("seven eight.", last=True))
+
+    async def scenario():
+        async with FakeRelay(prompt=two_cycles) as relay:
+            twilio = TwilioBehaviour(preemptible=twiml, tokens_played=True, speaker_events=True)
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            await call.say_async("Go")
+            await wait_until(lambda: len(call.replies) == 2 and call.replies[1].complete)
+            await call.listen_async(speech_seconds(8) + 0.1)  # everything has played
+            await call.hang_up_async()
+            return relay, call
+
+    relay, call = run(scenario())
+    first, second = call.replies
+    assert second.prompt == "" and second.heard == "seven eight."
+    played = [value for name, value in relay.infos() if name == "tokensPlayed"]
+    speaking = [value for name, value in relay.infos() if name == "agentSpeaking"]
+    if cut:
+        assert first.cut_off and first.heard in ("one two", "one two three"), first.heard
+        assert played == [first.heard, "seven eight."]
+        assert speaking == ["on", "off", "on", "off"]
+    else:
+        assert not first.cut_off and first.heard == SIX
+        assert played == [SIX, "seven eight."] and speaking == ["on", "off"], "played back to back"
+
+
+@pytest.mark.parametrize("frame", [True, False])
+def test_the_welcome_greeting_plays_first_and_talking_over_it_is_an_interrupt_or_not(frame):
+    greeting = "Welcome to the lab. Ask me anything at all, whenever you like."
+
+    async def scenario():
+        async with FakeRelay(prompt=replying("Hi.")) as relay:
+            twilio = TwilioBehaviour(welcome_greeting=greeting, greeting_interrupt_frame=frame)
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            await asyncio.sleep(speech_seconds(2.5))
+            talked_over = await call.interrupt_async()
+            reply = await call.say_async("Hello")
+            await call.hang_up_async()
+            return relay, call, talked_over, reply
+
+    relay, call, talked_over, reply = run(scenario())
+    assert talked_over is call.greeting and call.greeting.text == greeting
+    assert call.greeting.interrupted and call.greeting.heard in ("Welcome to", "Welcome to the")
+    assert call.replies == [reply] and reply.heard == "Hi.", "the greeting is not a reply"
+    interrupts = relay.of("interrupt")
+    assert [m["type"] for m in relay.received[:1]] == ["setup"]
+    if frame:
+        assert [i["utteranceUntilInterrupt"] for i in interrupts] == [call.greeting.heard]
+    else:
+        assert interrupts == []
+
+
+def test_a_greeting_that_may_not_be_interrupted_plays_on_and_relay_speech_waits_for_it():
+    greeting = "Welcome to the lab. Please hold on."  # seven words
+
+    async def scenario():
+        hello = sending(protocol.text("Hello from the relay.", last=True))
+        async with FakeRelay(setup=hello) as relay:
+            twilio = TwilioBehaviour(
+                welcome_greeting=greeting, welcome_greeting_interruptible="dtmf"
+            )
+            call = new_call(relay, twilio=twilio)
+            await call.connect_async()
+            await wait_until(lambda: call.replies and call.replies[0].complete)
+            await asyncio.sleep(speech_seconds(2.5) - (time.monotonic() - call.connected_at))
+            spoken_over = await call.interrupt_async()  # speech: the greeting plays on
+            state = (call.greeting.interrupted, call.greeting.talked_over)
+            pressed_over = await call.interrupt_async(press="1")  # a key: it stops
+            await wait_until(lambda: relay.of("dtmf"))
+            await call.hang_up_async()
+            return relay, call, spoken_over, state, pressed_over
+
+    relay, call, spoken_over, state, pressed_over = run(scenario())
+    assert spoken_over is pressed_over is call.greeting and state == (False, True)
+    [relay_line] = call.replies
+    assert relay_line.interrupted and relay_line.heard == "", "queued behind the greeting"
+    [interrupt] = relay.of("interrupt")
+    assert interrupt["utteranceUntilInterrupt"] == call.greeting.heard != ""
+    assert [m["type"] for m in relay.received[-2:]] == ["interrupt", "dtmf"]
+
+
+def test_dialling_takes_interruption_settings_and_the_greeting_from_the_twiml():
+    async def scenario():
+        async with FakeRelay(prompt=replying(SIX)) as relay, Webhooks() as hooks:
+            hooks.twiml = relay_twiml(
+                relay.ws_url, interruptible="false", welcome_greeting="Hello from Twilio."
+            )
+            call = SimulatedCall(twiml_url=f"{hooks.http_url}/twiml", clock_speed=SPEED)
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=2)
+            await call.wait_for_reply_async(timeout=5)
+            await call.hang_up_async()
+            return relay, call, reply
+
+    relay, call, reply = run(scenario())
+    assert call.twilio.interruptible == "none" and call.greeting.text == "Hello from Twilio."
+    assert reply.talked_over and reply.heard == SIX and relay.of("interrupt") == []
+
+
+def test_bad_cut_ins_are_clear_errors():
+    async def scenario():
+        async with FakeRelay() as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            with pytest.raises(ValueError, match="interrupt_after_words"):
+                await call.say_async("Hi", talk_over="wait")
+            with pytest.raises(ValueError, match="keys 0-9"):
+                await call.say_async("Hi", interrupt_after_words=1, press="x")
+            with pytest.raises(ValueError, match="not both"):
+                await call.interrupt_async(talk_over="wait", press="1")
+            with pytest.raises(ValueError, match="words the caller says"):
+                await call.interrupt_async(talk_over=" ")
+            await call.hang_up_async()
+
+    run(scenario())

@@ -3,7 +3,8 @@
 Each SimulatedCall variant (TwilioBehaviour) speaks to a real relay over a real socket:
 what the caller heard is reported as the whole played prefix, the current sentence or
 the current clause; numbers as written or as spoken; speech in sentence chunks or word
-by word; with or without Twilio's info frames; with partial prompts. Under all of them
+by word; with or without Twilio's info frames; with partial prompts; with speech-only
+interrupts, reported input, preemptible speech and a welcome greeting. Under all of them
 the relay sends nothing after it reads the interrupt and stores exactly the heard words.
 """
 
@@ -27,6 +28,10 @@ VARIANTS = [
     TwilioBehaviour(utterance="clause", tts_normalise=True, tokens_played=True),
     TwilioBehaviour(partial_prompts=True),
     TwilioBehaviour(duration_as_string=True, utterance="sentence"),
+    # Settings under which the caller's speech still interrupts (tests/test_interruptible.py
+    # covers the ones under which it does not).
+    TwilioBehaviour(interruptible="speech", report_input_during_agent_speech="any"),
+    TwilioBehaviour(preemptible=True, welcome_greeting="Hello, you are through to the lab."),
 ]
 
 

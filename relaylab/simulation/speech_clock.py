@@ -148,6 +148,10 @@ class SpeechClock:
         self.chunks.append(chunk)
         return chunk
 
+    def delay_until(self, at: float) -> None:
+        """Nothing fed from now on starts before ``at`` (the voice is busy until then)."""
+        self._busy_until = max(self._busy_until, at)
+
     def stop(self, now: float) -> None:
         """The caller talked over the voice at ``now``: nothing later is heard or scheduled."""
         if self.stopped_at is None:

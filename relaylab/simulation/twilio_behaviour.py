@@ -2,6 +2,7 @@
 
 - ``TwilioBehaviour``: the documented behaviours that vary (or that readings of the
   docs disagree on), each selectable; the defaults are the most common real ones.
+- ``interrupt_mode`` / ``allows``: what may interrupt speech, and what input is reported.
 - ``read_outbound``: Twilio's check of each message the relay sends (error 64107).
 - ``utterance_for`` / ``interrupt_message``: the ``interrupt`` frame for what was heard.
 - ``PlaybackReporter``: the ``info`` frames Twilio sends when the TwiML asks for them.
@@ -27,8 +28,13 @@ from relaylab.twiml import GROUND_TRUTH_EVENTS
 
 Utterance = Literal["prefix", "sentence", "clause"]
 HttpMethod = Literal["POST", "GET"]
+InterruptMode = Literal["none", "dtmf", "speech", "any"]
+InputKind = Literal["dtmf", "speech"]
+ReportTiming = Literal["at_once", "after_speech"]
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
+INTERRUPT_MODES: tuple[InterruptMode, ...] = ("none", "dtmf", "speech", "any")
+REPORT_TIMINGS: tuple[ReportTiming, ...] = ("at_once", "after_speech")
 
 INVALID_MESSAGE_ERROR = 64107  # Twilio's error code for an invalid message from the app
 MALFORMED_CLOSE_CODE = 1007  # WebSocket close code after too many invalid messages in a row
@@ -56,6 +62,26 @@ class TwilioBehaviour:
     - ``malformed_limit``: invalid messages in a row after which the socket closes (1007).
     - ``webhook_method`` / ``action_method``: how the voice webhook and the
       ``<Connect action>`` URL are requested (a TwiML ``method`` overrides the latter).
+    - ``interruptible``: what may interrupt the agent's speech: "none", "dtmf" (a key
+      press), "speech" or "any" (TwiML ``interruptible``; the older True/False mean
+      "any"/"none"). A ``text`` or ``play`` frame's own boolean ``interruptible``
+      overrides it for that talk cycle (true: "any", false: "none").
+    - ``report_input_during_agent_speech``: which input made during agent speech that
+      did not interrupt it is still sent to the app ("none": dropped; "dtmf", "speech",
+      "any"). ``report_timing`` (unconfirmed by Twilio): "at_once", the ``prompt`` or
+      ``dtmf`` goes out as soon as it is made; "after_speech", once the agent stops.
+    - ``preemptible``: a new talk cycle's tokens cut off speech still playing (the caller
+      hears the new one at once) rather than waiting for it to finish. A ``text`` or
+      ``play`` frame's own ``preemptible`` overrides it for the speech it belongs to.
+    - ``welcome_greeting``: what Twilio says itself when the socket opens (the relay never
+      sees it); ``welcome_greeting_interruptible`` as ``interruptible``, for the greeting.
+    - ``greeting_interrupt_frame`` (unconfirmed by Twilio): talking over the greeting sends
+      an ``interrupt`` frame (its utterance is greeting text the relay never sent); False,
+      the greeting just stops.
+
+    A dialled call takes ``interruptible``, ``reportInputDuringAgentSpeech``,
+    ``preemptible``, ``welcomeGreeting`` and ``welcomeGreetingInterruptible`` from its
+    TwiML when the TwiML has them.
     """
 
     utterance: Utterance = "prefix"
@@ -69,8 +95,27 @@ class TwilioBehaviour:
     malformed_limit: int = 10
     webhook_method: HttpMethod = "POST"
     action_method: HttpMethod = "POST"
+    interruptible: InterruptMode = "any"
+    report_input_during_agent_speech: InterruptMode = "none"
+    report_timing: ReportTiming = "at_once"
+    preemptible: bool = False
+    welcome_greeting: str = ""
+    welcome_greeting_interruptible: InterruptMode = "any"
+    greeting_interrupt_frame: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("interruptible", "report_input_during_agent_speech"):
+            object.__setattr__(self, name, interrupt_mode(name, getattr(self, name)))
+        greeting_mode = interrupt_mode(
+            "welcome_greeting_interruptible", self.welcome_greeting_interruptible
+        )
+        object.__setattr__(self, "welcome_greeting_interruptible", greeting_mode)
+        _one_of("report_timing", self.report_timing, REPORT_TIMINGS)
+        if not isinstance(self.welcome_greeting, str):
+            raise ValueError(f"welcome_greeting must be text, got {self.welcome_greeting!r}")
+        for name in ("preemptible", "greeting_interrupt_frame"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
         _one_of("chunking", self.chunking, CHUNKINGS)
         _one_of("webhook_method", self.webhook_method, METHODS)
@@ -85,19 +130,57 @@ class TwilioBehaviour:
         return self.speaker_events or self.tokens_played
 
     def with_twiml(self, relay: RelayTwiml) -> TwilioBehaviour:
-        """This behaviour plus what the TwiML turns on (events, partial prompts)."""
+        """This behaviour plus what the TwiML turns on (events, partial prompts) and the
+        interruption and greeting attributes the TwiML sets (ValueError for a bad one)."""
         return replace(
             self,
             speaker_events=self.speaker_events or "speaker-events" in relay.events,
             tokens_played=self.tokens_played or "tokens-played" in relay.events,
             partial_prompts=self.partial_prompts or relay.flag("partialPrompts"),
             action_method=relay.action_method or self.action_method,
+            interruptible=relay.mode("interruptible") or self.interruptible,
+            report_input_during_agent_speech=(
+                relay.mode("reportInputDuringAgentSpeech") or self.report_input_during_agent_speech
+            ),
+            preemptible=_either(relay.boolean("preemptible"), self.preemptible),
+            welcome_greeting=relay.attributes.get("welcomeGreeting", self.welcome_greeting),
+            welcome_greeting_interruptible=(
+                relay.mode("welcomeGreetingInterruptible") or self.welcome_greeting_interruptible
+            ),
         )
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _either(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
+
+
+# -- interruptions -------------------------------------------------------------------------
+
+
+def interrupt_mode(name: str, value: object) -> InterruptMode:
+    """``value`` as one of none|dtmf|speech|any; the older booleans (True or "true": "any",
+    False or "false": "none") are accepted too. ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool):
+        return "any" if value else "none"
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in ("true", "false"):
+        return "any" if word == "true" else "none"
+    if word not in INTERRUPT_MODES:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, INTERRUPT_MODES))} (or true/false, "
+            f"the older spelling of 'any'/'none'), got {value!r}"
+        )
+    return word  # type: ignore[return-value]  # checked above
+
+
+def allows(mode: InterruptMode, kind: InputKind) -> bool:
+    """Does ``mode`` ("none", "dtmf", "speech", "any") cover input of ``kind``?"""
+    return mode in ("any", kind)
 
 
 # -- what the relay sends: Twilio's checks -----------------------------------------------
@@ -333,6 +416,21 @@ class RelayTwiml:
 
     def flag(self, name: str) -> bool:
         return self.attributes.get(name, "").strip().lower() == "true"
+
+    def boolean(self, name: str) -> bool | None:
+        """A true/false attribute; None when the TwiML leaves it out (ValueError if bad)."""
+        value = self.attributes.get(name)
+        if value is None:
+            return None
+        word = value.strip().lower()
+        if word not in ("true", "false"):
+            raise ValueError(f"<ConversationRelay {name}={value!r}>: Twilio takes true or false")
+        return word == "true"
+
+    def mode(self, name: str) -> InterruptMode | None:
+        """A none|dtmf|speech|any attribute (true/false accepted); None when left out."""
+        value = self.attributes.get(name)
+        return None if value is None else interrupt_mode(f"<ConversationRelay {name}>", value)
 
     @property
     def events(self) -> frozenset[str]:
