@@ -30,6 +30,7 @@ from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
+from relaylab.twiml import heard_blind_spots
 from relaylab.webhooks import HttpLog, Webhooks
 
 log = logging.getLogger("relaylab.server")
@@ -77,6 +78,12 @@ class RelayServer:
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
+        for reason in heard_blind_spots(**self.settings.twiml):
+            log.warning(
+                "the TwiML's settings can make the stored history hold words the caller "
+                "never heard: %s. Twilio's defaults avoid this.",
+                reason,
+            )
 
     async def stop(self) -> None:
         if self._listener is None:

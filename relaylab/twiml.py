@@ -150,6 +150,51 @@ def relay_twiml(
     return response.to_xml()
 
 
+def heard_blind_spots(**options: object) -> list[str]:
+    """Why, with these ``relay_twiml`` options, the relay could store words the caller
+    never heard: settings under which Twilio plays one reply over or after another without
+    sending an ``interrupt`` for it. [] for Twilio's defaults.
+
+    A relay learns what was heard from ``interrupt`` frames (and ``tokensPlayed``, which
+    it credits to its newest reply). With ``preemptible`` a newer reply cuts the one still
+    playing and no interrupt says where; with ``reportInputDuringAgentSpeech`` covering
+    input that may not interrupt, a newer reply can queue behind speech still playing, and
+    a later interrupt is taken as the newer reply's.
+    """
+    attributes = {k: v for k, v in options.items() if attribute_name(k) not in _OWN_OPTIONS}
+    named = _attributes(attributes, element="<ConversationRelay>")
+    found = []
+    if _word(named.get("preemptible")) == "true":
+        found.append(
+            "preemptible=true: a new reply cuts off the one still playing without an "
+            "interrupt, so that reply stays stored in full"
+        )
+    reported = _mode(named.get("reportInputDuringAgentSpeech"), default="none")
+    for attribute, speech in (
+        ("interruptible", "a reply"),
+        ("welcomeGreetingInterruptible", "the welcome greeting"),
+    ):
+        mode = _mode(named.get(attribute), default="any")
+        for kind in ("speech", "dtmf"):
+            if reported in ("any", kind) and mode not in ("any", kind):
+                found.append(
+                    f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
+                    f"{kind} during {speech} is answered while it plays on, so a later "
+                    "interrupt of it is taken as the newer reply's"
+                )
+    return found
+
+
+def _word(value: object) -> str:
+    return str(value).strip().lower() if value is not None else ""
+
+
+def _mode(value: object, *, default: str) -> str:
+    """An interrupt mode, the older booleans read as Twilio reads them (true: any)."""
+    word = _word(value) or default
+    return {"true": "any", "false": "none"}.get(word, word)
+
+
 def parse_relay_attrs(pairs: Iterable[str]) -> dict[str, object]:
     """Read `--relay-attr NAME=VALUE` options into relay_twiml attributes.
 

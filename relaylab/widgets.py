@@ -730,6 +730,11 @@ class CallerPanel:
             return None
         if reply is None:
             self._status("nothing to interrupt: Claude is not speaking")
+        elif not reply.interrupted:
+            self._status(
+                "talked over Claude, who kept speaking: this call's TwiML lets "
+                "nothing (or only a key press) interrupt"
+            )
         else:
             self._status(f"interrupted after: “{_esc(reply.heard)}”")
         return reply

@@ -17,6 +17,7 @@ from relaylab.twiml import (
     Language,
     attribute_name,
     handoff_twiml,
+    heard_blind_spots,
     parse_relay_attrs,
     relay_twiml,
     wants_human,
@@ -458,3 +459,42 @@ def test_wants_human(data, expected):
 def test_twilio_writes_an_empty_response_as_we_expect():
     # The "completed" answer relies on this shape of twilio's output.
     assert VoiceResponse().to_xml() == '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+def test_twilios_defaults_leave_no_blind_spot_in_what_the_caller_heard():
+    assert heard_blind_spots() == []
+    assert heard_blind_spots(interruptible="any", report_input_during_agent_speech="any") == []
+    assert heard_blind_spots(languages=[Language("fr-FR")], action_url="https://a.test/") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"preemptible": True}, ["preemptible=true"]),
+        ({"preemptible": "true"}, ["preemptible=true"]),
+        (
+            {"interruptible": "dtmf", "report_input_during_agent_speech": "speech"},
+            ["reportInputDuringAgentSpeech=speech with interruptible=dtmf: speech during a reply"],
+        ),
+        (
+            {"interruptible": False, "reportInputDuringAgentSpeech": "dtmf"},
+            ["reportInputDuringAgentSpeech=dtmf with interruptible=none: dtmf during a reply"],
+        ),
+        (
+            {"welcomeGreetingInterruptible": "dtmf", "reportInputDuringAgentSpeech": "speech"},
+            ["welcomeGreetingInterruptible=dtmf: speech during the welcome greeting"],
+        ),
+    ],
+)
+def test_settings_that_play_speech_without_an_interrupt_are_named(options, named):
+    found = heard_blind_spots(**options)
+    assert len(found) == len(named)
+    for reason, words in zip(found, named, strict=True):
+        assert words in reason
+
+
+def test_the_relay_warns_at_start_when_its_twiml_makes_heard_unknowable(make_lab, caplog):
+    caplog.set_level(logging.WARNING, logger="relaylab")
+    make_lab("tracking", twiml_options={"preemptible": True})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("never heard: preemptible=true" in message for message in warnings)

@@ -161,6 +161,20 @@ def test_caller_panel_says_and_interrupts_without_blocking(make_lab):
     assert "interrupted after" in panel.status.value
 
 
+def test_caller_panel_says_so_when_talking_over_claude_interrupts_nothing(make_lab):
+    lab = make_lab("tracking", tokens_per_second=40.0)
+    call = lab.call(twilio=TwilioBehaviour(interruptible="none"))
+    panel = CallerPanel(lab, call=call)
+    panel.say_button.click()
+    assert wait_for(lambda: lab.session_for(call) is not None)
+    assert wait_for(lambda: len(lab.session_for(call).last_reply.sent.split()) > 20)
+    panel.interrupt_button.click()
+    reply = panel.future.result(5)
+    assert reply is not None and not reply.interrupted
+    assert "kept speaking" in panel.status.value
+    assert lab.session_for(call).last_reply.state != "cancelled"
+
+
 def test_caller_panel_reports_nothing_to_interrupt_and_presses_keys(make_lab):
     lab = make_lab("tracking")
     call = lab.call()
