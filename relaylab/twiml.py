@@ -158,8 +158,9 @@ def heard_blind_spots(**options: object) -> list[str]:
     A relay learns what was heard from ``interrupt`` frames (and ``tokensPlayed``, which
     it credits to its newest reply). With ``preemptible`` a newer reply cuts the one still
     playing and no interrupt says where; with ``reportInputDuringAgentSpeech`` covering
-    input that may not interrupt, a newer reply can queue behind speech still playing, and
-    a later interrupt is taken as the newer reply's.
+    input that may not interrupt while other input may, a newer reply can queue behind
+    speech still playing, and a later interrupt of that speech is taken as the newer
+    reply's.
     """
     attributes = {k: v for k, v in options.items() if attribute_name(k) not in _OWN_OPTIONS}
     named = _attributes(attributes, element="<ConversationRelay>")
@@ -176,7 +177,8 @@ def heard_blind_spots(**options: object) -> list[str]:
     ):
         mode = _mode(named.get(attribute), default="any")
         for kind in ("speech", "dtmf"):
-            if reported in ("any", kind) and mode not in ("any", kind):
+            # Only when something else can interrupt it later: with "none" it plays out.
+            if reported in ("any", kind) and mode not in ("any", kind, "none"):
                 found.append(
                     f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
                     f"{kind} during {speech} is answered while it plays on, so a later "

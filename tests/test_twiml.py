@@ -477,9 +477,10 @@ def test_twilios_defaults_leave_no_blind_spot_in_what_the_caller_heard():
             ["reportInputDuringAgentSpeech=speech with interruptible=dtmf: speech during a reply"],
         ),
         (
-            {"interruptible": False, "reportInputDuringAgentSpeech": "dtmf"},
-            ["reportInputDuringAgentSpeech=dtmf with interruptible=none: dtmf during a reply"],
+            {"interruptible": "speech", "reportInputDuringAgentSpeech": "any"},
+            ["reportInputDuringAgentSpeech=any with interruptible=speech: dtmf during a reply"],
         ),
+        ({"interruptible": False, "reportInputDuringAgentSpeech": "any"}, []),  # plays out
         (
             {"welcomeGreetingInterruptible": "dtmf", "reportInputDuringAgentSpeech": "speech"},
             ["welcomeGreetingInterruptible=dtmf: speech during the welcome greeting"],
