@@ -146,10 +146,37 @@ def heard_prefix(
     if not reply.words:
         return ""
     spoken_estimate = _words_spoken_in(duration_ms, words_per_minute)
+    found = _find(reply, utterance, spoken_estimate)
+    if not found.heard:
+        return _nothing_placed_but_time(reply, utterance, spoken_estimate)
+    if found.count is None:
+        return _estimate(reply, utterance, found.heard, spoken_estimate, found.long)
+    return reply.cut(found.count)
+
+
+def locate_heard(sent: str, utterance: str) -> str | None:
+    """What heard_prefix would keep when the utterance's words are found in ``sent`` (its
+    rules 1 and 2), else None: nothing is estimated, so None says the caller was hearing
+    other words (another reply, or speech the relay never sent)."""
+    reply = _analyse(sent)
+    found = _find(reply, utterance, None) if reply.words else None
+    if found is None or not found.heard or found.count is None:
+        return None
+    return reply.cut(found.count)
+
+
+@dataclass
+class _Found:
+    heard: list[str]  # the utterance's last words, as the voice said them
+    long: bool  # the utterance was longer than HEARD_WORDS_LIMIT words
+    count: int | None  # words of the reply heard, None when they could not be placed
+
+
+def _find(reply: _Reply, utterance: str, spoken_estimate: int | None) -> _Found:
     heard, utterance_was_long = _last_heard_words(utterance)
     heard, cut_off_word_dropped = _without_cut_off_word(heard, reply.vocabulary)
     if not heard:
-        return _nothing_placed_but_time(reply, utterance, spoken_estimate)
+        return _Found(heard, utterance_was_long, None)
     voice_at = spoken_estimate
     if voice_at is None and utterance_was_long:
         voice_at = len(utterance.split())  # if it is all that was played, it ends about here
@@ -160,9 +187,7 @@ def heard_prefix(
         last_word_exact=not cut_off_word_dropped,
         voice_at=voice_at,
     )
-    if count is None:
-        return _estimate(reply, utterance, heard, spoken_estimate, utterance_was_long)
-    return reply.cut(count)
+    return _Found(heard, utterance_was_long, count)
 
 
 def _place(
@@ -637,19 +662,62 @@ class Conversation(list):
         self._add("assistant", text)
 
     def keep_heard(self, utterance: str, duration_ms: float | None = None) -> str:
-        """Cut the last reply down to what the caller heard before interrupting, and return
-        that. If nothing was heard, the reply is removed. `utterance` and `duration_ms` are
-        the interrupt's `utteranceUntilInterrupt` and `durationUntilInterruptMs` (see
-        heard_prefix). Does nothing (and returns "") if the last turn is not Claude's."""
+        """Cut the reply the caller was hearing down to what they heard, and return that.
+        If nothing was heard, the reply is removed. `utterance` and `duration_ms` are the
+        interrupt's `utteranceUntilInterrupt` and `durationUntilInterruptMs` (see
+        heard_prefix), or `call.heard`. Does nothing (and returns "") if the last turn is
+        not Claude's.
+
+        The reply being heard is the last one, unless the utterance is found only in an
+        earlier one: Twilio can queue a reply behind speech still playing (see
+        relaylab.twiml.heard_blind_spots). That one is cut, and the replies stored after
+        it, which were never played, are removed with it.
+        """
         if not self or not isinstance(self[-1], dict) or self[-1].get("role") != "assistant":
             return ""
-        reply = self[-1]
-        heard = heard_prefix(_text_of(reply, "conversation[-1]"), utterance, duration_ms)
+        index = self._reply_being_heard(utterance)
+        reply = self[index]
+        heard = heard_prefix(_text_of(reply, f"conversation[{index}]"), utterance, duration_ms)
+        unplayed = [turn for turn in self[index + 1 :] if turn.get("role") == "assistant"]
         if heard:
             reply["content"] = heard
         else:
-            del self[-1]
+            unplayed.append(reply)
+        self._remove_text_turns(unplayed)
         return heard
+
+    def _reply_being_heard(self, utterance: str) -> int:
+        """The index of the assistant turn the utterance was heard in: the last one, or an
+        earlier text reply that alone holds the words (never past a tool turn)."""
+        last = len(self) - 1
+        if not utterance.strip() or _holds(self[last], utterance):
+            return last
+        for index in range(last - 1, -1, -1):
+            turn = self[index]
+            if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+                break
+            if turn.get("role") == "assistant" and _holds(turn, utterance):
+                return index
+        return last
+
+    def _remove_text_turns(self, turns: list[dict[str, Any]]) -> None:
+        """Remove ``turns`` and merge the user turns this leaves side by side."""
+        gone = {id(turn) for turn in turns}
+        kept: list[Any] = []
+        for turn in self:
+            if id(turn) in gone:
+                continue
+            previous = kept[-1] if kept else None
+            if (
+                isinstance(previous, dict)
+                and previous.get("role") == "user" == turn.get("role")
+                and isinstance(previous.get("content"), str)
+                and isinstance(turn.get("content"), str)
+            ):
+                previous["content"] = f"{previous['content'].rstrip()} {turn['content']}".strip()
+                continue
+            kept.append(turn)
+        self[:] = kept
 
     def problems(self) -> list[str]:
         """Reasons the Messages API would reject this history, in plain words ([] if none)."""
@@ -756,6 +824,12 @@ def last_user_text(messages: object) -> str:
         if isinstance(message, dict) and message.get("role") == "user":
             return content_text(message.get("content"))
     return ""
+
+
+def _holds(turn: object, utterance: str) -> bool:
+    """Can the utterance's words be placed in this text turn?"""
+    content = turn.get("content") if isinstance(turn, dict) else None
+    return isinstance(content, str) and locate_heard(content, utterance) is not None
 
 
 def _text_of(turn: dict[str, Any], where: str) -> str:

@@ -30,7 +30,7 @@ from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
-from relaylab.twiml import heard_blind_spots
+from relaylab.twiml import heard_blind_spots, welcome_greeting
 from relaylab.webhooks import HttpLog, Webhooks
 
 log = logging.getLogger("relaylab.server")
@@ -55,6 +55,7 @@ class RelayServer:
         self._sockets: set[CallSocket] = set()
         self._listener: asyncio.Server | None = None
         self._http: web.Server | None = None
+        self._greeting = ""  # the TwiML's welcome greeting, read at start
 
     @property
     def host(self) -> str:
@@ -78,6 +79,7 @@ class RelayServer:
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
+        self._greeting = welcome_greeting(**self.settings.twiml)
         for reason in heard_blind_spots(**self.settings.twiml):
             log.warning(
                 "the TwiML's settings can make the stored history hold words the caller "
@@ -125,7 +127,9 @@ class RelayServer:
         return self._http()  # type: ignore[misc]  # aiohttp's protocol factory
 
     def open_session(self, send: Send) -> CallSession:
-        session = CallSession(send, step=self.step, llm=self.llm, limits=self.settings.call)
+        session = CallSession(
+            send, step=self.step, llm=self.llm, limits=self.settings.call, greeting=self._greeting
+        )
         self.sessions.append(session)
         for listener in list(self.session_listeners):
             try:

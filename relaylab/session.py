@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaylab import failures, protocol
-from relaylab.conversation import Conversation, heard_prefix
+from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
 from relaylab.loop import until
@@ -34,6 +34,7 @@ from relaylab.step import Step
 log = logging.getLogger("relaylab.session")
 
 FRAME_HISTORY = 40  # frames kept per call for the live view
+QUEUED_REPLIES = 3  # older replies an interrupt may still find playing (speech queues)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ _current_reply: contextvars.ContextVar[weakref.ref[Reply] | None] = contextvars.
 # An interrupt's handler must not cancel a reply to a prompt that came in after it.
 _replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "relaylab_replies_before", default=None
+)
+# For on_interrupt: the reply whose speech that interrupt cut (None: speech the relay never
+# sent, such as Twilio's welcome greeting).
+_cut: contextvars.ContextVar[Reply | bool | None] = contextvars.ContextVar(
+    "relaylab_cut", default=False
 )
 
 
@@ -128,8 +134,17 @@ class Reply:
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
-    def __init__(self, send: Send, *, step: Step, llm: LLM, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        step: Step,
+        llm: LLM,
+        limits: Limits | None = None,
+        greeting: str = "",
+    ) -> None:
         self._send = send
+        self.greeting = greeting  # what Twilio says itself when the call connects
         self.step = step
         self.claude = llm.client
         self.model = llm.model
@@ -175,7 +190,11 @@ class CallSession:
     @property
     def heard(self) -> str:
         """What the caller heard of the reply they talked over ("" if nothing). In a handler
-        of an interrupt, that is the latest reply begun before the interrupt arrived."""
+        of an interrupt, that is the reply whose speech the interrupt cut: the latest one
+        begun before it arrived, or an older one still playing (see ``_cut_reply``)."""
+        cut = _cut.get()
+        if cut is not False:
+            return (cut.heard or "") if isinstance(cut, Reply) else ""
         limit = _replies_before.get()
         replies = self.replies if limit is None else self.replies[:limit]
         return (replies[-1].heard or "") if replies else ""
@@ -454,13 +473,37 @@ class CallSession:
         self._start_reply(prompt)
 
     def _on_interrupt(self, interrupt: protocol.Interrupt) -> None:
-        reply = self.last_reply
+        reply = self._cut_reply(interrupt)
+        now = time.monotonic()
         if reply is not None and reply.heard is None:
-            reply.interrupted_at = time.monotonic()
+            reply.interrupted_at = now
             reply.heard_ms = interrupt.duration_until_interrupt_ms
             reply.heard = self._heard(reply, interrupt)
+        # An interrupt stops all speech, so replies queued behind the one cut never played.
+        after = reply.id if reply is not None else 0
+        for queued in self.replies[after:]:
+            if queued.heard is None:
+                queued.interrupted_at, queued.heard = now, ""
         self.events.emit("interrupt", reply=reply, utterance=interrupt.utterance_until_interrupt)
-        self._run_handler("on_interrupt", interrupt)
+        self._run_handler("on_interrupt", interrupt, cut=reply)
+
+    def _cut_reply(self, interrupt: protocol.Interrupt) -> Reply | None:
+        """The reply whose speech the interrupt cut: the latest, unless the caller was
+        still hearing older speech when it was sent (Twilio queues a reply behind speech
+        still playing): an older reply, or the welcome greeting (None), that alone holds
+        the utterance's words."""
+        latest = self.last_reply
+        utterance = interrupt.utterance_until_interrupt
+        if latest is None or not utterance.strip() or locate_heard(latest.sent, utterance):
+            return latest
+        for older in reversed(self.replies[-QUEUED_REPLIES - 1 : -1]):
+            if older.heard is not None:
+                break  # an interrupt cut it: nothing before it was still playing
+            if locate_heard(older.sent, utterance) is not None:
+                return older
+        if self.greeting and locate_heard(self.greeting, utterance) is not None:
+            return None
+        return latest
 
     def _heard(self, reply: Reply, interrupt: protocol.Interrupt) -> str:
         """What the caller heard of ``reply``: Twilio's own played-tokens report when it sent
@@ -483,13 +526,15 @@ class CallSession:
             self.agent_speaking = info.value == "on"
         self.events.emit("info", name=info.name, value=info.value)
 
-    def _run_handler(self, hook: str, *message: Any) -> None:
-        """Run a hook other than on_prompt as a task, after the hooks before it."""
+    def _run_handler(self, hook: str, *message: Any, cut: Reply | bool | None = False) -> None:
+        """Run a hook other than on_prompt as a task, after the hooks before it; ``cut``
+        is, for on_interrupt, the reply the interrupt cut."""
         if getattr(self.step, hook) is None:
             return
         previous = self._last_handler
         context = contextvars.Context()
         context.run(_replies_before.set, len(self.replies))
+        context.run(_cut.set, cut)
         task = asyncio.get_running_loop().create_task(
             self._handler(hook, previous, *message), context=context
         )

@@ -150,6 +150,20 @@ def relay_twiml(
     return response.to_xml()
 
 
+def welcome_greeting(**options: object) -> str:
+    """What Twilio says itself when a call connects with these ``relay_twiml`` options
+    ("" when they turn the greeting off with ``welcome_greeting=None``)."""
+    attributes = _relay_attributes(options)
+    greeting = attributes.get("welcomeGreeting", DEFAULT_GREETING)
+    return "" if greeting is None else str(greeting)
+
+
+def _relay_attributes(options: Mapping[str, object]) -> dict[str, object]:
+    """``relay_twiml`` options that are ``<ConversationRelay>`` attributes, by attribute."""
+    attributes = {k: v for k, v in options.items() if attribute_name(k) not in _OWN_OPTIONS}
+    return _attributes(attributes, element="<ConversationRelay>")
+
+
 def heard_blind_spots(**options: object) -> list[str]:
     """Why, with these ``relay_twiml`` options, the relay could store words the caller
     never heard: settings under which Twilio plays one reply over or after another without
@@ -157,13 +171,12 @@ def heard_blind_spots(**options: object) -> list[str]:
 
     A relay learns what was heard from ``interrupt`` frames (and ``tokensPlayed``, which
     it credits to its newest reply). With ``preemptible`` a newer reply cuts the one still
-    playing and no interrupt says where; with ``reportInputDuringAgentSpeech`` covering
+    playing and no interrupt says where. With ``reportInputDuringAgentSpeech`` covering
     input that may not interrupt while other input may, a newer reply can queue behind
-    speech still playing, and a later interrupt of that speech is taken as the newer
-    reply's.
+    speech still playing; the relay finds which speech a later interrupt cut by its words
+    (CallSession._cut_reply), so only an interrupt with no words to place is misread.
     """
-    attributes = {k: v for k, v in options.items() if attribute_name(k) not in _OWN_OPTIONS}
-    named = _attributes(attributes, element="<ConversationRelay>")
+    named = _relay_attributes(options)
     found = []
     if _word(named.get("preemptible")) == "true":
         found.append(
@@ -181,8 +194,8 @@ def heard_blind_spots(**options: object) -> list[str]:
             if reported in ("any", kind) and mode not in ("any", kind, "none"):
                 found.append(
                     f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
-                    f"{kind} during {speech} is answered while it plays on, so a later "
-                    "interrupt of it is taken as the newer reply's"
+                    f"{kind} during {speech} is answered while it plays on, and a later "
+                    "interrupt of it that reports no words is taken as the newer reply's"
                 )
     return found
 

@@ -15,6 +15,7 @@ from relaylab.conversation import (
     SEARCHED_WORDS_LIMIT,
     Conversation,
     heard_prefix,
+    locate_heard,
 )
 from relaylab.spoken import comparable_words, number_words, speak, split_words
 
@@ -681,6 +682,43 @@ def test_keep_heard_only_touches_the_last_reply():
     assert conversation.keep_heard("Yes") == "Yes"
     assert conversation[1]["content"] == "Hello there, friend."
     assert conversation[-1]["content"] == "Yes"
+
+
+def test_locate_heard_places_words_or_says_it_cannot_without_estimating():
+    sent = "Step one is easy, and step two is harder."
+    assert locate_heard(sent, "and step two") == "Step one is easy, and step two"
+    assert locate_heard(sent, "Step one") == "Step one"
+    assert locate_heard(sent, "Welcome to the relay lab") is None  # heard_prefix would guess
+    assert locate_heard(sent, "") is None and locate_heard("", "Step one") is None
+
+
+def test_keep_heard_cuts_an_earlier_reply_still_playing_and_drops_those_queued_behind_it():
+    # Twilio played the first reply while two more queued behind it: the caller cut in
+    # during the first, so the later ones were never heard, and their user turns merge.
+    conversation = Conversation()
+    conversation.add_user("Hi")
+    conversation.add_assistant("Hello there, friend. How are you doing today?")
+    conversation.add_user("Tell me more")
+    conversation.add_assistant("Yes. Yes, I can help.")
+    conversation.add_user("And then?")
+    conversation.add_assistant("Then we carry on.")
+    assert conversation.keep_heard("Hello there, friend") == "Hello there, friend"
+    assert conversation == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there, friend"},
+        {"role": "user", "content": "Tell me more And then?"},
+    ]
+    assert conversation.problems() == []
+
+
+def test_keep_heard_looks_no_further_back_than_a_tool_turn():
+    conversation = Conversation()
+    conversation.add_user("Hi")
+    conversation.add_assistant("Hello there, friend.")
+    conversation.append({"role": "user", "content": [{"type": "text", "text": "Weather?"}]})
+    conversation.add_assistant("It is sunny today.")
+    assert conversation.keep_heard("Hello there") == "It is"  # estimated in the last reply
+    assert conversation[1]["content"] == "Hello there, friend."
 
 
 def test_keep_heard_without_a_reply_at_the_end_does_nothing():

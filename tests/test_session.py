@@ -98,6 +98,46 @@ async def test_info_tokens_played_is_preferred_over_the_utterance():
     assert result.history[-1] == {"role": "assistant", "content": "Dogs were the first"}
 
 
+CATS = "Cats chose people later, and they still keep their own hours."
+
+
+async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_queued_one():
+    # Twilio queues a reply behind speech still playing (a prompt reported while the first
+    # reply plays on): the interrupt's words are the first reply's, so that one is cut
+    # and the second, never played, is dropped.
+    first = len(DOGS.split()) + 1
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs"),
+            WaitFor(first),
+            prompt_frame("and cats?"),
+            WaitFor(first + len(CATS.split()) + 1),
+            interrupt_frame("Dogs were the first animals"),
+        ],
+        claude=ScriptedClaude(DOGS, CATS),
+    )
+    old, queued = result.session.replies
+    assert old.heard == "Dogs were the first animals" and queued.heard == ""
+    assert result.history == [
+        {"role": "user", "content": "dogs"},
+        {"role": "assistant", "content": "Dogs were the first animals"},
+        {"role": "user", "content": "and cats?"},
+    ]
+
+
+async def test_an_interrupt_of_the_welcome_greeting_keeps_no_word_of_the_reply_behind_it():
+    greeting = "Welcome to the relay lab. Ask me anything you like."
+    result = await run_step(
+        "tracking",
+        [prompt_frame("dogs"), WaitFor(len(DOGS.split()) + 1), interrupt_frame("Welcome to the")],
+        claude=ScriptedClaude(DOGS),
+        greeting=greeting,
+    )
+    assert result.session.replies[0].heard == ""
+    assert result.history == [{"role": "user", "content": "dogs"}]
+
+
 async def test_partial_prompts_are_not_answered():
     claude = ScriptedClaude(DOGS)
     result = await run_step(
