@@ -35,6 +35,7 @@ log = logging.getLogger("relaylab.session")
 
 FRAME_HISTORY = 40  # frames kept per call for the live view
 QUEUED_REPLIES = 3  # older replies an interrupt may still find playing (speech queues)
+SLOWEST_VOICE_WPM = 110.0  # a slow speaking pace, words a minute (voices run near 165)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,14 @@ class Reply:
         return {k: (at - self.started_at) * 1000 for k, at in marks.items() if at is not None}
 
 
+def _may_still_play(text: str, began: float | None, at: float) -> bool:
+    """Could speech of ``text`` that began at ``began`` still be playing at ``at``? Timed
+    at SLOWEST_VOICE_WPM, so a slow voice is never taken to have finished early."""
+    if not text or began is None:
+        return False
+    return at - began < len(text.split()) * 60 / SLOWEST_VOICE_WPM
+
+
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
@@ -145,6 +154,7 @@ class CallSession:
     ) -> None:
         self._send = send
         self.greeting = greeting  # what Twilio says itself when the call connects
+        self._opened_at = time.monotonic()  # about when Twilio began the greeting
         self.step = step
         self.claude = llm.client
         self.model = llm.model
@@ -494,14 +504,19 @@ class CallSession:
         the utterance's words."""
         latest = self.last_reply
         utterance = interrupt.utterance_until_interrupt
-        if latest is None or not utterance.strip() or locate_heard(latest.sent, utterance):
+        if latest is None or latest.heard is not None or not utterance.strip():
+            return latest  # (an earlier interrupt already stopped all speech)
+        if locate_heard(latest.sent, utterance) is not None:
             return latest
         for older in reversed(self.replies[-QUEUED_REPLIES - 1 : -1]):
             if older.heard is not None:
                 break  # an interrupt cut it: nothing before it was still playing
+            if not _may_still_play(older.sent, older.first_token_at, latest.started_at):
+                break  # it had finished playing before the latest reply began
             if locate_heard(older.sent, utterance) is not None:
                 return older
-        if self.greeting and locate_heard(self.greeting, utterance) is not None:
+        greeting_may_play = _may_still_play(self.greeting, self._opened_at, latest.started_at)
+        if greeting_may_play and locate_heard(self.greeting, utterance) is not None:
             return None
         return latest
 

@@ -126,6 +126,26 @@ async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_
     ]
 
 
+async def test_an_older_reply_that_had_time_to_finish_playing_is_not_taken_for_the_cut_one():
+    # "Yes, dogs." takes about a second to say, so a second later it is over: an interrupt
+    # whose words only it holds still belongs to the reply playing now.
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs?"),
+            WaitFor(3),
+            Pause(1.2),
+            prompt_frame("and cats?"),
+            WaitFor(3 + len(CATS.split()) + 1),
+            interrupt_frame("yes dogs"),
+        ],
+        claude=ScriptedClaude("Yes, dogs.", CATS),
+    )
+    old, latest = result.session.replies
+    assert old.heard is None and latest.heard
+    assert result.history[1] == {"role": "assistant", "content": "Yes, dogs."}
+
+
 async def test_an_interrupt_of_the_welcome_greeting_keeps_no_word_of_the_reply_behind_it():
     greeting = "Welcome to the relay lab. Ask me anything you like."
     result = await run_step(
