@@ -70,7 +70,7 @@ _replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "relaylab_replies_before", default=None
 )
 # For on_interrupt: the reply whose speech that interrupt cut (None: speech the relay never
-# sent, such as Twilio's welcome greeting).
+# sent, such as Twilio's welcome greeting; False: not in an interrupt's handler).
 _cut: contextvars.ContextVar[Reply | bool | None] = contextvars.ContextVar(
     "relaylab_cut", default=False
 )
