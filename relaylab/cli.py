@@ -151,7 +151,9 @@ async def serve_forever(args: argparse.Namespace) -> int:
             tunnel = await asyncio.to_thread(open_tunnel, server.port)
             server.public = tunnel.endpoints
         public_url = server.public.base_url if server.public else None
-        workers = [start_worker(args, server.port, public_url) for _ in range(args.workers - 1)]
+        for _ in range(args.workers - 1):
+            workers.append(start_worker(args, server.port, public_url))
+            await until_ready(workers[-1])
         print(f"relaylab: step {args.step!r}; Claude is {backend.describe()}")
         print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
         if server.public:
@@ -173,12 +175,12 @@ async def serve_forever(args: argparse.Namespace) -> int:
         await until_stopped()
     finally:
         for worker in workers:
-            worker.send_signal(signal.SIGINT)
+            worker.stdin.close()  # the worker's cue to stop
         if tunnel:
             tunnel.close()
         await relay.stop()
         for worker in workers:
-            await asyncio.to_thread(worker.wait, 10)
+            await asyncio.to_thread(stop_worker, worker)
     return 0
 
 
@@ -213,15 +215,59 @@ def start_worker(
     argv += ["--port", str(port), "--worker"]
     if public_url:
         argv += ["--public-url", public_url]
-    return subprocess.Popen([sys.executable, "-m", "relaylab", *argv])
+    # Its own process group, so a terminal's Ctrl-C reaches the parent alone; the parent
+    # stops it by closing its stdin, which also happens if the parent dies.
+    return subprocess.Popen(
+        [sys.executable, "-m", "relaylab", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        process_group=0,
+    )
+
+
+async def until_ready(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait for a worker to say it is listening, so the banner counts only live processes."""
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), timeout)
+    except TimeoutError:
+        line = b""
+    if line.strip() != b"ready":
+        stop_worker(worker, grace=0)
+        raise RuntimeError(f"relaylab worker {worker.pid} did not start; see its log above")
+
+
+def stop_worker(worker: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """Wait for a worker told to stop; kill it if it is still there after `grace` seconds."""
+    try:
+        worker.wait(grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 async def _serve_as_worker(relay: Relay) -> int:
+    print("ready", flush=True)
+    stopped = asyncio.ensure_future(until_stopped())
+    orphaned = asyncio.ensure_future(_stdin_closed())
     try:
-        await until_stopped()
+        await asyncio.wait([stopped, orphaned], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopped.cancel()
+        orphaned.cancel()
         await relay.stop()
     return 0
+
+
+async def _stdin_closed() -> None:
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        await reader.read()
+    finally:
+        transport.close()
 
 
 def twiml_options(args: argparse.Namespace) -> dict[str, object]:

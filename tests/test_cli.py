@@ -347,12 +347,37 @@ def test_serve_workers_share_one_port_and_stop_together(model_server):
         process.wait(15)
         process.stdout.close()
     for pid in workers:
-        assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"
+        assert _state(pid) in ("gone", "Z")
+
+
+def test_serve_workers_stop_when_the_first_process_dies(model_server):
+    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    with process:
+        while "workers:" not in (line := process.stdout.readline()):
+            assert line, "relaylab serve --workers 2 exited early"
+        (worker,) = _children(process.pid)
+        process.kill()  # no chance to tidy up: the worker must notice on its own
+        process.wait(15)
+    deadline = time.monotonic() + 15
+    while _state(worker) not in ("gone", "Z"):
+        assert time.monotonic() < deadline, "the worker outlived its parent"
+        time.sleep(0.05)
 
 
 def _state(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0]
+    """The process's state letter ("S", "Z", ...), or "gone" once it has been reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 def test_the_terminal_call_says_its_timings_in_words():
