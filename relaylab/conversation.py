@@ -686,6 +686,27 @@ class Conversation(list):
         self._remove_text_turns(unplayed)
         return heard
 
+    def cut_reply(self, sent: str, heard: str) -> bool:
+        """Cut a stored reply that stopped playing early without an interrupt (a newer
+        reply's speech cut it off) from ``sent`` down to ``heard``, or remove it if
+        nothing was heard. The reply is the newest text turn of Claude's that ends with
+        ``sent``; returns False if there is none."""
+        sent, heard = sent.strip(), heard.strip()
+        if not sent:
+            return False
+        for turn in reversed(self):
+            if not isinstance(turn, dict) or turn.get("role") != "assistant":
+                continue
+            content = turn.get("content")
+            if isinstance(content, str) and content.endswith(sent):
+                kept = f"{content[: len(content) - len(sent)].rstrip()} {heard}".strip()
+                if kept:
+                    turn["content"] = kept
+                else:
+                    self._remove_text_turns([turn])
+                return True
+        return False
+
     def _reply_being_heard(self, utterance: str) -> int:
         """The index of the assistant turn the utterance was heard in: the last one, or an
         earlier text reply that alone holds the words (never past a tool turn)."""

@@ -22,6 +22,7 @@ KINDS = (
     "reply_ended",  # reply: finished, cancelled, failed or timed out (reply.state says)
     "interrupt",  # reply (None before any reply), utterance: utteranceUntilInterrupt
     "info",  # name, value: an info frame from Twilio
+    "cut_off",  # reply: a newer reply's speech cut it off (preemptible); reply.heard is set
     "error",  # message: what went wrong, for a learner
     "tool_started",  # reply, run: a tool call the relay began (steps.tools.ToolRun)
     "tool_ended",  # run: the same ToolRun, now done, failed or cancelled

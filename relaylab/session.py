@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import failures, protocol
+from relaylab import failures, playback, protocol
 from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
@@ -95,8 +95,9 @@ class Reply:
     sent: str = ""
     frames: int = 0  # text frames sent
     state: str = "running"  # running, done, cancelled, failed
-    heard: str | None = None  # set when the caller interrupts this reply
+    heard: str | None = None  # set when the caller interrupts this reply, or it is cut off
     played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
+    cut_off: bool = False  # a newer reply's speech cut it off (preemptible); no interrupt
     heard_ms: float | None = None  # speech played before the interrupt, as Twilio reported it
     error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -169,6 +170,7 @@ class CallSession:
         self.frames_received = 0
         self.closed = False
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
+        self._played_from = 0  # replies before this one have stopped playing
         self.events = EventBus(self)
         self._order = itertools.count(1)
         self._handlers: set[asyncio.Task[None]] = set()  # hooks other than on_prompt
@@ -532,14 +534,32 @@ class CallSession:
         )
 
     def _on_info(self, info: protocol.Info) -> None:
-        reply = self.last_reply
-        if info.name == "tokensPlayed" and isinstance(info.value, str) and reply is not None:
-            # Twilio cannot have played more than was sent: the cap keeps a caller who
-            # floods tokensPlayed from growing this without bound.
-            reply.played = (reply.played + info.value)[: len(reply.sent)]
+        if info.name == "tokensPlayed" and isinstance(info.value, str):
+            self._credit_played(info.value)
         elif info.name == "agentSpeaking":
             self.agent_speaking = info.value == "on"
         self.events.emit("info", name=info.name, value=info.value)
+
+    def _credit_played(self, text: str) -> None:
+        """Credit Twilio's report of played text to its reply (see relaylab.playback); a
+        reply it shows was cut off by a newer one is stored as far as it played."""
+        replies = self.replies
+        while self._played_from < len(replies) and not playback.still_playing(
+            replies[self._played_from]
+        ):
+            self._played_from += 1
+        credit = playback.credit_played(replies[self._played_from :], text)
+        for reply in credit.cut_off:
+            reply.cut_off = True
+            stored = self.conversation.cut_reply(reply.sent, reply.heard or "")
+            log.info(
+                "%s: reply %d was cut off by a newer reply after %s%s",
+                self._name,
+                reply.id,
+                loggable(reply.heard) if reply.heard else "no words",
+                "" if stored else " (its turn was not found in call.conversation)",
+            )
+            self.events.emit("cut_off", reply=reply)
 
     def _run_handler(self, hook: str, *message: Any, cut: Reply | bool | None = False) -> None:
         """Run a hook other than on_prompt as a task, after the hooks before it; ``cut``

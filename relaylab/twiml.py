@@ -124,7 +124,9 @@ def relay_twiml(
     `languages` become `<Language>` children (Language objects or dicts with a
     "code"); `parameters` become `<Parameter name value>` children, which arrive in
     the `setup` message's `customParameters`. `debug_events=True` asks Twilio for
-    `info` frames (who is speaking, which tokens were played). With `action_url`,
+    `info` frames (who is speaking, which tokens were played); `preemptible=True` asks
+    for them too, as only they tell the relay where a newer reply cut off the one
+    playing (see relaylab.playback). With `action_url`,
     Twilio requests it with `action_method` when the session ends.
 
     Raises ValueError for a URL that is not ws:// or wss://, a name that cannot be an
@@ -134,7 +136,7 @@ def relay_twiml(
     _check_ws_url(ws_url)
     relay_attributes = _attributes(attributes, element="<ConversationRelay>")
     relay_attributes.setdefault("welcomeGreeting", DEFAULT_GREETING)
-    if debug_events:
+    if debug_events or _word(relay_attributes.get("preemptible")) == "true":
         _ask_for_ground_truth(relay_attributes)
     children = [_language_attributes(language) for language in languages]
     custom = _parameters(parameters or {})
@@ -169,20 +171,15 @@ def heard_blind_spots(**options: object) -> list[str]:
     never heard: settings under which Twilio plays one reply over or after another without
     sending an ``interrupt`` for it. [] for Twilio's defaults.
 
-    A relay learns what was heard from ``interrupt`` frames (and ``tokensPlayed``, which
-    it credits to its newest reply). With ``preemptible`` a newer reply cuts the one still
-    playing and no interrupt says where. With ``reportInputDuringAgentSpeech`` covering
+    A relay learns what was heard from ``interrupt`` frames and ``tokensPlayed`` reports
+    (which relay_twiml asks for when ``preemptible`` lets a newer reply cut off the one
+    playing with no interrupt). With ``reportInputDuringAgentSpeech`` covering
     input that may not interrupt while other input may, a newer reply can queue behind
     speech still playing; the relay finds which speech a later interrupt cut by its words
     (CallSession._cut_reply), so only an interrupt with no words to place is misread.
     """
     named = _relay_attributes(options)
     found = []
-    if _word(named.get("preemptible")) == "true":
-        found.append(
-            "preemptible=true: a new reply cuts off the one still playing without an "
-            "interrupt, so that reply stays stored in full"
-        )
     reported = _mode(named.get("reportInputDuringAgentSpeech"), default="none")
     for attribute, speech in (
         ("interruptible", "a reply"),

@@ -133,9 +133,10 @@ def test_every_twilio_builder_keyword_lands_as_its_camel_case_attribute(keyword)
 
 
 def test_all_twilio_builder_keywords_at_once():
-    options = {keyword: True for keyword in BUILDER_KEYWORDS}
+    # preemptible=True would add words to debug and events (see the test on that below).
+    options = {keyword: True for keyword in BUILDER_KEYWORDS if keyword != "preemptible"}
     attrib = relay_attrib(**options)
-    assert len(attrib) == len(BUILDER_KEYWORDS) + 1  # plus url
+    assert len(attrib) == len(options) + 1  # plus url
     assert all(CAMEL_CASE.match(name) for name in attrib)
     assert {v for k, v in attrib.items() if k != "url"} == {"true"}
 
@@ -470,8 +471,7 @@ def test_twilios_defaults_leave_no_blind_spot_in_what_the_caller_heard():
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"preemptible": True}, ["preemptible=true"]),
-        ({"preemptible": "true"}, ["preemptible=true"]),
+        ({"preemptible": True}, []),  # relay_twiml asks for tokensPlayed: see below
         (
             {"interruptible": "dtmf", "report_input_during_agent_speech": "speech"},
             ["reportInputDuringAgentSpeech=speech with interruptible=dtmf: speech during a reply"],
@@ -496,6 +496,17 @@ def test_settings_that_play_speech_without_an_interrupt_are_named(options, named
 
 def test_the_relay_warns_at_start_when_its_twiml_makes_heard_unknowable(make_lab, caplog):
     caplog.set_level(logging.WARNING, logger="relaylab")
-    make_lab("tracking", twiml_options={"preemptible": True})
+    make_lab(
+        "tracking", twiml_options={"interruptible": "dtmf", "reportInputDuringAgentSpeech": "any"}
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("never heard: preemptible=true" in message for message in warnings)
+    assert any("never heard: reportInputDuringAgentSpeech=any" in m for m in warnings)
+
+
+@pytest.mark.parametrize("preemptible", [True, "true", "TRUE"])
+def test_preemptible_twiml_asks_for_the_played_tokens_it_needs(preemptible):
+    _, relay = relay_element(relay_twiml(URL, preemptible=preemptible))
+    assert "tokens-played" in relay.get("events").split()
+    assert "tokens-played" in relay.get("debug").split()
+    _, plain = relay_element(relay_twiml(URL, preemptible=False))
+    assert "events" not in plain.attrib and "debug" not in plain.attrib

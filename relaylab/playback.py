@@ -1,0 +1,78 @@
+"""Which reply each of Twilio's ``tokensPlayed`` reports belongs to. No I/O.
+
+Twilio plays a call's replies in the order it got them, and each ``tokensPlayed`` carries
+the next stretch of text it played (when the TwiML asks for ``tokens-played``). So a
+report continues the oldest reply still playing, unless it begins a newer reply instead:
+then the newer reply's speech cut off the ones before it (``preemptible``), and each of
+those was heard as far as it had played. No ``interrupt`` comes for that cut, so these
+reports are the only way a relay can learn where it happened.
+
+Text is compared without whitespace: only the words and their order matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+
+class Playable(Protocol):
+    """What this module reads and writes of a reply (``relaylab.session.Reply``)."""
+
+    sent: str  # every token sent so far
+    played: str  # what tokensPlayed reports credited to it so far
+    heard: str | None  # set once the reply stopped playing early
+
+    @property
+    def running(self) -> bool: ...
+
+
+R = TypeVar("R", bound=Playable)
+
+
+@dataclass
+class Credit(Generic[R]):
+    """Where one report went: the reply it continues or begins (None if it matches none:
+    Twilio's welcome greeting, say), and the older replies that reply's speech cut off."""
+
+    reply: R | None
+    cut_off: list[R] = field(default_factory=list)
+
+
+def credit_played(replies: Sequence[R], text: str) -> Credit[R]:
+    """Add ``text`` to the ``played`` of the reply it belongs to, among ``replies`` in the
+    order sent. Replies it shows were cut off get ``heard`` (what they had played)."""
+    words = _squashed(text)
+    if not words:
+        return Credit(None)
+    playing = [reply for reply in replies if still_playing(reply)]
+    for index, reply in enumerate(playing):
+        if _continues(reply, words):
+            cut = playing[:index]  # the text skipped past them: they were cut off
+            for older in cut:
+                older.heard = older.played.rstrip()
+            return Credit(_add(reply, text), cut)
+    return Credit(None)
+
+
+def still_playing(reply: Playable) -> bool:
+    """Could more of ``reply`` still be played? Not once it stopped early, and not once
+    it was sent in full and played through."""
+    if reply.heard is not None or not reply.sent:
+        return False
+    return reply.running or _squashed(reply.played) != _squashed(reply.sent)
+
+
+def _continues(reply: Playable, words: str) -> bool:
+    unplayed = _squashed(reply.sent)[len(_squashed(reply.played)) :]
+    return unplayed.startswith(words)
+
+
+def _add(reply: R, text: str) -> R:
+    reply.played += text
+    return reply
+
+
+def _squashed(text: str) -> str:
+    return "".join(text.split())

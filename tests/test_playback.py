@@ -1,0 +1,89 @@
+"""relaylab.playback: crediting Twilio's tokensPlayed reports to replies, with no I/O."""
+
+from relaylab.conversation import Conversation
+from relaylab.playback import credit_played, still_playing
+from relaylab.session import Reply
+
+FIRST = "Here are ten things. One, the euro was launched. Two, a new browser."
+SECOND = "Dogs were the first animals people tamed."
+
+
+def sent(text: str, id: int = 1, *, running: bool = False) -> Reply:
+    return Reply(prompt="?", id=id, sent=text, state="running" if running else "done")
+
+
+def test_reports_continue_the_reply_playing_chunk_by_chunk():
+    reply = sent(FIRST)
+    assert credit_played([reply], "Here are ten things.").reply is reply
+    assert credit_played([reply], " One, the euro was launched.").reply is reply
+    assert reply.played == "Here are ten things. One, the euro was launched."
+    assert still_playing(reply) and reply.heard is None
+
+
+def test_a_reply_sent_and_played_in_full_is_over_and_the_next_report_is_the_next_reply():
+    first, second = sent(FIRST), sent(SECOND, 2)
+    assert credit_played([first, second], FIRST).reply is first
+    assert not still_playing(first)
+    credit = credit_played([first, second], "Dogs were the first")
+    assert credit.reply is second and credit.cut_off == []
+    assert first.heard is None, "played through, not cut"
+
+
+def test_a_report_that_begins_a_newer_reply_cuts_off_the_ones_before_it():
+    first, middle, newest = sent(FIRST), sent("Cats came later.", 2), sent(SECOND, 3)
+    credit_played([first, middle, newest], "Here are ten things. One, the euro")
+    credit = credit_played([first, middle, newest], "Dogs were the first")
+    assert credit.reply is newest and credit.cut_off == [first, middle]
+    assert first.heard == "Here are ten things. One, the euro"
+    assert middle.heard == "", "never began playing"
+    assert not still_playing(first) and not still_playing(middle)
+
+
+def test_words_count_and_whitespace_does_not():
+    reply = sent("It opens at 9.\nTickets cost $12.")
+    assert credit_played([reply], "It opens  at 9. ").reply is reply
+    assert credit_played([reply], "Tickets cost").reply is reply
+
+
+def test_text_of_no_reply_is_credited_to_none_and_changes_nothing():
+    reply = sent(FIRST)
+    for text in ("Welcome to the relay lab.", "", "   ", "One, the euro"):
+        assert credit_played([reply], text).reply is None
+    assert reply.played == "" and reply.heard is None, "a flood of reports cannot grow it"
+
+
+def test_a_reply_still_streaming_keeps_playing_after_the_voice_caught_up():
+    reply = sent("Here are", running=True)
+    credit_played([reply], "Here are")
+    assert still_playing(reply)
+    reply.sent += " ten things."
+    assert credit_played([reply], " ten things.").reply is reply
+
+
+def test_an_interrupted_reply_is_over_and_no_report_lands_in_it():
+    reply, newer = sent(FIRST), sent(SECOND, 2)
+    credit_played([reply, newer], "Here are ten things.")
+    reply.heard = "Here are ten things. One"  # an interrupt said so
+    assert credit_played([reply, newer], " One, the euro").reply is None
+    assert credit_played([reply, newer], "Dogs were").cut_off == []
+
+
+def test_a_cut_reply_stored_in_the_history_is_cut_to_what_played():
+    history = Conversation()
+    history.add_user("Name ten things")
+    history.add_assistant(FIRST)
+    history.add_user("Tell me about dogs")
+    history.add_assistant(SECOND)
+    assert history.cut_reply(FIRST, "Here are ten things. One,")
+    assert history[1] == {"role": "assistant", "content": "Here are ten things. One,"}
+    assert history[3]["content"] == SECOND
+
+
+def test_a_cut_reply_nothing_of_which_played_leaves_the_history():
+    history = Conversation()
+    history.add_user("Name ten things")
+    history.add_assistant(FIRST)
+    history.add_user("Tell me about dogs")
+    assert history.cut_reply(FIRST, "")
+    assert history == [{"role": "user", "content": "Name ten things Tell me about dogs"}]
+    assert not history.cut_reply(SECOND, ""), "not stored: nothing to cut"
