@@ -1,7 +1,8 @@
 """Which reply each of Twilio's ``tokensPlayed`` reports belongs to. No I/O.
 
 Twilio plays a call's replies in the order it got them, and each ``tokensPlayed`` carries
-the next stretch of text it played (when the TwiML asks for ``tokens-played``). So a
+the next stretch of text it played (when the TwiML asks for ``tokens-played``), or, in the
+other reading of Twilio's docs, all of the talk cycle played so far: both are taken. So a
 report continues the oldest reply still playing, unless it begins a newer reply instead:
 then the newer reply's speech cut off the ones before it (``preemptible``), and each of
 those was heard as far as it had played. No ``interrupt`` comes for that cut, so these
@@ -49,10 +50,15 @@ def credit_played(replies: Sequence[R], text: str) -> Credit[R]:
     playing = [reply for reply in replies if still_playing(reply)]
     for index, reply in enumerate(playing):
         if _continues(reply, words):
-            cut = playing[:index]  # the text skipped past them: they were cut off
-            for older in cut:
-                older.heard = older.played.rstrip()
-            return Credit(_add(reply, text), cut)
+            reply.played += text
+        elif _extends(reply, words):
+            reply.played = text
+        else:
+            continue
+        cut = playing[:index]  # the text skipped past them: they were cut off
+        for older in cut:
+            older.heard = older.played.rstrip()
+        return Credit(reply, cut)
     return Credit(None)
 
 
@@ -65,13 +71,14 @@ def still_playing(reply: Playable) -> bool:
 
 
 def _continues(reply: Playable, words: str) -> bool:
+    """Is ``words`` the next stretch of ``reply`` after what has played of it?"""
     unplayed = _squashed(reply.sent)[len(_squashed(reply.played)) :]
     return unplayed.startswith(words)
 
 
-def _add(reply: R, text: str) -> R:
-    reply.played += text
-    return reply
+def _extends(reply: Playable, words: str) -> bool:
+    """Is ``words`` all of ``reply`` played so far (a cumulative report)?"""
+    return words.startswith(_squashed(reply.played)) and _squashed(reply.sent).startswith(words)
 
 
 def _squashed(text: str) -> str:

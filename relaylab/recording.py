@@ -141,6 +141,8 @@ class CallRecorder:
                 heard=heard,
                 utterance=data.get("utterance"),
             )
+        elif event.kind == "cut_off":
+            self._add("cut_off", reply=data["reply"].id, heard=data["reply"].heard)
         elif event.kind == "reply_ended":
             self._add("reply", reply=_reply_summary(data["reply"], self.opened_at))
         elif event.kind == "error":

@@ -328,6 +328,23 @@ def test_reporter_tells_played_tokens_and_speaking_state_in_time_order():
     assert reporter.next_at() is None
 
 
+def test_reporter_in_the_cumulative_reading_tells_all_of_the_cycle_played_so_far():
+    clock = SpeechClock(60, chunking="sentence")
+    reporter = PlaybackReporter(speaker_events=False, tokens_played="cumulative")
+    reporter.add(clock)
+    clock.feed("Hi there. Bye now. See you.", 0.0, final=True)
+    assert reporter.due(3.0) == [protocol.info_frame("tokensPlayed", "Hi there.")]
+    assert reporter.interrupted(clock, 3.5, 3) == [
+        protocol.info_frame("tokensPlayed", "Hi there. Bye")
+    ]
+
+
+def test_tokens_played_takes_true_false_or_cumulative():
+    assert TwilioBehaviour(tokens_played="cumulative").info_frames
+    with pytest.raises(ValueError, match="tokens_played"):
+        TwilioBehaviour(tokens_played="sometimes")  # type: ignore[arg-type]
+
+
 # -- Twilio's check of what the relay sends (pure) -----------------------------------------
 
 BAD_FRAMES = [

@@ -26,6 +26,7 @@ VARIANTS = [
 ] + [
     TwilioBehaviour(speaker_events=True, tokens_played=True),
     TwilioBehaviour(utterance="clause", tts_normalise=True, tokens_played=True),
+    TwilioBehaviour(utterance="clause", tokens_played="cumulative", chunking="clause"),
     TwilioBehaviour(partial_prompts=True),
     TwilioBehaviour(duration_as_string=True, utterance="sentence"),
     # Settings under which the caller's speech still interrupts (tests/test_interruptible.py

@@ -15,6 +15,7 @@ import pytest
 from conftest import assert_valid_history, frame_log
 
 from relaylab.caller import SimulatedCall, TwilioBehaviour
+from relaylab.recording import record
 
 TEN_THINGS = "Name ten things that happened in 1999"
 DOGS = "Tell me about dogs"
@@ -225,22 +226,27 @@ def test_without_preemptible_the_next_reply_waits_for_the_one_playing(make_lab):
     call.hang_up()
 
 
-def test_with_preemptible_the_next_reply_cuts_the_one_playing(make_lab):
+@pytest.mark.parametrize("reports", [True, "cumulative"], ids=["chunk-reports", "cumulative"])
+def test_with_preemptible_the_next_reply_cuts_the_one_playing(make_lab, reports):
     lab = make_lab("tracking")
     twilio = TwilioBehaviour(
         interruptible="none",
         report_input_during_agent_speech="speech",
         preemptible=True,
-        tokens_played=True,
+        tokens_played=reports,
     )
-    call, frames, first, second = talk_over_a_finished_reply(lab, twilio)
-    assert first.cut_off and first.heard and len(first.heard) < len(first.text.strip())
-    # No interrupt says where: the relay learns it from the second reply's first report.
-    wait_for_played(call, frames, second)
-    session = lab.session_for(call)
-    assert session.replies[0].cut_off and session.replies[0].heard == first.heard
-    check_guarantees(call, frames)
-    call.hang_up()
+    with record(lab) as recorder:
+        call, frames, first, second = talk_over_a_finished_reply(lab, twilio)
+        assert first.cut_off and first.heard and len(first.heard) < len(first.text.strip())
+        # No interrupt says where: the relay learns it from the second reply's first report.
+        wait_for_played(call, frames, second)
+        session = lab.session_for(call)
+        assert session.replies[0].cut_off and session.replies[0].heard == first.heard
+        check_guarantees(call, frames)
+        call.hang_up()
+    [recorded] = recorder.calls
+    cut = [line for line in recorded.lines if line["kind"] == "cut_off"]
+    assert [(line["reply"], line["heard"]) for line in cut] == [(1, first.heard)]
 
 
 @pytest.mark.xfail(

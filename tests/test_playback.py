@@ -87,3 +87,16 @@ def test_a_cut_reply_nothing_of_which_played_leaves_the_history():
     assert history.cut_reply(FIRST, "")
     assert history == [{"role": "user", "content": "Name ten things Tell me about dogs"}]
     assert not history.cut_reply(SECOND, ""), "not stored: nothing to cut"
+
+
+def test_cumulative_reports_of_the_played_text_are_taken_too():
+    first, newest = sent(FIRST), sent(SECOND, 2)
+    replies = [first, newest]
+    assert credit_played(replies, "Here are ten things.").reply is first
+    assert credit_played(replies, "Here are ten things. One, the euro").reply is first
+    assert credit_played(replies, "Here are ten things. One, the euro").reply is first
+    assert first.played == "Here are ten things. One, the euro", "a repeat changes nothing"
+    credit = credit_played(replies, "Dogs were the first")
+    assert credit.cut_off == [first] and first.heard == "Here are ten things. One, the euro"
+    assert credit_played(replies, "Dogs were the first animals").reply is newest
+    assert newest.played == "Dogs were the first animals"

@@ -126,6 +126,34 @@ async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_
     ]
 
 
+async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
+    # preemptible: the second reply's speech cut the first off with no interrupt; only
+    # Twilio's tokensPlayed reports show where.
+    first = len(DOGS.split()) + 1
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs"),
+            WaitFor(first),
+            info_frame("tokensPlayed", "Dogs were the first animals"),
+            prompt_frame("and cats?"),
+            WaitFor(first + len(CATS.split()) + 1),
+            info_frame("tokensPlayed", " people tamed"),
+            info_frame("tokensPlayed", "Cats chose people later,"),
+        ],
+        claude=ScriptedClaude(DOGS, CATS),
+    )
+    old, new = result.session.replies
+    assert old.cut_off and old.heard == "Dogs were the first animals people tamed"
+    assert new.played == "Cats chose people later," and new.heard is None
+    assert result.history == [
+        {"role": "user", "content": "dogs"},
+        {"role": "assistant", "content": "Dogs were the first animals people tamed"},
+        {"role": "user", "content": "and cats?"},
+        {"role": "assistant", "content": CATS},
+    ]
+
+
 async def test_an_older_reply_that_had_time_to_finish_playing_is_not_taken_for_the_cut_one():
     # "Yes, dogs." takes about a second to say, so a second later it is over: an interrupt
     # whose words only it holds still belongs to the reply playing now.

@@ -31,6 +31,7 @@ HttpMethod = Literal["POST", "GET"]
 InterruptMode = Literal["none", "dtmf", "speech", "any"]
 InputKind = Literal["dtmf", "speech"]
 ReportTiming = Literal["at_once", "after_speech"]
+TokensPlayed = bool | Literal["cumulative"]
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
 INTERRUPT_MODES: tuple[InterruptMode, ...] = ("none", "dtmf", "speech", "any")
@@ -55,7 +56,10 @@ class TwilioBehaviour:
       or ``last`` arrives, or each "word" as soon as it is complete.
     - ``speaker_events`` / ``tokens_played``: send ``info`` frames (agentSpeaking and
       clientSpeaking on/off; tokensPlayed), as Twilio does when the TwiML's ``debug`` or
-      ``events`` ask for them. A dialled call also turns them on from its TwiML.
+      ``events`` ask for them. A dialled call also turns them on from its TwiML. What a
+      ``tokensPlayed`` value holds is unconfirmed: True, the text of each speech chunk
+      once played (the values joined are what was heard); "cumulative", everything
+      played of the talk cycle so far.
     - ``partial_prompts``: send growing ``prompt`` frames with ``last: false`` before the
       final one (TwiML ``partialPrompts``; a dialled call also reads it there).
     - ``play_ms``: how long an audio file sent with ``play`` takes to play (speech time).
@@ -89,7 +93,7 @@ class TwilioBehaviour:
     duration_as_string: bool = False
     chunking: Chunking = "sentence"
     speaker_events: bool = False
-    tokens_played: bool = False
+    tokens_played: TokensPlayed = False
     partial_prompts: bool = False
     play_ms: float = 2000.0
     malformed_limit: int = 10
@@ -113,6 +117,10 @@ class TwilioBehaviour:
         _one_of("report_timing", self.report_timing, REPORT_TIMINGS)
         if not isinstance(self.welcome_greeting, str):
             raise ValueError(f"welcome_greeting must be text, got {self.welcome_greeting!r}")
+        if self.tokens_played not in (True, False, "cumulative"):
+            raise ValueError(
+                f"tokens_played must be True, False or 'cumulative', got {self.tokens_played!r}"
+            )
         for name in ("preemptible", "greeting_interrupt_frame"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -365,7 +373,7 @@ class PlaybackReporter:
         heard_end = clock.word_end(words)
         for owner, chunk in chunks[self._finished : self._started]:
             if owner is clock and not chunk.is_audio and heard_end > chunk.start_char:
-                frames += self._tokens(clock.text[chunk.start_char : heard_end])
+                frames += self._tokens(clock, chunk.start_char, heard_end)
         self._started = self._finished = len(chunks)
         if self.agent_speaking:
             frames += self._speaking("off")
@@ -373,15 +381,17 @@ class PlaybackReporter:
 
     def _finish(self, chunks: list[tuple[SpeechClock, Chunk]], index: int) -> list[str]:
         clock, chunk = chunks[index]
-        frames = (
-            [] if chunk.is_audio else self._tokens(clock.text[chunk.start_char : chunk.end_char])
-        )
+        frames = [] if chunk.is_audio else self._tokens(clock, chunk.start_char, chunk.end_char)
         following = chunks[index + 1][1] if index + 1 < len(chunks) else None
         if self.agent_speaking and (following is None or following.start > chunk.finish):
             frames += self._speaking("off")
         return frames
 
-    def _tokens(self, text: str) -> list[str]:
+    def _tokens(self, clock: SpeechClock, start: int, end: int) -> list[str]:
+        """tokensPlayed for ``clock.text[start:end]``, just played (from 0 if cumulative)."""
+        if self.tokens_played == "cumulative":
+            start = 0
+        text = clock.text[start:end]
         return [protocol.info_frame("tokensPlayed", text)] if self.tokens_played and text else []
 
     def _speaking(self, value: str) -> list[str]:
