@@ -670,7 +670,7 @@ class Conversation(list):
 
         The reply being heard is the last one, unless the utterance is found only in an
         earlier one: Twilio can queue a reply behind speech still playing (see
-        relaylab.twiml.heard_blind_spots). That one is cut, and the replies stored after
+        relaylab.twiml.playback_reports_needed). That one is cut, and the replies stored after
         it, which were never played, are removed with it.
         """
         if not self or not isinstance(self[-1], dict) or self[-1].get("role") != "assistant":

@@ -30,7 +30,7 @@ from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
-from relaylab.twiml import heard_blind_spots, welcome_greeting
+from relaylab.twiml import heard_blind_spots, playback_reports_needed, welcome_greeting
 from relaylab.webhooks import HttpLog, Webhooks
 
 log = logging.getLogger("relaylab.server")
@@ -80,6 +80,8 @@ class RelayServer:
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
         self._greeting = welcome_greeting(**self.settings.twiml)
+        for reason in playback_reports_needed(**self.settings.twiml):
+            log.info("the TwiML asks Twilio for tokensPlayed reports (%s)", reason)
         for reason in heard_blind_spots(**self.settings.twiml):
             log.warning(
                 "the TwiML's settings can make the stored history hold words the caller "

@@ -171,6 +171,7 @@ class CallSession:
         self.closed = False
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
         self._played_from = 0  # replies before this one have stopped playing
+        self._reports = False  # Twilio sends tokensPlayed reports on this call
         self.events = EventBus(self)
         self._order = itertools.count(1)
         self._handlers: set[asyncio.Task[None]] = set()  # hooks other than on_prompt
@@ -503,11 +504,14 @@ class CallSession:
         """The reply whose speech the interrupt cut: the latest, unless the caller was
         still hearing older speech when it was sent (Twilio queues a reply behind speech
         still playing): an older reply, or the welcome greeting (None), that alone holds
-        the utterance's words."""
+        the utterance's words; for an interrupt with no words, the reply Twilio's
+        tokensPlayed reports say is playing, when it sends them."""
         latest = self.last_reply
         utterance = interrupt.utterance_until_interrupt
-        if latest is None or latest.heard is not None or not utterance.strip():
+        if latest is None or latest.heard is not None:
             return latest  # (an earlier interrupt already stopped all speech)
+        if not utterance.strip():
+            return self._playing() or latest
         if locate_heard(latest.sent, utterance) is not None:
             return latest
         for older in reversed(self.replies[-QUEUED_REPLIES - 1 : -1]):
@@ -540,15 +544,27 @@ class CallSession:
             self.agent_speaking = info.value == "on"
         self.events.emit("info", name=info.name, value=info.value)
 
-    def _credit_played(self, text: str) -> None:
-        """Credit Twilio's report of played text to its reply (see relaylab.playback); a
-        reply it shows was cut off by a newer one is stored as far as it played."""
+    def _playing(self) -> Reply | None:
+        """The reply Twilio's tokensPlayed reports say is playing (the oldest not played
+        through), or None without reports."""
+        if not self._reports:
+            return None
+        return next((r for r in self._from_first_unplayed() if playback.still_playing(r)), None)
+
+    def _from_first_unplayed(self) -> list[Reply]:
+        """The replies from the oldest one that may still be playing on."""
         replies = self.replies
         while self._played_from < len(replies) and not playback.still_playing(
             replies[self._played_from]
         ):
             self._played_from += 1
-        credit = playback.credit_played(replies[self._played_from :], text)
+        return replies[self._played_from :]
+
+    def _credit_played(self, text: str) -> None:
+        """Credit Twilio's report of played text to its reply (see relaylab.playback); a
+        reply it shows was cut off by a newer one is stored as far as it played."""
+        self._reports = True
+        credit = playback.credit_played(self._from_first_unplayed(), text)
         for reply in credit.cut_off:
             reply.cut_off = True
             stored = self.conversation.cut_reply(reply.sent, reply.heard or "")

@@ -124,9 +124,9 @@ def relay_twiml(
     `languages` become `<Language>` children (Language objects or dicts with a
     "code"); `parameters` become `<Parameter name value>` children, which arrive in
     the `setup` message's `customParameters`. `debug_events=True` asks Twilio for
-    `info` frames (who is speaking, which tokens were played); `preemptible=True` asks
-    for them too, as only they tell the relay where a newer reply cut off the one
-    playing (see relaylab.playback). With `action_url`,
+    `info` frames (who is speaking, which tokens were played); settings under which only
+    those tell the relay what was heard ask for them too (playback_reports_needed, e.g.
+    `preemptible=True`). With `action_url`,
     Twilio requests it with `action_method` when the session ends.
 
     Raises ValueError for a URL that is not ws:// or wss://, a name that cannot be an
@@ -136,7 +136,7 @@ def relay_twiml(
     _check_ws_url(ws_url)
     relay_attributes = _attributes(attributes, element="<ConversationRelay>")
     relay_attributes.setdefault("welcomeGreeting", DEFAULT_GREETING)
-    if debug_events or _word(relay_attributes.get("preemptible")) == "true":
+    if debug_events or _reports_needed(relay_attributes):
         _ask_for_ground_truth(relay_attributes)
     children = [_language_attributes(language) for language in languages]
     custom = _parameters(parameters or {})
@@ -168,31 +168,63 @@ def _relay_attributes(options: Mapping[str, object]) -> dict[str, object]:
 
 def heard_blind_spots(**options: object) -> list[str]:
     """Why, with these ``relay_twiml`` options, the relay could store words the caller
-    never heard: settings under which Twilio plays one reply over or after another without
-    sending an ``interrupt`` for it. [] for Twilio's defaults.
+    never heard: settings under which Twilio plays one stretch of speech over or after
+    another without an ``interrupt`` that says which. [] for Twilio's defaults.
 
-    A relay learns what was heard from ``interrupt`` frames and ``tokensPlayed`` reports
-    (which relay_twiml asks for when ``preemptible`` lets a newer reply cut off the one
-    playing with no interrupt). With ``reportInputDuringAgentSpeech`` covering
-    input that may not interrupt while other input may, a newer reply can queue behind
-    speech still playing; the relay finds which speech a later interrupt cut by its words
-    (CallSession._cut_reply), so only an interrupt with no words to place is misread.
+    A relay learns what was heard from ``interrupt`` frames and ``tokensPlayed`` reports,
+    which relay_twiml asks for when the settings need them (``playback_reports_needed``).
+    What stays blind: with ``reportInputDuringAgentSpeech`` covering input that may not
+    interrupt the welcome greeting while other input may, a reply can queue behind the
+    greeting, which Twilio does not report as played; an interrupt that reports no words
+    then cannot be placed in the greeting (one with words can: CallSession._cut_reply).
     """
     named = _relay_attributes(options)
+    return [
+        reason
+        for attribute, reason in _speech_queued_behind(named)
+        if attribute == "welcomeGreetingInterruptible"
+    ]
+
+
+def playback_reports_needed(**options: object) -> list[str]:
+    """Why, with these ``relay_twiml`` options, the relay needs Twilio's ``tokensPlayed``
+    reports ([] when interrupts tell it all), which relay_twiml then asks for:
+    ``preemptible`` lets a newer reply cut off the one playing with no interrupt, and
+    input answered while a reply plays on queues the answer behind it, so an interrupt
+    that reports no words could be either's (relaylab.playback follows which is playing)."""
+    return _reports_needed(_relay_attributes(options))
+
+
+def _reports_needed(attributes: Mapping[str, object]) -> list[str]:
+    reasons = [
+        reason
+        for attribute, reason in _speech_queued_behind(attributes)
+        if attribute == "interruptible"
+    ]
+    if _word(attributes.get("preemptible")) == "true":
+        reasons.insert(0, "preemptible=true: a newer reply cuts off the one playing")
+    return reasons
+
+
+def _speech_queued_behind(attributes: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(attribute, reason) for each kind of input answered while speech plays on: only
+    when something else can interrupt that speech later (with "none" it plays out)."""
     found = []
-    reported = _mode(named.get("reportInputDuringAgentSpeech"), default="none")
+    reported = _mode(attributes.get("reportInputDuringAgentSpeech"), default="none")
     for attribute, speech in (
         ("interruptible", "a reply"),
         ("welcomeGreetingInterruptible", "the welcome greeting"),
     ):
-        mode = _mode(named.get(attribute), default="any")
+        mode = _mode(attributes.get(attribute), default="any")
         for kind in ("speech", "dtmf"):
-            # Only when something else can interrupt it later: with "none" it plays out.
             if reported in ("any", kind) and mode not in ("any", kind, "none"):
                 found.append(
-                    f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
-                    f"{kind} during {speech} is answered while it plays on, and a later "
-                    "interrupt of it that reports no words is taken as the newer reply's"
+                    (
+                        attribute,
+                        f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
+                        f"{kind} during {speech} is answered while it plays on, and a later "
+                        "interrupt of it that reports no words is taken as the newer reply's",
+                    )
                 )
     return found
 

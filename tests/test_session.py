@@ -154,6 +154,37 @@ async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
     ]
 
 
+@pytest.mark.parametrize("reports", [True, False], ids=["tokens-played", "no-reports"])
+async def test_an_interrupt_with_no_words_cuts_the_reply_the_played_tokens_say_is_playing(
+    reports,
+):
+    first = len(DOGS.split()) + 1
+    played = [info_frame("tokensPlayed", "Dogs were the first")] if reports else []
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs"),
+            WaitFor(first),
+            *played,
+            prompt_frame("and cats?"),
+            WaitFor(first + len(CATS.split()) + 1),
+            interrupt_frame("", 900),
+        ],
+        claude=ScriptedClaude(DOGS, CATS),
+    )
+    old, queued = result.session.replies
+    if reports:
+        assert old.heard == "Dogs were the first" and queued.heard == ""
+        assert result.history == [
+            {"role": "user", "content": "dogs"},
+            {"role": "assistant", "content": "Dogs were the first"},
+            {"role": "user", "content": "and cats?"},
+        ]
+    else:  # nothing says the older reply still plays: the newest one is taken as cut
+        assert old.heard is None and queued.heard is not None
+        assert result.history[1] == {"role": "assistant", "content": DOGS}
+
+
 async def test_an_older_reply_that_had_time_to_finish_playing_is_not_taken_for_the_cut_one():
     # "Yes, dogs." takes about a second to say, so a second later it is over: an interrupt
     # whose words only it holds still belongs to the reply playing now.

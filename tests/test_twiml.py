@@ -19,6 +19,7 @@ from relaylab.twiml import (
     handoff_twiml,
     heard_blind_spots,
     parse_relay_attrs,
+    playback_reports_needed,
     relay_twiml,
     wants_human,
 )
@@ -469,38 +470,63 @@ def test_twilios_defaults_leave_no_blind_spot_in_what_the_caller_heard():
 
 
 @pytest.mark.parametrize(
-    ("options", "named"),
+    ("options", "needed", "blind"),
     [
-        ({"preemptible": True}, []),  # relay_twiml asks for tokensPlayed: see below
+        ({"preemptible": True}, ["preemptible=true"], []),
+        ({"preemptible": "true"}, ["preemptible=true"], []),
         (
             {"interruptible": "dtmf", "report_input_during_agent_speech": "speech"},
             ["reportInputDuringAgentSpeech=speech with interruptible=dtmf: speech during a reply"],
+            [],
         ),
         (
             {"interruptible": "speech", "reportInputDuringAgentSpeech": "any"},
             ["reportInputDuringAgentSpeech=any with interruptible=speech: dtmf during a reply"],
+            [],
         ),
-        ({"interruptible": False, "reportInputDuringAgentSpeech": "any"}, []),  # plays out
+        ({"interruptible": False, "reportInputDuringAgentSpeech": "any"}, [], []),  # plays out
         (
             {"welcomeGreetingInterruptible": "dtmf", "reportInputDuringAgentSpeech": "speech"},
+            [],
             ["welcomeGreetingInterruptible=dtmf: speech during the welcome greeting"],
         ),
     ],
 )
-def test_settings_that_play_speech_without_an_interrupt_are_named(options, named):
-    found = heard_blind_spots(**options)
-    assert len(found) == len(named)
-    for reason, words in zip(found, named, strict=True):
-        assert words in reason
+def test_settings_that_play_speech_without_an_interrupt_are_named(options, needed, blind):
+    for found, named in (
+        (playback_reports_needed(**options), needed),
+        (heard_blind_spots(**options), blind),
+    ):
+        assert len(found) == len(named)
+        for reason, words in zip(found, named, strict=True):
+            assert words in reason
+    _, relay = relay_element(relay_twiml(URL, **options))
+    asked = "tokens-played" in (relay.get("events") or "").split()
+    assert asked == bool(needed), "relay_twiml asks for the reports exactly when needed"
 
 
 def test_the_relay_warns_at_start_when_its_twiml_makes_heard_unknowable(make_lab, caplog):
-    caplog.set_level(logging.WARNING, logger="relaylab")
+    caplog.set_level(logging.INFO, logger="relaylab")
     make_lab(
-        "tracking", twiml_options={"interruptible": "dtmf", "reportInputDuringAgentSpeech": "any"}
+        "tracking",
+        twiml_options={
+            "interruptible": "dtmf",
+            "welcomeGreetingInterruptible": "dtmf",
+            "reportInputDuringAgentSpeech": "any",
+        },
     )
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("never heard: reportInputDuringAgentSpeech=any" in m for m in warnings)
+
+    def said(level):
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    assert any(
+        "never heard: reportInputDuringAgentSpeech=any with welcomeGreeting" in message
+        for message in said(logging.WARNING)
+    )
+    assert any(
+        "tokensPlayed reports (reportInputDuringAgentSpeech=any with interruptible=dtmf" in message
+        for message in said(logging.INFO)
+    )
 
 
 @pytest.mark.parametrize("preemptible", [True, "true", "TRUE"])
