@@ -154,7 +154,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
         for _ in range(args.workers - 1):
             workers.append(start_worker(args, server.port, public_url))
             await until_ready(workers[-1])
-        print(f"relaylab: step {args.step!r}; Claude is {backend.describe()}")
+        print(f"relaylab: step {args.step!r}; model: {backend.describe()}")
         print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
         if server.public:
             print(f"  public:  {server.public.twiml_url}   {server.public.ws_url}")

@@ -124,7 +124,7 @@ class Lab:
 
     def describe(self) -> str:
         """One line on what this lab runs, without ports (stable in notebook outputs)."""
-        return f"relay running step {self.step.name!r}; Claude is {self.backend.describe()}"
+        return f"relay running step {self.step.name!r}; model: {self.backend.describe()}"
 
     # -- doing things ------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class Backend:
 
     def describe(self) -> str:
         if self.kind == "offline":
-            return "the offline stand-in for Claude (no API key needed)"
+            return "the offline stand-in for Claude (no API key used)"
         if self.kind == "custom":
             return f"the Messages API server at {self.base_url}"
         return "the real Claude (ANTHROPIC_API_KEY is set)"

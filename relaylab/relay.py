@@ -51,7 +51,7 @@ class Relay:
         except BaseException:
             await self.stop()
             raise
-        log.info("relay ready at %s; Claude is %s", self.server.ws_url, self.backend.describe())
+        log.info("relay ready at %s; model: %s", self.server.ws_url, self.backend.describe())
         return self.server
 
     async def stop(self) -> None:
