@@ -18,12 +18,10 @@ on, ``tokensPlayed`` for the part of the chunk played, ``agentSpeaking`` off, th
 ``interrupt``, ``clientSpeaking`` off. A new ``say`` while the last reply is still
 playing counts that reply as heard in full (the caller waited for it to end).
 
-Talking over the agent (``say(..., interrupt_after_words=N)`` or ``interrupt()``) or
-pressing a key over it (``press=``) interrupts only what the TwiML's ``interruptible``
-(or the talk cycle's own ``interruptible``) allows; input that does not interrupt is
-sent, held until the agent stops, or dropped, as ``reportInputDuringAgentSpeech`` says.
-Talk cycles follow one another: a new cycle's speech waits for the one still playing,
-or cuts it off when that one is ``preemptible``. A welcome greeting is spoken first.
+This module is the I/O shell: the socket, the webhooks, the reader task, the sync and
+async methods, and sending. How Twilio plays talk cycles (waiting, preemption, what may
+interrupt, what was heard) is ``relaylab.simulation.talk_cycles``; when the caller cuts
+in and what becomes of input made over the agent is ``relaylab.simulation.cut_in``.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,24 +44,22 @@ from websockets.exceptions import ConnectionClosed
 from relaylab import protocol, signatures
 from relaylab.loop import LoopThread
 from relaylab.simulation import twilio_http
+from relaylab.simulation.cut_in import CutIn, check_keys, input_fate
 from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClock
+from relaylab.simulation.talk_cycles import CutOff, Reply, TalkCycle, TalkCycles
 from relaylab.simulation.twilio_behaviour import (
     INVALID_MESSAGE_ERROR,
     MALFORMED_CLOSE_CODE,
     InputKind,
-    InterruptMode,
     InvalidOutbound,
     PlaybackReporter,
     RelayTwiml,
     TwilioBehaviour,
-    allows,
     client_speaking,
-    interrupt_message,
     invalid_message_description,
     partial_prompts,
     read_outbound,
     read_twiml,
-    utterance_for,
 )
 from relaylab.simulation.twilio_http import WebhookExchange
 
@@ -80,7 +76,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("relaylab.caller")
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
-DTMF_KEYS = "0123456789*#"
 _HTTP_ERRORS = (OSError, TimeoutError)
 
 
@@ -91,99 +86,6 @@ class RelayProbe(Protocol):
         """The relay's stored history for this call once it has handled `frames_sent` frames
         from it (None if the relay does not know the call)."""
         ...
-
-
-@dataclass
-class Reply:
-    """What the caller got back for one thing they said (``prompt`` "" when the relay
-    spoke unprompted, e.g. a greeting or a line before ``end``)."""
-
-    prompt: str
-    text: str = ""  # every token received, joined
-    heard: str = ""  # what the caller heard: all of it, or up to the interrupt
-    interrupted: bool = False
-    utterance: str = ""  # what the interrupt frame reported as heard
-    complete: bool = False  # the talk cycle ended (last:true, or end)
-    talked_over: bool = False  # the caller spoke (or pressed keys) over it; it went on
-    cut_off: bool = False  # the next talk cycle preempted it: ``heard`` is what played
-    timings: dict[str, float] = field(default_factory=dict)
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
-    sent_at: float = 0.0  # time.monotonic() the prompt went out (or the reply began)
-
-    def __str__(self) -> str:
-        if not (self.interrupted or self.cut_off):
-            return self.text
-        how = "interrupted" if self.interrupted else "cut off by the next reply"
-        return f"{self.heard} [{how}; unheard: {self.text[len(self.heard) :].strip()!r}]"
-
-
-@dataclass(eq=False)
-class _TalkCycle:
-    """One talk cycle as Twilio plays it: a reply's speech, from its first frame to
-    ``last: true`` (or the next cycle taking over), with its own per-message flags."""
-
-    reply: Reply
-    clock: SpeechClock
-    closed: bool = False  # no more frames belong to it
-    awaited: bool = False  # a say() is waiting for it and sets ``heard`` itself
-    speech_begun: bool = False
-    interruptible: bool | None = None  # from its text/play frames; None: the TwiML's
-    preemptible: bool | None = None
-
-    def over(self, now: float) -> bool:
-        """Nothing more of it will be heard after ``now``."""
-        if self.reply.interrupted or self.reply.cut_off or self.clock.stopped_at is not None:
-            return True
-        return self.closed and not self.clock.speaking(now)
-
-    def take_flags(self, message: dict[str, Any]) -> None:
-        """A text or play frame's own ``interruptible`` / ``preemptible`` for this cycle."""
-        if "interruptible" in message:
-            self.interruptible = message["interruptible"]
-        if "preemptible" in message:
-            self.preemptible = message["preemptible"]
-
-
-@dataclass(frozen=True)
-class _CutIn:
-    """When and how the caller cuts in on a reply (see ``SimulatedCall.say``)."""
-
-    after_words: int | None = None
-    after_ms: float | None = None
-    talk_over: str | None = None
-    press: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.talk_over is not None and (
-            not isinstance(self.talk_over, str) or not self.talk_over.strip()
-        ):
-            raise ValueError(f"talk_over needs the words the caller says, got {self.talk_over!r}")
-        if self.press is not None:
-            _check_keys(self.press)
-        if self.talk_over is not None and self.press is not None:
-            raise ValueError("cut in by talking (talk_over) or by pressing keys (press), not both")
-
-    @property
-    def timed(self) -> bool:
-        return self.after_words is not None or self.after_ms is not None
-
-    @property
-    def kind(self) -> InputKind:
-        return "dtmf" if self.press else "speech"
-
-    @property
-    def words(self) -> str | None:
-        """What the caller says or presses when cutting in (None: speech with no words)."""
-        return self.press or self.talk_over
-
-    def time(self, clock: SpeechClock) -> float | None:
-        """When the caller cuts in on ``clock``'s speech, once that is scheduled."""
-        if self.after_words is not None and self.after_words > 0:
-            return clock.time_of_word(self.after_words)
-        if self.timed:
-            return clock.time_of_ms(self.after_ms or 0.0)
-        return None
 
 
 class SimulatedCall:
@@ -250,8 +152,8 @@ class SimulatedCall:
         self.frame_listeners: list[Callable[[dict[str, Any]], None]] = (
             [on_frame] if on_frame else []
         )
-        # What happened on the call, for tests, widgets and timelines.
-        self.replies: list[Reply] = []
+        self._talk = TalkCycles(self._new_clock)  # the talk cycles, as Twilio plays them
+        # What happened on the call, for tests, widgets and timelines (and self.replies).
         self.greeting: Reply | None = None  # the welcome greeting Twilio spoke itself
         self.received: list[tuple[float, dict[str, Any]]] = []  # valid frames in, with time
         self.sent: list[tuple[float, dict[str, Any]]] = []  # every frame out, with its time
@@ -271,10 +173,6 @@ class SimulatedCall:
         self._socket: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._player: asyncio.Task[None] | None = None
-        self._reporter: PlaybackReporter | None = None
-        self._current: _TalkCycle | None = None  # the cycle new frames belong to
-        self._cycles: list[_TalkCycle] = []  # every talk cycle of the call
-        self._live: list[_TalkCycle] = []  # cycles since the caller last waited for silence
         self._held: list[tuple[InputKind, str]] = []  # input held until the agent stops
         self._held_task: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -293,6 +191,18 @@ class SimulatedCall:
     @property
     def connected(self) -> bool:
         return self._socket is not None and self._reader is not None and not self._reader.done()
+
+    @property
+    def replies(self) -> list[Reply]:
+        """Every reply of the call in order, unprompted ones included (not the greeting)."""
+        return self._talk.replies
+
+    @replies.setter
+    def replies(self, replies: list[Reply]) -> None:
+        self._talk.replies = replies
+
+    def _new_clock(self) -> SpeechClock:
+        return SpeechClock(self.words_per_minute, self.clock_speed, chunking=self.twilio.chunking)
 
     # -- running on the relay's loop -------------------------------------------------
 
@@ -333,7 +243,7 @@ class SimulatedCall:
         ``reportInputDuringAgentSpeech`` says. ``say`` returns at the cut-in; use
         ``wait_for_reply`` for what follows.
         """
-        cut_in = _CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
+        cut_in = CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
         return self._sync(self._say(text, cut_in, timeout))
 
     async def say_async(
@@ -346,18 +256,18 @@ class SimulatedCall:
         press: str | None = None,
         timeout: float = 60.0,
     ) -> Reply:
-        cut_in = _CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
+        cut_in = CutIn(interrupt_after_words, interrupt_after_ms, talk_over, press)
         return await self._async(self._say(text, cut_in, timeout))
 
     def interrupt(self, *, talk_over: str | None = None, press: str | None = None) -> Reply | None:
         """Talk over (or press keys over) whatever plays now, the welcome greeting included;
         the reply talked over, or None when nothing is playing any more."""
-        return self._sync(self._cut_in_now(_CutIn(talk_over=talk_over, press=press)))
+        return self._sync(self._cut_in_now(CutIn(talk_over=talk_over, press=press)))
 
     async def interrupt_async(
         self, *, talk_over: str | None = None, press: str | None = None
     ) -> Reply | None:
-        return await self._async(self._cut_in_now(_CutIn(talk_over=talk_over, press=press)))
+        return await self._async(self._cut_in_now(CutIn(talk_over=talk_over, press=press)))
 
     def wait_for_reply(self, timeout: float = 60.0) -> Reply | None:
         """Wait until input held during agent speech is sent and the latest reply is over
@@ -477,7 +387,7 @@ class SimulatedCall:
         )
         self.connected_at = time.monotonic()
         if self.twilio.info_frames:
-            self._reporter = PlaybackReporter(
+            self._talk.reporter = PlaybackReporter(
                 speaker_events=self.twilio.speaker_events, tokens_played=self.twilio.tokens_played
             )
             self._player = asyncio.create_task(self._report_playback())
@@ -499,14 +409,8 @@ class SimulatedCall:
         """Twilio speaks the welcome greeting itself as the session starts; the relay never
         sees it. It is not reported in info frames (whether Twilio does is unconfirmed)."""
         text = self.twilio.welcome_greeting
-        if not text.strip():
-            return
-        now = time.monotonic()
-        reply = Reply(prompt="", text=text, heard=text.strip(), complete=True, sent_at=now)
-        cycle = self._open_cycle(reply, after_live=False, report=False)
-        cycle.clock.feed(text, now, final=True)
-        cycle.closed = True
-        self.greeting = reply
+        if text.strip():
+            self.greeting = self._talk.greet(text, time.monotonic())
 
     async def _dial(self, twiml_url: str) -> None:
         """Request the voice webhook like Twilio and take the call's settings from the TwiML."""
@@ -579,18 +483,15 @@ class SimulatedCall:
         self._notify(message)
         self._inbox.put_nowait(message)
         kind = message["type"]
-        target = self._output_target(kind, now)
-        if target is not None:
-            target.reply.frames.append(message)
-            target.reply.arrivals.append(now)
-            if kind in ("text", "play"):
-                target.take_flags(message)
-                if kind == "play" or message["token"]:
-                    await self._begin_speech(target, now)
+        target, cut_off = self._talk.take(message, now, self.twilio)
+        if cut_off is not None:
+            await self._send_cut_off(cut_off)
         if kind == "text" and target is not None:
-            self._on_text(message, now, target)
+            self._talk.on_text(message, now, target)
         elif kind == "play":
-            self._on_play(message, now, target)
+            self.played.append(message["source"])
+            if target is not None:
+                self._talk.on_play(message, now, target, self.twilio.play_ms)
         elif kind == "sendDigits":
             self.digits_played.append(message["digits"])
         elif kind == "language":
@@ -610,105 +511,14 @@ class SimulatedCall:
             except Exception:  # a broken listener must not end the call
                 log.exception("a frame listener of call %s failed", self.call_sid)
 
-    def _output_target(self, kind: str, now: float) -> _TalkCycle | None:
-        """The talk cycle a frame belongs to: the current one, or a new unprompted one for
-        speech that starts after the last talk cycle ended."""
-        current = self._current
-        if kind not in ("text", "play") or (current is not None and not current.closed):
-            return current
-        reply = Reply(prompt="", sent_at=now)
-        self.replies.append(reply)
-        return self._open_cycle(reply, after_live=True)
-
-    def _open_cycle(self, reply: Reply, *, after_live: bool, report: bool = True) -> _TalkCycle:
-        """A new talk cycle for ``reply``, current from now on. ``after_live``: it follows
-        the speech still playing (else the caller waited for silence first)."""
-        cycle = _TalkCycle(reply, self._new_clock(report=report))
-        self._live = [*self._live, cycle] if after_live else [cycle]
-        self._cycles.append(cycle)
-        self._current = cycle
-        return cycle
-
-    def _new_clock(self, *, report: bool = True) -> SpeechClock:
-        clock = SpeechClock(self.words_per_minute, self.clock_speed, chunking=self.twilio.chunking)
-        if report and self._reporter is not None:
-            self._reporter.add(clock)
-        return clock
-
-    async def _begin_speech(self, cycle: _TalkCycle, now: float) -> None:
-        """A talk cycle's first speech: earlier cycles end there (Twilio has the next one's
-        tokens), and what still plays of them is waited for, or cut off if preemptible."""
-        if cycle.speech_begun:
-            return
-        cycle.speech_begun = True
-        earlier = self._live[: self._live.index(cycle)] if cycle in self._live else []
-        for before in earlier:
-            if not before.closed:
-                self._close_cycle(before, now)
-        playing = [before for before in earlier if not before.over(now)]
-        if not playing:
-            return
-        if self._preemptible(playing[0]):
-            await self._cut_off(playing, now)
-        else:
-            cycle.clock.delay_until(max(before.clock.busy_until for before in playing))
-
-    def _close_cycle(self, cycle: _TalkCycle, now: float) -> None:
-        """No more frames for ``cycle``: the voice speaks what it holds of it."""
-        cycle.clock.feed("", now, final=True)
-        cycle.closed = True
-        self._update_heard(cycle)
-
-    async def _cut_off(self, playing: list[_TalkCycle], now: float) -> None:
-        """The next cycle preempts ``playing`` (in order) at ``now``: each keeps what was heard."""
-        first = playing[0].clock
-        words = first.heard_words(now)
-        frames = self._reporter.interrupted(first, now, words) if self._reporter else []
-        for cycle in playing:
-            heard = cycle.clock.heard_text(cycle.clock.heard_words(now))
-            cycle.clock.stop(now)
-            cycle.reply.heard, cycle.reply.cut_off = heard, True
+    async def _send_cut_off(self, cut_off: CutOff) -> None:
+        """The next talk cycle cut off the ones before it: a waiting say() sees it at once,
+        and the info frames about what played of them go out."""
         self._changed.set()
         async with self._frames_lock:
-            await self._send_all(frames)
+            await self._send_all(cut_off.frames)
 
-    def _preemptible(self, cycle: _TalkCycle) -> bool:
-        return self.twilio.preemptible if cycle.preemptible is None else cycle.preemptible
-
-    def _interrupt_mode(self, cycle: _TalkCycle) -> InterruptMode:
-        if cycle.interruptible is not None:  # the cycle's own boolean
-            return "any" if cycle.interruptible else "none"
-        if cycle.reply is self.greeting:
-            return self.twilio.welcome_greeting_interruptible
-        return self.twilio.interruptible
-
-    def _update_heard(self, cycle: _TalkCycle) -> None:
-        """Keep ``heard`` of a reply no say() is waiting for: all its text, once the cycle
-        is over or the caller talked over it without interrupting."""
-        reply = cycle.reply
-        if reply.interrupted or reply.cut_off or cycle.awaited:
-            return
-        if cycle.closed or reply.talked_over:
-            reply.heard = reply.text.strip()
-
-    def _on_text(self, message: dict[str, Any], now: float, cycle: _TalkCycle) -> None:
-        reply, token, last = cycle.reply, message["token"], bool(message.get("last", False))
-        if token and "first_token_ms" not in reply.timings:
-            reply.timings["first_token_ms"] = (now - reply.sent_at) * 1000
-        cycle.clock.feed(token, now, final=last)
-        reply.text += token
-        if last:
-            reply.complete = cycle.closed = True
-            reply.timings["last_token_ms"] = (now - reply.sent_at) * 1000
-        self._update_heard(cycle)
-
-    def _on_play(self, message: dict[str, Any], now: float, target: _TalkCycle | None) -> None:
-        self.played.append(message["source"])
-        if target is not None:
-            loops = max(message.get("loop", 1), 1)  # 0 (play for ever) counts as one play here
-            target.clock.play_audio(message["source"], now, self.twilio.play_ms * loops)
-
-    async def _on_end(self, message: dict[str, Any], target: _TalkCycle | None) -> None:
+    async def _on_end(self, message: dict[str, Any], target: TalkCycle | None) -> None:
         self.handoff_data = message.get("handoffData", "")
         if target is not None:
             target.reply.complete = target.closed = True
@@ -770,7 +580,7 @@ class SimulatedCall:
 
     async def _report_playback(self) -> None:
         """Send agentSpeaking / tokensPlayed frames as the speech clocks reach them."""
-        reporter = self._reporter
+        reporter = self._talk.reporter
         assert reporter is not None
         with contextlib.suppress(ConnectionClosed, RuntimeError):
             while True:
@@ -808,7 +618,7 @@ class SimulatedCall:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), max(seconds, 0.0))
 
-    async def _say(self, text: str, cut_in: _CutIn, timeout: float) -> Reply:
+    async def _say(self, text: str, cut_in: CutIn, timeout: float) -> Reply:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(
                 f"say() needs the words the caller says, got {text!r}: Twilio sends no "
@@ -833,7 +643,7 @@ class SimulatedCall:
         self._drain_inbox()  # the reply took these frames; listen() gets the ones after
         return reply
 
-    async def _await_reply(self, cycle: _TalkCycle, cut_in: _CutIn, deadline: float) -> None:
+    async def _await_reply(self, cycle: TalkCycle, cut_in: CutIn, deadline: float) -> None:
         """Wait for the reply to complete, cutting in at ``cut_in``'s point if it comes."""
         reply = cycle.reply
         while not (reply.interrupted or reply.cut_off):  # interrupt_async() may end it
@@ -859,9 +669,9 @@ class SimulatedCall:
     async def _caller_waited(self) -> None:
         """The caller waited for silence: what still played counts as heard, and input held
         until the agent stopped goes out now."""
-        if self._reporter is not None:
+        if self._talk.reporter is not None:
             async with self._frames_lock:
-                await self._send_all(self._reporter.flush())
+                await self._send_all(self._talk.reporter.flush())
         task = self._held_task
         if task is not None and not task.done():
             task.cancel()  # stops its wait; a send under way finishes (shielded) first
@@ -869,9 +679,7 @@ class SimulatedCall:
                 await task
         await self._send_held()
 
-    async def _new_prompt(
-        self, text: str, *, after_live: bool, awaited: bool = False
-    ) -> _TalkCycle:
+    async def _new_prompt(self, text: str, *, after_live: bool, awaited: bool = False) -> TalkCycle:
         """Send what the caller said (with speaker events and partial prompts when asked
         for) and open the talk cycle of its reply."""
         speaker_events = self.twilio.speaker_events
@@ -885,7 +693,7 @@ class SimulatedCall:
             await self._send(client_speaking("off"))
         reply = Reply(prompt=text)
         self.replies.append(reply)
-        cycle = self._open_cycle(reply, after_live=after_live)
+        cycle = self._talk.open(reply, after_live=after_live)
         cycle.awaited = awaited
         await self._send(protocol.prompt_frame(text, last=True, lang=lang))
         reply.sent_at = time.monotonic()
@@ -911,31 +719,26 @@ class SimulatedCall:
 
     # -- cutting in: interrupts, and input made during agent speech --------------------
 
-    def _playing_cycle(self, now: float) -> _TalkCycle | None:
-        """The talk cycle the caller hears (or waits for) at ``now``, if any."""
-        return next((cycle for cycle in self._live if not cycle.over(now)), None)
-
-    async def _cut_in_now(self, cut_in: _CutIn) -> Reply | None:
+    async def _cut_in_now(self, cut_in: CutIn) -> Reply | None:
         if cut_in.words is not None:
             self._require_connected()
         return await self._cut_in(time.monotonic(), cut_in)
 
-    async def _cut_in(self, now: float, cut_in: _CutIn) -> Reply | None:
+    async def _cut_in(self, now: float, cut_in: CutIn) -> Reply | None:
         """The caller talks (or presses keys) over what plays at ``now``: an interrupt when
         Twilio lets this input interrupt, else the input is reported or dropped. Returns
         the reply talked over; None (and the input is simply made) when nothing plays."""
-        playing = self._playing_cycle(now)
+        playing = self._talk.playing(now)
         if cut_in.press and not self._keys_detected(cut_in.press):
             return playing.reply if playing else None
         if playing is None:
             await self._make_input(cut_in.kind, cut_in.words, after_live=True)
             return None
-        if allows(self._interrupt_mode(playing), cut_in.kind):
+        if self._talk.interrupts(playing, cut_in.kind, self.twilio):
             await self._interrupt(playing, now, cut_in.kind)
             await self._make_input(cut_in.kind, cut_in.words, after_live=False)
         else:
-            playing.reply.talked_over = True
-            self._update_heard(playing)
+            self._talk.talk_over(playing)
             await self._input_during_speech(cut_in.kind, cut_in.words)
         return playing.reply
 
@@ -944,7 +747,8 @@ class SimulatedCall:
         as reportInputDuringAgentSpeech (and the reading of its timing) says."""
         if words is None:
             return  # speech with no words given: nothing to transcribe
-        if not allows(self.twilio.report_input_during_agent_speech, kind):
+        fate = input_fate(kind, self.twilio)
+        if fate == "drop":
             log.info(
                 "Twilio drops %s made while the agent speaks (reportInputDuringAgentSpeech=%s): %s",
                 "the key press" if kind == "dtmf" else "what the caller said",
@@ -952,7 +756,7 @@ class SimulatedCall:
                 protocol.loggable(words),
             )
             return
-        if self.twilio.report_timing == "at_once":
+        if fate == "send":
             await self._make_input(kind, words, after_live=True)
             return
         self._held.append((kind, words))
@@ -972,52 +776,29 @@ class SimulatedCall:
     async def _release_held(self) -> None:
         """Send the held input once the agent has stopped speaking."""
         with contextlib.suppress(ConnectionClosed, RuntimeError):
-            while self._agent_busy(time.monotonic()):
+            while self._talk.agent_busy(time.monotonic()):
                 self._changed.clear()
                 await self._wait_changed(0.05)
             await asyncio.shield(self._send_held())
 
-    def _agent_busy(self, now: float) -> bool:
-        return any(not cycle.over(now) for cycle in self._live)
-
     async def _send_held(self) -> None:
         async with self._held_lock:
-            if self._held and self._reporter is not None:
+            if self._held and self._talk.reporter is not None:
                 async with self._frames_lock:  # agentSpeaking off comes first
-                    await self._send_all(self._reporter.due(time.monotonic()))
+                    await self._send_all(self._talk.reporter.due(time.monotonic()))
             while self._held:
                 kind, words = self._held[0]
                 await self._make_input(kind, words, after_live=True)
                 self._held.pop(0)  # only now: wait_for_reply sees it as pending till here
 
-    async def _interrupt(self, playing: _TalkCycle, now: float, kind: InputKind) -> None:
-        """Twilio stops all speech at ``now``: the interrupt frame tells what was heard of
-        the cycle playing; cycles queued after it were not heard at all."""
-        for cycle in self._cycles:
-            cycle.clock.stop(now)
-        clock, reply = playing.clock, playing.reply
-        words = clock.heard_words(now)
-        played_ms = clock.played_ms(now)
-        reply.heard = clock.heard_text(words)
-        reply.utterance = utterance_for(clock, words, self.twilio)
-        reply.interrupted = True
-        reply.timings["interrupt_ms"] = (now - reply.sent_at) * 1000
-        reply.timings["heard_ms"] = round(played_ms)
-        for queued in self._live[self._live.index(playing) + 1 :]:
-            queued.reply.heard, queued.reply.interrupted = "", True
-        self._live = []
+    async def _interrupt(self, playing: TalkCycle, now: float, kind: InputKind) -> None:
+        """Twilio stops all speech at ``now`` and sends the interrupt frames."""
+        stop = self._talk.interrupt(playing, now, kind, self.twilio)
         self._changed.set()  # a say() waiting for frames sees it at once
-        if reply is self.greeting and not self.twilio.greeting_interrupt_frame:
+        if not stop.reported:
             return  # the reading where the greeting just stops
-        speech = kind == "speech" and self.twilio.speaker_events
-        async with self._frames_lock:
-            frames = [client_speaking("on")] if speech else []
-            if self._reporter is not None:
-                frames += self._reporter.interrupted(clock, now, words)
-            frames.append(interrupt_message(reply.utterance, played_ms, self.twilio))
-            if speech:
-                frames.append(client_speaking("off"))
-            await self._send_all(frames)
+        async with self._frames_lock:  # built under the lock: they move the reporter on
+            await self._send_all(self._talk.interrupt_frames(stop, self.twilio))
 
     def _keys_detected(self, digits: str) -> bool:
         if self.dtmf_detection is not False:
@@ -1030,7 +811,7 @@ class SimulatedCall:
         return False
 
     async def _press(self, digits: str) -> None:
-        _check_keys(digits)
+        check_keys(digits)
         self._require_connected()
         if self._keys_detected(digits):
             await self._make_input("dtmf", digits, after_live=True)
@@ -1042,11 +823,6 @@ class SimulatedCall:
         await self._socket.close()
         if self._reader is not None:
             await self._reader
-
-
-def _check_keys(digits: object) -> None:
-    if not isinstance(digits, str) or not digits or any(d not in DTMF_KEYS for d in digits):
-        raise ValueError(f"a phone has keys 0-9, * and #; cannot press {digits!r}")
 
 
 def _as_message(frame: str | bytes) -> dict[str, Any]:
