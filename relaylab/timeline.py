@@ -4,6 +4,7 @@ the caller heard it, when an interrupt landed and when Claude's stream closed.
     timeline(call, lab)      # caller, relay and (offline) Claude's own times
     timeline(call)           # what the call and the relay saw
     recording.timeline()     # a recorded call (relaylab.recording)
+    plot_first_and_last({"basic": reply, "streaming": other})   # replies side by side
 
 Each turn is a TurnTiming: milliseconds from the prompt to each mark in MARKS. A Timeline
 prints as a table, gives plain rows for pandas, and draws itself with matplotlib.
@@ -12,7 +13,7 @@ prints as a table, gives plain rows for pandas, and draws itself with matplotlib
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
@@ -165,6 +166,27 @@ class Timeline(Sequence[TurnTiming]):
         ax.set_xlabel("seconds after the caller's prompt")
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), ncol=2, frameon=False, fontsize=9)
         return ax
+
+
+def plot_first_and_last(replies: Mapping[str, CallerReply], ax: Axes | None = None) -> Axes:
+    """Replies side by side, by when the caller got their first and last token (from each
+    reply's ``timings``): grey is silence on the line, blue the reply arriving, and each
+    row says both times. ``replies`` maps a row label to a reply from ``call.say()``."""
+    turns = []
+    for number, (label, reply) in enumerate(replies.items(), 1):
+        if "first_token_ms" not in reply.timings:
+            raise ValueError(f"{label}: the reply to {reply.prompt!r} got no text, nothing to plot")
+        first, last = reply.timings["first_token_ms"], reply.timings["last_token_ms"]
+        marks = {"prompt": 0.0, "first_frame_heard": first, "last_frame_heard": last}
+        turns.append(TurnTiming(number, label, "", marks))
+    ax = Timeline(turns).plot(ax, labels=list(replies))
+    for row, turn in enumerate(turns):
+        first, last = turn.marks["first_frame_heard"] / 1000, turn.marks["last_frame_heard"] / 1000
+        ax.text(last + 0.05, row, f"first {first:.2f} s · last {last:.2f} s", va="center")
+    latest = max((turn.marks["last_frame_heard"] for turn in turns), default=1000.0)
+    ax.set_xlim(0, 1.6 * latest / 1000)  # room for the labels
+    ax.set_xlabel("seconds after the caller stopped talking")
+    return ax
 
 
 def _segments(turn: TurnTiming) -> list[tuple[float, float, str, str]]:

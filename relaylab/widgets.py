@@ -202,10 +202,15 @@ class ReplyLines:
 
     @classmethod
     def of(
-        cls, reply: Any, speech_ms: float | None = None, tools: Sequence[Any] = ()
+        cls,
+        reply: Any,
+        speech_ms: float | None = None,
+        tools: Sequence[Any] = (),
+        clock_speed: float = 1.0,
     ) -> ReplyLines:
         """Describe ``reply``; ``speech_ms`` is the interrupt's durationUntilInterruptMs,
-        ``tools`` the tool calls it ran (``relaylab.steps.tools.ToolRun``)."""
+        ``tools`` the tool calls it ran (``relaylab.steps.tools.ToolRun``), ``clock_speed``
+        how much faster than real time the simulated voice spoke (a lab's clock_speed)."""
         heard = _heard(reply)
         running = reply.state == "running"
         placeholder = "waiting for Claude's first word…" if running else "(nothing sent)"
@@ -215,7 +220,7 @@ class ReplyLines:
             heard=heard,
             placeholder=placeholder,
             streaming=running and bool(reply.sent),
-            notes=tuple(_notes(reply, heard, speech_ms)),
+            notes=tuple(_notes(reply, heard, speech_ms, clock_speed)),
             tools=tuple(tool_line(run) for run in tools),
         )
 
@@ -275,7 +280,9 @@ def _heard(reply: Any) -> str | None:
     return None
 
 
-def _notes(reply: Any, heard: str | None, speech_ms: float | None) -> list[str]:
+def _notes(
+    reply: Any, heard: str | None, speech_ms: float | None, clock_speed: float = 1.0
+) -> list[str]:
     timings = reply.timings
     notes = [
         {
@@ -292,12 +299,7 @@ def _notes(reply: Any, heard: str | None, speech_ms: float | None) -> list[str]:
         when = f" at {_seconds(at)}" if at is not None else ""
         notes.append(f"the caller cut in{when}, having heard {words}")
         if speech_ms is not None:
-            # Twilio's durationUntilInterruptMs: speech time, which a simulated call's
-            # clock_speed runs faster than the wall clock the other timings use.
-            notes.append(
-                f"{_seconds(speech_ms)} of speech played before the interrupt "
-                "(by the voice's clock, which a lab's clock_speed can run fast)"
-            )
+            notes.append(_speech_played(speech_ms, clock_speed))
         last = timings.get("last_token_ms")
         if reply.state == "running":
             notes.append(
@@ -318,6 +320,15 @@ def _notes(reply: Any, heard: str | None, speech_ms: float | None) -> list[str]:
         notes.append(words)
     notes.append(_plural(reply.frames, "text frame"))
     return notes
+
+
+def _speech_played(speech_ms: float, clock_speed: float) -> str:
+    """Twilio's durationUntilInterruptMs in words. It is speech time: a simulated voice
+    running at ``clock_speed`` plays it faster than the wall clock the other notes use."""
+    said = f"{_seconds(speech_ms)} of speech played before the interrupt"
+    if clock_speed == 1.0:
+        return said
+    return f"{said}, at {clock_speed:g}x speed ({_seconds(speech_ms / clock_speed)} of real time)"
 
 
 def _words_sent(reply: Any) -> str | None:
@@ -345,15 +356,27 @@ class ConversationView:
     unheard text, the last frames in and out, and timings.
 
     ``lab.view()`` builds one; display it by leaving it last in a cell. It follows each
-    new call the relay accepts. ``detach()`` (called by ``lab.stop()``) stops updates
-    and says in the view that the lab has stopped. ``replies_shown`` limits the view to
-    the newest replies (None: all of them).
+    new call the relay accepts; ``lab.view(call=call)`` stays on one call from
+    ``lab.call()`` instead, so a saved notebook shows that call where the lesson talks
+    about it. ``detach()`` (called by ``lab.stop()``) stops updates and says in the view
+    that the lab has stopped. ``replies_shown`` limits the view to the newest replies
+    (None: all of them).
     """
 
     def __init__(
-        self, lab: Any, *, max_rate: float = MAX_RATE, replies_shown: int | None = None
+        self,
+        lab: Any,
+        *,
+        call: Any = None,
+        max_rate: float = MAX_RATE,
+        replies_shown: int | None = None,
     ) -> None:
         self.lab = lab
+        self.pinned: Any = _session_of(lab, call) if call is not None else None
+        # The simulated voice's speed, to put Twilio's speech time in real time.
+        self.clock_speed = float(
+            getattr(call, "clock_speed", None) or getattr(lab, "clock_speed", None) or 1.0
+        )
         self.min_interval = 1.0 / max_rate
         self.replies_shown = replies_shown
         self.renders = 0  # how many times the view has drawn itself
@@ -408,9 +431,12 @@ class ConversationView:
     # -- binding (all on the lab's loop) ------------------------------------------------
 
     async def _attach(self) -> None:
-        self.lab.server.session_listeners.append(self._on_session)
-        if self.lab.server.sessions:
-            self._bind(self.lab.server.sessions[-1])
+        if self.pinned is not None:
+            self._bind(self.pinned)
+        else:
+            self.lab.server.session_listeners.append(self._on_session)
+            if self.lab.server.sessions:
+                self._bind(self.lab.server.sessions[-1])
         self._render()
 
     def _on_session(self, session: Any) -> None:
@@ -533,6 +559,7 @@ class ConversationView:
                 r,
                 getattr(r, "heard_ms", None) or self._speech_ms.get(r.id),
                 self._tools.get(r.id, ()),
+                self.clock_speed,
             )
             for r in replies
         ]
@@ -551,6 +578,19 @@ class ConversationView:
             rows.append(f"{arrow}  {_esc(shown)}")
         frames = f"<pre class='rl-frames'>{chr(10).join(rows)}</pre>"
         return head, turns, frames, text
+
+
+def _session_of(lab: Any, call: Any) -> Any:
+    """The relay's session of ``call`` (a SimulatedCall of ``lab``), for a pinned view."""
+    if not hasattr(call, "call_sid"):
+        raise TypeError(f"view(call=...) takes a call from lab.call(), not {type(call).__name__}")
+    session = lab.session_for(call)
+    if session is None:
+        raise ValueError(
+            f"the relay has no call {call.call_sid}: place it with this lab's lab.call() "
+            "before lab.view(call=...)"
+        )
+    return session
 
 
 def _tool_runs_so_far(session: Any) -> dict[int, list[Any]]:

@@ -5,6 +5,7 @@ Each check() runs real calls: a private offline Lab (relay, offline Claude over 
 SimulatedCall over a WebSocket) with the learner's step.
 """
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -188,6 +189,10 @@ def test_lesson_5_first_attempt_loses_tool_results_and_the_booking():
     assert "the caller heard the apology" in found
     assert "Claude answered HTTP 400" in found and "tool_result" in found
     assert "the history should hold '\"booked\": true'" in found
+    # The report shows the random tool call ids shortened; the evidence keeps them whole.
+    assert re.search(r"toolu_\w+", found)
+    shown = str(report)
+    assert "toolu_…" in shown and not re.search(r"toolu_\w", shown)
 
 
 # -- scenarios as plain data, and bad input --------------------------------------------------

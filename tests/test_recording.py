@@ -12,7 +12,7 @@ import pytest
 
 from relaylab import recording
 from relaylab.recording import Recorder, load, record, replay
-from relaylab.timeline import timeline
+from relaylab.timeline import plot_first_and_last, timeline
 
 matplotlib.use("Agg")
 
@@ -131,6 +131,33 @@ def test_call_timeline_joins_the_callers_and_the_relays_view(make_lab):
     assert turn.get("relay_read") >= 0 and turn.get("last_frame_out") > 0
     assert turn.get("first_frame_heard") == pytest.approx(reply.timings["first_token_ms"], abs=1)
     assert turn.state == "done"
+
+
+def test_plot_first_and_last_draws_each_reply_from_its_own_timings(make_lab):
+    lab = make_lab("basic")
+    call = lab.call()
+    basic = call.say("Hello")
+    lab.use("streaming")
+    streaming = call.say("Hello")
+    ax = plot_first_and_last({"basic": basic, "streaming": streaming})
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["basic", "streaming"]
+    silences = [bar for bar in ax.patches if bar.get_facecolor()[:3] == (200 / 255,) * 3]
+    for bar, reply in zip(silences, (basic, streaming), strict=True):
+        assert bar.get_width() == pytest.approx(reply.timings["first_token_ms"] / 1000)
+    said = [text.get_text() for text in ax.texts]
+    first, last = (streaming.timings[key] / 1000 for key in ("first_token_ms", "last_token_ms"))
+    assert said[1] == f"first {first:.2f} s · last {last:.2f} s"
+    assert said[0].startswith("first ") and len(silences) == 2
+
+
+def test_plot_first_and_last_refuses_a_reply_with_no_text(make_lab):
+    lab = make_lab("basic")
+    call = lab.call()
+    call.say("Hello")
+    silent = call.replies[-1]
+    silent.timings.pop("first_token_ms")
+    with pytest.raises(ValueError, match="'Hello' got no text, nothing to plot"):
+        plot_first_and_last({"silent": silent})
 
 
 def test_replay_of_an_untracked_call_against_tracking_stops_at_the_interrupt(make_lab, tmp_path):

@@ -28,7 +28,7 @@ from relaylab.widgets import (
 )
 
 LONG = "Name ten things that happened in 1999"
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-4]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-9]_*.ipynb"))
 
 
 def wait_for(condition, timeout=5.0):
@@ -72,7 +72,8 @@ def test_interrupted_turn_shows_heard_text_plain_and_unheard_text_struck(make_la
     assert "Tell me about dogs" in view.html
     assert "the caller cut in at" in view.html
     assert f"having heard {len(heard.split())} words" in view.html
-    assert "of speech played before the interrupt" in view.html
+    # The lab's voice runs at clock_speed 4: the speech time is put in real time too.
+    assert "of speech played before the interrupt, at 4x speed (" in view.html
     assert "last word" not in view.html, "a stopped reply has no last word"
     assert f"[not heard: {unheard.strip()}]" in view.text
     # The last frames in and out are shown too: the interrupt came in.
@@ -137,6 +138,48 @@ def test_view_follows_the_newest_call(make_lab):
     assert wait_for(lambda: "nineteen ninety nine" in view.html)
     assert view.session is lab.session_for(second)
     assert "Hello" not in view.html
+
+
+def test_view_pinned_to_a_call_stays_on_it_when_newer_calls_come(make_lab):
+    lab = make_lab("streaming")
+    first = lab.call()
+    view = lab.view(call=first)
+    reply = first.say("Tell me about dogs", interrupt_after_words=8)
+    unheard = reply.text[len(reply.heard) :].strip()
+    assert unheard, "the pacing should interrupt while the reply still streams"
+    assert wait_for(lambda: "<del>" in view.html and "the relay kept sending" in view.html)
+    pinned = view.html
+    lab.call().say("Hello")
+    time.sleep(0.2)
+    assert view.session is lab.session_for(first)
+    assert "Hello" not in view.html and "Tell me about dogs" in view.html
+    assert view.snapshot().data.endswith(pinned)
+    lab.stop()
+    assert "the lab has stopped" in view.text
+
+
+def test_view_pinned_to_something_that_is_not_a_call_gets_a_clear_error(make_lab):
+    lab = make_lab("basic")
+    with pytest.raises(TypeError, match=r"takes a call from lab\.call\(\)"):
+        lab.view(call="CA123")
+    other = make_lab("basic")
+    stranger = other.call()
+    stranger.say("Hello")
+    with pytest.raises(ValueError, match="the relay has no call CA"):
+        lab.view(call=stranger)
+
+
+def test_speech_played_is_put_in_real_time_when_the_voice_runs_fast():
+    cut = Reply(prompt="Hi", id=1, sent="one two three four", frames=4, state="cancelled")
+    cut.heard = "one two"
+    fast = ReplyLines.of(cut, speech_ms=2910, clock_speed=2.0)
+    assert (
+        "2.91 s of speech played before the interrupt, at 2x speed (1.46 s of real time)"
+        in fast.notes
+    )
+    real = ReplyLines.of(cut, speech_ms=2910)
+    assert "2.91 s of speech played before the interrupt" in real.notes
+    assert not any("real time" in note for note in real.notes)
 
 
 def test_caller_panel_says_and_interrupts_without_blocking(make_lab):

@@ -4,12 +4,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relaylab.exercises.catalogue import Exercise, Scenario
     from relaylab.exercises.run import Run
+
+_TOOL_USE_ID = re.compile(r"toolu_\w+")
+
+
+def shorten_ids(text: str) -> str:
+    """``text`` with each tool call id (``toolu_…``) shortened: the ids are random, so
+    they only make a report noisy (``Result.problems`` keeps them whole)."""
+    return _TOOL_USE_ID.sub("toolu_…", text)
 
 
 @dataclass
@@ -58,7 +67,7 @@ class Report:
         for result in self.results:
             lines.append(f"{'PASS' if result.passed else 'FAIL'}  {result.scenario.name}")
             for problem in result.problems:
-                lines.append(f"      - {problem}")
+                lines.append(f"      - {shorten_ids(problem)}")
             if not result.passed and result.scenario.hint:
                 lines.append(f"      Hint: {result.scenario.hint}")
         passed = sum(result.passed for result in self.results)
