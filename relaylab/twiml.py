@@ -180,7 +180,7 @@ def heard_blind_spots(**options: object) -> list[str]:
     """
     named = _relay_attributes(options)
     return [
-        reason
+        f"{reason}, and a later interrupt of it that reports no words is taken as the reply's"
         for attribute, reason in _speech_queued_behind(named)
         if attribute == "welcomeGreetingInterruptible"
     ]
@@ -197,7 +197,7 @@ def playback_reports_needed(**options: object) -> list[str]:
 
 def _reports_needed(attributes: Mapping[str, object]) -> list[str]:
     reasons = [
-        reason
+        f"{reason}, so an interrupt that reports no words could be either's"
         for attribute, reason in _speech_queued_behind(attributes)
         if attribute == "interruptible"
     ]
@@ -222,8 +222,7 @@ def _speech_queued_behind(attributes: Mapping[str, object]) -> list[tuple[str, s
                     (
                         attribute,
                         f"reportInputDuringAgentSpeech={reported} with {attribute}={mode}: "
-                        f"{kind} during {speech} is answered while it plays on, and a later "
-                        "interrupt of it that reports no words is taken as the newer reply's",
+                        f"{kind} during {speech} is answered while it plays on",
                     )
                 )
     return found
