@@ -178,7 +178,8 @@ class Lab:
         return view
 
     def view(self, **options: Any) -> Any:
-        """A live widget showing this lab's calls as they happen (options: replies_shown)."""
+        """A live widget showing this lab's calls as they happen. Options: ``call=`` (a
+        SimulatedCall) keeps it on that call, ``replies_shown`` caps the replies listed."""
         from relaylab.widgets import ConversationView
 
         view = ConversationView(self, **options)
