@@ -313,7 +313,9 @@ def _children(pid):
     return found
 
 
-def test_serve_workers_share_one_port_and_stop_together(model_server):
+def _serve_with_two_workers(model_server) -> tuple[subprocess.Popen[str], str]:
+    """`relaylab serve --workers 2`, once its banner says both processes listen; and the
+    WebSocket URL it printed."""
     env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
     process = subprocess.Popen(
         [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2"],
@@ -322,12 +324,18 @@ def test_serve_workers_share_one_port_and_stop_together(model_server):
         text=True,
         env=env,
     )
+    lines = []
+    while not any("workers:" in line for line in lines):
+        lines.append(process.stdout.readline())
+        if not lines[-1]:
+            process.kill()
+            raise AssertionError("relaylab serve --workers 2 exited early")
+    return process, re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines)).group(1)
+
+
+def test_serve_workers_share_one_port_and_stop_together(model_server):
+    process, ws_url = _serve_with_two_workers(model_server)
     try:
-        lines = []
-        while not any("workers:" in line for line in lines):
-            lines.append(process.stdout.readline())
-            assert lines[-1], "relaylab serve --workers 2 exited early"
-        ws_url = re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines)).group(1)
         workers = _children(process.pid)
         assert len(workers) == 1, "one worker besides the first process"
 
@@ -351,17 +359,8 @@ def test_serve_workers_share_one_port_and_stop_together(model_server):
 
 
 def test_serve_workers_stop_when_the_first_process_dies(model_server):
-    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
-    process = subprocess.Popen(
-        [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    process, _ = _serve_with_two_workers(model_server)
     with process:
-        while "workers:" not in (line := process.stdout.readline()):
-            assert line, "relaylab serve --workers 2 exited early"
         (worker,) = _children(process.pid)
         process.kill()  # no chance to tidy up: the worker must notice on its own
         process.wait(15)

@@ -101,22 +101,29 @@ async def test_info_tokens_played_is_preferred_over_the_utterance():
 CATS = "Cats chose people later, and they still keep their own hours."
 
 
-async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_queued_one():
-    # Twilio queues a reply behind speech still playing (a prompt reported while the first
-    # reply plays on): the interrupt's words are the first reply's, so that one is cut
-    # and the second, never played, is dropped.
+async def dogs_then_cats(*, before_cats=(), after_cats=()):
+    """Two replies, the second asked for once the first was sent in full, with frames
+    from Twilio before and after the second prompt."""
     first = len(DOGS.split()) + 1
-    result = await run_step(
+    return await run_step(
         "tracking",
         [
             prompt_frame("dogs"),
             WaitFor(first),
+            *before_cats,
             prompt_frame("and cats?"),
             WaitFor(first + len(CATS.split()) + 1),
-            interrupt_frame("Dogs were the first animals"),
+            *after_cats,
         ],
         claude=ScriptedClaude(DOGS, CATS),
     )
+
+
+async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_queued_one():
+    # Twilio queues a reply behind speech still playing (a prompt reported while the first
+    # reply plays on): the interrupt's words are the first reply's, so that one is cut
+    # and the second, never played, is dropped.
+    result = await dogs_then_cats(after_cats=[interrupt_frame("Dogs were the first animals")])
     old, queued = result.session.replies
     assert old.heard == "Dogs were the first animals" and queued.heard == ""
     assert result.history == [
@@ -129,19 +136,12 @@ async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_
 async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
     # preemptible: the second reply's speech cut the first off with no interrupt; only
     # Twilio's tokensPlayed reports show where.
-    first = len(DOGS.split()) + 1
-    result = await run_step(
-        "tracking",
-        [
-            prompt_frame("dogs"),
-            WaitFor(first),
-            info_frame("tokensPlayed", "Dogs were the first animals"),
-            prompt_frame("and cats?"),
-            WaitFor(first + len(CATS.split()) + 1),
+    result = await dogs_then_cats(
+        before_cats=[info_frame("tokensPlayed", "Dogs were the first animals")],
+        after_cats=[
             info_frame("tokensPlayed", " people tamed"),
             info_frame("tokensPlayed", "Cats chose people later,"),
         ],
-        claude=ScriptedClaude(DOGS, CATS),
     )
     old, new = result.session.replies
     assert old.cut_off and old.heard == "Dogs were the first animals people tamed"
@@ -158,20 +158,8 @@ async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
 async def test_an_interrupt_with_no_words_cuts_the_reply_the_played_tokens_say_is_playing(
     reports,
 ):
-    first = len(DOGS.split()) + 1
     played = [info_frame("tokensPlayed", "Dogs were the first")] if reports else []
-    result = await run_step(
-        "tracking",
-        [
-            prompt_frame("dogs"),
-            WaitFor(first),
-            *played,
-            prompt_frame("and cats?"),
-            WaitFor(first + len(CATS.split()) + 1),
-            interrupt_frame("", 900),
-        ],
-        claude=ScriptedClaude(DOGS, CATS),
-    )
+    result = await dogs_then_cats(before_cats=played, after_cats=[interrupt_frame("", 900)])
     old, queued = result.session.replies
     if reports:
         assert old.heard == "Dogs were the first" and queued.heard == ""
