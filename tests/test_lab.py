@@ -33,8 +33,7 @@ def test_lab_urls_and_describe_have_no_port_noise(make_lab):
     lab = make_lab("streaming")
     assert lab.http_url.startswith("http://127.0.0.1:") and lab.ws_url.endswith("/ws")
     assert lab.describe() == (
-        "relay running step 'streaming'; "
-        "model: the offline stand-in for Claude (no API key used)"
+        "relay running step 'streaming'; model: the offline stand-in for Claude (no API key used)"
     )
 
 
