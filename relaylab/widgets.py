@@ -293,7 +293,10 @@ def _notes(
             "timed_out": "timed out",
         }.get(reply.state, reply.state)
     ]
-    if reply.interrupted:
+    if getattr(reply, "cut_off", False):  # preemptible: no interrupt, Twilio's reports say
+        words = _plural(len(reply.heard.split()), "word")
+        notes.append(f"cut off by the next reply's speech after {words}")
+    elif reply.interrupted:
         words = _plural(len(reply.heard.split()), "word")
         at = timings.get("interrupt_ms")
         when = f" at {_seconds(at)}" if at is not None else ""

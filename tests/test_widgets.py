@@ -350,6 +350,11 @@ def test_reply_lines_in_words():
     assert "Twilio reports 2 words played" in lines.notes
     running = Reply(prompt="Hi", id=2)
     assert "waiting for Claude's first word" in ReplyLines.of(running).html()
+    cut_off = Reply(prompt="Hi", id=3, sent="one two three four", state="done")
+    cut_off.played, cut_off.heard, cut_off.cut_off = "one two ", "one two", True
+    lines = ReplyLines.of(cut_off)
+    assert "cut off by the next reply's speech after 2 words" in lines.notes
+    assert not any("cut in" in note for note in lines.notes), "no caller cut in"
 
 
 def test_history_table_marks_stored_but_unheard_text(make_lab):
