@@ -62,6 +62,13 @@ def credit_played(replies: Sequence[R], text: str) -> Credit[R]:
     return Credit(None)
 
 
+def played_out(reply: Playable) -> bool:
+    """Will nothing more of ``reply`` play? (A reply still running may yet send words.)"""
+    if reply.heard is not None:
+        return True
+    return not reply.running and _squashed(reply.played) == _squashed(reply.sent)
+
+
 def still_playing(reply: Playable) -> bool:
     """Could more of ``reply`` still be played? Not once it stopped early, and not once
     it was sent in full and played through."""

@@ -554,9 +554,7 @@ class CallSession:
     def _from_first_unplayed(self) -> list[Reply]:
         """The replies from the oldest one that may still be playing on."""
         replies = self.replies
-        while self._played_from < len(replies) and not playback.still_playing(
-            replies[self._played_from]
-        ):
+        while self._played_from < len(replies) and playback.played_out(replies[self._played_from]):
             self._played_from += 1
         return replies[self._played_from :]
 

@@ -1,7 +1,7 @@
 """relaylab.playback: crediting Twilio's tokensPlayed reports to replies, with no I/O."""
 
 from relaylab.conversation import Conversation
-from relaylab.playback import credit_played, still_playing
+from relaylab.playback import credit_played, played_out, still_playing
 from relaylab.session import Reply
 
 FIRST = "Here are ten things. One, the euro was launched. Two, a new browser."
@@ -100,3 +100,13 @@ def test_cumulative_reports_of_the_played_text_are_taken_too():
     assert credit.cut_off == [first] and first.heard == "Here are ten things. One, the euro"
     assert credit_played(replies, "Dogs were the first animals").reply is newest
     assert newest.played == "Dogs were the first animals"
+
+
+def test_a_reply_with_no_words_yet_is_not_played_out_while_it_runs():
+    waiting = sent("", running=True)
+    assert not still_playing(waiting) and not played_out(waiting), "it may still speak"
+    waiting.state = "cancelled"
+    assert played_out(waiting), "stopped before a word: nothing of it will play"
+    reply = sent(FIRST)
+    credit_played([reply], FIRST)
+    assert played_out(reply)

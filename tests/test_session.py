@@ -173,6 +173,27 @@ async def test_an_interrupt_with_no_words_cuts_the_reply_the_played_tokens_say_i
         assert result.history[1] == {"role": "assistant", "content": DOGS}
 
 
+async def test_a_report_while_the_next_reply_has_no_words_yet_does_not_skip_it():
+    # A report comes in while Claude has not sent a word of the next reply (here one that
+    # matches no reply, as the welcome greeting's would): that reply may still play.
+    result = await run_step(
+        "tracking",
+        [
+            prompt_frame("dogs"),
+            WaitFor(len(DOGS.split()) + 1),
+            info_frame("tokensPlayed", DOGS),
+            prompt_frame("and cats?"),
+            info_frame("tokensPlayed", "Welcome to the relay lab."),
+            Pause(0.3),
+            info_frame("tokensPlayed", "Cats chose people later,"),
+        ],
+        claude=ScriptedClaude(DOGS, CATS, first_token_delay=0.1),
+    )
+    old, new = result.session.replies
+    assert old.played == DOGS and not old.cut_off
+    assert new.played == "Cats chose people later,"
+
+
 async def test_an_older_reply_that_had_time_to_finish_playing_is_not_taken_for_the_cut_one():
     # "Yes, dogs." takes about a second to say, so a second later it is over: an interrupt
     # whose words only it holds still belongs to the reply playing now.
