@@ -4,9 +4,10 @@ Twilio plays a call's replies in the order it got them, and each ``tokensPlayed`
 the next stretch of text it played (when the TwiML asks for ``tokens-played``), or, in the
 other reading of Twilio's docs, all of the talk cycle played so far: both are taken. So a
 report continues the oldest reply still playing, unless it begins a newer reply instead:
-then the newer reply's speech cut off the ones before it (``preemptible``), and each of
-those was heard as far as it had played. No ``interrupt`` comes for that cut, so these
-reports are the only way a relay can learn where it happened.
+then, when ``preemptible`` is on, the newer reply's speech cut off the ones before it,
+and each of those was heard as far as it had played. No ``interrupt`` comes for that cut,
+so these reports are the only way a relay can learn where it happened. (With preemptible
+off nothing can cut a reply off: the report only skipped what Twilio left unreported.)
 
 Text is compared without whitespace: only the words and their order matter.
 """
@@ -41,9 +42,12 @@ class Credit(Generic[R]):
     cut_off: list[R] = field(default_factory=list)
 
 
-def credit_played(replies: Sequence[R], text: str) -> Credit[R]:
+def credit_played(replies: Sequence[R], text: str, *, preemption: bool = True) -> Credit[R]:
     """Add ``text`` to the ``played`` of the reply it belongs to, among ``replies`` in the
-    order sent. Replies it shows were cut off get ``heard`` (what they had played)."""
+    order sent. Replies it shows were cut off get ``heard`` (what they had played). Without
+    ``preemption`` (the TwiML's and the replies' own preemptible) nothing can cut a reply
+    off, so a report that skips past the rest of one means Twilio did not report all of
+    it: it counts as played through."""
     words = _squashed(text)
     if not words:
         return Credit(None)
@@ -55,10 +59,13 @@ def credit_played(replies: Sequence[R], text: str) -> Credit[R]:
             reply.played = text
         else:
             continue
-        cut = playing[:index]  # the text skipped past them: they were cut off
-        for older in cut:
-            older.heard = older.played.rstrip()
-        return Credit(reply, cut)
+        skipped = playing[:index]  # the report skipped past the rest of these
+        for older in skipped:
+            if preemption:
+                older.heard = older.played.rstrip()  # cut off where it had got to
+            else:
+                older.played = older.sent
+        return Credit(reply, skipped if preemption else [])
     return Credit(None)
 
 

@@ -30,7 +30,7 @@ from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
-from relaylab.twiml import heard_blind_spots, playback_reports_needed, welcome_greeting
+from relaylab.twiml import heard_blind_spots, playback_reports_needed, preempts, welcome_greeting
 from relaylab.webhooks import HttpLog, Webhooks
 
 log = logging.getLogger("relaylab.server")
@@ -56,6 +56,7 @@ class RelayServer:
         self._listener: asyncio.Server | None = None
         self._http: web.Server | None = None
         self._greeting = ""  # the TwiML's welcome greeting, read at start
+        self._preemptible = False  # the TwiML's preemptible, read at start
 
     @property
     def host(self) -> str:
@@ -80,6 +81,7 @@ class RelayServer:
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("relay listening on %s (step %s)", self.http_url, self.step.name)
         self._greeting = welcome_greeting(**self.settings.twiml)
+        self._preemptible = preempts(**self.settings.twiml)
         for reason in playback_reports_needed(**self.settings.twiml):
             log.info("the TwiML asks Twilio for tokensPlayed reports (%s)", reason)
         for reason in heard_blind_spots(**self.settings.twiml):
@@ -130,7 +132,12 @@ class RelayServer:
 
     def open_session(self, send: Send) -> CallSession:
         session = CallSession(
-            send, step=self.step, llm=self.llm, limits=self.settings.call, greeting=self._greeting
+            send,
+            step=self.step,
+            llm=self.llm,
+            limits=self.settings.call,
+            greeting=self._greeting,
+            preemptible=self._preemptible,
         )
         self.sessions.append(session)
         for listener in list(self.session_listeners):

@@ -152,9 +152,12 @@ class CallSession:
         llm: LLM,
         limits: Limits | None = None,
         greeting: str = "",
+        preemptible: bool = False,
     ) -> None:
         self._send = send
         self.greeting = greeting  # what Twilio says itself when the call connects
+        # May a newer reply cut off the one playing (TwiML, or a text frame's own flag)?
+        self.preemptible = preemptible
         self._opened_at = time.monotonic()  # about when Twilio began the greeting
         self.step = step
         self.claude = llm.client
@@ -392,6 +395,8 @@ class CallSession:
                     reply.first_token_at = now
             if last:
                 reply.last_token_at = now
+        if options.get("preemptible"):
+            self.preemptible = True
         await self.send(protocol.text(token, last, **options))
         if reply is not None and token and self.events:
             self.events.emit("token", reply=reply, token=token)
@@ -562,7 +567,9 @@ class CallSession:
         """Credit Twilio's report of played text to its reply (see relaylab.playback); a
         reply it shows was cut off by a newer one is stored as far as it played."""
         self._reports = True
-        credit = playback.credit_played(self._from_first_unplayed(), text)
+        credit = playback.credit_played(
+            self._from_first_unplayed(), text, preemption=self.preemptible
+        )
         for reply in credit.cut_off:
             reply.cut_off = True
             stored = self.conversation.cut_reply(reply.sent, reply.heard or "")

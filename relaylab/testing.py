@@ -309,9 +309,10 @@ async def run_step(
     limits: Limits | None = None,
     settle: float = 5.0,
     greeting: str = "",
+    preemptible: bool = False,
 ) -> RunResult:
     """Feed ``frames_in`` to a fresh CallSession running ``step``; return what happened.
-    ``greeting`` is the welcome greeting the call's TwiML would give Twilio to say.
+    ``greeting`` and ``preemptible`` are what the call's TwiML would tell Twilio.
 
     A ``setup`` frame is sent first unless the frames start with one. After the last
     frame the call runs until the relay is idle (or ``settle`` seconds pass), then hangs up.
@@ -328,7 +329,14 @@ async def run_step(
         await asyncio.sleep(0)  # a socket write lets the loop run, like the real one may
 
     llm = LLM(client=claude or ScriptedClaude(), model="scripted")  # type: ignore[arg-type]
-    session = CallSession(send, step=resolve(step), llm=llm, limits=limits, greeting=greeting)
+    session = CallSession(
+        send,
+        step=resolve(step),
+        llm=llm,
+        limits=limits,
+        greeting=greeting,
+        preemptible=preemptible,
+    )
     frames = list(frames_in)
     if not frames or not _is_setup(frames[0]):
         frames.insert(0, protocol.setup_frame("CA" + "0" * 32))

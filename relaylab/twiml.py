@@ -160,6 +160,16 @@ def welcome_greeting(**options: object) -> str:
     return "" if greeting is None else str(greeting)
 
 
+def preempts(**options: object) -> bool:
+    """Do these ``relay_twiml`` options let a newer reply cut off the one still playing
+    (``preemptible=true``)?"""
+    return _preempts(_relay_attributes(options))
+
+
+def _preempts(attributes: Mapping[str, object]) -> bool:
+    return _word(attributes.get("preemptible")) == "true"
+
+
 def _relay_attributes(options: Mapping[str, object]) -> dict[str, object]:
     """``relay_twiml`` options that are ``<ConversationRelay>`` attributes, by attribute."""
     attributes = {k: v for k, v in options.items() if attribute_name(k) not in _OWN_OPTIONS}
@@ -201,7 +211,7 @@ def _reports_needed(attributes: Mapping[str, object]) -> list[str]:
         for attribute, reason in _speech_queued_behind(attributes)
         if attribute == "interruptible"
     ]
-    if _word(attributes.get("preemptible")) == "true":
+    if _preempts(attributes):
         reasons.insert(0, "preemptible=true: a newer reply cuts off the one playing")
     return reasons
 

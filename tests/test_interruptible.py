@@ -228,7 +228,7 @@ def test_without_preemptible_the_next_reply_waits_for_the_one_playing(make_lab):
 
 @pytest.mark.parametrize("reports", [True, "cumulative"], ids=["chunk-reports", "cumulative"])
 def test_with_preemptible_the_next_reply_cuts_the_one_playing(make_lab, reports):
-    lab = make_lab("tracking")
+    lab = make_lab("tracking", twiml_options={"preemptible": True})
     twilio = TwilioBehaviour(
         interruptible="none",
         report_input_during_agent_speech="speech",
@@ -255,7 +255,7 @@ def test_with_preemptible_the_next_reply_cuts_the_one_playing(make_lab, reports)
     "cut the older one off, or where (the relay's own TwiML asks for tokens-played)",
 )
 def test_with_preemptible_and_no_playback_reports_the_cut_is_unknown(make_lab):
-    lab = make_lab("tracking")
+    lab = make_lab("tracking", twiml_options={"preemptible": True})
     twilio = TwilioBehaviour(
         interruptible="none", report_input_during_agent_speech="speech", preemptible=True
     )

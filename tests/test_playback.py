@@ -110,3 +110,11 @@ def test_a_reply_with_no_words_yet_is_not_played_out_while_it_runs():
     reply = sent(FIRST)
     credit_played([reply], FIRST)
     assert played_out(reply)
+
+
+def test_without_preemption_a_report_that_skips_ahead_means_the_rest_played_unreported():
+    first, newest = sent(FIRST), sent(SECOND, 2)
+    credit_played([first, newest], "Here are ten things.", preemption=False)
+    credit = credit_played([first, newest], "Dogs were the first", preemption=False)
+    assert credit.reply is newest and credit.cut_off == []
+    assert first.heard is None and first.played == FIRST and played_out(first)

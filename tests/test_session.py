@@ -101,9 +101,9 @@ async def test_info_tokens_played_is_preferred_over_the_utterance():
 CATS = "Cats chose people later, and they still keep their own hours."
 
 
-async def dogs_then_cats(*, before_cats=(), after_cats=()):
+async def dogs_then_cats(*, before_cats=(), after_cats=(), **options):
     """Two replies, the second asked for once the first was sent in full, with frames
-    from Twilio before and after the second prompt."""
+    from Twilio before and after the second prompt (``options`` go to run_step)."""
     first = len(DOGS.split()) + 1
     return await run_step(
         "tracking",
@@ -116,6 +116,7 @@ async def dogs_then_cats(*, before_cats=(), after_cats=()):
             *after_cats,
         ],
         claude=ScriptedClaude(DOGS, CATS),
+        **options,
     )
 
 
@@ -133,16 +134,19 @@ async def test_an_interrupt_of_an_older_reply_still_playing_cuts_it_and_not_the_
     ]
 
 
+REPORTS_SKIPPING_AHEAD = {
+    "before_cats": [info_frame("tokensPlayed", "Dogs were the first animals")],
+    "after_cats": [
+        info_frame("tokensPlayed", " people tamed"),
+        info_frame("tokensPlayed", "Cats chose people later,"),
+    ],
+}
+
+
 async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
     # preemptible: the second reply's speech cut the first off with no interrupt; only
     # Twilio's tokensPlayed reports show where.
-    result = await dogs_then_cats(
-        before_cats=[info_frame("tokensPlayed", "Dogs were the first animals")],
-        after_cats=[
-            info_frame("tokensPlayed", " people tamed"),
-            info_frame("tokensPlayed", "Cats chose people later,"),
-        ],
-    )
+    result = await dogs_then_cats(**REPORTS_SKIPPING_AHEAD, preemptible=True)
     old, new = result.session.replies
     assert old.cut_off and old.heard == "Dogs were the first animals people tamed"
     assert new.played == "Cats chose people later," and new.heard is None
@@ -152,6 +156,29 @@ async def test_played_tokens_that_begin_the_newer_reply_cut_the_older_one_off():
         {"role": "user", "content": "and cats?"},
         {"role": "assistant", "content": CATS},
     ]
+
+
+async def test_a_text_frame_of_its_own_preemptible_makes_the_call_preemptible():
+    async def on_prompt(call, prompt):
+        await call.send_text("Hold on.", last=True, preemptible=True)
+
+    result = await run_step(Step(on_prompt=on_prompt), [prompt_frame("Hi")])
+    assert result.session.preemptible
+    assert result.frames_out[-1] == {
+        "type": "text",
+        "token": "Hold on.",
+        "last": True,
+        "preemptible": True,
+    }
+
+
+async def test_without_preemptible_a_report_that_skips_ahead_cuts_nothing():
+    # Nothing can cut a reply off, so Twilio left some of it unreported: it all played.
+    result = await dogs_then_cats(**REPORTS_SKIPPING_AHEAD)
+    old, new = result.session.replies
+    assert not old.cut_off and old.heard is None and old.played == old.sent
+    assert new.played == "Cats chose people later,"
+    assert result.history[1] == {"role": "assistant", "content": DOGS}
 
 
 @pytest.mark.parametrize("reports", [True, False], ids=["tokens-played", "no-reports"])
