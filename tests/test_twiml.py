@@ -20,6 +20,7 @@ from relaylab.twiml import (
     heard_blind_spots,
     parse_relay_attrs,
     playback_reports_needed,
+    preempts,
     relay_twiml,
     wants_human,
 )
@@ -527,6 +528,11 @@ def test_the_relay_warns_at_start_when_its_twiml_makes_heard_unknowable(make_lab
         "tokensPlayed reports (reportInputDuringAgentSpeech=any with interruptible=dtmf" in message
         for message in said(logging.INFO)
     )
+
+
+def test_preempts_reads_preemptible_as_twilio_does():
+    assert preempts(preemptible=True) and preempts(preemptible="TRUE")
+    assert not preempts() and not preempts(preemptible=False, interruptible="none")
 
 
 @pytest.mark.parametrize("preemptible", [True, "true", "TRUE"])
