@@ -77,11 +77,8 @@ def played_out(reply: Playable) -> bool:
 
 
 def still_playing(reply: Playable) -> bool:
-    """Could more of ``reply`` still be played? Not once it stopped early, and not once
-    it was sent in full and played through."""
-    if reply.heard is not None or not reply.sent:
-        return False
-    return reply.running or _squashed(reply.played) != _squashed(reply.sent)
+    """Has ``reply`` sent words that may still be played (it is not ``played_out``)?"""
+    return bool(reply.sent) and not played_out(reply)
 
 
 def _continues(reply: Playable, words: str) -> bool:
