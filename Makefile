@@ -1,17 +1,31 @@
 # Two entry points for a fresh clone: `make demo` and `make test`.
-# Each builds .venv first (once, and again when pyproject.toml changes).
+# Each builds .venv first (once, and again when pyproject.toml or the lock changes),
+# with exactly the versions in the lock, hashes checked.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock.txt
 
-.PHONY: demo test lint format bench bench-compare soak lab serve clean
+.PHONY: demo test test-latest lock lint format bench bench-compare soak lab serve clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Refresh the lock: the newest versions pyproject.toml allows, for every Python it allows.
+# Run it after changing a dependency, then `make test` and commit both files.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+		--generate-hashes --upgrade --quiet -o $(LOCK)
+
+# Not part of CI's gate: the suite against the newest allowed versions, in a throwaway venv.
+test-latest:
+	$(PYTHON) scripts/test_latest.py
 
 demo: $(STAMP)
 	$(BIN)/relaylab demo

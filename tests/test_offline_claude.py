@@ -428,7 +428,7 @@ def test_stall_streams_some_tokens_then_goes_quiet_on_an_open_connection() -> No
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         claude.fail_next("stall")
         received: list[tuple[str, float]] = []
-        with pytest.raises(Exception) as caught:  # httpx's own ReadTimeout, not wrapped
+        with pytest.raises(anthropic.APITimeoutError) as caught:
             async with client.messages.stream(
                 model=MODEL, max_tokens=500, messages=DOGS, timeout=0.4
             ) as s:
@@ -438,8 +438,7 @@ def test_stall_streams_some_tokens_then_goes_quiet_on_an_open_connection() -> No
         await asyncio.sleep(0.1)
         return caught.value, received, gave_up, claude.requests[0]
 
-    exc, received, gave_up, record = run(body)
-    assert type(exc).__name__ == "ReadTimeout", repr(exc)
+    _, received, gave_up, record = run(body)
     assert len(received) == 10 and REPLIES["dogs"].startswith("".join(t for t, _ in received))
     assert gave_up - received[-1][1] >= 0.35  # silence, not a closed connection
     assert record.outcome == "failed:stall" and record.tokens_sent == 10

@@ -1,25 +1,101 @@
-"""The install paths agree: pyproject.toml, environment.yml, the Makefile, .ci/run and README."""
+"""The install paths agree: pyproject.toml, the lock, environment.yml, the Makefile, .ci/run
+and README."""
 
 import ast
+import importlib.metadata
 import re
+import shlex
 import sys
 import tomllib
 from pathlib import Path
 
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "requirements.lock.txt"
 
 
 def pyproject():
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def test_environment_yml_installs_the_package_with_extras_that_exist():
+def locked() -> dict[str, list[Requirement]]:
+    """The lock's pins by name; a name can be pinned twice under different markers."""
+    entries = LOCK.read_text().replace("\\\n", " ").splitlines()
+    pins: dict[str, list[Requirement]] = {}
+    for line in entries:
+        if line and not line.startswith((" ", "#")):
+            requirement = Requirement(line.split(" --hash")[0].strip())
+            pins.setdefault(canonicalize_name(requirement.name), []).append(requirement)
+    return pins
+
+
+def applies_here(requirement: Requirement, extra: str = "") -> bool:
+    marker = requirement.marker
+    return marker is None or marker.evaluate({**default_environment(), "extra": extra})
+
+
+def pinned_version(requirement: Requirement) -> str:
+    (spec,) = requirement.specifier
+    assert spec.operator == "==", f"{requirement} is not pinned with =="
+    return spec.version
+
+
+def test_every_declared_dependency_is_locked_at_a_version_it_allows():
+    project = pyproject()["project"]
+    declared = [(d, "") for d in project["dependencies"]]
+    for extra, requirements in project["optional-dependencies"].items():
+        declared += [(d, extra) for d in requirements]
+    pins = locked()
+    for text, extra in declared:
+        requirement = Requirement(text)
+        if not applies_here(requirement, extra):
+            continue
+        here = [p for p in pins.get(canonicalize_name(requirement.name), []) if applies_here(p)]
+        assert here, f"{requirement.name} is in pyproject.toml but not in {LOCK.name}: make lock"
+        for pin in here:
+            assert requirement.specifier.contains(pinned_version(pin), prereleases=True), (
+                f"{LOCK.name} pins {pin.name}=={pinned_version(pin)}, which pyproject.toml's "
+                f"{requirement} does not allow: make lock"
+            )
+
+
+def test_every_pin_carries_hashes():
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n", 2)[2])
+    assert len(blocks) > 50
+    for block in blocks:
+        assert "--hash=sha256:" in block, block.splitlines()[0]
+
+
+def test_lock_was_made_by_the_make_lock_command():
+    header = LOCK.read_text().splitlines()[1].lstrip("# ").split()
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    command = re.search(r"^lock:.*\n(?:\t.*\n)*?\t\$\(BIN\)/(uv pip compile .*)$", makefile, re.M)
+    made_by = shlex.split(command.group(1).replace("$(LOCK)", LOCK.name))
+    # uv records the command without --upgrade and --quiet, which change nothing in the file.
+    assert header == [word for word in made_by if word not in ("--upgrade", "--quiet")]
+
+
+def test_installed_versions_match_the_lock():
+    """What `make test` runs on is exactly what the lock says (`make test-latest` skips this)."""
+    mismatched = []
+    for name, pins in locked().items():
+        for pin in (p for p in pins if applies_here(p)):
+            installed = importlib.metadata.version(name)
+            if installed != pinned_version(pin):
+                mismatched.append(f"{name} {installed} (lock: {pinned_version(pin)})")
+    assert not mismatched, "installed versions differ from the lock: " + ", ".join(mismatched)
+
+
+def test_environment_yml_installs_the_lock():
     text = (ROOT / "environment.yml").read_text()
     python = re.search(r"^\s*-\s*python(.*)$", text, re.MULTILINE).group(1).strip()
     assert python == pyproject()["project"]["requires-python"]
-    extras = re.search(r"--editable \.\[([\w,]+)\]", text).group(1).split(",")
-    assert set(extras) <= set(pyproject()["project"]["optional-dependencies"])
     assert re.search(r"^\s*-\s*pip\s*$", text, re.MULTILINE)
+    assert re.search(rf"^\s*-\s*--requirement {re.escape(LOCK.name)}\s*$", text, re.MULTILINE)
+    assert "pip install --no-deps --editable ." in text
 
 
 def test_runtime_dependencies_named_by_the_design_are_declared():

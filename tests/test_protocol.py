@@ -166,7 +166,8 @@ def _nested(depth: int, inner: str = "1") -> str:
 @pytest.mark.parametrize(
     ("frame", "says"),
     [
-        (_nested(1000), "nested too deeply"),
+        # Python 3.11's decoder gives up on the depth, 3.12's reads it and then sees an array.
+        (_nested(1000), "nested too deeply|must be a JSON object, got array"),
         ('{"type":"prompt","voicePrompt":"hi","x":' + _nested(1000) + "}", "nested too deeply"),
         ('{"type":"config","x":' + _nested(protocol.MAX_NESTING) + "}", "nested too deeply"),
         ('{"type":"prompt","voicePrompt":"hi","n":' + "7" * 5000 + "}", "too many digits"),
