@@ -39,7 +39,7 @@ def run(*args: str | Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the throwaway venv")
-    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (default: tests notebooks)")
+    parser.add_argument("pytest_args", nargs="*", help="for pytest (default: tests notebooks)")
     options = parser.parse_args()
 
     venv = Path(tempfile.mkdtemp(prefix="relaylab-latest-"))
@@ -70,7 +70,7 @@ def main() -> int:
         verdict = "passes" if returncode == 0 else f"FAILS (pytest exit {returncode})"
         print(f"test-latest: the suite {verdict} with the newest allowed versions")
         if returncode == 0 and changed:
-            print("test-latest: `make lock` would take these versions; commit the lock after `make test`")
+            print("test-latest: `make lock` takes these; run `make test`, commit the lock")
         return returncode
     finally:
         if options.keep:
