@@ -10,7 +10,9 @@ from __future__ import annotations
 import anthropic
 import httpx2
 
-APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
+from relaylab.endings import APOLOGY
+
+__all__ = ["APOLOGY", "ModelTooSlow", "describe", "is_model_error"]
 
 
 class ModelTooSlow(Exception):

@@ -4,33 +4,48 @@ The caller starts hearing the reply after the first token instead of the last.
 Like the seed's step 2, this step ignores interruptions: lesson 3 fixes that.
 
 Lesson 2's notebook uses ``messages.stream()`` and its ``text_stream``, the SDK's
-friendliest helper. The relay reads the same stream through ``relaylab.llm.stream_text``,
-which keeps only the text and skips building a typed SDK object per token: at 200
-concurrent calls that is most of the relay's CPU (see bench/).
+friendliest helper. The relay reads the same stream through ``relaylab.llm.stream_reply``,
+which reads the events as the SDK does (tests/test_sse.py) but keeps only what a relay
+needs and skips building a typed SDK object per token: at 200 concurrent calls that is
+most of the relay's CPU (see bench/).
 """
 
 from __future__ import annotations
 
-from relaylab.llm import stream_text
+from relaylab.endings import EMPTY_LINE
+from relaylab.llm import ReplyStream, stream_reply
 from relaylab.protocol import Prompt
 from relaylab.session import CallSession
 
 name = "streaming"
 
 
+def request(call: CallSession) -> dict[str, object]:
+    """The request settings of every reply of this call (the messages aside)."""
+    return {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
+
+
+async def forward(call: CallSession, messages: list) -> ReplyStream:
+    """Stream Claude's reply to ``messages`` to the caller piece by piece, without ending
+    the talk cycle; return the finished stream (its ``stop_reason`` and ``content``)."""
+    # Leaving the `async with` (done or cancelled) closes the HTTP request.
+    async with stream_reply(call.claude, messages=messages, **request(call)) as stream:
+        async for text in stream:
+            await call.send_text(text)
+    return stream
+
+
 async def ai_response_stream(call: CallSession) -> str:
     """Stream Claude's reply to the caller piece by piece; return the whole text."""
-    reply = ""
-    request = {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
-    # Leaving the loop (done or cancelled) closes the HTTP request.
-    async for text in stream_text(call.claude, messages=call.conversation, **request):
-        reply += text
-        await call.send_text(text)
-    await call.send_text("", last=True)
+    stream = await forward(call, call.conversation)
+    reply = stream.text
+    # A reply with no words would be dead air: say so instead (and store nothing).
+    await call.send_text("" if reply.strip() else EMPTY_LINE, last=True)
     return reply
 
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
     call.conversation.append({"role": "user", "content": prompt.voice_prompt})
     reply = await ai_response_stream(call)
-    call.conversation.append({"role": "assistant", "content": reply})
+    if reply.strip():  # an empty turn would make every later request fail with a 400
+        call.conversation.append({"role": "assistant", "content": reply})
