@@ -25,7 +25,8 @@ async def ai_response(call: CallSession) -> str:
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
     call.conversation.append({"role": "user", "content": prompt.voice_prompt})
-    reply = await ai_response(call)
-    if reply.strip():  # an empty turn would make every later request fail with a 400
-        call.conversation.append({"role": "assistant", "content": reply})
-    await call.send_text(reply if reply.strip() else EMPTY_LINE, last=True)
+    # No words is possible too. An empty turn would make every later request fail with a
+    # 400, so the caller hears (and the history keeps) a short line instead.
+    reply = (await ai_response(call)).strip() or EMPTY_LINE
+    call.conversation.append({"role": "assistant", "content": reply})
+    await call.send_text(reply, last=True)

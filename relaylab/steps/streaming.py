@@ -36,16 +36,17 @@ async def forward(call: CallSession, messages: list) -> ReplyStream:
 
 
 async def ai_response_stream(call: CallSession) -> str:
-    """Stream Claude's reply to the caller piece by piece; return the whole text."""
+    """Stream Claude's reply to the caller piece by piece; return the whole text (a short
+    line instead, when Claude said nothing: never dead air, never an empty turn)."""
     stream = await forward(call, call.conversation)
-    reply = stream.text
-    # A reply with no words would be dead air: say so instead (and store nothing).
-    await call.send_text("" if reply.strip() else EMPTY_LINE, last=True)
-    return reply
+    if not stream.text.strip():
+        await call.send_text(EMPTY_LINE, last=True)
+        return EMPTY_LINE
+    await call.send_text("", last=True)
+    return stream.text
 
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
     call.conversation.append({"role": "user", "content": prompt.voice_prompt})
     reply = await ai_response_stream(call)
-    if reply.strip():  # an empty turn would make every later request fail with a 400
-        call.conversation.append({"role": "assistant", "content": reply})
+    call.conversation.append({"role": "assistant", "content": reply})

@@ -29,8 +29,8 @@ name = "tracking"
 
 async def speak_reply(call: CallSession) -> Ending:
     """Stream Claude's reply to the caller, carrying on a paused turn, and return how it
-    ended. Claude's talk cycle is closed here; the relay's own line (``ending.say``) is
-    left to the caller of this, to say after the turn is stored."""
+    ended. The talk cycle is ended here, unless the relay has a line of its own to add
+    (``ending.say``): that is said after the turn is stored, and ends it."""
     messages = list(call.conversation)
     continuations = 0
     while True:
@@ -41,8 +41,8 @@ async def speak_reply(call: CallSession) -> Ending:
             break
         messages = endings.continuation(messages, stream.content)
         continuations += 1
-    if sent:
-        await call.send_text("", last=True)  # Claude's words end their talk cycle here
+    if sent and not ending.say:
+        await call.send_text("", last=True)  # the end of the talk cycle
     return ending
 
 
@@ -75,7 +75,7 @@ async def on_prompt(call: CallSession, prompt: Prompt) -> None:
         # it down to what was heard.
         store(call, ending, before)
     if ending.say:
-        await call.say(ending.say)  # the relay's own words: a talk cycle of their own
+        await call.say(ending.say)  # the relay's own words: a sentence of their own
 
 
 async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
