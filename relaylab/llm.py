@@ -354,3 +354,50 @@ def retry_after(headers: Mapping[str, str]) -> float:
             if value is not None:
                 return max(float(value) * scale, 0.0)
     return 0.0
+
+
+# -- the start-up check ------------------------------------------------------------------------
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be used with this key: it does not exist, or the key is refused."""
+
+
+def needs_model_check(backend: Backend) -> bool:
+    """A relay with a key checks its model at start (the stand-in answers any model)."""
+    return backend.kind != "offline" and bool(backend.api_key)
+
+
+async def check_model(llm: LLM, backend: Backend | None = None) -> str:
+    """Look ``llm.model`` up through the SDK's models API (``client.models.retrieve``)
+    and return its display name; raise ModelUnavailable, naming the model, when it does
+    not exist or the key is refused, so a wrong ANTHROPIC_MODEL or key fails at start
+    rather than as an apology on every turn."""
+    model = llm.model
+    where = backend.describe() if backend is not None else "the Messages API"
+    try:
+        info = await llm.client.models.retrieve(model)
+    except anthropic.NotFoundError as exc:
+        raise ModelUnavailable(
+            f"the model {model!r} does not exist at {where} (HTTP 404). Set ANTHROPIC_MODEL "
+            "to a model your key can use (client.models.list() lists them)."
+        ) from exc
+    except anthropic.AuthenticationError as exc:
+        raise ModelUnavailable(
+            f"the API key was refused (HTTP 401) when looking up the model {model!r} at "
+            f"{where}. Check ANTHROPIC_API_KEY."
+        ) from exc
+    except anthropic.PermissionDeniedError as exc:
+        raise ModelUnavailable(
+            f"the API key may not use the model {model!r} at {where} (HTTP 403). Check "
+            "ANTHROPIC_API_KEY and ANTHROPIC_MODEL."
+        ) from exc
+    except anthropic.APIStatusError as exc:
+        raise ModelUnavailable(
+            f"looking up the model {model!r} at {where} failed with HTTP {exc.status_code}"
+        ) from exc
+    except anthropic.APIConnectionError as exc:
+        raise ModelUnavailable(
+            f"could not reach {where} to look up the model {model!r} ({exc})"
+        ) from exc
+    return info.display_name

@@ -265,7 +265,8 @@ class OfflineClaude:
         """How long a ``thinking`` reply thinks (streaming thinking deltas) before its text."""
         self.models = list(MODELS)
         self.api_keys: set[str] | None = None
-        """When set, only these ``x-api-key`` values are accepted; others get 401."""
+        """When set, only these keys (``x-api-key``, or ``Authorization: Bearer``) are
+        accepted; other requests get 401."""
         self.requests: list[RecordedRequest] = []
         self.on_token: TokenHook | None = None
         self._failures: deque[str] = deque()
@@ -347,7 +348,10 @@ class OfflineClaude:
     # ---- one request ----------------------------------------------------------------
 
     def _refused_key(self, request: web.Request) -> web.Response | None:
-        if self.api_keys is None or request.headers.get("x-api-key") in self.api_keys:
+        if self.api_keys is None:
+            return None
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if {request.headers.get("x-api-key"), bearer} & self.api_keys:
             return None
         return _error(401, "authentication_error", "invalid x-api-key")
 
