@@ -35,8 +35,11 @@ HOLD_LINE = "One moment."
 """Said once when Claude is alive (thinking, or the API asked the client to wait) but has
 not said a word by the voice budget (``Limits.first_token_timeout``)."""
 
-CUT_MARK = " [cut off]"
-"""Ends a stored reply that stopped mid-way, so Claude can tell its words stopped there."""
+CUT_MARK = "..."
+"""Ends a stored reply that stopped mid-way, so Claude can tell its words stopped there
+(the system prompt, ``relaylab.llm.SYSTEM_PROMPT``, says what it means). The caller
+heard the same trailing pause before the relay's line (``spoken_after``), so a stored
+turn stays exactly what the caller heard."""
 
 NORMAL_ENDS = frozenset({"end_turn", "stop_sequence", "tool_use"})
 MAX_CONTINUATIONS = 3
@@ -86,11 +89,26 @@ def ending(stop_reason: str | None, text: str, *, continuations: int = 0) -> End
 def failed(text: str) -> Ending:
     """A reply that failed (an error mid-stream, a stalled or dropped stream) after ``text``."""
     said = text.strip()
-    return Ending(None, say=APOLOGY, store=said + CUT_MARK if said else APOLOGY)
+    return Ending(None, say=APOLOGY, store=marked(said) if said else APOLOGY)
 
 
 def cut_short(stop_reason: str | None, said: str, line: str) -> Ending:
-    return Ending(stop_reason, say=line, store=said + CUT_MARK if said else None)
+    return Ending(stop_reason, say=line, store=marked(said) if said else None)
+
+
+def marked(said: str) -> str:
+    """``said`` marked as cut off."""
+    said = said.rstrip()
+    return said if said.endswith(CUT_MARK) else said + CUT_MARK
+
+
+def spoken_after(sent: str, line: str) -> str:
+    """The relay's ``line`` as it is said after Claude's words ``sent``: after a pause
+    (the cut mark, spoken), as a sentence of its own, never run on from Claude's
+    ("...was finished in Sorry, I'm having trouble" is what it must not be)."""
+    if not sent.strip():
+        return line
+    return (CUT_MARK if not sent.rstrip().endswith(CUT_MARK) else "") + " " + line
 
 
 def mark_cut(history: list[Any], text: str) -> bool:
@@ -104,7 +122,7 @@ def mark_cut(history: list[Any], text: str) -> bool:
             continue
         content = turn.get("content")
         if isinstance(content, str) and content.endswith(said):
-            turn["content"] = content + CUT_MARK
+            turn["content"] = marked(content)
             return True
         return False
     return False

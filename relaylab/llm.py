@@ -30,7 +30,8 @@ SYSTEM_PROMPT = (
     "a text-to-speech voice, so write the way people talk: short sentences, no lists, no "
     "markdown, no emoji, no symbols. Spell out numbers, dates and units in words. Keep "
     "answers brief unless the caller asks for detail. If the caller interrupts you, the "
-    "conversation shows only what they heard before they spoke."
+    "conversation shows only what they heard before they spoke. A reply of yours that "
+    "ends in '...' was cut off there: the caller heard it only that far."
 )
 
 

@@ -153,18 +153,6 @@ def _may_still_play(text: str, began: float | None, at: float) -> bool:
     return at - began < len(text.split()) * 60 / SLOWEST_VOICE_WPM
 
 
-def _after(sent: str, line: str) -> str:
-    """``line`` as the relay says it after Claude's words ``sent``: a sentence of its own,
-    never run on from Claude's ("...was finished in. Sorry" is not what a voice should
-    say, nor "...finished inSorry"). A reply cut mid-sentence gets a trailing pause."""
-    said = sent.rstrip()
-    if not said:
-        return line
-    if said[-1] in ".?!":
-        return line if sent[-1].isspace() else " " + line
-    return "... " + line
-
-
 def _alive_listener(ref: weakref.ref[Reply]) -> llm.AliveListener:
     """Record the model's signs of life on the reply (weakly held: see _current_reply)."""
 
@@ -430,7 +418,7 @@ class CallSession:
             return
         ending = endings.failed(reply.sent)
         try:
-            await self.send(protocol.text(_after(reply.sent, ending.say), True))
+            await self.send(protocol.text(endings.spoken_after(reply.sent, ending.say), True))
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
         # The relay's words are never stored as Claude's: a reply that had begun is
@@ -488,8 +476,9 @@ class CallSession:
     async def say(self, line: str) -> None:
         """Say the relay's own ``line`` (a wrap-up, a refusal's line) after Claude's words,
         ending the talk cycle. It is not Claude's: never added to ``reply.sent`` nor
-        stored, and after Claude's words it starts a sentence of its own. Silent once
-        the reply is cancelled, as ``send_text`` is."""
+        stored, and after Claude's words it follows a pause, a sentence of its own
+        (``endings.spoken_after``). Silent once the reply is cancelled, as ``send_text``
+        is."""
         reply = _running_reply()
         sent = ""
         if reply is not None:
@@ -499,7 +488,7 @@ class CallSession:
                 raise asyncio.CancelledError
             reply.last_sent_at = reply.last_token_at = time.monotonic()
             sent = reply.sent
-        await self.send(protocol.text(_after(sent, line), True))
+        await self.send(protocol.text(endings.spoken_after(sent, line), True))
 
     async def _wait_for_handlers(self, reply: Reply) -> None:
         """Wait while a frame that arrived during ``reply`` is still being handed to its

@@ -66,8 +66,8 @@ def test_a_refusal_after_some_words_stops_says_a_line_and_leaves_the_context(lab
     assert said.stop_reason == "refusal" and said.tokens_sent > 0
     # What was already said, then the relay's line as a sentence of its own.
     assert reply.complete and reply.text.endswith(endings.REFUSAL_LINE)
-    words = reply.text[: -len(endings.REFUSAL_LINE)]
-    assert words.rstrip(". ") and REPLIES["dogs"].startswith(words.rstrip(". ").rstrip())
+    words = reply.text[: -len(CUT_MARK + " " + endings.REFUSAL_LINE)]
+    assert words and REPLIES["dogs"].startswith(words)
     # The refused words and the prompt that caused them are out of the context.
     assert call.conversation == before
     next_turn_is_real(call)
@@ -93,7 +93,7 @@ def test_max_tokens_wraps_up_and_the_stored_turn_marks_the_cut(lab):
     assert reply.text.endswith(endings.WRAP_UP_LINE)
     texts = spoken(reply)
     # The wrap-up is its own frame, a sentence of its own after Claude's words.
-    assert texts[-1].endswith(endings.WRAP_UP_LINE) and texts[-1][0] in ". "
+    assert texts[-1] == CUT_MARK + " " + endings.WRAP_UP_LINE
     stored = call.conversation[-1]["content"]
     assert stored.endswith(CUT_MARK) and endings.WRAP_UP_LINE not in stored
     assert REPLIES["dogs"].startswith(stored[: -len(CUT_MARK)])
@@ -129,6 +129,8 @@ def test_a_full_context_trims_the_history_and_wraps_up(lab):
 
 
 def test_an_error_event_mid_stream_keeps_the_relays_words_apart_from_claudes(lab, relay_logs):
+    # Stored: Claude's words, marked as cut off, exactly as the caller heard them (with
+    # the pause before the relay's line); the apology is the relay's, never Claude's.
     lab.offline_claude.fail_next("error_event")
     call = lab.call()
     reply = call.say(DOGS)
@@ -136,13 +138,14 @@ def test_an_error_event_mid_stream_keeps_the_relays_words_apart_from_claudes(lab
     assert record.outcome == "failed:error_event" and record.tokens_sent > 0
     texts = spoken(reply)
     # The apology is a frame of its own that starts a new sentence.
-    assert texts[-1].endswith(endings.APOLOGY) and texts[-1].startswith("... ")
+    assert texts[-1] == CUT_MARK + " " + endings.APOLOGY
     partial = "".join(texts[:-1])
     assert partial and REPLIES["dogs"].startswith(partial)
     stored = call.conversation[-1]["content"]
     assert stored == partial.strip() + CUT_MARK
     assert endings.APOLOGY not in stored
     assert "Overloaded" in relay_logs.text
+    assert "".join(stored.split()) in "".join(reply.text.split())
     next_turn_is_real(call)
 
 
@@ -219,7 +222,10 @@ def test_each_stop_reason_has_its_behaviour():
     assert e("stop_sequence", "Hi").normal and e("tool_use", "Hi").normal
     assert e("end_turn", "  ") == endings.Ending("end_turn", say=endings.EMPTY_LINE)
     assert e("refusal", "Well").forget_prompt and e("refusal", "Well").store is None
-    assert e("max_tokens", "It was").store == "It was" + CUT_MARK
+    assert e("max_tokens", "It was ").store == "It was" + CUT_MARK
+    assert e("max_tokens", "It was...").store == "It was..."  # marked once
+    assert endings.spoken_after("It was", "Bye.") == "... Bye."
+    assert endings.spoken_after("", "Bye.") == "Bye."
     assert e("max_tokens", "").store is None  # never an empty turn
     assert e("pause_turn", "So").continue_turn
     paused_out = e("pause_turn", "So", continuations=endings.MAX_CONTINUATIONS)
