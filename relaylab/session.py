@@ -116,6 +116,7 @@ class Reply:
     last_token_at: float | None = None  # when the frame with last=True went out
     ended_at: float | None = None
     interrupted_at: float | None = None
+    stored: bool = True  # False: the step stored none of it (a refusal, no words at all)
     alive_at: float = 0.0  # the model's last sign of life (later: a retry being waited out)
     held_at: float | None = None  # when the caller heard the holding line, if they did
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -237,6 +238,15 @@ class CallSession:
         limit = _replies_before.get()
         replies = self.replies if limit is None else self.replies[:limit]
         return (replies[-1].heard or "") if replies else ""
+
+    @property
+    def interrupted_reply(self) -> Reply | None:
+        """In a handler of an interrupt, the reply whose speech it cut (None for speech
+        the relay never sent, such as the welcome greeting); else the latest reply."""
+        cut = _cut.get()
+        if cut is not False:
+            return cut if isinstance(cut, Reply) else None
+        return self.last_reply
 
     @property
     def timings(self) -> dict[str, float]:

@@ -250,3 +250,16 @@ def test_mark_cut_marks_only_the_turn_that_holds_the_words():
     assert endings.mark_cut(history, "it ")
     assert history[-1]["content"] == "Well, it" + CUT_MARK
     assert not endings.mark_cut(history, "something else")
+
+
+def test_an_interrupt_during_a_refusal_leaves_the_earlier_turns_alone(make_lab):
+    lab = make_lab(tokens_per_second=20.0)
+    call = lab.call()
+    call.say(HELLO)
+    before = list(call.conversation)
+    lab.offline_claude.fail_next("refusal")
+    reply = call.say(DOGS, interrupt_after_words=14)  # into the refusal's own line
+    assert reply.interrupted
+    time.sleep(0.3)
+    assert call.conversation == before
+    next_turn_is_real(call)

@@ -56,6 +56,8 @@ def store(call: CallSession, ending: Ending | None, before: list) -> None:
         call.conversation[:] = before
     if ending.store:
         call.conversation.add_assistant(ending.store)
+    elif call.reply:
+        call.reply.stored = False  # so an interrupt finds no turn of it to cut
     if ending.trim_history:  # the model's context is full: keep the newer half
         call.conversation.trim_to(len(str(call.conversation)) // 2)
 
@@ -83,4 +85,6 @@ async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
     # only then is there a turn to cut down to the heard words. `call.heard` is what
     # the relay worked out from the interrupt (see relaylab.conversation.heard_prefix).
     await call.cancel_reply()
-    call.conversation.keep_heard(call.heard)
+    cut = call.interrupted_reply
+    if cut is None or cut.stored:  # (a refused reply left nothing to cut down)
+        call.conversation.keep_heard(call.heard)
