@@ -2,10 +2,15 @@
 
 Which one is decided once per Lab (or per ``relaylab serve``):
 1. ``offline=True``: the local stand-in, always.
-2. ``ANTHROPIC_BASE_URL`` set: that server (any Messages API server), with
+2. ``RELAYLAB_PROVIDER=bedrock`` or ``vertex``: Claude on Amazon Bedrock or Google Vertex
+   AI, through the SDK's own ``AsyncAnthropicBedrock`` / ``AsyncAnthropicVertex``, which
+   read their cloud's usual settings (AWS_REGION and AWS credentials; CLOUD_ML_REGION,
+   ANTHROPIC_VERTEX_PROJECT_ID and Google credentials). ``ANTHROPIC_MODEL`` is mapped to
+   the cloud's model id (``provider_model``) unless it already is one.
+3. ``ANTHROPIC_BASE_URL`` set: that server (any Messages API server), with
    ``ANTHROPIC_API_KEY`` if set.
-3. ``ANTHROPIC_API_KEY`` set: the real Claude.
-4. Otherwise: the local stand-in, so a workshop works with no accounts.
+4. ``ANTHROPIC_API_KEY`` set: the real Claude.
+5. Otherwise: the local stand-in, so a workshop works with no accounts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import anthropic
 import jiter
 
+from relaylab.protocol import loggable
+
 DEFAULT_MODEL = "claude-haiku-5-5"
 DEFAULT_MAX_TOKENS = 400
 OFFLINE_API_KEY = "offline-stand-in"
@@ -35,9 +42,23 @@ SYSTEM_PROMPT = (
 )
 
 
+PROVIDERS = {"bedrock": "Amazon Bedrock", "vertex": "Google Vertex AI"}
+_BEDROCK_PREFIXES = ("anthropic.", "us.", "eu.", "apac.", "global.", "arn:")
+
+
+def provider_model(kind: str, model: str) -> str:
+    """``model`` as the cloud ``kind`` names it: Bedrock's ``anthropic.NAME-v1:0`` (a
+    Bedrock id or inference profile is kept as it is); Vertex uses Anthropic's name
+    (``NAME`` or ``NAME@VERSION``) as it is."""
+    if kind == "bedrock" and not model.startswith(_BEDROCK_PREFIXES):
+        return f"anthropic.{model}-v1:0"
+    return model
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where model requests go: ``kind`` is "offline", "custom" or "anthropic"."""
+    """Where model requests go: ``kind`` is "offline", "custom", "anthropic", "bedrock" or
+    "vertex"."""
 
     kind: str
     base_url: str | None
@@ -48,6 +69,8 @@ class Backend:
             return "the offline stand-in for Claude (no API key used)"
         if self.kind == "custom":
             return f"the Messages API server at {self.base_url}"
+        if self.kind in PROVIDERS:
+            return f"Claude on {PROVIDERS[self.kind]} (RELAYLAB_PROVIDER={self.kind})"
         return "the real Claude (ANTHROPIC_API_KEY is set)"
 
 
@@ -56,6 +79,13 @@ def choose_backend(offline: bool | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     if offline:
         return Backend("offline", None, None)
+    provider = (env.get("RELAYLAB_PROVIDER") or "").strip().lower()
+    if provider in PROVIDERS:
+        return Backend(provider, None, None)
+    if provider not in ("", "anthropic"):
+        raise ValueError(
+            f"RELAYLAB_PROVIDER={loggable(provider)} is not one of anthropic, bedrock, vertex"
+        )
     key = env.get("ANTHROPIC_API_KEY") or None
     base_url = env.get("ANTHROPIC_BASE_URL") or None
     if base_url:
@@ -93,6 +123,13 @@ def make_llm(
     loop that uses it, so it suits ``relaylab serve`` (one loop), not a Lab whose client a
     notebook may also await from its own loop.
     """
+    chosen = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL
+    if backend.kind in PROVIDERS:
+        cloud = anthropic.AsyncAnthropicBedrock if backend.kind == "bedrock" else None
+        client: Any = (cloud or anthropic.AsyncAnthropicVertex)(
+            max_retries=max_retries, timeout=timeout, http_client=_http_client(timeout, aiohttp)
+        )
+        return LLM(client=client, model=provider_model(backend.kind, chosen))
     if backend.kind == "offline":
         if offline_url is None:
             raise ValueError("the offline backend needs the stand-in's URL")
@@ -106,7 +143,7 @@ def make_llm(
         timeout=timeout,
         http_client=_http_client(timeout, aiohttp),
     )
-    return LLM(client=client, model=model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL)
+    return LLM(client=client, model=chosen)
 
 
 def _http_client(timeout: float, aiohttp: bool) -> Any:
