@@ -188,6 +188,7 @@ class CallSession:
         self.model = llm.model
         self.system = llm.system
         self.max_tokens = llm.max_tokens
+        self.fast_stream = llm.fast_stream  # read streams with llm.stream_reply (serve)
         self.limits = limits or Limits()
         self.call_sid = ""
         self.setup: protocol.Setup | None = None

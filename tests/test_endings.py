@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import time
 
+import anthropic
 import pytest
 from conftest import assert_valid_history
 
 from relaylab import endings
 from relaylab.endings import CUT_MARK
-from relaylab.offline_claude import REPLIES, validate
+from relaylab.offline_claude import REPLIES, OfflineClaude, validate
+from relaylab.protocol import prompt_frame
 from relaylab.session import Limits
+from relaylab.testing import Pause, WaitFor, run_step
 
 DOGS = "Tell me about dogs"
 HELLO = "Hello"
@@ -263,3 +266,52 @@ def test_an_interrupt_during_a_refusal_leaves_the_earlier_turns_alone(make_lab):
     time.sleep(0.3)
     assert call.conversation == before
     next_turn_is_real(call)
+
+
+# -- relaylab serve's fast reader (llm.stream_reply) ends replies the same way --------------
+
+LINES = {
+    "empty": endings.EMPTY_LINE,
+    "refusal": endings.REFUSAL_LINE,
+    "refusal_no_text": endings.REFUSAL_LINE,
+    "max_tokens": endings.WRAP_UP_LINE,
+    "context_window": endings.CONTEXT_LINE,
+    "error_event": endings.APOLOGY,
+    "pause_turn": "",
+    "thinking": "",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(LINES))
+async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
+    # run_step with a real SDK client: relaylab serve's reader (call.fast_stream), real
+    # sockets to the stand-in; the Lab tests above run the SDK's messages.stream().
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
+        claude.thinking_seconds = 0.3
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
+        async with client:
+            claude.fail_next(kind)
+            result = await run_step(
+                "tracking",
+                [prompt_frame(DOGS), WaitFor(1, timeout=5), Pause(0.5), prompt_frame(HELLO)],
+                claude=client,  # type: ignore[arg-type]
+            )
+    assert result.session.fast_stream
+    cycles, tokens = [], []
+    for frame in result.frames_out:
+        tokens.append(frame["token"])
+        if frame["last"]:
+            cycles.append("".join(tokens))
+            tokens = []
+    first, second = cycles
+    if LINES[kind]:
+        assert first.endswith(LINES[kind]), first
+    else:
+        assert first == REPLIES["dogs"]
+    # After an empty reply nothing of Claude's was stored, so the caller's two turns are
+    # one ("Tell me about dogs Hello"), which the stand-in answers about dogs.
+    answer = REPLIES["dogs"] if kind == "empty" else REPLIES["greeting"]
+    assert second == answer
+    history_valid(result.history)
+    assert result.history[-1] == {"role": "assistant", "content": answer}

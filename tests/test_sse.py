@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from anthropic._streaming import SSEDecoder
 
-from relaylab.llm import SSEParser, stream_reply
+from relaylab.llm import SDKReplyStream, SSEParser, stream_reply
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "anthropic-sdk-sse"
 if not FIXTURES.is_dir():  # a worktree sits one level deeper than the main checkout
@@ -137,6 +137,11 @@ async def _read_both(data: bytes, size: int) -> tuple[Any, Any]:
                 pieces = [t async for t in reply]
             ours = ("".join(pieces), reply.stop_reason, _blocks(reply.content))
             assert reply.text == ours[0]
+            # The Lab's path: the SDK's messages.stream() behind the same interface.
+            async with SDKReplyStream(client.messages.stream(**REQUEST)) as wrapped:
+                texts = [t async for t in wrapped]
+            lab = ("".join(texts), wrapped.stop_reason, _blocks(wrapped.content))
+            assert lab == sdk
             return sdk, ours
     finally:
         await runner.cleanup()

@@ -3,17 +3,17 @@
 The caller starts hearing the reply after the first token instead of the last.
 Like the seed's step 2, this step ignores interruptions: lesson 3 fixes that.
 
-Lesson 2's notebook uses ``messages.stream()`` and its ``text_stream``, the SDK's
-friendliest helper. The relay reads the same stream through ``relaylab.llm.stream_reply``,
-which reads the events as the SDK does (tests/test_sse.py) but keeps only what a relay
-needs and skips building a typed SDK object per token: at 200 concurrent calls that is
-most of the relay's CPU (see bench/).
+Replies stream through the SDK's ``messages.stream()``, as lesson 2's notebook teaches.
+``relaylab serve`` reads the same stream with ``relaylab.llm.stream_reply`` instead
+(``call.fast_stream``): it reads the events as the SDK does (tests/test_sse.py) but keeps
+only what a relay needs, skipping a typed SDK object per token, which at 200 concurrent
+calls is most of the relay's CPU (see bench/).
 """
 
 from __future__ import annotations
 
 from relaylab.endings import EMPTY_LINE
-from relaylab.llm import ReplyStream, stream_reply
+from relaylab.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.protocol import Prompt
 from relaylab.session import CallSession
 
@@ -25,11 +25,15 @@ def request(call: CallSession) -> dict[str, object]:
     return {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
 
 
-async def forward(call: CallSession, messages: list) -> ReplyStream:
+async def forward(call: CallSession, messages: list) -> ReplyStream | SDKReplyStream:
     """Stream Claude's reply to ``messages`` to the caller piece by piece, without ending
     the talk cycle; return the finished stream (its ``stop_reason`` and ``content``)."""
+    if call.fast_stream:  # relaylab serve: the same events, read for less CPU
+        reply = stream_reply(call.claude, messages=messages, **request(call))
+    else:
+        reply = SDKReplyStream(call.claude.messages.stream(messages=messages, **request(call)))
     # Leaving the `async with` (done or cancelled) closes the HTTP request.
-    async with stream_reply(call.claude, messages=messages, **request(call)) as stream:
+    async with reply as stream:
         async for text in stream:
             await call.send_text(text)
     return stream
