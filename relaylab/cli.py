@@ -16,7 +16,7 @@ from typing import Any
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import SimulatedCall
-from relaylab.llm import choose_backend
+from relaylab.llm import ModelUnavailable, check_model, choose_backend, needs_model_check
 from relaylab.relay import Relay
 from relaylab.settings import RelaySettings
 from relaylab.step import LESSONS
@@ -138,6 +138,13 @@ async def serve_forever(args: argparse.Namespace) -> int:
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await relay.start()
+    if needs_model_check(backend) and not args.worker:
+        try:
+            await check_model(relay.llm, backend)  # type: ignore[arg-type]
+        except ModelUnavailable as exc:
+            print(f"relaylab serve: {exc}", file=sys.stderr, flush=True)
+            await relay.stop()
+            return 1
     # What is loaded by now lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall every call for ~70 ms now and then.
     gc.collect()
