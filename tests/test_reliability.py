@@ -1011,3 +1011,175 @@ async def test_a_flood_of_tokens_played_reports_stays_bounded(make_lab):
         await caller.say_until("Hello", GREETING)
         reply = session_of(sessions, caller).replies[0]
         assert len(reply.played) <= len(reply.sent)
+
+
+# -- what one HTTP client may cost (issue 21) ------------------------------------------------
+
+
+def _relay_cpu(lab) -> float:
+    """CPU seconds the relay's loop thread has used so far."""
+
+    async def now() -> float:
+        return time.thread_time()
+
+    return lab.loop.submit(now()).result(5)
+
+
+def _gzip_bomb(megabytes: int) -> bytes:
+    """A gzip body that inflates to ``megabytes`` MB of zeros."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(megabytes)) + packer.flush()
+
+
+def _post_head(path: str, length: int, extra: str = "", content_type: str | None = None) -> bytes:
+    kind = content_type if content_type is not None else "application/x-www-form-urlencoded"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n{extra}\r\n"
+    ).encode()
+
+
+async def _exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection; everything the relay answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.transport.abort()
+
+
+async def test_a_compressed_body_costs_the_relay_no_inflating(make_lab):
+    bomb = _gzip_bomb(100)  # ~100 KB that would inflate to 100 MB
+    for options in ({"auth_token": TOKEN}, {}):
+        lab = make_lab(**MODEL, **options)
+        before = _relay_cpu(lab)
+        for signature in ("", "X-Twilio-Signature: forged\r\n"):
+            head = _post_head("/twiml", len(bomb), "Content-Encoding: gzip\r\n" + signature)
+            answer = await _exchange(lab.server.port, head + bomb)
+            status = int(answer.split()[1])
+            assert status in (403, 415), answer[:200]
+            if signature or not options:
+                assert status == 415, answer[:200]
+        spent = _relay_cpu(lab) - before
+        assert spent < 0.3, spent
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        assert (await _exchange(lab.server.port, healthz)).endswith(b"ok\n")
+
+
+async def test_an_unsigned_post_is_refused_before_its_body_is_read(make_lab):
+    lab = make_lab(**MODEL, auth_token=TOKEN)
+    # The head alone: the relay answers without waiting for the 60 KB it announced.
+    reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    try:
+        writer.write(_post_head("/twiml", 60_000))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    finally:
+        writer.transport.abort()
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+
+
+ODD_BODIES = [
+    (_post_head("/twiml", 9) + b"CallSid=\xff", 400),
+    (_post_head("/action", 11) + b"CallSid=%FF", 400),
+    (
+        _post_head("/twiml", 5, content_type="application/x-www-form-urlencoded; charset=bogus")
+        + b"a=b&c",
+        415,
+    ),
+    (
+        _post_head("/twiml", 6, content_type="application/x-www-form-urlencoded; charset=utf-16")
+        + "a=b".encode("utf-16-le"),
+        415,
+    ),
+    (_post_head("/twiml", 2, content_type="application/json") + b"{}", 415),
+    (_post_head("/twiml", 3, "Expect: teapot\r\n") + b"a=b", 417),
+]
+
+
+async def test_odd_bodies_get_a_4xx_and_no_traceback(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    lab = make_lab(**MODEL)
+    for request, status in ODD_BODIES:
+        answer = await _exchange(lab.server.port, request)
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), (request[-40:], answer[:120])
+    deep = "SessionStatus=ended&HandoffData=" + "%5B" * 5_000 + "%5D" * 5_000
+    answer = await _exchange(lab.server.port, _post_head("/action", len(deep)) + deep.encode())
+    assert answer.startswith(b"HTTP/1.1 200") and b"<Hangup" in answer, answer[:300]
+    # A client that goes away halfway through its body.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    writer.write(_post_head("/twiml", 1_000) + b"CallSid=CA1&")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    await assert_still_serving(lab)
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(make_lab):
+    lab = make_lab(**MODEL)
+    body = b"CallSid=CA1&From=%2B15550100"
+    reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    try:
+        writer.write(_post_head("/twiml", len(body), "Expect: 100-continue\r\n"))
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        writer.transport.abort()
+
+
+async def test_idle_and_dribbling_http_connections_are_closed(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    limits = SocketLimits(keepalive_timeout=1.0, request_body_timeout=1.0)
+    lab = make_lab(**MODEL, socket=limits)
+    port = lab.server.port
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def closed_after(writer_work: Callable[[asyncio.StreamWriter], object]) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        dribbler = asyncio.ensure_future(writer_work(writer))  # type: ignore[arg-type]
+        try:
+            return await asyncio.wait_for(reader.read(), 6)  # EOF: the relay closed it
+        finally:
+            dribbler.cancel()
+            writer.transport.abort()
+
+    async def idle(writer: asyncio.StreamWriter) -> None:
+        writer.write(healthz)
+
+    async def dribble(writer: asyncio.StreamWriter, data: bytes) -> None:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")  # the first head whole: only what follows dribbles
+        for byte in rest:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+
+    answer = await closed_after(idle)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer
+    second_head = healthz + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    answer = await closed_after(lambda w: dribble(w, second_head))
+    assert answer.count(b"HTTP/1.1 200") == 1, answer
+    body = _post_head("/twiml", 200) + b"CallSid=CA" + b"1" * 190
+    answer = await closed_after(lambda w: dribble(w, body))
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    await assert_still_serving(lab)
+
+
+async def test_the_action_urls_error_code_cannot_forge_a_log_line(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    lab = make_lab(**MODEL)
+    form = "SessionStatus=failed&ErrorCode=%1B%5B31m%0AERROR+forged" + "x" * 20_000
+    answer = await _exchange(lab.server.port, _post_head("/action", len(form)) + form.encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("relaylab")]
+    logged = [m for m in messages if "ErrorCode" in m]
+    assert logged and all("\\x1b[31m\\nERROR" in m and len(m) < 400 for m in logged), logged
+    assert [m for m in messages if _unsafe_characters(m)] == []
