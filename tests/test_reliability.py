@@ -1183,3 +1183,27 @@ async def test_the_action_urls_error_code_cannot_forge_a_log_line(make_lab, capl
     logged = [m for m in messages if "ErrorCode" in m]
     assert logged and all("\\x1b[31m\\nERROR" in m and len(m) < 400 for m in logged), logged
     assert [m for m in messages if _unsafe_characters(m)] == []
+
+
+async def test_unmatched_tokens_played_reports_cost_little_however_long_the_call(make_lab):
+    lab = make_lab(first_token_delay=0.0, tokens_per_second=float("inf"))
+    sessions = capture_sessions(lab.server)
+    async with Caller.dial(lab.ws_url) as attacker, Caller.dial(lab.ws_url) as victim:
+        for i in range(300):  # 300 answered prompts, none reported as played
+            prompt = HEALTHY_PROMPTS[i % len(HEALTHY_PROMPTS)]
+            assert await attacker.say(prompt) == expected(prompt)
+        assert await victim.say("Hello") == GREETING
+        stop = threading.Event()
+        lag = lab.loop.submit(_loop_lag(stop))
+        before = _relay_cpu(lab)
+        report = info_frame("tokensPlayed", "Zebras quantum marmalade, nothing said here.")
+        for _ in range(1_000):
+            await attacker.ws.send(report)
+        assert await attacker.say("Hello") == GREETING  # every report has been handled
+        spent = _relay_cpu(lab) - before
+        stop.set()
+        worst_lag = lag.result(5)
+        assert await victim.say("Hello") == GREETING
+    assert len(session_of(sessions, attacker).replies) == 301
+    assert spent < 1.0, spent
+    assert worst_lag < 0.3, worst_lag
