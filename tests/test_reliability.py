@@ -1207,3 +1207,24 @@ async def test_unmatched_tokens_played_reports_cost_little_however_long_the_call
     assert len(session_of(sessions, attacker).replies) == 301
     assert spent < 1.0, spent
     assert worst_lag < 0.3, worst_lag
+
+
+async def test_a_flood_of_prompts_cut_off_by_the_next_keeps_requests_bounded(make_lab):
+    lab = make_lab(first_token_delay=0.02, tokens_per_second=200.0)
+    await warm_up(lab, calls=2)
+    cap = Limits().history_chars
+    words = expected(DOGS).split()
+    rng = random.Random(SEED)
+    prompts = [" ".join(rng.choices(words, k=800))[:4_000] for _ in range(1_500)]
+    async with Caller.dial(lab.ws_url) as attacker, Caller.dial(lab.ws_url) as victim:
+        for prompt in prompts:  # each one barges in on the reply to the one before
+            await attacker.ws.send(prompt_frame(prompt))
+        started = time.monotonic()
+        await victim.ws.send(prompt_frame("Hello"))
+        await victim.tokens(1, timeout=30)
+        first_token = time.monotonic() - started
+        await victim.talk_cycle()
+        await attacker.say_until("Hello", lab.offline_claude, timeout=60)
+    sizes = [len(json.dumps(r.body)) for r in lab.offline_claude.requests]
+    assert max(sizes) < 2 * cap, max(sizes)
+    assert first_token < 1.5, first_token
