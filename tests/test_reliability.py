@@ -26,17 +26,18 @@ import time
 import unicodedata
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from relaylab import failures
 from relaylab.conversation import Conversation
-from relaylab.llm import choose_backend
+from relaylab.llm import Backend, choose_backend
 from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
 from relaylab.offline_claude.replies import content_text
 from relaylab.protocol import (
@@ -49,6 +50,8 @@ from relaylab.protocol import (
 from relaylab.relay import Relay
 from relaylab.session import CallSession, Limits, Reply
 from relaylab.settings import RelaySettings, SocketLimits
+from relaylab.steps.tools import tools_step
+from relaylab.tools import demo_toolbox
 
 pytestmark = pytest.mark.anyio
 
@@ -1228,3 +1231,221 @@ async def test_a_flood_of_prompts_cut_off_by_the_next_keeps_requests_bounded(mak
     sizes = [len(json.dumps(r.body)) for r in lab.offline_claude.requests]
     assert max(sizes) < 2 * cap, max(sizes)
     assert first_token < 1.5, first_token
+
+
+# -- hostile tool calls, from a Messages API fake at the wire level --------------------------
+
+
+@dataclass
+class ToolSpec:
+    """One tool_use block the fake streams: its input JSON arrives in ``chunks``."""
+
+    name: str
+    id: str
+    chunks: Callable[[], Iterable[str]]
+
+
+class HostileClaude:
+    """Claude's Messages API on 127.0.0.1, streaming server-sent events like the real one.
+    Each request gets the next scripted round of tool calls; once the script is used up,
+    a short answer in words. Records each request body and how many bytes each answer
+    got out before the client went away (``cut_short``)."""
+
+    ANSWER = "All done here."
+
+    def __init__(self, script: Sequence[Sequence[ToolSpec]]) -> None:
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self.sent: list[int] = []
+        self.cut_short: list[bool] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> HostileClaude:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/messages", self._messages)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()  # type: ignore[union-attr]
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        index = len(self.sent)
+        self.sent.append(0)
+        self.cut_short.append(False)
+        tools = self.script.pop(0) if self.script else []
+
+        async def event(kind: str, **data: object) -> None:
+            line = f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            self.sent[index] += len(line)
+            await response.write(line)
+
+        message = {
+            "id": "msg_hostile",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+        try:
+            await event("message_start", message=message)
+            if not tools:
+                block = {"type": "text", "text": ""}
+                await event("content_block_start", index=0, content_block=block)
+                delta = {"type": "text_delta", "text": self.ANSWER}
+                await event("content_block_delta", index=0, delta=delta)
+                await event("content_block_stop", index=0)
+            for number, tool in enumerate(tools):
+                block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+                await event("content_block_start", index=number, content_block=block)
+                for chunk in tool.chunks():
+                    delta = {"type": "input_json_delta", "partial_json": chunk}
+                    await event("content_block_delta", index=number, delta=delta)
+                await event("content_block_stop", index=number)
+            stop = {"stop_reason": "tool_use" if tools else "end_turn", "stop_sequence": None}
+            await event("message_delta", delta=stop, usage={"output_tokens": 5})
+            await event("message_stop")
+        except (ConnectionError, RuntimeError):
+            self.cut_short[index] = True
+        return response
+
+
+@contextlib.asynccontextmanager
+async def tools_relay(claude: HostileClaude, slow: float = 0.05) -> AsyncIterator[tuple]:
+    """A relay running the tools step against ``claude``, on this test's loop."""
+    toolbox = demo_toolbox(slow_seconds=slow)
+    relay = Relay(
+        Backend("custom", claude.base_url, "test-key"),
+        step=tools_step(toolbox=toolbox, hold_after=5.0),
+        settings=RelaySettings(),
+    )
+    server = await relay.start()
+    try:
+        yield server, toolbox
+    finally:
+        await relay.stop()
+
+
+def _json(value: object) -> Callable[[], list[str]]:
+    return lambda: [json.dumps(value)]
+
+
+async def test_a_tool_input_that_never_ends_is_cut_off_not_buffered():
+    def endless() -> Iterable[str]:
+        yield '{"day": "'
+        for _ in range(2_000):  # 32 MB of one string
+            yield "a" * 16_384
+        yield '"}'
+
+    script = [[ToolSpec("opening_hours", "toolu_endless", endless)]]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude) as (server, _),
+        Caller.dial(server.ws_url) as caller,
+    ):
+        cycle = await caller.say("When are you open?", timeout=20)
+        assert cycle.endswith(failures.APOLOGY), cycle
+        assert await caller.say("Hello") == HostileClaude.ANSWER
+    assert claude.cut_short[0] and claude.sent[0] < 4 * 1024 * 1024, claude.sent
+
+
+async def test_tool_calls_the_api_would_reject_are_never_stored(caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    deep = {"day": "Friday", "more": json.loads("[" * 100 + "]" * 100)}
+    too_deep = lambda: ['{"day": ' + "[" * 5_000, "]" * 5_000 + "}"]  # noqa: E731
+    script = [
+        [
+            ToolSpec("opening_hours", "toolu_1", _json({"day": "Friday"})),
+            ToolSpec("opening_hours", "toolu_1", _json({"day": "Monday"})),  # same id
+            ToolSpec("", "toolu_2", _json({"day": "Monday"})),  # no name
+            ToolSpec("opening_hours", "toolu_3", too_deep),
+            ToolSpec("opening_hours", "toolu_4", _json(deep)),
+        ],
+        [],  # the answer in words
+        [ToolSpec("opening_hours", "toolu_1", _json({"day": "Sunday"}))],  # an id used before
+    ]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude) as (server, _),
+        Caller.dial(server.ws_url) as caller,
+    ):
+        assert await caller.say("When are you open?") == HostileClaude.ANSWER
+        assert await caller.say("And on Sunday?") == failures.APOLOGY  # not silence
+        assert await caller.say("Thanks") == HostileClaude.ANSWER
+    history = claude.requests[-1]["messages"]
+    assert Conversation(history).problems() == [], history
+    uses = [b for t in history if isinstance(t["content"], list) for b in t["content"]]
+    uses = [b for b in uses if b["type"] == "tool_use"]
+    assert sorted(u["id"] for u in uses) == ["toolu_1", "toolu_3", "toolu_4"], uses
+    assert all(u["name"] == "opening_hours" for u in uses)
+    assert [u["input"] for u in uses if u["id"] != "toolu_1"] == [{}, {}]
+    assert "Traceback" not in caplog.text
+    assert "reuses the tool_use id" in caplog.text and "no name" in caplog.text
+
+
+async def test_tool_names_and_call_sids_never_forge_a_log_line(caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    forged = "\nERROR relaylab.steps.tools: forged \x1b[31m\u2028"
+    script = [
+        [ToolSpec("order" + forged, "toolu_a", lambda: ["{not json" + forged])],
+        [],
+        [ToolSpec("order_status", "toolu_b", _json({"order_number": "12345"}))],
+    ]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude, slow=5.0) as (server, _),
+        connect(server.ws_url) as ws,
+    ):
+        caller = Caller(ws, "CA" + forged)
+        await ws.send(setup_frame(caller.call_sid))
+        assert await caller.say("Where is my order?") == HostileClaude.ANSWER
+        await ws.send(prompt_frame("Where is order 12345?"))
+        await wait_for(lambda: _async(len(claude.requests) >= 3), "no tool ran")
+        await ws.send(interrupt_frame("", 100))  # while order_status runs
+        await asyncio.sleep(0.3)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("relaylab")]
+    assert [m for m in messages if _unsafe_characters(m)] == []
+    assert any("order\\nERROR" in m for m in messages)
+    assert any("CA\\nERROR" in m and "order_status" in m for m in messages)
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+async def test_each_caller_has_their_own_bookings():
+    booking = {"day": "Friday", "time": "7 pm", "people": 2}
+    script = [
+        [ToolSpec("book_table", "toolu_a", _json(booking))],
+        [],
+        [ToolSpec("book_table", "toolu_b", _json(booking))],
+        [],
+    ]
+    async with HostileClaude(script) as claude, tools_relay(claude) as (server, toolbox):
+        for _ in range(2):  # two callers ask for the same table, one after the other
+            async with Caller.dial(server.ws_url) as caller:
+                assert await caller.say("Book a table") == HostileClaude.ANSWER
+    results = [
+        json.loads(block["content"])
+        for record in claude.requests
+        for block in record["messages"][-1]["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+    assert [r["reference"] for r in results] == ["T101", "T102"], results
+    assert not any(r.get("already_booked") for r in results), "caller B saw A's booking"
+    assert len(toolbox.restaurant.bookings) == 2
