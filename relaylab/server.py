@@ -120,6 +120,11 @@ class RelayServer:
         await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
         self._listener = None
 
+    def stop_listening(self) -> None:
+        """Take no new connections; the calls in progress go on (``stop`` ends them)."""
+        if self._listener is not None:
+            self._listener.close()
+
     def use(self, step: object) -> None:
         """Swap the handlers for new and ongoing calls."""
         self.step = resolve(step)
