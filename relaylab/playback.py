@@ -19,6 +19,7 @@ unreported, and is never looked at again (the session skips replies played out).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -115,4 +116,14 @@ def _extends(reply: Playable, words: str) -> bool:
 
 
 def _squashed(text: str) -> str:
+    if len(text) <= _CACHED_CHARS:
+        return _squashed_cached(text)
+    return "".join(text.split())
+
+
+_CACHED_CHARS = 8_192  # a reply's text is squashed on every report: remember the result
+
+
+@functools.lru_cache(maxsize=256)
+def _squashed_cached(text: str) -> str:
     return "".join(text.split())
