@@ -36,6 +36,7 @@ from relaylab.webhooks import HttpLog, Webhooks
 log = logging.getLogger("relaylab.server")
 
 STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
+LINGER = 1.0  # seconds a refused request's unread body is drained before closing
 # A Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, then maybe a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 Problem = tuple[int, str]  # (HTTP status, reason) for a refused request
@@ -71,7 +72,17 @@ class RelayServer:
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        self._http = web.Server(Webhooks(self), access_log=None, logger=HttpLog())
+        self._http = web.Server(
+            Webhooks(self),
+            access_log=None,
+            logger=HttpLog(),
+            # Never inflate a body: Webhooks refuses compressed ones before reading them.
+            auto_decompress=False,
+            keepalive_timeout=self.settings.socket.keepalive_timeout,
+            # After a refusal, the unread rest of a body is drained this long, then the
+            # connection closes (aiohttp's 10 s would let a dribbler hold it that long).
+            lingering_time=LINGER,
+        )
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: _FirstRequest(self),
             self.host,
@@ -108,6 +119,11 @@ class RelayServer:
                     socket._abort()
         await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
         self._listener = None
+
+    def stop_listening(self) -> None:
+        """Take no new connections; the calls in progress go on (``stop`` ends them)."""
+        if self._listener is not None:
+            self._listener.close()
 
     def use(self, step: object) -> None:
         """Swap the handlers for new and ongoing calls."""

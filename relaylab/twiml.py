@@ -292,7 +292,7 @@ def wants_human(handoff_data: str | None) -> bool:
         return False
     try:
         data = json.loads(handoff_data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
         return False
     if not isinstance(data, dict):
         return False

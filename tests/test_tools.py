@@ -660,3 +660,34 @@ def test_call_barge_in_while_a_tool_runs(make_lab):
     assert "".join(f["token"] for f in after) == second.sent and after[-1]["last"] is True
     assert_api_valid(call.conversation, toolbox)
     assert all(r.status == 200 for r in lab.offline_claude.requests)
+
+
+async def test_the_demo_reservation_book_is_bounded_per_caller_and_in_all():
+    import contextvars
+
+    from relaylab import tools
+
+    restaurant = tools.Restaurant(slow_seconds=0)
+
+    async def book(caller: str, time: str) -> dict[str, Any]:
+        context = contextvars.copy_context()
+        context.run(tools.current_caller.set, caller)
+        coro = restaurant.book_table("Friday", time, 2)
+        return await asyncio.get_running_loop().create_task(coro, context=context)
+
+    slots = [f"{hour}:{minute}" for hour in range(12, 22) for minute in ("00", "30")]
+    assert len(slots) == tools.MAX_BOOKINGS_PER_CALLER
+    made = [await book("CA-one", slot) for slot in slots]
+    assert all(b["booked"] and not b.get("already_booked") for b in made)
+    assert (await book("CA-one", "22:00")) == {
+        "booked": False,
+        "reason": "this call has booked as many tables as it may",
+    }
+    assert (await book("CA-one", "12:00"))["already_booked"]  # asking again is still fine
+    other = await book("CA-two", "12:00")  # another caller: their own booking
+    assert other["booked"] and not other.get("already_booked")
+    for n in range(tools.MAX_BOOKINGS + 50):
+        await book(f"CA-{n}", "19:00")
+    assert len(restaurant.bookings) == tools.MAX_BOOKINGS
+    references = [b["reference"] for b in restaurant.bookings.values()]
+    assert len(set(references)) == len(references)
