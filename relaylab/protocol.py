@@ -484,6 +484,23 @@ def text(
     return _dump(message)
 
 
+CLOSE_TALK_CYCLE = '{"type":"text","token":"","last":true}'
+"""The frame that closes a talk cycle with no more words: after an interrupt (or a
+barge-in) the relay sends exactly one of it, and no word of the cut reply."""
+
+
+def is_cycle_close(message: dict[str, Any]) -> bool:
+    """Is ``message`` (a parsed outbound frame) an empty ``text`` with ``last: true``?"""
+    return message.get("type") == "text" and message.get("token") == "" and message.get("last") is True
+
+
+def words_and_closes(messages: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """The tokens with words among ``text`` messages (parsed outbound frames), and how many
+    empty ``last: true`` frames there are: after an interrupt, ``([], 1)``."""
+    texts = [m for m in messages if m.get("type") == "text"]
+    return [m["token"] for m in texts if m.get("token")], sum(map(is_cycle_close, texts))
+
+
 def play(
     source: str,
     *,

@@ -32,6 +32,8 @@ InterruptMode = Literal["none", "dtmf", "speech", "any"]
 InputKind = Literal["dtmf", "speech"]
 ReportTiming = Literal["at_once", "after_speech"]
 TokensPlayed = bool | Literal["cumulative"]
+InterruptedCycle = Literal["ends", "open_until_last"]
+INTERRUPTED_CYCLES: tuple[InterruptedCycle, ...] = ("ends", "open_until_last")
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
 INTERRUPT_MODES: tuple[InterruptMode, ...] = ("none", "dtmf", "speech", "any")
@@ -82,6 +84,15 @@ class TwilioBehaviour:
     - ``greeting_interrupt_frame`` (unconfirmed by Twilio): talking over the greeting sends
       an ``interrupt`` frame (its utterance is greeting text the relay never sent); False,
       the greeting just stops.
+    - ``interrupted_cycle`` (unconfirmed by Twilio; PROTOCOL.md section 4): what an
+      interrupt does to the relay's talk cycle. "ends": the cycle is over at the interrupt;
+      an empty ``last: true`` that follows is an acknowledgement that closes nothing new.
+      "open_until_last": the cycle the interrupt cut stays open until the relay sends a
+      ``last: true``, even when it had sent one before (the acknowledgement Twilio's own
+      SDK sends); until then every ``text`` frame belongs to the cut cycle, whose speech
+      has stopped, so the next reply's tokens are dropped unspoken. In both readings
+      the words of a cycle still open at the interrupt (sent before the relay read it)
+      are taken as the cut cycle's and not spoken; ``Reply.late`` keeps them.
 
     A dialled call takes ``interruptible``, ``reportInputDuringAgentSpeech``,
     ``preemptible``, ``welcomeGreeting`` and ``welcomeGreetingInterruptible`` from its
@@ -106,6 +117,7 @@ class TwilioBehaviour:
     welcome_greeting: str = ""
     welcome_greeting_interruptible: InterruptMode = "any"
     greeting_interrupt_frame: bool = True
+    interrupted_cycle: InterruptedCycle = "ends"
 
     def __post_init__(self) -> None:
         for name in ("interruptible", "report_input_during_agent_speech"):
@@ -125,6 +137,7 @@ class TwilioBehaviour:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
+        _one_of("interrupted_cycle", self.interrupted_cycle, INTERRUPTED_CYCLES)
         _one_of("chunking", self.chunking, CHUNKINGS)
         _one_of("webhook_method", self.webhook_method, METHODS)
         _one_of("action_method", self.action_method, METHODS)
