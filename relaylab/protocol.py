@@ -491,7 +491,9 @@ barge-in) the relay sends exactly one of it, and no word of the cut reply."""
 
 def is_cycle_close(message: dict[str, Any]) -> bool:
     """Is ``message`` (a parsed outbound frame) an empty ``text`` with ``last: true``?"""
-    return message.get("type") == "text" and message.get("token") == "" and message.get("last") is True
+    return (
+        message.get("type") == "text" and message.get("token") == "" and message.get("last") is True
+    )
 
 
 def words_and_closes(messages: list[dict[str, Any]]) -> tuple[list[str], int]:
