@@ -204,8 +204,9 @@ def _timings(reply: Reply, clock_speed: float = 1.0) -> str:
 
 
 def _words(frames: list[dict[str, Any]]) -> int:
-    """Text frames with words (the empty last:true closing a cut talk cycle has none)."""
-    return sum(frame.get("type") == "text" and bool(frame.get("token")) for frame in frames)
+    """Words in text frames (the empty last:true closing a cut talk cycle has none)."""
+    texts = [frame.get("token") or "" for frame in frames if frame.get("type") == "text"]
+    return len("".join(texts).split())
 
 
 def _print_history(call: SimulatedCall) -> None:
