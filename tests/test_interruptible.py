@@ -329,3 +329,26 @@ def test_a_key_during_the_older_reply_cuts_it_not_the_queued_one(make_lab):
     call.listen(0.2)
     check_guarantees(call, frames)
     call.hang_up()
+
+
+def test_one_empty_last_true_per_interrupt_however_often_the_handler_cancels(make_lab):
+    from relaylab.step import Step
+    from relaylab.steps import tracking
+
+    async def cancels_twice(call, interrupt):
+        await tracking.on_interrupt(call, interrupt)
+        await call.cancel_reply()
+
+    lab = make_lab("tracking")
+    lab.use(Step(on_prompt=tracking.on_prompt, on_interrupt=cancels_twice))
+    call = lab.call()
+    frames = frame_log(lab, call)
+    reply = call.say(TEN_THINGS, interrupt_after_words=6)
+    assert reply.interrupted
+    call.listen(0.3)
+    assert texts_after_interrupts(frames) == []
+    closes = [f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]
+    assert len(closes) == 1
+    finished = call.say(DOGS)  # a reply that ends by itself: one last:true, its own
+    assert finished.complete
+    assert len([f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]) == 2
