@@ -178,6 +178,7 @@ class CallSession:
         self.frames_received = 0
         self.closed = False
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
+        self.settings: dict[str, Any] = {}  # session settings Twilio confirmed (configUpdated)
         self._played_from = 0  # replies before this one have stopped playing
         self._reports = False  # Twilio sends tokensPlayed reports on this call
         self.events = EventBus(self)
@@ -435,6 +436,12 @@ class CallSession:
         if pending:
             await asyncio.wait(pending, timeout=self.limits.cancel_wait)
 
+    async def configure(self, **settings: Any) -> None:
+        """Change session settings mid-call (dynamic configuration): ``interruptible``,
+        ``interrupt_sensitivity``, ``hints``, languages... named as TwiML attributes.
+        Twilio answers ``configUpdated``; ``settings`` then holds what it applied."""
+        await self.send(protocol.config(**settings))
+
     async def end(self, handoff_data: str | dict[str, Any] | None = None) -> None:
         """End the ConversationRelay session; Twilio then requests the ``<Connect action>`` URL."""
         await self.send(protocol.end(handoff_data))
@@ -477,6 +484,10 @@ class CallSession:
             self._run_handler("on_dtmf", message)
         elif isinstance(message, protocol.Info):
             self._on_info(message)
+        elif isinstance(message, protocol.ConfigUpdated):
+            self.settings.update(message.settings)
+            log.info("%s: Twilio applied %s", self._name, loggable(message.settings))
+            self.events.emit("config_updated", settings=message.settings)
         elif isinstance(message, protocol.ErrorMessage):
             log.warning(
                 "%s: Twilio reported an error: %s", self._name, loggable(message.description)
