@@ -49,17 +49,24 @@ from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClo
 from relaylab.simulation.talk_cycles import CutOff, Reply, TalkCycle, TalkCycles
 from relaylab.simulation.twilio_behaviour import (
     INVALID_MESSAGE_ERROR,
+    INVALID_VOICE_ERROR,
     MALFORMED_CLOSE_CODE,
+    VOICE_SETTINGS,
     InputKind,
     InvalidOutbound,
     PlaybackReporter,
     RelayTwiml,
     TwilioBehaviour,
     client_speaking,
+    config_settings,
     invalid_message_description,
     partial_prompts,
     read_outbound,
+    read_setting,
     read_twiml,
+    transcribe,
+    voice_problem,
+    with_settings,
 )
 from relaylab.simulation.twilio_http import WebhookExchange
 
@@ -163,6 +170,9 @@ class SimulatedCall:
         self.dtmf_detection: bool | None = None  # from the TwiML; None: unknown, keys are sent
         self.tts_language = "en-US"
         self.transcription_language = "en-US"  # prompts carry it as `lang`
+        self.voice: dict[str, str] = {}  # ttsProvider, voice, transcriptionProvider, speechModel
+        self.hints: list[str] = []  # words the transcriber expects (TwiML, hints, config)
+        self.settings_changed: list[dict[str, Any]] = []  # each config/hints applied, in order
         self.played: list[str] = []  # audio sources the relay asked Twilio to play
         self.digits_played: list[str] = []  # digits the relay asked Twilio to send
         self.handoff_data: str | None = None  # set when the relay ends the session
@@ -495,14 +505,42 @@ class SimulatedCall:
         elif kind == "sendDigits":
             self.digits_played.append(message["digits"])
         elif kind == "language":
-            self.tts_language = message.get("ttsLanguage", self.tts_language)
-            self.transcription_language = message.get(
-                "transcriptionLanguage", self.transcription_language
-            )
+            await self._configure(message, answer=False)
+        elif kind == "config":
+            await self._configure(config_settings(message), answer=True)
+        elif kind == "hints":
+            await self._configure({"hints": read_setting("hints", message["hints"])}, answer=True)
         elif kind == "end":
             await self._on_end(message, target)
         self._changed.set()
         self._playback_changed.set()
+
+    async def _configure(self, settings: dict[str, Any], *, answer: bool) -> None:
+        """Apply new session settings (``config``, ``hints`` or ``language``), then answer
+        ``configUpdated`` when asked to. A language, voice and provider that do not go
+        together are refused whole with error 64106, and the old ones stay."""
+        general = settings.get("language")
+        tts = settings.get("ttsLanguage", general or self.tts_language)
+        voice = {k: settings[k] for k in VOICE_SETTINGS if k in settings}
+        combined = {**self.voice, **voice}
+        problem = voice_problem(tts, combined.get("ttsProvider"), combined.get("voice"))
+        if problem:
+            log.warning("Twilio refuses the voice (error %d): %s", INVALID_VOICE_ERROR, problem)
+            await self._send(protocol.error_frame(f"Error {INVALID_VOICE_ERROR}: {problem}"))
+            return
+        self.tts_language = tts
+        self.transcription_language = settings.get(
+            "transcriptionLanguage", general or self.transcription_language
+        )
+        self.voice = combined
+        self.hints = settings.get("hints", self.hints)
+        if "dtmfDetection" in settings:
+            self.dtmf_detection = settings["dtmfDetection"]
+        self.twilio = with_settings(self.twilio, settings)
+        if answer:
+            applied = {k: ",".join(v) if k == "hints" else v for k, v in settings.items()}
+            self.settings_changed.append(applied)
+            await self._send(protocol.config_updated_frame(applied))
 
     def _notify(self, message: dict[str, Any]) -> None:
         for listener in self.frame_listeners:
@@ -695,7 +733,8 @@ class SimulatedCall:
         self.replies.append(reply)
         cycle = self._talk.open(reply, after_live=after_live)
         cycle.awaited = awaited
-        await self._send(protocol.prompt_frame(text, last=True, lang=lang))
+        heard = transcribe(text, self.twilio, self.hints)
+        await self._send(protocol.prompt_frame(heard, last=True, lang=lang))
         reply.sent_at = time.monotonic()
         return cycle
 

@@ -550,7 +550,8 @@ class _TurnSummary:
 
 
 def _turns(call: CallRecording) -> list[_TurnSummary]:
-    """Per reply: text frames sent, and how many of them after its interrupt was read."""
+    """Per reply: text frames sent, and how many words (frames with a token) went out after
+    its interrupt was read (the empty last:true that closes its talk cycle carries none)."""
     interrupts = {
         line.get("reply"): line["t"] for line in call.lines if line.get("kind") == "interrupt"
     }
@@ -558,14 +559,14 @@ def _turns(call: CallRecording) -> list[_TurnSummary]:
     for reply in call.replies:
         cut = interrupts.get(reply["id"], math.inf)
         texts = [
-            t
+            (t, frame.get("token"))
             for t, frame, rid in call.frames_out
             if rid == reply["id"] and frame.get("type") == "text"
         ]
         turns.append(
             _TurnSummary(
                 frames=len(texts),
-                after_interrupt=sum(t > cut for t in texts),
+                after_interrupt=sum(t > cut for t, token in texts if token),
                 interrupted=reply["id"] in interrupts,
                 state=str(reply.get("state")),
             )
@@ -578,7 +579,7 @@ def _describe_turn(turn: _TurnSummary | None) -> str:
         return "no reply"
     text = f"{turn.frames} text frames, reply {turn.state}"
     if turn.interrupted:
-        text += f"; interrupted, {turn.after_interrupt} frames sent after the interrupt"
+        text += f"; interrupted, {turn.after_interrupt} words sent after the interrupt"
     return text
 
 

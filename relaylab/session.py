@@ -84,6 +84,11 @@ _replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 _cut: contextvars.ContextVar[Reply | bool | None] = contextvars.ContextVar(
     "relaylab_cut", default=False
 )
+# For on_interrupt: has this interrupt's talk cycle been closed yet (one empty last:true
+# per interrupt, however often the handler cancels)? None: not in an interrupt's handler.
+_cycle_closed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "relaylab_cycle_closed", default=None
+)
 
 
 def _running_reply() -> Reply | None:
@@ -198,6 +203,7 @@ class CallSession:
         self.frames_received = 0
         self.closed = False
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
+        self.settings: dict[str, Any] = {}  # session settings Twilio confirmed (configUpdated)
         self._played_from = 0  # replies before this one have stopped playing
         self._reports = False  # Twilio sends tokensPlayed reports on this call
         self.events = EventBus(self)
@@ -261,17 +267,37 @@ class CallSession:
         aborts the HTTP request. A newer reply is never cancelled by an older one, so two
         prompts in quick succession leave the newest one running; and a handler of another
         frame (an interrupt, a key press) cancels only replies that began before its frame.
+        Then the talk cycle is closed with exactly one empty ``last: true`` (Twilio's own
+        SDK acknowledges an interrupt this way; a reading of Twilio keeps an interrupted
+        cycle open until it comes): always in an interrupt's handler (once per interrupt),
+        and on a barge-in when a cancelled reply had sent words but not its ``last: true``.
+        No word of a cancelled reply can follow it (``send_text`` keeps them silent).
         Returns the most recent reply that was cancelled.
         """
         current = _running_reply()
         limit = current.id - 1 if current is not None else _replies_before.get()
         running = [r for r in self.replies if r.running and (limit is None or r.id <= limit)]
+        open_cycle = any(r.frames and r.last_token_at is None for r in running)
         for reply in running:
             reply.state = "cancelled"
             reply.task.cancel()  # type: ignore[union-attr]
         if running:
             await self._wait_for_stop(running)
+        closed = _cycle_closed.get()
+        if closed is not None and current is None:  # an interrupt's handler
+            open_cycle, closed[0] = not closed[0], True
+        if open_cycle:
+            await self._close_talk_cycle()
         return running[-1] if running else None
+
+    async def _close_talk_cycle(self) -> None:
+        """Close the talk cycle of a cancelled reply: one empty ``last: true``, no words."""
+        if self.closed:
+            return
+        try:
+            await self.send(protocol.text("", True))
+        except (HungUp, ConnectionError):
+            log.info("%s: the caller hung up before the talk cycle was closed", self._name)
 
     async def _wait_for_stop(self, replies: list[Reply]) -> None:
         # A handler that ignores the cancel must not stall the call: wait a little,
@@ -510,6 +536,12 @@ class CallSession:
         if pending:
             await asyncio.wait(pending, timeout=self.limits.cancel_wait)
 
+    async def configure(self, **settings: Any) -> None:
+        """Change session settings mid-call (dynamic configuration): ``interruptible``,
+        ``interrupt_sensitivity``, ``hints``, languages... named as TwiML attributes.
+        Twilio answers ``configUpdated``; ``settings`` then holds what it applied."""
+        await self.send(protocol.config(**settings))
+
     async def end(self, handoff_data: str | dict[str, Any] | None = None) -> None:
         """End the ConversationRelay session; Twilio then requests the ``<Connect action>`` URL."""
         await self.send(protocol.end(handoff_data))
@@ -552,6 +584,10 @@ class CallSession:
             self._run_handler("on_dtmf", message)
         elif isinstance(message, protocol.Info):
             self._on_info(message)
+        elif isinstance(message, protocol.ConfigUpdated):
+            self.settings.update(message.settings)
+            log.info("%s: Twilio applied %s", self._name, loggable(message.settings))
+            self.events.emit("config_updated", settings=message.settings)
         elif isinstance(message, protocol.ErrorMessage):
             log.warning(
                 "%s: Twilio reported an error: %s", self._name, loggable(message.description)
@@ -691,6 +727,8 @@ class CallSession:
         context = contextvars.Context()
         context.run(_replies_before.set, len(self.replies))
         context.run(_cut.set, cut)
+        if hook == "on_interrupt":
+            context.run(_cycle_closed.set, [False])
         task = asyncio.get_running_loop().create_task(
             self._handler(hook, previous, *message), context=context
         )

@@ -135,18 +135,20 @@ def test_black_box_interrupt_aborts_the_stream_and_only_heard_words_reach_the_mo
                     }
                 )
             )
+            closing = await _quiet_for(ws, 0.5)
             late = await _quiet_for(ws, 0.5)
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": "How far did you get?", "last": True})
             )
             answer = await _frames_until(ws, lambda f: f[-1].get("last") is True)
-            return heard, sent_at, late, "".join(x["token"] for x in answer)
+            return heard, sent_at, closing, late, "".join(x["token"] for x in answer)
 
-    heard, interrupt_at, late, answer = asyncio.run(call())
+    heard, interrupt_at, closing, late, answer = asyncio.run(call())
     first, second = model_server.requests[-2:]
     assert first.outcome == "client_closed"
     assert first.client_closed_at - interrupt_at < 0.1
-    assert late is None, f"a frame arrived after the interrupt: {late}"
+    assert closing == {"type": "text", "token": "", "last": True}, "the cut cycle is closed"
+    assert late is None, f"a frame arrived after the closed talk cycle: {late}"
     assert second.body["messages"] == [
         {"role": "user", "content": "Tell me about dogs"},
         {"role": "assistant", "content": heard.rstrip(",.")},
@@ -164,7 +166,7 @@ def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
             )
             await _frames_until(ws, lambda f: len(f) >= 3)
             await ws.send(json.dumps({"type": "prompt", "voicePrompt": "Hello", "last": True}))
-            return await _frames_until(ws, lambda f: sum(x.get("last", False) for x in f) >= 1)
+            return await _frames_until(ws, lambda f: sum(x.get("last", False) for x in f) >= 2)
 
     frames = asyncio.run(call())
     dogs, hello = model_server.requests[-2:]
@@ -174,7 +176,11 @@ def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
     text = "".join(f["token"] for f in frames)
     greeting = _reply_text(model_server, hello)
     assert text.endswith(greeting)
-    assert sum(f["last"] for f in frames) == 1
+    # The cut reply's talk cycle is closed (one empty last:true) before the new one speaks.
+    closes = [i for i, f in enumerate(frames) if f == {"type": "text", "token": "", "last": True}]
+    assert closes == [closes[0], len(frames) - 1], "the cut cycle's close, then the answer's"
+    assert "".join(f["token"] for f in frames[closes[0] :]) == greeting
+    assert sum(f["last"] for f in frames) == 2
 
 
 def _reply_text(claude, record):

@@ -173,7 +173,7 @@ def test_replay_of_an_untracked_call_against_tracking_stops_at_the_interrupt(mak
     after = recording._turns(result.replayed)[0]
     assert before.after_interrupt > 10 and after.after_interrupt == 0
     assert result.history[1] == {"role": "assistant", "content": reply.heard}
-    assert "interrupted, 0 frames sent after the interrupt" in str(result)
+    assert "interrupted, 0 words sent after the interrupt" in str(result)
     # The recorded frames went out at their recorded moments.
     gaps = [
         [t for t, f in call.frames_in if f["type"] in ("prompt", "interrupt")]
