@@ -48,6 +48,8 @@ class Checks(Protocol):
 
     def public_endpoints(self, host: str | None) -> PublicEndpoints: ...
 
+    def socket_url(self, ws_url: str, call_sid: str | None) -> str: ...
+
 
 class Webhooks:
     """aiohttp request handler for the relay's HTTP paths."""
@@ -86,7 +88,7 @@ class Webhooks:
             status, reason = problem
             return _text(status, reason)
         if path == "/twiml":
-            return self._twiml(request)
+            return self._twiml(request, params.get("CallSid"))
         body = twiml.handoff_twiml(
             params.get("SessionStatus", ""),
             params.get("HandoffData"),
@@ -95,7 +97,7 @@ class Webhooks:
         )
         return web.Response(text=body, content_type=_XML)
 
-    def _twiml(self, request: web.BaseRequest) -> web.Response:
+    def _twiml(self, request: web.BaseRequest, call_sid: str | None) -> web.Response:
         try:
             public = self.server.public_endpoints(request.headers.get("Host"))
         except ValueError as exc:
@@ -106,7 +108,9 @@ class Webhooks:
         options.setdefault("action_method", "POST")  # Twilio's default; /action takes both
         if settings.debug_events:
             options.setdefault("debug_events", True)
-        return web.Response(text=twiml.relay_twiml(public.ws_url, **options), content_type=_XML)
+        # The socket URL names the call, so a reconnect finds it (relaylab.resume).
+        ws_url = self.server.socket_url(public.ws_url, call_sid)
+        return web.Response(text=twiml.relay_twiml(ws_url, **options), content_type=_XML)
 
 
 class HttpLog(logging.LoggerAdapter):
