@@ -59,7 +59,7 @@ class Calls(Protocol):
 
     def open_session(self, send: Send, admission: Any = None) -> CallSession: ...
 
-    async def end_session(self, session: CallSession, *, dropped: bool) -> None: ...
+    def end_session(self, session: CallSession, *, dropped: bool) -> asyncio.Future[None]: ...
 
     def forget(self, session: CallSession) -> None: ...
 
@@ -139,9 +139,7 @@ class CallSocket(asyncio.Protocol):
             # network drop) or that the relay closed (a restart) may come back.
             # A socket refused for its setup leaves the call as it was, for the real one.
             dropped = self.ws.close_rcvd is None or self._relay_closed or bool(session.refused)
-            task = asyncio.get_running_loop().create_task(
-                self.server.end_session(session, dropped=dropped)
-            )
+            task = self.server.end_session(session, dropped=dropped)
             task.add_done_callback(lambda _: self.server.forget(session))
             task.add_done_callback(lambda _: self.closed.set_result(None))
         else:

@@ -6,20 +6,20 @@ the settings learned during the call. Where it is kept is ``relaylab.store``'s j
 when it is saved and loaded is ``relaylab.resume``'s.
 
 When the socket drops mid-reply, the caller heard only part of it. ``settle_drop`` works
-out how much (Twilio's tokensPlayed report when it sent one, else an estimate from the
-time the speech had been playing) before the reply is cancelled, and ``store_drop``
+out how much (Twilio's tokensPlayed report when it sent one, else the clauses a typical
+voice had finished since the reply's first token) before the reply is cancelled, and ``store_drop``
 then cuts the stored turn down to that and marks the reply as cut by the drop.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from relaylab import protocol
-from relaylab.conversation import heard_prefix
 from relaylab.session import CallSession, Reply
 
 VERSION = 1
@@ -29,6 +29,7 @@ MAX_STATE_CHARS = 2_000_000
 """A saved state over this many characters drops its oldest turns first (the history is
 already bounded by ``Limits.history_chars``; tool results can still make it large)."""
 VOICE_WPM = 165.0  # a typical voice's pace, words a minute, for the played estimate
+_CLAUSE_END = re.compile(r"[.,;:!?…]['\"’”)\]]*$")  # a word that ends a clause
 
 
 @dataclass
@@ -97,7 +98,9 @@ def settle_drop(session: CallSession, now: float | None = None) -> list[Dropped]
     that may still have been playing (Twilio's tokensPlayed report, else the estimate)."""
     now = time.monotonic() if now is None else now
     dropped = []
-    for reply in session.replies[session._played_from :]:
+    # Only the latest reply can still be playing: the caller spoke after the others.
+    latest = session.last_reply
+    for reply in [latest] if latest is not None else []:
         if reply.heard is not None or not reply.sent:
             continue  # an interrupt or a newer reply already settled it
         if reply.played and reply.sent.startswith(reply.played):
@@ -126,10 +129,14 @@ def _estimate(reply: Reply, now: float) -> str:
     time covers (never a word the voice may have been cut off in)."""
     if reply.first_token_at is None:
         return ""
-    elapsed_ms = (now - reply.first_token_at) * 1000
-    if len(reply.sent.split()) * 60_000 / VOICE_WPM <= elapsed_ms:
+    words = list(re.finditer(r"\S+", reply.sent))
+    spoken = int((now - reply.first_token_at) / 60 * VOICE_WPM)
+    if spoken >= len(words):
         return reply.sent.rstrip()
-    return heard_prefix(reply.sent, "", duration_ms=elapsed_ms, words_per_minute=VOICE_WPM)
+    ends = [w for w in words[:spoken] if _CLAUSE_END.search(w.group())]
+    if not ends:
+        return ""
+    return _CLAUSE_END.sub("", reply.sent[: ends[-1].end()]).rstrip()
 
 
 def _reply(reply: Reply) -> dict[str, Any]:

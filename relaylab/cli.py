@@ -15,6 +15,7 @@ from typing import Any
 
 from dotenv import find_dotenv, load_dotenv
 
+from relaylab import store
 from relaylab.caller import SimulatedCall
 from relaylab.llm import choose_backend
 from relaylab.relay import Relay
@@ -45,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "each call stays in the process that took it",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where calls' state waits for a reconnect: memory (default), sqlite:///PATH "
+        "(default with --workers > 1) or redis://HOST:PORT (several machines)",
+    )
     serve.add_argument(
         "--configure-number",
         metavar="NUMBER",
@@ -126,6 +133,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
     """Run the relay (and the stand-in, if offline) until Ctrl-C."""
     backend = choose_backend(True if args.offline else None)
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    args.store = store.choose(args.store, workers=args.workers, port=args.port)
     settings = RelaySettings(
         host=args.host,
         port=args.port,
@@ -135,6 +143,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
         debug_events=args.debug_events,
         dial_number=args.dial_number,
         reuse_port=args.workers > 1 or args.worker,
+        store=args.store,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await relay.start()
@@ -164,6 +173,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
             print("  Twilio signatures: NOT checked (set TWILIO_AUTH_TOKEN to turn them on)")
         if workers:
             print(f"  workers: {len(workers) + 1} processes share port {server.port}")
+        print(f"  calls' state (for reconnects): {store.describe(args.store)}")
         if args.configure_number:
             if not server.public:
                 raise NumberSetupError("--configure-number needs --tunnel or --public-url")
@@ -203,7 +213,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """Another `relaylab serve` on the same port (SO_REUSEPORT: the kernel spreads new
     connections over the processes). The parent alone opens tunnels and sets numbers."""
-    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url"}
+    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url", "--store"}
     argv, rest = [], iter(args.argv)
     for word in rest:
         name = word.split("=", 1)[0]
@@ -212,7 +222,7 @@ def start_worker(
                 next(rest, None)  # its value
             continue
         argv.append(word)
-    argv += ["--port", str(port), "--worker"]
+    argv += ["--port", str(port), "--worker", "--store", args.store]  # the parent's store
     if public_url:
         argv += ["--public-url", public_url]
     # Its own process group, so a terminal's Ctrl-C reaches the parent alone; the parent

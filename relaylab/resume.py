@@ -53,6 +53,9 @@ HEARTBEAT = 5.0
 """Seconds between a relay's "still running" marks: a call held by a relay whose mark
 expired (after 3 heartbeats) is taken as dropped, so its reconnect can land elsewhere."""
 SAVE_DELAY = 0.05  # seconds changes are gathered before one save
+TAKEOVER_WAIT = 3.0
+"""Seconds a reconnect waits for the relay that held the call to record the drop (a
+reconnect can arrive before the old socket's end is noticed); then it is refused."""
 _CALL_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Problem = tuple[int, str]
@@ -87,6 +90,7 @@ class Calls:
         self.auth_token = auth_token
         self.instance = uuid.uuid4().hex  # this relay process, for the "still running" mark
         self._watched: dict[CallSession, _Watch] = {}
+        self._ending: dict[str, asyncio.Task[None]] = {}  # calls whose socket end is recorded
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -141,7 +145,7 @@ class Calls:
             if isinstance(checked, str):
                 return self._refuse(call_sid, checked)
             nonce, expires = checked
-        state = call_state.load(await self.store.get(f"call:{call_sid}"))
+        state = await self._settled_state(call_sid, live_here)
         if state is None:
             if nonce is not None:
                 if call_tokens.expired(expires):
@@ -166,6 +170,22 @@ class Calls:
                 len(state.get("conversation") or []),
             )
         return Admission(call_sid, state, connection)
+
+    async def _settled_state(
+        self, call_sid: str, live_here: Callable[[str], bool]
+    ) -> dict[str, Any] | None:
+        """The call's saved state once any socket of it that went has been recorded."""
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        while True:
+            ending = self._ending.get(call_sid)
+            if ending is not None:  # this relay is still recording the old socket's end
+                await asyncio.wait([ending])
+            state = call_state.load(await self.store.get(f"call:{call_sid}"))
+            if state is None or state.get("status") != "live" or time.monotonic() > deadline:
+                return state
+            if not await self._why_not_resume(state, live_here):
+                return state
+            await asyncio.sleep(0.05)
 
     async def _why_not_resume(
         self, state: dict[str, Any], live_here: Callable[[str], bool]
@@ -238,9 +258,17 @@ class Calls:
                 loggable(exc),
             )
 
-    async def release(self, session: CallSession, *, dropped: bool) -> None:
+    def release(self, session: CallSession, *, dropped: bool) -> asyncio.Task[None]:
         """The socket is gone: close the session, then keep the call for its reconnect
-        (``dropped``) or let it go (the call ended)."""
+        (``dropped``) or let it go (the call ended). A reconnect of the call waits for it."""
+        watch = self._watched.get(session)
+        task = asyncio.get_running_loop().create_task(self._release(session, dropped=dropped))
+        if watch is not None:
+            self._ending[watch.call_sid] = task
+            task.add_done_callback(lambda _: self._ending.pop(watch.call_sid, None))
+        return task
+
+    async def _release(self, session: CallSession, *, dropped: bool) -> None:
         watch = self._watched.pop(session, None)
         if watch is None:
             await session.close()

@@ -159,12 +159,11 @@ class RelayServer:
                 log.exception("a session listener failed; the call goes on without it")
         return session
 
-    async def end_session(self, session: CallSession, *, dropped: bool) -> None:
+    def end_session(self, session: CallSession, *, dropped: bool) -> asyncio.Task[None]:
         """The session's socket is gone: close it, and keep or let go of the call."""
         if self.calls is None:
-            await session.close()
-        else:
-            await self.calls.release(session, dropped=dropped)
+            return asyncio.get_running_loop().create_task(session.close())
+        return self.calls.release(session, dropped=dropped)
 
     def socket_url(self, ws_url: str, call_sid: str | None) -> str:
         """The WebSocket URL the TwiML for call ``call_sid`` names (see relaylab.resume)."""

@@ -243,8 +243,10 @@ class RedisStore:
 
 def default_sqlite_path(port: int) -> Path:
     """The file ``relaylab serve --workers N`` shares when no ``--store`` is given: one per
-    user and port, in the temporary folder, so a restart on the same port finds it."""
-    return Path(tempfile.gettempdir()) / f"relaylab-{getpass.getuser()}-{port}.sqlite"
+    user and port, in the temporary folder, so a restart on the same port finds it (on
+    port 0, one per parent process)."""
+    name = f"port{port}" if port else f"pid{os.getpid()}"
+    return Path(tempfile.gettempdir()) / f"relaylab-{getpass.getuser()}-{name}.sqlite"
 
 
 def describe(spec: str | None, *, workers: int = 1, port: int = 0) -> str:
