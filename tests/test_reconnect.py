@@ -91,6 +91,13 @@ async def settled(server, call_sid, replies, timeout=15.0):
     return server.find(call_sid)
 
 
+async def heard_to_the_end(call):
+    """Wait until the caller has heard every reply to the end (its speech clock), and the
+    last tokensPlayed report has reached the relay: then a drop cuts nothing."""
+    assert await until(lambda: not call._talk.agent_busy(time.monotonic()), 30)
+    await call.listen_async(0.3)
+
+
 async def dropped_state(server, call_sid, timeout=5.0):
     """The call's saved state once the relay has recorded that its socket dropped."""
     found = {}
@@ -161,12 +168,11 @@ async def test_a_call_dropped_mid_reply_reconnects_and_keeps_its_history(new_set
 
 
 async def test_events_buffered_during_the_gap_are_applied_in_order():
-    # With tokensPlayed reports the relay knows the first reply played in full (the
-    # caller's clock runs 4x), so the drop right after it leaves it whole.
     async with relay(debug_events=True) as (_running, server):
         call = dial(server)
         await call.connect_async()
         await call.say_async(NAME)
+        await heard_to_the_end(call)
         await call.drop_async()
         for words in ("First thing.", "Second thing.", "Third thing."):
             await call.send_async(json.loads(protocol.prompt_frame(words)))
@@ -307,7 +313,10 @@ def serve(port, store, claude_url, *extra, auth_token=None):
     env.pop("TWILIO_AUTH_TOKEN", None)
     if auth_token:
         env["TWILIO_AUTH_TOKEN"] = auth_token
-    argv = [sys.executable, "-m", "relaylab", "serve", "--port", str(port), *extra]
+    # --debug-events: Twilio's tokensPlayed reports tell the relay the caller (whose speech
+    # clock runs 4x) heard each reply in full before the drop.
+    argv = [sys.executable, "-m", "relaylab", "serve", "--port", str(port), "--debug-events"]
+    argv += extra
     if store:
         argv += ["--store", store]
     return subprocess.Popen(
@@ -359,7 +368,8 @@ async def continues_after(call, claude, *, before_reconnect=None, new_setup=True
     """Say something, drop, (do ``before_reconnect``), reconnect, ask again: the model's
     request after the reconnect carries what was said before the drop."""
     await call.connect_async()
-    await call.say_async(NAME)
+    first = await call.say_async(NAME)
+    await heard_to_the_end(call)
     await call.drop_async()
     if before_reconnect is not None:
         await before_reconnect()
@@ -367,7 +377,10 @@ async def continues_after(call, claude, *, before_reconnect=None, new_setup=True
     reply = await call.say_async("What did I tell you?", timeout=30)
     assert reply.complete and reply.text
     messages = claude.requests[-1].body["messages"]
-    assert messages[0] == {"role": "user", "content": NAME}, messages
+    assert messages[:2] == [
+        {"role": "user", "content": NAME},
+        {"role": "assistant", "content": first.text.strip()},
+    ], messages
     assert messages[-1]["content"] == "What did I tell you?"
     await call.hang_up_async()
 
@@ -400,7 +413,8 @@ async def test_a_call_survives_a_relay_restart_with_the_sqlite_store(tmp_path, n
             )
             holder = {}
             await call.connect_async()
-            await call.say_async(NAME)
+            first_reply = await call.say_async(NAME)
+            await heard_to_the_end(call)
             # The relay stops (SIGTERM): it closes the socket as going away (1001), and
             # Twilio, with applicationReconnect, keeps the call for a reconnect.
             await asyncio.to_thread(stop, first)
@@ -410,7 +424,11 @@ async def test_a_call_survives_a_relay_restart_with_the_sqlite_store(tmp_path, n
             await call.reconnect_async(setup=new_setup)
             reply = await call.say_async("What did I tell you?", timeout=30)
             assert reply.complete
-            assert claude.requests[-1].body["messages"][0] == {"role": "user", "content": NAME}
+            assert claude.requests[-1].body["messages"] == [
+                {"role": "user", "content": NAME},
+                {"role": "assistant", "content": first_reply.text.strip()},
+                {"role": "user", "content": "What did I tell you?"},
+            ]
             await call.hang_up_async()
         finally:
             await asyncio.to_thread(stop, first)
@@ -430,6 +448,7 @@ async def test_workers_share_a_sqlite_store_so_every_reconnect_finds_its_call(tm
             for call in calls:
                 await call.connect_async()
                 await call.say_async(f"{NAME} I am caller {calls.index(call)}.")
+                await heard_to_the_end(call)
                 await call.drop_async()
             for number, call in enumerate(calls):
                 await call.reconnect_async(setup=number % 2 == 0)
