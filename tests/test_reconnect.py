@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 
 TOKEN = "test-auth-token-reconnects-0123456789"
 SPEED = 4.0  # the simulated caller's speech clock
-NAME = "My name is Ada and I keep bees."
+NAME = "Hello, my name is Ada and I keep bees."  # a short reply (the greeting)
 
 
 def free_port():
@@ -388,14 +388,16 @@ async def continues_after(call, claude, *, before_reconnect=None, new_setup=True
 async def test_a_reconnect_landing_on_another_process_sharing_the_sqlite_file(tmp_path):
     store = f"sqlite:///{tmp_path / 'calls.sqlite'}"
     a, b = free_port(), free_port()
-    async with OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude:
-        async with relays((a, store, claude.base_url), (b, store, claude.base_url)):
-            call = SimulatedCall(twiml_url=f"http://127.0.0.1:{a}/twiml", clock_speed=SPEED)
+    async with (
+        OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude,
+        relays((a, store, claude.base_url), (b, store, claude.base_url)),
+    ):
+        call = SimulatedCall(twiml_url=f"http://127.0.0.1:{a}/twiml", clock_speed=SPEED)
 
-            async def to_the_other_process():  # as a load balancer might send it
-                call.ws_url = call.ws_url.replace(f":{a}/", f":{b}/")
+        async def to_the_other_process():  # as a load balancer might send it
+            call.ws_url = call.ws_url.replace(f":{a}/", f":{b}/")
 
-            await continues_after(call, claude, before_reconnect=to_the_other_process)
+        await continues_after(call, claude, before_reconnect=to_the_other_process)
 
 
 @pytest.mark.parametrize("new_setup", [True, False], ids=["with-setup", "without-setup"])
@@ -439,23 +441,25 @@ async def test_a_call_survives_a_relay_restart_with_the_sqlite_store(tmp_path, n
 async def test_workers_share_a_sqlite_store_so_every_reconnect_finds_its_call(tmp_path):
     port = free_port()
     store = f"sqlite:///{tmp_path / 'workers.sqlite'}"
-    async with OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude:
-        async with relays((port, store, claude.base_url, "--workers", "2")):
-            calls = [
-                SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
-                for _ in range(6)
-            ]
-            for call in calls:
-                await call.connect_async()
-                await call.say_async(f"{NAME} I am caller {calls.index(call)}.")
-                await heard_to_the_end(call)
-                await call.drop_async()
-            for number, call in enumerate(calls):
-                await call.reconnect_async(setup=number % 2 == 0)
-                await call.say_async("What did I tell you?", timeout=30)
-                request = claude.requests[-1].body["messages"]
-                assert request[0]["content"] == f"{NAME} I am caller {number}.", request
-                await call.hang_up_async()
+    async with (
+        OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude,
+        relays((port, store, claude.base_url, "--workers", "2")),
+    ):
+        calls = [
+            SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
+            for _ in range(6)
+        ]
+        for call in calls:
+            await call.connect_async()
+            await call.say_async(f"{NAME} I am caller {calls.index(call)}.")
+            await heard_to_the_end(call)
+            await call.drop_async()
+        for number, call in enumerate(calls):
+            await call.reconnect_async(setup=number % 2 == 0)
+            await call.say_async("What did I tell you?", timeout=30)
+            request = claude.requests[-1].body["messages"]
+            assert request[0]["content"] == f"{NAME} I am caller {number}.", request
+            await call.hang_up_async()
 
 
 # -- Redis ------------------------------------------------------------------------------
