@@ -191,6 +191,8 @@ async def serve_forever(args: argparse.Namespace) -> int:
         await relay.stop()
         for worker in workers:
             await asyncio.to_thread(stop_worker, worker)
+        if workers and not args.port:  # a file only this run could find again
+            store.remove_sqlite(store.default_sqlite_path(0))
     return 0
 
 

@@ -249,6 +249,12 @@ def default_sqlite_path(port: int) -> Path:
     return Path(tempfile.gettempdir()) / f"relaylab-{getpass.getuser()}-{name}.sqlite"
 
 
+def remove_sqlite(path: Path) -> None:
+    """Delete a SQLite store's file and its journal files, if they are there."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.unlink(missing_ok=True)
+
+
 def describe(spec: str | None, *, workers: int = 1, port: int = 0) -> str:
     """Which store ``open_store`` would open, in words (for the banner)."""
     spec = choose(spec, workers=workers, port=port)
