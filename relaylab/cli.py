@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(terminal_call(args.ws, token, args.words_per_minute))
     except KeyboardInterrupt:
         return 0
-    except (TunnelError, NumberSetupError, ValueError) as exc:
+    except (TunnelError, NumberSetupError, store.StoreError, ValueError) as exc:
         print(f"relaylab {args.command}: {exc}", file=sys.stderr)
         return 2
 
