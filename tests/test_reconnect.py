@@ -167,6 +167,25 @@ async def test_a_call_dropped_mid_reply_reconnects_and_keeps_its_history(new_set
         await call.hang_up_async()
 
 
+async def test_with_tokens_played_reports_a_dropped_reply_is_stored_as_twilio_played_it():
+    async with relay(tokens_per_second=200.0, debug_events=True) as (running, server):
+        call = dial(server)
+        await call.connect_async()
+        await call.say_async(NAME)
+        await heard_to_the_end(call)
+        running.offline_claude.tokens_per_second = 8.0
+        await call.send_async(json.loads(protocol.prompt_frame("Tell me about dogs")))
+        session = await streaming(server, call.call_sid, words=1)
+        reply = session.last_reply
+        assert await until(lambda: len(reply.played.split()) >= 3, 10), "no tokensPlayed yet"
+        await call.drop_async()
+        saved = await dropped_state(server, call.call_sid)
+        played = reply.played.rstrip()  # what Twilio had reported when the socket went
+        assert saved["replies"][-1]["dropped"]
+        assert saved["replies"][-1]["heard"] == played != reply.sent.strip()
+        assert saved["conversation"][-1] == {"role": "assistant", "content": played}
+
+
 async def test_events_buffered_during_the_gap_are_applied_in_order():
     async with relay(debug_events=True) as (_running, server):
         call = dial(server)
