@@ -7,7 +7,11 @@ relay's ``text`` through a speech clock so it knows what the caller has heard at
 moment, and acts on ``play``, ``sendDigits``, ``language`` and ``end`` (then requests the
 ``<Connect action>`` URL). Messages Twilio would reject get an ``error`` frame, and ten in
 a row close the socket with 1007. Which of Twilio's behaviours it shows is a
-``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``).
+``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``). ``drop`` and
+``reconnect`` model ``applicationReconnect``: the socket goes without a close frame, what
+the caller does meanwhile is buffered (up to 500 events), and the same URL is opened
+again, with or without a new ``setup`` (Twilio's docs leave that open), before the
+buffered events are replayed in order.
 
 The one question about the relay's side, "what history did you store for this call?",
 goes through a ``RelayProbe`` that whoever runs the relay (the Lab) hands in.
