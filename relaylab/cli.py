@@ -42,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="relay processes sharing the port, e.g. one per core (default 1); "
-        "each call stays in the process that took it",
+        help="relay processes sharing the port, e.g. one per core (default 1); they share "
+        "calls' state (a SQLite file unless --store says otherwise), so a reconnect may land "
+        "on any of them",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
