@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relaylab import call_tokens, protocol, signatures, twiml
+from relaylab import call_tokens, protocol, signatures, store, twiml
 from relaylab.caller import SimulatedCall
 from relaylab.llm import choose_backend
 from relaylab.loop import until
@@ -460,28 +460,34 @@ async def test_a_call_survives_a_relay_restart_with_the_sqlite_store(tmp_path, n
                 await asyncio.to_thread(stop, holder["second"])
 
 
-async def test_workers_share_a_sqlite_store_so_every_reconnect_finds_its_call(tmp_path):
+async def test_workers_share_a_sqlite_file_by_default_so_every_reconnect_finds_its_call():
     port = free_port()
-    store = f"sqlite:///{tmp_path / 'workers.sqlite'}"
-    async with (
-        OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude,
-        relays((port, store, claude.base_url, "--workers", "2")),
-    ):
-        calls = [
-            SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
-            for _ in range(6)
-        ]
-        for call in calls:
-            await call.connect_async()
-            await call.say_async(f"{NAME} I am caller {calls.index(call)}.")
-            await heard_to_the_end(call)
-            await call.drop_async()
-        for number, call in enumerate(calls):
-            await call.reconnect_async(setup=number % 2 == 0)
-            await call.say_async("What did I tell you?", timeout=30)
-            request = claude.requests[-1].body["messages"]
-            assert request[0]["content"] == f"{NAME} I am caller {number}.", request
-            await call.hang_up_async()
+    default_file = store.default_sqlite_path(port)  # what --workers 2 uses with no --store
+    try:
+        async with (
+            OfflineClaude(first_token_delay=0.05, tokens_per_second=200) as claude,
+            relays((port, None, claude.base_url, "--workers", "2")),
+        ):
+            assert default_file.exists()
+            calls = [
+                SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
+                for _ in range(6)
+            ]
+            for number, call in enumerate(calls):
+                await call.connect_async()
+                await call.say_async(f"{NAME} I am caller {number}.")
+                await heard_to_the_end(call)
+                await call.drop_async()
+            # The kernel spreads new sockets over both processes: without a shared store
+            # about half of these would land where their call does not exist.
+            for number, call in enumerate(calls):
+                await call.reconnect_async(setup=number % 2 == 0)
+                await call.say_async("What did I tell you?", timeout=30)
+                request = claude.requests[-1].body["messages"]
+                assert request[0]["content"] == f"{NAME} I am caller {number}.", request
+                await call.hang_up_async()
+    finally:
+        store.remove_sqlite(default_file)
 
 
 # -- Redis ------------------------------------------------------------------------------
