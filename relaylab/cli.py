@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from dotenv import find_dotenv, load_dotenv
 
+from relaylab import store
 from relaylab.caller import SimulatedCall
 from relaylab.llm import ModelUnavailable, check_model, choose_backend, needs_model_check
 from relaylab.loop import until
@@ -53,10 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="relay processes sharing the port, e.g. one per core (default 1); "
-        "each call stays in the process that took it",
+        help="relay processes sharing the port, e.g. one per core (default 1); they share "
+        "calls' state (a SQLite file unless --store says otherwise), so a reconnect may land "
+        "on any of them",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where calls' state waits for a reconnect: memory (default), sqlite:///PATH "
+        "(default with --workers > 1) or redis://HOST:PORT (several machines)",
+    )
     serve.add_argument(
         "--configure-number",
         metavar="NUMBER",
@@ -119,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(terminal_call(args.ws, token, args.words_per_minute))
     except KeyboardInterrupt:
         return 0
-    except (TunnelError, NumberSetupError, ValueError) as exc:
+    except (TunnelError, NumberSetupError, store.StoreError, ValueError) as exc:
         print(f"relaylab {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -148,6 +156,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     backend = choose_backend(True if args.offline else None)
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    args.store = store.choose(args.store, workers=args.workers, port=args.port)
     settings = RelaySettings(
         host=args.host,
         port=args.port,
@@ -157,6 +166,7 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         debug_events=args.debug_events,
         dial_number=args.dial_number,
         reuse_port=args.workers > 1 or args.worker,
+        store=args.store,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await signals.guard(relay.start())
@@ -197,6 +207,7 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
             print("  Twilio signatures: NOT checked (set TWILIO_AUTH_TOKEN to turn them on)")
         if workers:
             print(f"  workers: {len(workers) + 1} processes share port {server.port}")
+        print(f"  calls' state (for reconnects): {store.describe(args.store)}")
         if args.configure_number:
             if not server.public:
                 raise NumberSetupError("--configure-number needs --tunnel or --public-url")
@@ -221,6 +232,8 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         await relay.stop()
         for worker in workers:
             await asyncio.to_thread(stop_worker, worker)
+        if workers and not args.port:  # a file only this run could find again
+            store.remove_sqlite(store.default_sqlite_path(0))
     return 0
 
 
@@ -309,7 +322,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """Another `relaylab serve` on the same port (SO_REUSEPORT: the kernel spreads new
     connections over the processes). The parent alone opens tunnels and sets numbers."""
-    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url"}
+    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url", "--store"}
     argv, rest = [], iter(args.argv)
     for word in rest:
         name = word.split("=", 1)[0]
@@ -318,7 +331,7 @@ def start_worker(
                 next(rest, None)  # its value
             continue
         argv.append(word)
-    argv += ["--port", str(port), "--worker"]
+    argv += ["--port", str(port), "--worker", "--store", args.store]  # the parent's store
     if public_url:
         argv += ["--public-url", public_url]
     # Its own process group, so a terminal's Ctrl-C reaches the parent alone; the parent

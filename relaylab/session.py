@@ -113,6 +113,7 @@ class Reply:
     heard: str | None = None  # set when the caller interrupts this reply, or it is cut off
     played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
     cut_off: bool = False  # a newer reply's speech cut it off (preemptible); no interrupt
+    dropped: bool = False  # the socket dropped while it played; heard is what had played
     heard_ms: float | None = None  # speech played before the interrupt, as Twilio reported it
     error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -202,6 +203,11 @@ class CallSession:
         self.frames: deque[tuple[str, str]] = deque(maxlen=FRAME_HISTORY)
         self.frames_received = 0
         self.closed = False
+        # Reconnects (relaylab.resume): the call the socket URL names, whether this session
+        # took over a dropped call's state, and why the socket must close (set on a bad setup).
+        self.bound_call_sid: str | None = None
+        self.resumed = False
+        self.refused: str | None = None
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
         self.settings: dict[str, Any] = {}  # session settings Twilio confirmed (configUpdated)
         self._played_from = 0  # replies before this one have stopped playing
@@ -601,6 +607,18 @@ class CallSession:
         self.events.emit("error", message=reason)
 
     def _on_setup(self, setup: protocol.Setup) -> None:
+        bound = self.bound_call_sid
+        if bound is not None and setup.call_sid != bound:
+            self.refused = "its setup names another call than the socket URL"
+            self._reject(
+                f"refused a setup for call {loggable(setup.call_sid)} on the socket of call "
+                f"{loggable(bound)}: {self.refused}"
+            )
+            return
+        if self.resumed:  # a reconnect that sends setup again: the call goes on as it was
+            self.resumed = False
+            log.info("%s: setup again after a reconnect; the call goes on", self._name)
+            return
         if self.setup is not None:
             self._reject("ignored a second 'setup' message")
             return

@@ -61,6 +61,10 @@ class RelaySettings:
     """Where /action dials when a call is handed to a person."""
     reuse_port: bool = False
     """Let several relay processes listen on one port (``relaylab serve --workers N``)."""
+    store: str | None = None
+    """Where calls' state is kept for reconnects: None or "memory" (this process),
+    "sqlite:///PATH" (the processes of one machine) or "redis://HOST:PORT" (several
+    machines). See relaylab.store."""
     call: Limits = field(default_factory=Limits)
     socket: SocketLimits = field(default_factory=SocketLimits)
 

@@ -68,6 +68,8 @@ class Checks(Protocol):
 
     def public_endpoints(self, host: str | None) -> PublicEndpoints: ...
 
+    def socket_url(self, ws_url: str, call_sid: str | None) -> str: ...
+
 
 class Webhooks:
     """aiohttp request handler for the relay's HTTP paths."""
@@ -102,9 +104,9 @@ class Webhooks:
         if problem is not None:
             status, reason = problem
             return _text(status, reason)
-        if path == "/twiml":
-            return self._twiml(request)
         params = {**request.query, **form}
+        if path == "/twiml":
+            return self._twiml(request, params.get("CallSid"))
         body = twiml.handoff_twiml(
             loggable(params.get("SessionStatus", ""), 60),
             params.get("HandoffData"),
@@ -168,7 +170,7 @@ class Webhooks:
             raise Refused(400, f"Bad request: {loggable(exc)}") from None
         return dict(pairs)
 
-    def _twiml(self, request: web.BaseRequest) -> web.Response:
+    def _twiml(self, request: web.BaseRequest, call_sid: str | None) -> web.Response:
         try:
             public = self.server.public_endpoints(request.headers.get("Host"))
         except ValueError as exc:
@@ -179,7 +181,9 @@ class Webhooks:
         options.setdefault("action_method", "POST")  # Twilio's default; /action takes both
         if settings.debug_events:
             options.setdefault("debug_events", True)
-        return web.Response(text=twiml.relay_twiml(public.ws_url, **options), content_type=_XML)
+        # The socket URL names the call, so a reconnect finds it (relaylab.resume).
+        ws_url = self.server.socket_url(public.ws_url, call_sid)
+        return web.Response(text=twiml.relay_twiml(ws_url, **options), content_type=_XML)
 
 
 class HttpLog(logging.LoggerAdapter):
