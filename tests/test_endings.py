@@ -351,3 +351,23 @@ def test_the_stand_in_checks_a_thinking_budget_as_the_api_does():
         validate(thinking(400, 2048))
     with pytest.raises(InvalidRequest, match="1024"):
         validate(thinking(4000, 9))
+
+
+@pytest.mark.anyio
+async def test_serves_client_reports_a_retry_after_as_a_live_model():
+    # The client relaylab serve builds (aiohttp transport, the retry hook) and its reader.
+    from relaylab.llm import Backend, make_llm
+
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
+        llm = make_llm(Backend("custom", claude.base_url, "x"), aiohttp=True, max_retries=1)
+        claude.retry_after = 1.2
+        claude.fail_next("rate_limit")
+        try:
+            result = await run_step(
+                "tracking", [prompt_frame(HELLO)], claude=llm.client, limits=BUDGET
+            )
+        finally:
+            await llm.client.close()
+    spoken = "".join(f["token"] for f in result.frames_out)
+    assert spoken == endings.HOLD_LINE + " " + REPLIES["greeting"]
+    assert [r.status for r in claude.requests] == [429, 200]
