@@ -3,7 +3,7 @@
 The streams are the ``anthropic`` SDK's own test fixtures, read from
 ``../shared/fixtures/anthropic-sdk-sse/`` (never copied into this repository). Each is
 read whole and in small chunks, as recorded and re-framed (CRLF or CR line ends,
-``data:`` without its space, comments added), first by ``relaylab.llm.SSEParser``
+``data:`` without its space, comments added), first by ``relaylab.sse.SSEParser``
 against the SDK's own ``SSEDecoder``, then over a real local HTTP server by
 ``relaylab.llm.stream_reply`` against the SDK's ``messages.stream()``.
 """
@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from anthropic._streaming import SSEDecoder
 
-from relaylab.llm import SDKReplyStream, SSEParser, stream_reply
+from relaylab.llm import SDKReplyStream, stream_reply
+from relaylab.sse import SSEParser
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "anthropic-sdk-sse"
 if not FIXTURES.is_dir():  # a worktree sits one level deeper than the main checkout
