@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anthropic
-import jiter
 
 from relaylab.sse import SSEParser
 
@@ -118,9 +117,7 @@ class ReplyStream:
                 index = event.get("index", 0)
                 self._json[index] = self._json.get(index, "") + delta["partial_json"]
                 if self._json[index]:
-                    self._block(event)["input"] = jiter.from_json(
-                        self._json[index].encode(), partial_mode=True
-                    )
+                    self._block(event)["input"] = partial_json(self._json[index])
             elif kind == "citations_delta":
                 block = self._block(event)
                 block["citations"] = [*(block.get("citations") or []), delta["citation"]]
@@ -212,6 +209,41 @@ async def stream_text(client: anthropic.AsyncAnthropic, **request: Any) -> Async
     async with stream_reply(client, **request) as reply:
         async for text in reply:
             yield text
+
+
+def partial_json(raw: str) -> Any:
+    """JSON cut off mid-way, read as far as its last complete value (as the SDK's partial
+    mode reads a tool input still streaming): an unfinished string or value is left out
+    and the open arrays and objects are closed."""
+    with contextlib.suppress(ValueError):
+        return json.loads(raw)
+    stack: list[str] = []
+    in_string = escaped = False
+    cut: tuple[int, str] | None = None  # the last point all before it is whole, and closers
+    for index, char in enumerate(raw):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            stack.append("]" if char == "[" else "}")
+            cut = (index + 1, "".join(reversed(stack)))
+        elif char in "]}" and stack:
+            stack.pop()
+        elif char == ",":
+            cut = (index, "".join(reversed(stack)))
+    candidates = [] if in_string else [raw + "".join(reversed(stack))]
+    if cut is not None:
+        candidates.append(raw[: cut[0]] + cut[1])
+    for candidate in candidates:
+        with contextlib.suppress(ValueError):
+            return json.loads(candidate)
+    return {}
 
 
 # -- signs of life -----------------------------------------------------------------------------
