@@ -556,7 +556,8 @@ def test_stall_streams_some_tokens_then_goes_quiet_on_an_open_connection() -> No
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         claude.fail_next("stall")
         received: list[tuple[str, float]] = []
-        with pytest.raises(Exception) as caught:  # httpx's own ReadTimeout, not wrapped
+        # The SDK wraps the read timeout mid-stream (older versions let httpx's own out).
+        with pytest.raises(Exception) as caught:
             async with client.messages.stream(
                 model=MODEL, max_tokens=500, messages=DOGS, timeout=0.4
             ) as s:
@@ -567,7 +568,7 @@ def test_stall_streams_some_tokens_then_goes_quiet_on_an_open_connection() -> No
         return caught.value, received, gave_up, claude.requests[0]
 
     exc, received, gave_up, record = run(body)
-    assert type(exc).__name__ == "ReadTimeout", repr(exc)
+    assert type(exc).__name__ in ("APITimeoutError", "ReadTimeout"), repr(exc)
     assert len(received) == 10 and REPLIES["dogs"].startswith("".join(t for t, _ in received))
     assert gave_up - received[-1][1] >= 0.35  # silence, not a closed connection
     assert record.outcome == "failed:stall" and record.tokens_sent == 10
