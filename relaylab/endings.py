@@ -17,8 +17,10 @@ reply that failed). Pure: no I/O, no third-party imports.
 - an error mid-reply, a stalled or cut stream, or no stop reason at all: the reply so
   far, then ``APOLOGY``; stored with ``CUT_MARK`` (``APOLOGY`` if nothing was said).
 
-The relay's own lines are always a talk cycle of their own, after Claude's words have
-ended theirs: they are never run together with Claude's sentence nor stored as Claude's.
+The relay's own line ends the reply's talk cycle as a sentence of its own, after a
+spoken pause (``spoken_after``): it is never run together with Claude's sentence, and
+never stored as Claude's. (Lessons 1-2, which append turns rather than merge them,
+store ``EMPTY_LINE`` for a reply with no words, so roles still alternate.)
 """
 
 from __future__ import annotations

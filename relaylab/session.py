@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import endings, failures, llm, playback, protocol
+from relaylab import endings, failures, playback, protocol, streams
 from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
@@ -160,7 +160,7 @@ def _may_still_play(text: str, began: float | None, at: float) -> bool:
     return at - began < len(text.split()) * 60 / SLOWEST_VOICE_WPM
 
 
-def _alive_listener(ref: weakref.ref[Reply]) -> llm.AliveListener:
+def _alive_listener(ref: weakref.ref[Reply]) -> streams.AliveListener:
     """Record the model's signs of life on the reply (weakly held: see _current_reply)."""
 
     def alive(wait: float) -> None:
@@ -338,7 +338,7 @@ class CallSession:
         reply.alive_at = reply.started_at
         context = contextvars.copy_context()
         context.run(_current_reply.set, weakref.ref(reply))
-        context.run(llm.alive_listener.set, _alive_listener(weakref.ref(reply)))
+        context.run(streams.alive_listener.set, _alive_listener(weakref.ref(reply)))
         reply.task = loop.create_task(self._run_reply(reply, prompt), context=context)
         self._watch(reply)
         self.events.emit("reply_started", reply=reply)

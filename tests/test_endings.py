@@ -315,3 +315,59 @@ async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
     assert second == answer
     history_valid(result.history)
     assert result.history[-1] == {"role": "assistant", "content": answer}
+
+
+def test_extended_thinking_per_step_holds_the_line_while_claude_thinks(make_lab):
+    from relaylab.steps.tracking import tracking_step
+
+    lab = make_lab(tracking_step(thinking_budget=2048), call=BUDGET)
+    lab.offline_claude.thinking_seconds = 1.2
+    call = lab.call()
+    reply = call.say(HELLO)
+    request = lab.offline_claude.requests[-1].body
+    assert request["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert request["max_tokens"] == lab.llm.max_tokens + 2048
+    assert reply.text == endings.HOLD_LINE + " " + REPLIES["greeting"]
+    assert call.conversation[-1] == {"role": "assistant", "content": REPLIES["greeting"]}
+    history_valid(call.conversation)
+    with pytest.raises(ValueError, match="1024"):
+        tracking_step(thinking_budget=100)
+
+
+def test_the_stand_in_checks_a_thinking_budget_as_the_api_does():
+    from relaylab.offline_claude import InvalidRequest
+
+    base = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+
+    def thinking(max_tokens: int, budget: int) -> dict:
+        return {
+            **base,
+            "max_tokens": max_tokens,
+            "thinking": {"type": "enabled", "budget_tokens": budget},
+        }
+
+    validate(thinking(3000, 2048))
+    with pytest.raises(InvalidRequest, match="greater than"):
+        validate(thinking(400, 2048))
+    with pytest.raises(InvalidRequest, match="1024"):
+        validate(thinking(4000, 9))
+
+
+@pytest.mark.anyio
+async def test_serves_client_reports_a_retry_after_as_a_live_model():
+    # The client relaylab serve builds (aiohttp transport, the retry hook) and its reader.
+    from relaylab.llm import Backend, make_llm
+
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
+        llm = make_llm(Backend("custom", claude.base_url, "x"), aiohttp=True, max_retries=1)
+        claude.retry_after = 1.2
+        claude.fail_next("rate_limit")
+        try:
+            result = await run_step(
+                "tracking", [prompt_frame(HELLO)], claude=llm.client, limits=BUDGET
+            )
+        finally:
+            await llm.client.close()
+    spoken = "".join(f["token"] for f in result.frames_out)
+    assert spoken == endings.HOLD_LINE + " " + REPLIES["greeting"]
+    assert [r.status for r in claude.requests] == [429, 200]

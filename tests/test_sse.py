@@ -3,7 +3,7 @@
 The streams are the ``anthropic`` SDK's own test fixtures, read from
 ``../shared/fixtures/anthropic-sdk-sse/`` (never copied into this repository). Each is
 read whole and in small chunks, as recorded and re-framed (CRLF or CR line ends,
-``data:`` without its space, comments added), first by ``relaylab.llm.SSEParser``
+``data:`` without its space, comments added), first by ``relaylab.sse.SSEParser``
 against the SDK's own ``SSEDecoder``, then over a real local HTTP server by
 ``relaylab.llm.stream_reply`` against the SDK's ``messages.stream()``.
 """
@@ -11,6 +11,7 @@ against the SDK's own ``SSEDecoder``, then over a real local HTTP server by
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import pytest
 from aiohttp import web
 from anthropic._streaming import SSEDecoder
 
-from relaylab.llm import SDKReplyStream, SSEParser, stream_reply
+from relaylab.llm import SDKReplyStream, stream_reply
+from relaylab.sse import SSEParser
+from relaylab.streams import partial_json
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "anthropic-sdk-sse"
 if not FIXTURES.is_dir():  # a worktree sits one level deeper than the main checkout
@@ -184,3 +187,28 @@ async def test_an_error_event_mid_stream_raises_after_the_same_text(framing: str
         assert "".join(ours) == "".join(sdk_text) != ""
     finally:
         await runner.cleanup()
+
+
+def _tool_inputs() -> list[str]:
+    """Every tool input the recorded streams hold, as its JSON text."""
+    inputs = []
+    for path in STREAMS:
+        parser = SSEParser()
+        pieces: dict[int, str] = {}
+        for name, data in parser.feed(path.read_bytes()):
+            if name == "content_block_delta" and '"input_json_delta"' in data:
+                event = json.loads(data)
+                index = event["index"]
+                pieces[index] = pieces.get(index, "") + event["delta"]["partial_json"]
+        inputs += [raw for raw in pieces.values() if raw]
+    return inputs
+
+
+def test_a_tool_input_cut_anywhere_reads_as_the_sdks_partial_json() -> None:
+    jiter = pytest.importorskip("jiter")  # what the SDK reads partial tool input with
+    inputs = _tool_inputs()
+    assert len(inputs) >= 3
+    for raw in inputs:
+        for end in range(1, len(raw) + 1):
+            expected = jiter.from_json(raw[:end].encode(), partial_mode=True)
+            assert partial_json(raw[:end]) == expected, raw[:end]

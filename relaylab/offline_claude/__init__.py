@@ -14,8 +14,12 @@ Replies are deterministic and written for the ear (numbers spelled out, no symbo
 paced like a real model (time to first token, then tokens per second), and every
 request is recorded in ``claude.requests`` so tests can see exactly what the relay
 sent and when it hung up. ``fail_next()`` makes the next requests fail the ways the
-real API can fail. Requests are checked like the real API checks them (400s with its
-messages, including ``tool_use`` / ``tool_result`` pairing).
+real API can fail, or end its next reply another way than ``end_turn`` (a refusal, no
+words, ``max_tokens``, ``pause_turn``, a full context, an ``error`` event mid-stream,
+thinking first). Requests are checked like the real API checks them (400s with its
+messages, including ``tool_use`` / ``tool_result`` pairing and thinking budgets), and
+``GET /v1/models`` and ``/v1/models/{id}`` answer as the models API does, for a
+start-up check.
 
 Modules: ``replies`` (what it says, tokens), ``tools`` (when and how it calls a tool),
 ``validation`` (the 400s), ``server`` (aiohttp.web, pacing, failures, records). It
@@ -26,6 +30,7 @@ so it logs to ``logging.getLogger("relaylab.offline_claude")``.
 from relaylab.offline_claude.replies import REPLIES, reply_for, tokenize
 from relaylab.offline_claude.server import (
     FAILURE_KINDS,
+    MODELS,
     OfflineClaude,
     RecordedRequest,
     TokenHook,
@@ -37,6 +42,7 @@ _reply_for = reply_for  # the old private name, still imported by tests/test_cli
 
 __all__ = [
     "FAILURE_KINDS",
+    "MODELS",
     "REPLIES",
     "InvalidRequest",
     "OfflineClaude",

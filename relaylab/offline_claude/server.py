@@ -262,7 +262,8 @@ class OfflineClaude:
         self.retry_after = 0.0
         """Seconds a 429 or 529 asks the client to wait (its ``retry-after`` header)."""
         self.thinking_seconds = 1.0
-        """How long a ``thinking`` reply thinks (streaming thinking deltas) before its text."""
+        """How long a reply thinks (streaming thinking deltas) before its text: a request with
+        extended thinking enabled, or a ``fail_next("thinking")``."""
         self.models = list(MODELS)
         self.api_keys: set[str] | None = None
         """When set, only these keys (``x-api-key``, or ``Authorization: Bearer``) are
@@ -429,7 +430,7 @@ class OfflineClaude:
             log.info("Offline Claude fails this request (%s), as queued by fail_next()", failure)
         if failure in _CUT_SHORT:
             plan = _cut_short(plan, failure)
-        elif failure == "thinking":
+        elif failure == "thinking" or (body.get("thinking") or {}).get("type") == "enabled":
             plan.thinking = _thinking(self.thinking_seconds)
             record.thinking_for = len(plan.thinking) * _THINKING_STEP
         record.stop_reason, record.tokens_planned = plan.stop_reason, plan.size

@@ -31,6 +31,7 @@ def validate(body: dict[str, Any]) -> None:
         raise InvalidRequest("max_tokens: Input should be an integer greater than or equal to 1")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: Input should be a valid boolean")
+    _validate_thinking(body.get("thinking"), max_tokens)
     _validate_system(body.get("system"))
     _validate_tools(body.get("tools"))
     messages = body["messages"]
@@ -47,6 +48,23 @@ def validate(body: dict[str, Any]) -> None:
             raise InvalidRequest(f"messages.{i}.content: Field required")
         _validate_content(message["content"], message["role"], f"messages.{i}")
     _validate_tool_pairs(messages)
+
+
+def _validate_thinking(thinking: Any, max_tokens: int) -> None:
+    if thinking is None:
+        return
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise InvalidRequest("thinking: Input should be an object with type enabled or disabled")
+    if thinking["type"] == "disabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+        raise InvalidRequest("thinking.enabled.budget_tokens: Input should be >= 1024")
+    if max_tokens <= budget:
+        raise InvalidRequest(
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+            "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+        )
 
 
 def _validate_system(system: Any) -> None:

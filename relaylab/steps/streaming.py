@@ -12,6 +12,8 @@ calls is most of the relay's CPU (see bench/).
 
 from __future__ import annotations
 
+from typing import Any
+
 from relaylab.endings import EMPTY_LINE
 from relaylab.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.protocol import Prompt
@@ -25,13 +27,17 @@ def request(call: CallSession) -> dict[str, object]:
     return {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
 
 
-async def forward(call: CallSession, messages: list) -> ReplyStream | SDKReplyStream:
+async def forward(
+    call: CallSession, messages: list, **options: Any
+) -> ReplyStream | SDKReplyStream:
     """Stream Claude's reply to ``messages`` to the caller piece by piece, without ending
-    the talk cycle; return the finished stream (its ``stop_reason`` and ``content``)."""
+    the talk cycle; return the finished stream (its ``stop_reason`` and ``content``).
+    ``options`` add to or replace the request's settings (e.g. ``thinking``)."""
+    settings = {**request(call), **options}
     if call.fast_stream:  # relaylab serve: the same events, read for less CPU
-        reply = stream_reply(call.claude, messages=messages, **request(call))
+        reply = stream_reply(call.claude, messages=messages, **settings)
     else:
-        reply = SDKReplyStream(call.claude.messages.stream(messages=messages, **request(call)))
+        reply = SDKReplyStream(call.claude.messages.stream(messages=messages, **settings))
     # Leaving the `async with` (done or cancelled) closes the HTTP request.
     async with reply as stream:
         async for text in stream:

@@ -18,23 +18,45 @@ whatever order things happen in.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from relaylab import endings
 from relaylab.endings import Ending
 from relaylab.protocol import Interrupt, Prompt
 from relaylab.session import CallSession
+from relaylab.step import Step
 from relaylab.steps.streaming import forward
 
 name = "tracking"
 
 
-async def speak_reply(call: CallSession) -> Ending:
+def tracking_step(*, thinking_budget: int | None = None) -> Step:
+    """The tracking step with extended thinking on, for models that support it: Claude may
+    think for up to ``thinking_budget`` tokens (1,024 or more) before it speaks. Thinking
+    is a sign of life, so past the voice budget the caller hears a holding line rather
+    than the apology (``relaylab.session.Limits``)."""
+    if thinking_budget is not None and thinking_budget < 1024:
+        raise ValueError("thinking_budget must be at least 1024 tokens (the API's minimum)")
+    return Step(
+        on_prompt=functools.partial(on_prompt, thinking_budget=thinking_budget),
+        on_interrupt=on_interrupt,
+        name=name,
+    )
+
+
+async def speak_reply(call: CallSession, thinking_budget: int | None = None) -> Ending:
     """Stream Claude's reply to the caller, carrying on a paused turn, and return how it
     ended. The talk cycle is ended here, unless the relay has a line of its own to add
     (``ending.say``): that is said after the turn is stored, and ends it."""
     messages = list(call.conversation)
+    options: dict[str, Any] = {}
+    if thinking_budget:  # max_tokens counts the thinking too
+        options["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
+        options["max_tokens"] = call.max_tokens + thinking_budget
     continuations = 0
     while True:
-        stream = await forward(call, messages)
+        stream = await forward(call, messages, **options)
         sent = call.reply.sent if call.reply else stream.text
         ending = endings.ending(stream.stop_reason, sent, continuations=continuations)
         if not ending.continue_turn:
@@ -62,7 +84,7 @@ def store(call: CallSession, ending: Ending | None, before: list) -> None:
         call.conversation.trim_to(len(str(call.conversation)) // 2)
 
 
-async def on_prompt(call: CallSession, prompt: Prompt) -> None:
+async def on_prompt(call: CallSession, prompt: Prompt, thinking_budget: int | None = None) -> None:
     try:
         await call.cancel_reply()  # barge-in: the old reply stops before the new one starts
     finally:
@@ -70,7 +92,7 @@ async def on_prompt(call: CallSession, prompt: Prompt) -> None:
         call.conversation.add_user(prompt.voice_prompt)  # kept even if a newer prompt wins
     ending = None
     try:
-        ending = await speak_reply(call)
+        ending = await speak_reply(call, thinking_budget)
     finally:
         # Runs when the reply finishes and when it is cancelled. `call.reply` is this
         # prompt's reply; `.sent` is every token sent so far. on_interrupt then cuts
