@@ -300,11 +300,10 @@ async def supervise(
                 worker.pid,
                 f"was killed by signal {-code}" if code < 0 else f"exited with status {code}",
             )
-            replacement = start()
-            workers[slot] = replacement
             try:
+                replacement = workers[slot] = start()
                 await until_ready(replacement)
-            except RuntimeError as exc:
+            except (OSError, RuntimeError) as exc:
                 log.error("%s; trying again in %.0f s", exc, RESTART_BACKOFF)
                 await asyncio.sleep(RESTART_BACKOFF)
                 continue

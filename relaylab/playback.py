@@ -12,9 +12,10 @@ off nothing can cut a reply off: the report only skipped what Twilio left unrepo
 Text is compared without whitespace: only the words and their order matter.
 
 A report's cost is bounded whatever the call's length: Twilio queues only a few replies,
-so no more than ``PLAYING_AT_ONCE`` replies are taken to be still playing. An older one
-with that many unfinished replies sent after it is taken to have played through
-unreported, and is never looked at again (the session skips replies played out).
+so no more than ``PLAYING_AT_ONCE`` replies, all among the newest ``SCANNED``, are taken
+to be still playing. An older one (with that many unfinished replies, or that many
+replies of any kind, sent after it) is taken to have played through unreported, and is
+never looked at again (the session skips replies played out).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Playable(Protocol):
 R = TypeVar("R", bound=Playable)
 
 PLAYING_AT_ONCE = 8  # replies a report may belong to: the newest ones not yet played out
+SCANNED = 4 * PLAYING_AT_ONCE  # ... and only among this many of the newest replies
 
 
 @dataclass
@@ -78,9 +80,17 @@ def credit_played(replies: Sequence[R], text: str, *, preemption: bool = True) -
 
 
 def _settled(replies: Sequence[R]) -> list[R]:
-    """The replies still playing, at most PLAYING_AT_ONCE of them (plus any still running):
-    older ones count as played through, unreported."""
-    playing = [reply for reply in replies if still_playing(reply)]
+    """The replies still playing, at most PLAYING_AT_ONCE of them (plus any still running),
+    all among the last SCANNED replies: older ones count as played through, unreported."""
+    old = len(replies) - SCANNED
+    playing = []
+    for index, reply in enumerate(replies):
+        if not still_playing(reply):
+            continue
+        if index < old and not reply.running:
+            reply.played = reply.sent
+        else:
+            playing.append(reply)
     if len(playing) <= PLAYING_AT_ONCE:
         return playing
     kept = []

@@ -534,11 +534,9 @@ async def _drive(
 
 
 def _prompts(call: CallRecording) -> list[str]:
-    return [
-        str(frame.get("voicePrompt", ""))
-        for _, frame in call.frames_in
-        if frame.get("type") == "prompt" and frame.get("last", True)
-    ]
+    """The prompts the relay answered, one per reply (a prompt frame it refused, as empty,
+    too large or before setup, has no turn: counting it would shift every turn after it)."""
+    return [str(reply.get("prompt", "")) for reply in call.replies]
 
 
 @dataclass

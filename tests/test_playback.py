@@ -130,3 +130,14 @@ def test_only_the_newest_few_replies_are_taken_as_playing_older_ones_played_thro
     assert all(still_playing(r) for r in recent)
     first_recent = recent[0]
     assert credit_played(replies, first_recent.sent).reply is first_recent
+
+
+def test_a_reply_far_behind_the_newest_counts_as_played_even_if_the_rest_were_reported():
+    from relaylab.playback import SCANNED
+
+    stuck = sent("Never reported at all.", 1)
+    later = [sent(f"Reply number {i}.", i + 2) for i in range(2 * SCANNED)]
+    for reply in later:
+        reply.played = reply.sent  # each reported in full
+    assert credit_played([stuck, *later], "Nothing anyone sent").reply is None
+    assert played_out(stuck) and stuck.heard is None

@@ -258,3 +258,31 @@ def test_a_hostile_call_is_recorded_in_strict_json_and_replays(make_lab, tmp_pat
     result = replay(path, "tracking", speed=4.0, first_token_delay=0.05, tokens_per_second=200)
     assert [r["prompt"] for r in result.replayed.replies] == ["Hello"]
     assert result.history == call.history
+
+
+def test_the_turn_by_turn_replay_report_skips_prompts_the_relay_refused(make_lab, tmp_path):
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from relaylab.protocol import prompt_frame, setup_frame
+
+    lab = make_lab("tracking")
+    path = tmp_path / "refused.jsonl"
+
+    async def call_with_a_refused_prompt():
+        async with connect(lab.ws_url) as ws:
+            await ws.send(setup_frame("CA_refused_prompt"))
+            await ws.send(prompt_frame("   "))  # no words: the relay refuses it
+            for words in ("Hello", DOGS):
+                await ws.send(prompt_frame(words))
+                while not json.loads(await ws.recv()).get("last"):
+                    pass
+
+    with record(lab, path):
+        asyncio.run(call_with_a_refused_prompt())
+        lab.run(asyncio.sleep(0.5))
+    result = replay(path, "tracking", speed=4.0, first_token_delay=0.05, tokens_per_second=200)
+    report = str(result).splitlines()
+    assert report[1] == "turn 1: 'Hello'" and report[4] == f"turn 2: {DOGS!r}", report
+    assert len([line for line in report if line.startswith("turn ")]) == 2, report

@@ -1449,3 +1449,25 @@ async def test_each_caller_has_their_own_bookings():
     assert [r["reference"] for r in results] == ["T101", "T102"], results
     assert not any(r.get("already_booked") for r in results), "caller B saw A's booking"
     assert len(toolbox.restaurant.bookings) == 2
+
+
+async def test_many_tool_calls_at_once_are_bounded_in_number_and_input(caplog):
+    from relaylab.steps.tools import MAX_TOOL_CALLS
+
+    many = [
+        ToolSpec("opening_hours", f"toolu_{n}", _json({"day": "Friday", "pad": "x" * 2_000}))
+        for n in range(500)  # 1 MB of input in all, each call well under the limit
+    ]
+    few = [ToolSpec("opening_hours", f"toolu_f{n}", _json({"day": "Friday"})) for n in range(20)]
+    async with (
+        HostileClaude([many, few, []]) as claude,
+        tools_relay(claude) as (server, _),
+        Caller.dial(server.ws_url) as caller,
+    ):
+        assert (await caller.say("When are you open?")).endswith(failures.APOLOGY)
+        assert await caller.say("And on Friday?") == HostileClaude.ANSWER
+    assert "tool passed 65536 characters; the request was stopped" in caplog.text
+    history = claude.requests[-1]["messages"]
+    uses = [b for t in history if isinstance(t["content"], list) for b in t["content"]]
+    assert len([b for b in uses if b["type"] == "tool_use"]) == MAX_TOOL_CALLS
+    assert caplog.text.count("tool calls at once") == 2  # once a request, not once a call

@@ -78,8 +78,11 @@ STILL_RUNNING_NOTE = (
     "things it was not stopped. Its result will replace this note when it is ready."
 )
 MAX_TOOL_INPUT_CHARS = 64 * 1024
-"""A tool call's input JSON past this many characters stops the request: the tool call is
-dropped and the caller hears the apology (a tool's input is a few fields)."""
+"""Tool input JSON past this many characters in one request (all its tool calls together)
+stops the request: its tool calls are dropped and the caller hears the apology (a tool's
+input is a few fields)."""
+MAX_TOOL_CALLS = 8
+"""Tool calls run per request; Claude's further calls in the same request are dropped."""
 MAX_TOOL_INPUT_DEPTH = 32
 """Tool input nested deeper than this is taken as no input (the tool then says what it
 needs), so nothing later recurses through it."""
@@ -151,7 +154,7 @@ class _Round:
     content: list[_Text | dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] | None = None  # set when its tools start
     tasks: list[tuple[asyncio.Task[ToolOutcome], ToolRun]] = field(default_factory=list)
-    aborted: bool = False  # a tool call's input grew past MAX_TOOL_INPUT_CHARS
+    aborted: bool = False  # the request's tool input grew past MAX_TOOL_INPUT_CHARS
 
 
 @dataclass
@@ -260,7 +263,8 @@ async def _stream(
         **extra,
     )
     tool_inputs: dict[int, tuple[Any, list[str]]] = {}  # block index -> (block, JSON so far)
-    input_sizes: dict[int, int] = {}
+    input_size = 0  # characters of tool input JSON in this request, all its calls together
+    too_many = 0  # tool calls dropped past MAX_TOOL_CALLS
     seen_ids = _tool_use_ids(messages)
     stop_reason = None
     async with stream:  # leaving it (done or cancelled) closes the HTTP request
@@ -273,10 +277,8 @@ async def _stream(
                     await _say(call, reply, round_, event.delta.text)
                 elif event.delta.type == "input_json_delta" and event.index in tool_inputs:
                     block, parts = tool_inputs[event.index]
-                    size = input_sizes[event.index] = input_sizes.get(event.index, 0) + len(
-                        event.delta.partial_json
-                    )
-                    if size > MAX_TOOL_INPUT_CHARS:
+                    input_size += len(event.delta.partial_json)
+                    if input_size > MAX_TOOL_INPUT_CHARS:
                         log.warning(
                             "Call %s: Claude's input for the %s tool passed %d characters; "
                             "the request was stopped, the tool call dropped, and the caller "
@@ -292,7 +294,17 @@ async def _stream(
                 _close_round_text(round_, reply)
                 if event.index in tool_inputs:  # the tool call is complete only now
                     block, parts = tool_inputs.pop(event.index)
-                    if (use := _tool_use(call, block, parts, seen_ids)) is not None:
+                    if len(_tool_uses(round_)) >= MAX_TOOL_CALLS:
+                        too_many += 1
+                        if too_many == 1:
+                            log.warning(
+                                "Call %s: Claude asked for more than %d tool calls at once; "
+                                "the rest (from %s on) are dropped",
+                                loggable(call.call_sid),
+                                MAX_TOOL_CALLS,
+                                loggable(block.name),
+                            )
+                    elif (use := _tool_use(call, block, parts, seen_ids)) is not None:
                         round_.content.append(use)
             elif event.type == "message_delta":
                 stop_reason = event.delta.stop_reason
