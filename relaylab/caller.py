@@ -4,9 +4,10 @@ It is a pure client of the relay: everything it knows comes over the wire, as it
 for Twilio. It can dial like Twilio (request the voice webhook, read the TwiML, open the
 socket it names), speaks ``setup``, ``prompt``, ``interrupt`` and ``dtmf``, "plays" the
 relay's ``text`` through a speech clock so it knows what the caller has heard at any
-moment, and acts on ``play``, ``sendDigits``, ``language`` and ``end`` (then requests the
-``<Connect action>`` URL). Messages Twilio would reject get an ``error`` frame, and ten in
-a row close the socket with 1007. Which of Twilio's behaviours it shows is a
+moment, and acts on ``play``, ``sendDigits``, ``language``, ``config``, ``hints`` and
+``end`` (then requests the ``<Connect action>`` URL). Messages Twilio would reject get an
+``error`` frame (64107) and the call goes on (closing with 1007 after ten in a row is a
+selectable reading, ``malformed_close``). Which of Twilio's behaviours it shows is a
 ``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``).
 
 The one question about the relay's side, "what history did you store for this call?",
@@ -167,7 +168,7 @@ class SimulatedCall:
         self.invalid: list[tuple[float, str | bytes, str]] = []  # dropped frames: time, frame, why
         self.webhooks: list[WebhookExchange] = []  # the voice webhook and action requests
         self.twiml: RelayTwiml | None = None  # what the voice webhook answered, when dialled
-        self.dtmf_detection: bool | None = None  # from the TwiML; None: unknown, keys are sent
+        self.dtmf_detection = behaviour.dtmf_detection  # keys reach the relay (dtmfDetection)
         self.tts_language = "en-US"
         self.transcription_language = "en-US"  # prompts carry it as `lang`
         self.voice: dict[str, str] = {}  # ttsProvider, voice, transcriptionProvider, speechModel
@@ -445,7 +446,7 @@ class SimulatedCall:
         self.twilio = self.twilio.with_twiml(relay)
         self.tts_language = relay.language("tts")
         self.transcription_language = relay.language("transcription")
-        self.dtmf_detection = relay.dtmf_detection
+        self.dtmf_detection = self.twilio.dtmf_detection
 
     async def _webhook(
         self, url: str, params: dict[str, str], method: twilio_http.HttpMethod
@@ -565,7 +566,7 @@ class SimulatedCall:
 
     async def _reject(self, frame: str | bytes, problem: str, now: float) -> None:
         """Drop an invalid message like Twilio (error 64107): an error frame, the call goes
-        on; after ``malformed_limit`` in a row, close the socket with 1007."""
+        on; with ``malformed_close``, ``malformed_limit`` in a row close the socket (1007)."""
         self.invalid.append((now, frame, problem))
         self._malformed += 1
         log.warning(
@@ -575,7 +576,7 @@ class SimulatedCall:
         )
         await self._send(protocol.error_frame(invalid_message_description(problem)))
         limit = self.twilio.malformed_limit
-        if self._malformed >= limit and self._socket is not None:
+        if self.twilio.malformed_close and self._malformed >= limit and self._socket is not None:
             self._error_code = INVALID_MESSAGE_ERROR
             log.warning("%d invalid messages in a row: Twilio closes the socket (1007)", limit)
             await self._socket.close(MALFORMED_CLOSE_CODE, f"{limit} invalid messages in a row")
@@ -840,11 +841,12 @@ class SimulatedCall:
             await self._send_all(self._talk.interrupt_frames(stop, self.twilio))
 
     def _keys_detected(self, digits: str) -> bool:
-        if self.dtmf_detection is not False:
+        if self.dtmf_detection:
             return True
         log.warning(
-            "key %s not reported: the TwiML's <ConversationRelay> has no "
-            'dtmfDetection="true", so Twilio does not send dtmf messages',
+            "key %s not reported: dtmfDetection is off (Twilio's default; set "
+            'dtmfDetection="true" in the TwiML, or TwilioBehaviour(dtmf_detection=True)), so '
+            "Twilio sends no dtmf",
             digits,
         )
         return False

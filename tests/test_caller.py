@@ -628,12 +628,32 @@ def test_invalid_messages_get_an_error_frame_and_the_call_goes_on():
     assert heard == [{"type": "text", "token": "Still here.", "last": True}]
 
 
-def test_ten_malformed_messages_in_a_row_close_the_socket_with_1007():
+def test_ten_malformed_messages_in_a_row_do_not_end_the_session_by_default():
+    junk = ["{nope"] * 12 + [protocol.text("Still here.", last=True)]
+
+    async def scenario():
+        async with FakeRelay(prompt=sending(*junk)) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            reply = await call.say_async("Hello?")
+            connected = call.connected
+            await call.hang_up_async()
+            return relay, reply, connected
+
+    relay, reply, connected = run(scenario())
+    assert connected and reply.text == "Still here." and len(relay.of("error")) == 12
+
+
+def test_ten_malformed_messages_in_a_row_close_the_socket_with_1007_in_telnyx_reading():
     async def scenario():
         async with Webhooks() as hooks:
             junk = ["{nope"] * 10
             async with FakeRelay(prompt=sending(*junk)) as relay:
-                call = new_call(relay, action_url=f"{hooks.http_url}/action")
+                call = new_call(
+                    relay,
+                    action_url=f"{hooks.http_url}/action",
+                    twilio=TwilioBehaviour(malformed_close=True),
+                )
                 await call.connect_async()
                 with pytest.raises(ConnectionError):
                     await call.say_async("Hello?", timeout=5)
@@ -945,7 +965,8 @@ def test_sync_api_and_conversation_through_the_relay_probe():
 
         relay = portal.run(start_relay())
         probe = FakeProbe(relay)
-        call = new_call(relay, portal=portal, relay=probe).connect()
+        keys = TwilioBehaviour(dtmf_detection=True)
+        call = new_call(relay, portal=portal, relay=probe, twilio=keys).connect()
         reply = call.say("First")
         assert isinstance(reply, Reply) and reply.text == "Yes."
         call.press("9")
@@ -1114,7 +1135,9 @@ def test_speech_that_may_not_interrupt_plays_on_and_is_reported_as_asked(report,
 def test_with_dtmf_only_speech_talks_over_and_a_key_interrupts():
     async def scenario():
         async with FakeRelay(prompt=replying(SIX)) as relay:
-            call = new_call(relay, twilio=TwilioBehaviour(interruptible="dtmf"))
+            call = new_call(
+                relay, twilio=TwilioBehaviour(interruptible="dtmf", dtmf_detection=True)
+            )
             await call.connect_async()
             spoken = await call.say_async("Go", interrupt_after_words=2, talk_over="stop")
             await call.wait_for_reply_async(timeout=5)
@@ -1137,7 +1160,7 @@ def test_a_key_that_may_not_interrupt_is_reported_only_when_asked(report):
     async def scenario():
         async with FakeRelay(prompt=replying(SIX)) as relay:
             twilio = TwilioBehaviour(
-                interruptible="speech", report_input_during_agent_speech=report
+                interruptible="speech", report_input_during_agent_speech=report, dtmf_detection=True
             )
             call = new_call(relay, twilio=twilio)
             await call.connect_async()
@@ -1239,7 +1262,9 @@ def test_a_greeting_that_may_not_be_interrupted_plays_on_and_relay_speech_waits_
         hello = sending(protocol.text("Hello from the relay.", last=True))
         async with FakeRelay(setup=hello) as relay:
             twilio = TwilioBehaviour(
-                welcome_greeting=greeting, welcome_greeting_interruptible="dtmf"
+                welcome_greeting=greeting,
+                welcome_greeting_interruptible="dtmf",
+                dtmf_detection=True,
             )
             call = new_call(relay, twilio=twilio)
             await call.connect_async()
@@ -1295,3 +1320,22 @@ def test_bad_cut_ins_are_clear_errors():
             await call.hang_up_async()
 
     run(scenario())
+
+
+def test_keys_reach_the_relay_only_with_dtmf_detection(caplog):
+    async def scenario():
+        async with FakeRelay() as relay:
+            silent = new_call(relay)
+            await silent.connect_async()
+            await silent.press_async("1")
+            keys = new_call(relay, twilio=TwilioBehaviour(dtmf_detection=True), call_sid="CAkeys")
+            await keys.connect_async()
+            await keys.press_async("2")
+            await wait_until(lambda: relay.of("dtmf"))
+            await silent.hang_up_async()
+            await keys.hang_up_async()
+            return relay
+
+    relay = run(scenario())
+    assert [d["digit"] for d in relay.of("dtmf")] == ["2"]
+    assert "dtmfDetection is off" in caplog.text

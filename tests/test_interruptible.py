@@ -147,7 +147,7 @@ def test_with_dtmf_only_speech_talks_over_and_a_key_press_interrupts(make_lab, d
         assert call.twilio.interruptible == "dtmf"
     else:
         lab = make_lab("tracking")
-        call = lab.call(twilio=TwilioBehaviour(interruptible="dtmf"))
+        call = lab.call(twilio=TwilioBehaviour(interruptible="dtmf", dtmf_detection=True))
     frames = frame_log(lab, call)
     spoken = call.say(TEN_THINGS, interrupt_after_words=7, talk_over="Hang on")
     call.wait_for_reply()
@@ -205,8 +205,9 @@ def test_a_key_that_stops_the_greeting_before_the_reply_played_keeps_no_reply_wo
         welcome_greeting=GREETING,
         welcome_greeting_interruptible="dtmf",
         report_input_during_agent_speech="speech",
+        dtmf_detection=True,
     )
-    call = lab.call(twilio=twilio)
+    call = lab.call(twilio=twilio, clock_speed=1.5)  # the greeting outlasts the reply's stream
     frames = frame_log(lab, call)
     call.interrupt(talk_over=DOGS)  # speech: the greeting plays on, the prompt goes out
     reply = call.wait_for_reply()  # its speech waits behind the greeting
@@ -322,7 +323,9 @@ def wait_for_played(call: SimulatedCall, frames, reply, timeout: float = 10.0) -
 
 def test_a_key_during_the_older_reply_cuts_it_not_the_queued_one(make_lab):
     lab = make_lab("tracking")
-    twilio = TwilioBehaviour(interruptible="dtmf", report_input_during_agent_speech="speech")
+    twilio = TwilioBehaviour(
+        interruptible="dtmf", report_input_during_agent_speech="speech", dtmf_detection=True
+    )
     call, frames, first, second = talk_over_a_finished_reply(lab, twilio)
     assert call.interrupt(press="1") is first
     assert first.interrupted and first.heard and second.interrupted and second.heard == ""

@@ -67,7 +67,8 @@ class TwilioBehaviour:
     - ``partial_prompts``: send growing ``prompt`` frames with ``last: false`` before the
       final one (TwiML ``partialPrompts``; a dialled call also reads it there).
     - ``play_ms``: how long an audio file sent with ``play`` takes to play (speech time).
-    - ``malformed_limit``: invalid messages in a row after which the socket closes (1007).
+    - ``malformed_limit``: with ``malformed_close``, invalid messages in a row after which
+      the socket closes (1007).
     - ``webhook_method`` / ``action_method``: how the voice webhook and the
       ``<Connect action>`` URL are requested (a TwiML ``method`` overrides the latter).
     - ``interruptible``: what may interrupt the agent's speech: "none", "dtmf" (a key
@@ -95,6 +96,12 @@ class TwilioBehaviour:
       has stopped, so the next reply's tokens are dropped unspoken. In both readings
       the words of a cycle still open at the interrupt (sent before the relay read it)
       are taken as the cut cycle's and not spoken; ``Reply.late`` keeps them.
+    - ``dtmf_detection``: key presses reach the app as ``dtmf`` frames (TwiML
+      ``dtmfDetection``, off by default as on Twilio; a dialled call reads the TwiML).
+    - ``malformed_close``: the reading (Telnyx's copy of the protocol, not Twilio's) in
+      which ``malformed_limit`` invalid messages in a row close the socket with 1007. By
+      default, as Twilio documents, each invalid message is dropped with error 64107 and
+      the session goes on.
     - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
       they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
       message mid-call).
@@ -124,6 +131,8 @@ class TwilioBehaviour:
     greeting_interrupt_frame: bool = True
     interrupted_cycle: InterruptedCycle = "ends"
     mishear: Mapping[str, str] = field(default_factory=dict)
+    dtmf_detection: bool = False
+    malformed_close: bool = False
 
     def __post_init__(self) -> None:
         for name in ("interruptible", "report_input_during_agent_speech"):
@@ -139,7 +148,12 @@ class TwilioBehaviour:
             raise ValueError(
                 f"tokens_played must be True, False or 'cumulative', got {self.tokens_played!r}"
             )
-        for name in ("preemptible", "greeting_interrupt_frame"):
+        for name in (
+            "preemptible",
+            "greeting_interrupt_frame",
+            "dtmf_detection",
+            "malformed_close",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
@@ -170,6 +184,7 @@ class TwilioBehaviour:
                 relay.mode("reportInputDuringAgentSpeech") or self.report_input_during_agent_speech
             ),
             preemptible=_either(relay.boolean("preemptible"), self.preemptible),
+            dtmf_detection=_either(relay.boolean("dtmfDetection"), self.dtmf_detection),
             welcome_greeting=relay.attributes.get("welcomeGreeting", self.welcome_greeting),
             welcome_greeting_interruptible=(
                 relay.mode("welcomeGreetingInterruptible") or self.welcome_greeting_interruptible
@@ -183,6 +198,7 @@ _SETTING_FIELDS = {
     "welcomeGreetingInterruptible": "welcome_greeting_interruptible",
     "preemptible": "preemptible",
     "partialPrompts": "partial_prompts",
+    "dtmfDetection": "dtmf_detection",
 }
 
 
