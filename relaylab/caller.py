@@ -36,11 +36,11 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from relaylab import protocol, signatures
 from relaylab.loop import LoopThread
@@ -49,6 +49,8 @@ from relaylab.simulation.cut_in import CutIn, check_keys, input_fate
 from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClock
 from relaylab.simulation.talk_cycles import CutOff, Reply, TalkCycle, TalkCycles
 from relaylab.simulation.twilio_behaviour import (
+    APP_CLOSED_ERROR,
+    APP_UNREACHABLE_ERROR,
     INVALID_MESSAGE_ERROR,
     INVALID_VOICE_ERROR,
     MALFORMED_CLOSE_CODE,
@@ -84,6 +86,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("relaylab.caller")
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DEFAULT_APPLICATION_SID = "AP" + "0" * 32  # the TwiML App the number points at
 _HTTP_ERRORS = (OSError, TimeoutError)
 
 
@@ -120,6 +123,7 @@ class SimulatedCall:
         signed_url: str | None = None,
         call_sid: str | None = None,
         account_sid: str = DEFAULT_ACCOUNT_SID,
+        application_sid: str | None = DEFAULT_APPLICATION_SID,
         from_number: str = "+15550100",
         to_number: str = "+15550101",
         custom_parameters: dict[str, str] | None = None,
@@ -149,6 +153,7 @@ class SimulatedCall:
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
         self.session_id = "VX" + uuid.uuid4().hex
         self.account_sid = account_sid
+        self.application_sid = application_sid
         self.from_number = from_number
         self.to_number = to_number
         self.custom_parameters = dict(custom_parameters or {})
@@ -389,13 +394,19 @@ class SimulatedCall:
         if self.auth_token:
             signed = self.signed_url or twilio_http.public_form(self.ws_url, self.public_url)
             headers[signatures.SIGNATURE_HEADER] = signatures.sign(self.auth_token, signed)
-        self._socket = await connect(
-            twilio_http.local_form(self.ws_url, self.public_url, self._local_origin()),
-            additional_headers=headers,
-            compression=None,
-            open_timeout=10,
-            logger=logging.getLogger("relaylab.websockets"),
-        )
+        try:
+            socket = await connect(
+                twilio_http.local_form(self.ws_url, self.public_url, self._local_origin()),
+                additional_headers=headers,
+                compression=None,
+                open_timeout=10,
+                logger=logging.getLogger("relaylab.websockets"),
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            await self._fail_before_session(
+                APP_UNREACHABLE_ERROR, f"could not open the relay's socket {self.ws_url}: {exc}"
+            )
+        self._socket = socket
         self.connected_at = time.monotonic()
         if self.twilio.info_frames:
             self._talk.reporter = PlaybackReporter(
@@ -415,6 +426,14 @@ class SimulatedCall:
         )
         self._play_greeting()
         return self
+
+    async def _fail_before_session(self, code: int, why: str) -> NoReturn:
+        """Twilio fails the call before the session starts (error ``code``): the action URL
+        hears ``SessionStatus=failed``, and the caller of connect() a ConnectionError."""
+        self._error_code = code
+        log.warning("Twilio fails the call (error %d): %s", code, why)
+        await self._after_session()
+        raise ConnectionError(f"Twilio would fail this call with error {code}: {why}")
 
     def _play_greeting(self) -> None:
         """Twilio speaks the welcome greeting itself as the session starts; the relay never
@@ -440,12 +459,18 @@ class SimulatedCall:
             )
         relay = read_twiml(exchange.body, twilio_http.public_form(twiml_url, self.public_url))
         self.twiml = relay
+        if problem := relay.voice_problem():
+            self.action_url = relay.action_url or self.action_url
+            await self._fail_before_session(INVALID_VOICE_ERROR, problem)
         self.ws_url = relay.url
         self.action_url = relay.action_url or self.action_url
         self.custom_parameters = {**self.custom_parameters, **relay.parameters}
         self.twilio = self.twilio.with_twiml(relay)
         self.tts_language = relay.language("tts")
         self.transcription_language = relay.language("transcription")
+        self.voice = {k: relay.attributes[k] for k in VOICE_SETTINGS if k in relay.attributes}
+        if "hints" in relay.attributes:
+            self.hints = read_setting("hints", relay.attributes["hints"])
         self.dtmf_detection = self.twilio.dtmf_detection
 
     async def _webhook(
@@ -587,6 +612,8 @@ class SimulatedCall:
             self.session_status = "ended"
         elif self._error_code is not None or not self._hung_up:
             self.session_status = "failed"  # Twilio failed it, or the relay dropped the socket
+            if self._error_code is None:
+                self._error_code = APP_CLOSED_ERROR
         else:
             self.session_status = "completed"
         if not self.action_url:
@@ -598,6 +625,10 @@ class SimulatedCall:
             handoff_data=self.handoff_data,
             duration_seconds=time.monotonic() - (self.connected_at or time.monotonic()),
             error_code=self._error_code,
+            account_sid=self.account_sid,
+            from_number=self.from_number,
+            to_number=self.to_number,
+            application_sid=self.application_sid,
         )
         try:
             exchange = await self._webhook(self.action_url, params, self.twilio.action_method)

@@ -90,6 +90,52 @@ class Language:
         }
 
 
+# -- voices: which language, TTS provider and voice go together (else Twilio: 64106) --
+
+TTS_PROVIDERS = ("ElevenLabs", "Google", "Amazon")
+GOOGLE_VOICE = re.compile(
+    r"(?P<language>[a-z]{2,3}-[A-Z]{2})-(?P<model>Standard|Wavenet|Neural2|Studio|Journey|"
+    r"Polyglot|News|Chirp-HD|Chirp3-HD)-(?P<name>[A-Za-z]+)\Z"
+)
+# Amazon Polly voices the lessons may use, with the language each speaks (a voice may carry
+# "-Neural" or "-Generative"); a sample, not Polly's list.
+AMAZON_VOICES = {
+    "Joanna": "en-US",
+    "Matthew": "en-US",
+    "Ruth": "en-US",
+    "Amy": "en-GB",
+    "Lucia": "es-ES",
+    "Sergio": "es-ES",
+    "Lupe": "es-US",
+    "Mia": "es-MX",
+}
+
+
+def voice_problem(language: str, provider: str | None, voice: str | None) -> str:
+    """Why Twilio would refuse this language, TTS provider and voice together (error 64106),
+    or "". ElevenLabs voices are multilingual (any language); a Google voice speaks the
+    language in its name (es-ES-Neural2-B speaks es-ES); an Amazon voice its own language.
+    With no voice, the provider's default voice for the language is used. Providers other
+    than ElevenLabs, Google and Amazon are not checked."""
+    name = {p.lower(): p for p in TTS_PROVIDERS}.get((provider or "ElevenLabs").strip().lower())
+    if name is None:
+        return ""  # a provider relaylab does not know: not checked
+    if not voice or name == "ElevenLabs":
+        return ""
+    if name == "Google":
+        match = GOOGLE_VOICE.match(voice)
+        if match is None:
+            return f"{voice!r} is not a Google voice name (language-Model-Letter)"
+        spoken = match["language"]
+    else:
+        spoken = AMAZON_VOICES.get(voice.split("-")[0], "")
+        if not spoken:
+            return f"{voice!r} is not an Amazon voice relaylab knows"
+    if spoken.lower() != language.lower():
+        return f"the {name} voice {voice} speaks {spoken}, not {language}"
+    return ""
+
+
 def attribute_name(name: str) -> str:
     """The XML attribute twilio writes for keyword `name`: snake_case becomes camelCase.
 
@@ -139,6 +185,7 @@ def relay_twiml(
     if debug_events or _reports_needed(relay_attributes):
         _ask_for_ground_truth(relay_attributes)
     children = [_language_attributes(language) for language in languages]
+    _check_voices(relay_attributes, children)
     custom = _parameters(parameters or {})
     method = _check_method(action_method) if action_url else None
 
@@ -419,6 +466,22 @@ def _ask_for_ground_truth(attributes: dict[str, object]) -> None:
         words = (current or "").split()
         words += [word for word in GROUND_TRUTH_EVENTS if word not in words]
         attributes[attribute] = " ".join(words)
+
+
+def _check_voices(relay: Mapping[str, object], children: list[dict[str, object]]) -> None:
+    """ValueError for a language and voice Twilio would refuse (it fails the call, 64106)."""
+    provider, voice = relay.get("ttsProvider"), relay.get("voice")
+    general = str(relay.get("ttsLanguage") or relay.get("language") or "en-US")
+    checks = [(general, provider, voice)]
+    checks += [(c["code"], c.get("ttsProvider", provider), c.get("voice")) for c in children]
+    for language, tts_provider, tts_voice in checks:
+        problem = voice_problem(
+            str(language),
+            None if tts_provider is None else str(tts_provider),
+            None if tts_voice is None else str(tts_voice),
+        )
+        if problem:
+            raise ValueError(f"Twilio would fail the call with error 64106: {problem}")
 
 
 def _language_attributes(language: Language | Mapping[str, object]) -> dict[str, object]:

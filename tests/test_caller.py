@@ -1339,3 +1339,60 @@ def test_keys_reach_the_relay_only_with_dtmf_detection(caplog):
     relay = run(scenario())
     assert [d["digit"] for d in relay.of("dtmf")] == ["2"]
     assert "dtmfDetection is off" in caplog.text
+
+
+def test_the_action_request_carries_the_whole_form_and_64105_when_the_relay_drops():
+    async def scenario():
+        async with Webhooks() as hooks:
+
+            async def drop(relay, socket, message):  # the relay crashes mid-call
+                await socket.close()
+
+            async with FakeRelay(prompt=drop) as relay:
+                call = new_call(relay, action_url=f"{hooks.http_url}/action")
+                await call.connect_async()
+                await call.send_async(protocol.prompt_frame("Hello?"))
+                await wait_until(lambda: hooks.to("/action"))
+                return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    form = action["form"]
+    assert form["SessionStatus"] == "failed" and form["ErrorCode"] == "64105"
+    assert form["AccountSid"] == call.account_sid and form["CallSid"] == call.call_sid
+    assert form["From"] == call.from_number and form["To"] == call.to_number
+    assert form["Direction"] == "inbound" and form["CallStatus"] == "in-progress"
+    assert form["ApplicationSid"].startswith("AP") and form["SessionId"] == call.session_id
+
+
+def test_an_unreachable_relay_fails_the_call_with_64102():
+    async def scenario():
+        async with Webhooks() as hooks:
+            call = SimulatedCall("ws://127.0.0.1:9/ws", action_url=f"{hooks.http_url}/action")
+            with pytest.raises(ConnectionError, match="64102"):
+                await call.connect_async()
+            return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    assert action["form"]["SessionStatus"] == "failed" and action["form"]["ErrorCode"] == "64102"
+    assert call.session_status == "failed"
+
+
+def test_a_dialled_call_whose_twiml_voice_does_not_fit_fails_with_64106():
+    wrong = (
+        '<Response><Connect action="/action"><ConversationRelay url="ws://127.0.0.1:9/ws">'
+        '<Language code="es-ES" ttsProvider="Google" voice="en-US-Neural2-A"/>'
+        "</ConversationRelay></Connect></Response>"
+    )
+
+    async def scenario():
+        async with Webhooks(wrong) as hooks:
+            call = SimulatedCall(twiml_url=f"{hooks.http_url}/twiml")
+            with pytest.raises(ConnectionError, match="64106"):
+                await call.connect_async()
+            return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    assert action["form"]["ErrorCode"] == "64106" and call.session_status == "failed"

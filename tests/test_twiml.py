@@ -22,6 +22,7 @@ from relaylab.twiml import (
     playback_reports_needed,
     preempts,
     relay_twiml,
+    voice_problem,
     wants_human,
 )
 
@@ -542,3 +543,33 @@ def test_preemptible_twiml_asks_for_the_played_tokens_it_needs(preemptible):
     assert "tokens-played" in relay.get("debug").split()
     _, plain = relay_element(relay_twiml(URL, preemptible=False))
     assert "events" not in plain.attrib and "debug" not in plain.attrib
+
+
+# -- voices Twilio would refuse (error 64106) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "provider", "voice", "problem"),
+    [
+        ("es-ES", "Google", "es-ES-Neural2-B", ""),
+        ("es-ES", "google", "es-ES-Standard-A", ""),
+        ("en-US", "Google", "es-ES-Neural2-B", "speaks es-ES, not en-US"),
+        ("es-ES", "Google", "Lucia", "not a Google voice name"),
+        ("es-ES", "Amazon", "Lucia-Neural", ""),
+        ("en-US", "Amazon", "Lucia", "speaks es-ES, not en-US"),
+        ("es-ES", "ElevenLabs", "UgBBYS2sOqTuMpoF3BR0", ""),
+        ("es-ES", None, None, ""),
+    ],
+)
+def test_voice_problem_checks_language_provider_and_voice(language, provider, voice, problem):
+    found = voice_problem(language, provider, voice)
+    assert (problem in found and found) if problem else found == ""
+
+
+def test_relay_twiml_refuses_a_language_whose_voice_speaks_another():
+    wrong = Language("es-ES", tts_provider="Google", voice="fr-FR-Neural2-A")
+    with pytest.raises(ValueError, match=r"64106.*speaks fr-FR, not es-ES"):
+        relay_twiml(URL, languages=[wrong])
+    with pytest.raises(ValueError, match="64106"):
+        relay_twiml(URL, tts_provider="Google", voice="es-ES-Neural2-B")  # en-US by default
+    relay_twiml(URL, language="es-ES", tts_provider="Google", voice="es-ES-Neural2-B")

@@ -24,7 +24,7 @@ from urllib.parse import urljoin
 from relaylab import protocol
 from relaylab.simulation.speech_clock import CHUNKINGS, Chunk, Chunking, SpeechClock
 from relaylab.spoken import speak
-from relaylab.twiml import GROUND_TRUTH_EVENTS
+from relaylab.twiml import GROUND_TRUTH_EVENTS, voice_problem
 
 Utterance = Literal["prefix", "sentence", "clause"]
 HttpMethod = Literal["POST", "GET"]
@@ -41,6 +41,8 @@ REPORT_TIMINGS: tuple[ReportTiming, ...] = ("at_once", "after_speech")
 
 INVALID_MESSAGE_ERROR = 64107  # Twilio's error code for an invalid message from the app
 INVALID_VOICE_ERROR = 64106  # an invalid language, voice and TTS provider combination
+APP_UNREACHABLE_ERROR = 64102  # Twilio could not open the app's WebSocket
+APP_CLOSED_ERROR = 64105  # the app closed the WebSocket: the session failed
 VOICE_SETTINGS = ("ttsProvider", "voice", "transcriptionProvider", "speechModel")
 MALFORMED_CLOSE_CODE = 1007  # WebSocket close code after too many invalid messages in a row
 _DIGITS = re.compile(r"[0-9w#*]+\Z")
@@ -464,53 +466,6 @@ def _no_settings() -> dict[str, Any]:
     raise ValueError("has no settings to change")
 
 
-# -- voices: error 64106 -------------------------------------------------------------------
-
-TTS_PROVIDERS = ("ElevenLabs", "Google", "Amazon")
-GOOGLE_VOICE = re.compile(
-    r"(?P<language>[a-z]{2,3}-[A-Z]{2})-(?P<model>Standard|Wavenet|Neural2|Studio|Journey|"
-    r"Polyglot|News|Chirp-HD|Chirp3-HD)-(?P<name>[A-Za-z]+)\Z"
-)
-# Amazon Polly voices the lessons may use, with the language each speaks (a voice may carry
-# "-Neural" or "-Generative"); a sample, not Polly's list.
-AMAZON_VOICES = {
-    "Joanna": "en-US",
-    "Matthew": "en-US",
-    "Ruth": "en-US",
-    "Amy": "en-GB",
-    "Lucia": "es-ES",
-    "Sergio": "es-ES",
-    "Lupe": "es-US",
-    "Mia": "es-MX",
-}
-
-
-def voice_problem(language: str, provider: str | None, voice: str | None) -> str:
-    """Why Twilio would refuse this language, TTS provider and voice together (error 64106),
-    or "". ElevenLabs voices are multilingual (any language); a Google voice speaks the
-    language in its name (es-ES-Neural2-B speaks es-ES); an Amazon voice its own language.
-    With no voice, the provider's default voice for the language is used."""
-    name = (provider or "ElevenLabs").strip()
-    known = {p.lower(): p for p in TTS_PROVIDERS}
-    if name.lower() not in known:
-        return f"unknown TTS provider {protocol.loggable(name)} (one of {', '.join(TTS_PROVIDERS)})"
-    name = known[name.lower()]
-    if not voice or name == "ElevenLabs":
-        return ""
-    if name == "Google":
-        match = GOOGLE_VOICE.match(voice)
-        if match is None:
-            return f"{protocol.loggable(voice)} is not a Google voice name"
-        spoken = match["language"]
-    else:
-        spoken = AMAZON_VOICES.get(voice.split("-")[0], "")
-        if not spoken:
-            return f"{protocol.loggable(voice)} is not an Amazon voice the simulation knows"
-    if spoken.lower() != language.lower():
-        return f"the {name} voice {voice} speaks {spoken}, not {language}"
-    return ""
-
-
 def invalid_message_description(problem: str) -> str:
     """The ``description`` of the ``error`` frame Twilio sends for an invalid message."""
     return f"Invalid message received: {problem}"
@@ -653,6 +608,22 @@ class RelayTwiml:
     parameters: dict[str, str] = field(default_factory=dict)
     action_url: str | None = None
     action_method: HttpMethod | None = None
+    languages: tuple[dict[str, str], ...] = ()  # the <Language> children's attributes
+
+    def voice_problem(self) -> str:
+        """Why Twilio would fail the call for its voices (error 64106), or "": the main
+        language with the TwiML's ttsProvider and voice, and each ``<Language>`` with its
+        own (or the main ones)."""
+        provider, voice = self.attributes.get("ttsProvider"), self.attributes.get("voice")
+        checks = [(self.language("tts"), provider, voice)]
+        for child in self.languages:
+            checks.append(
+                (child.get("code", ""), child.get("ttsProvider", provider), child.get("voice"))
+            )
+        for language, tts_provider, tts_voice in checks:
+            if problem := voice_problem(language, tts_provider, tts_voice):
+                return problem
+        return ""
 
     def flag(self, name: str) -> bool:
         return self.attributes.get(name, "").strip().lower() == "true"
@@ -717,4 +688,5 @@ def read_twiml(document: str, base_url: str) -> RelayTwiml:
         parameters={p.get("name", ""): p.get("value", "") for p in relay.iter("Parameter")},
         action_url=urljoin(base_url, action) if action else None,
         action_method=method,  # type: ignore[arg-type]  # checked above
+        languages=tuple(dict(child.attrib) for child in relay.iter("Language")),
     )
