@@ -62,11 +62,14 @@ from relaylab.simulation.twilio_behaviour import (
     TwilioBehaviour,
     client_speaking,
     config_settings,
+    final_prompt_delay_ms,
     invalid_message_description,
+    is_backchannel,
     partial_prompts,
     read_outbound,
     read_setting,
     read_twiml,
+    speech_interrupts,
     transcribe,
     voice_problem,
     with_settings,
@@ -756,11 +759,16 @@ class SimulatedCall:
         lang = self.transcription_language
         if speaker_events:
             await self._send(client_speaking("on"))
+        word_seconds = 60.0 / self.words_per_minute / self.clock_speed
         if self.twilio.partial_prompts:
-            for partial in partial_prompts(text):
+            for partial in partial_prompts(text):  # each as its last word is recognised
                 await self._send(protocol.prompt_frame(partial, last=False, lang=lang))
+                await asyncio.sleep(word_seconds)
         if speaker_events:
             await self._send(client_speaking("off"))
+        delay_ms = final_prompt_delay_ms(text, self.twilio)
+        if delay_ms:  # speechTimeout / turnDetection: the silence Twilio waits for
+            await asyncio.sleep(delay_ms / 1000 / self.clock_speed)
         reply = Reply(prompt=text)
         self.replies.append(reply)
         cycle = self._talk.open(reply, after_live=after_live)
@@ -805,11 +813,15 @@ class SimulatedCall:
         if playing is None:
             await self._make_input(cut_in.kind, cut_in.words, after_live=True)
             return None
-        if self._talk.interrupts(playing, cut_in.kind, self.twilio):
+        enough = cut_in.kind == "dtmf" or speech_interrupts(cut_in.words, self.twilio)
+        if enough and self._talk.interrupts(playing, cut_in.kind, self.twilio):
             await self._interrupt(playing, now, cut_in.kind)
             await self._make_input(cut_in.kind, cut_in.words, after_live=False)
         else:
             self._talk.talk_over(playing)
+            if cut_in.words is not None and is_backchannel(cut_in.words, self.twilio):
+                log.info("Twilio ignores a backchannel: %s", protocol.loggable(cut_in.words))
+                return playing.reply
             await self._input_during_speech(cut_in.kind, cut_in.words)
         return playing.reply
 

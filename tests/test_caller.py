@@ -8,6 +8,7 @@ tiny aiohttp.web app. Everything goes through real sockets on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -33,8 +34,11 @@ from relaylab.loop import LoopThread
 from relaylab.simulation.twilio_behaviour import (
     InvalidOutbound,
     PlaybackReporter,
+    RelayTwiml,
+    config_settings,
     read_outbound,
     read_twiml,
+    with_settings,
 )
 from relaylab.simulation.twilio_http import local_form, public_form
 
@@ -1396,3 +1400,121 @@ def test_a_dialled_call_whose_twiml_voice_does_not_fit_fails_with_64106():
     call, hooks = run(scenario())
     [action] = hooks.to("/action")
     assert action["form"]["ErrorCode"] == "64106" and call.session_status == "failed"
+
+
+# -- the 2026 turn settings ----------------------------------------------------------------
+
+LONG = " ".join(f"word{n}" for n in range(40)) + "."
+
+
+@pytest.mark.parametrize(
+    ("sensitivity", "talk_over", "interrupts"),
+    [
+        ("high", "Wait", True),
+        ("medium", "Wait", False),
+        ("medium", "Wait a second", True),
+        ("low", "Wait a", False),
+        ("low", "Wait a second", True),
+    ],
+)
+def test_interrupt_sensitivity_sets_how_much_speech_interrupts(sensitivity, talk_over, interrupts):
+    async def scenario():
+        async with FakeRelay(prompt=replying(LONG)) as relay:
+            twilio = TwilioBehaviour(
+                interrupt_sensitivity=sensitivity, report_input_during_agent_speech="speech"
+            )
+            call = new_call(relay, twilio=twilio, clock_speed=4.0)
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=3, talk_over=talk_over)
+            await call.listen_async(0.2)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    assert reply.interrupted is interrupts and reply.talked_over is not interrupts
+    assert len(relay.of("interrupt")) == int(interrupts)
+    assert [p["voicePrompt"] for p in relay.of("prompt")] == ["Go", talk_over], "reported"
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_ignore_backchannel_keeps_an_uh_huh_from_interrupting_or_reaching_the_app(ignore):
+    async def scenario():
+        async with FakeRelay(prompt=replying(LONG)) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(ignore_backchannel=ignore))
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=3, talk_over="Uh-huh.")
+            await call.listen_async(0.2)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    prompts = [p["voicePrompt"] for p in relay.of("prompt")]
+    if ignore:
+        assert reply.talked_over and not reply.interrupted and relay.of("interrupt") == []
+        assert prompts == ["Go"]
+    else:
+        assert reply.interrupted and prompts == ["Go", "Uh-huh."]
+
+
+def prompt_gap(timeout, detection, said) -> float:
+    """Seconds between the caller's last partial prompt and the final one."""
+
+    async def scenario():
+        async with FakeRelay(prompt=replying("Ok.")) as relay:
+            twilio = TwilioBehaviour(
+                partial_prompts=True, speech_timeout=timeout, turn_detection=detection
+            )
+            call = new_call(relay, twilio=twilio, clock_speed=4.0)
+            await call.connect_async()
+            await call.say_async(said)
+            await call.hang_up_async()
+            return call
+
+    call = run(scenario())
+    prompts = [(t, m) for t, m in call.sent if m.get("type") == "prompt"]
+    assert [m["last"] for _, m in prompts] == [False] * (len(said.split()) - 1) + [True]
+    return prompts[-1][0] - prompts[-2][0]
+
+
+def test_speech_timeout_and_turn_detection_decide_when_the_final_prompt_goes():
+    word = 60 / DEFAULT_WORDS_PER_MINUTE / 4.0  # one word at clock speed 4
+    assert prompt_gap("auto", "silence", "Tell me about dogs") < word + 0.15
+    silence = prompt_gap(2000, "silence", "Tell me about dogs.")
+    assert silence >= word + 2.0 / 4.0 - 0.02, "2 s of silence (at 4x) before the prompt"
+    assert prompt_gap(2000, "semantic", "Tell me about dogs.") < word + 0.15, "a whole sentence"
+    assert prompt_gap(2000, "semantic", "Tell me about") >= word + 0.48, "unfinished: it waits"
+
+
+def test_partial_prompts_arrive_as_each_word_is_recognised():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Ok.")) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(partial_prompts=True), clock_speed=4.0)
+            await call.connect_async()
+            await call.say_async("one two three four")
+            await call.hang_up_async()
+            return call
+
+    call = run(scenario())
+    times = [t for t, m in call.sent if m.get("type") == "prompt"]
+    word = 60 / DEFAULT_WORDS_PER_MINUTE / 4.0
+    assert all(b - a >= word * 0.9 for a, b in itertools.pairwise(times))
+
+
+def test_turn_settings_come_from_the_twiml_and_from_config():
+    twiml = RelayTwiml(
+        url="wss://x/ws",
+        attributes={
+            "interruptSensitivity": "low",
+            "ignoreBackchannel": "true",
+            "speechTimeout": "1500",
+            "turnDetection": "semantic",
+        },
+    )
+    behaviour = TwilioBehaviour().with_twiml(twiml)
+    assert (behaviour.interrupt_sensitivity, behaviour.ignore_backchannel) == ("low", True)
+    assert (behaviour.speech_timeout, behaviour.turn_detection) == (1500, "semantic")
+    message = json.loads(protocol.config(interrupt_sensitivity="medium", speech_timeout="auto"))
+    changed = with_settings(behaviour, config_settings(message))
+    assert changed.interrupt_sensitivity == "medium" and changed.speech_timeout == "auto"
+    with pytest.raises(ValueError, match="64101"):
+        TwilioBehaviour(speech_timeout=100)

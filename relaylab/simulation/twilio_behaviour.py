@@ -33,6 +33,32 @@ InputKind = Literal["dtmf", "speech"]
 ReportTiming = Literal["at_once", "after_speech"]
 TokensPlayed = bool | Literal["cumulative"]
 InterruptedCycle = Literal["ends", "open_until_last"]
+Sensitivity = Literal["low", "medium", "high"]
+TurnDetection = Literal["silence", "semantic"]
+SENSITIVITIES: tuple[Sensitivity, ...] = ("low", "medium", "high")
+TURN_DETECTIONS: tuple[TurnDetection, ...] = ("silence", "semantic")
+# Words of caller speech it takes to interrupt the agent at each interruptSensitivity (a
+# model: Twilio documents the setting, not its threshold).
+WORDS_TO_INTERRUPT = {"high": 1, "medium": 2, "low": 3}
+# Short acknowledgements that ignoreBackchannel keeps from interrupting.
+BACKCHANNELS = frozenset(
+    [
+        "uh-huh",
+        "uh huh",
+        "mm-hmm",
+        "mhm",
+        "mm",
+        "yeah",
+        "yes",
+        "yep",
+        "okay",
+        "ok",
+        "right",
+        "sure",
+        "i see",
+        "got it",
+    ]
+)
 INTERRUPTED_CYCLES: tuple[InterruptedCycle, ...] = ("ends", "open_until_last")
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
@@ -104,6 +130,17 @@ class TwilioBehaviour:
       which ``malformed_limit`` invalid messages in a row close the socket with 1007. By
       default, as Twilio documents, each invalid message is dropped with error 64107 and
       the session goes on.
+    - ``interrupt_sensitivity`` (TwiML ``interruptSensitivity``): how much caller speech
+      it takes to interrupt: "high", any word; "medium", two words; "low", three (the
+      thresholds are a model). Shorter speech talks over the agent without interrupting.
+    - ``ignore_backchannel`` (``ignoreBackchannel``): a short acknowledgement ("uh-huh",
+      "okay") over the agent neither interrupts it nor reaches the app.
+    - ``speech_timeout`` (``speechTimeout``, "auto" or 600-5000 ms) and ``turn_detection``
+      (``turnDetection``): when the final prompt goes out after the caller's last word.
+      "silence": after ``speech_timeout`` ms of silence ("auto": at once); "semantic":
+      at once when what was said is a finished sentence (ends in . ? !), else after the
+      timeout. Partial prompts (``partial_prompts``) go out one word at a time, as each
+      word is recognised at the caller's speaking rate.
     - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
       they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
       message mid-call).
@@ -135,6 +172,10 @@ class TwilioBehaviour:
     mishear: Mapping[str, str] = field(default_factory=dict)
     dtmf_detection: bool = False
     malformed_close: bool = False
+    interrupt_sensitivity: Sensitivity = "high"
+    ignore_backchannel: bool = False
+    speech_timeout: int | Literal["auto"] = "auto"
+    turn_detection: TurnDetection = "silence"
 
     def __post_init__(self) -> None:
         for name in ("interruptible", "report_input_during_agent_speech"):
@@ -160,6 +201,11 @@ class TwilioBehaviour:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
         _one_of("interrupted_cycle", self.interrupted_cycle, INTERRUPTED_CYCLES)
+        _one_of("interrupt_sensitivity", self.interrupt_sensitivity, SENSITIVITIES)
+        _one_of("turn_detection", self.turn_detection, TURN_DETECTIONS)
+        object.__setattr__(
+            self, "speech_timeout", read_setting("speechTimeout", self.speech_timeout)
+        )
         _one_of("chunking", self.chunking, CHUNKINGS)
         _one_of("webhook_method", self.webhook_method, METHODS)
         _one_of("action_method", self.action_method, METHODS)
@@ -187,6 +233,8 @@ class TwilioBehaviour:
             ),
             preemptible=_either(relay.boolean("preemptible"), self.preemptible),
             dtmf_detection=_either(relay.boolean("dtmfDetection"), self.dtmf_detection),
+            ignore_backchannel=_either(relay.boolean("ignoreBackchannel"), self.ignore_backchannel),
+            **relay.turn_settings(),
             welcome_greeting=relay.attributes.get("welcomeGreeting", self.welcome_greeting),
             welcome_greeting_interruptible=(
                 relay.mode("welcomeGreetingInterruptible") or self.welcome_greeting_interruptible
@@ -201,6 +249,10 @@ _SETTING_FIELDS = {
     "preemptible": "preemptible",
     "partialPrompts": "partial_prompts",
     "dtmfDetection": "dtmf_detection",
+    "interruptSensitivity": "interrupt_sensitivity",
+    "ignoreBackchannel": "ignore_backchannel",
+    "speechTimeout": "speech_timeout",
+    "turnDetection": "turn_detection",
 }
 
 
@@ -209,6 +261,31 @@ def with_settings(behaviour: TwilioBehaviour, settings: Mapping[str, Any]) -> Tw
     ``read_setting``); settings that are not behaviours (languages, hints) are left out."""
     changes = {_SETTING_FIELDS[k]: v for k, v in settings.items() if k in _SETTING_FIELDS}
     return replace(behaviour, **changes)
+
+
+def speech_interrupts(words: str | None, behaviour: TwilioBehaviour) -> bool:
+    """Is this caller speech over the agent enough to interrupt it? A backchannel is not
+    when ``ignore_backchannel``; shorter speech than ``interrupt_sensitivity`` asks for is
+    not. Speech with no words given counts as enough."""
+    if words is None:
+        return True
+    if is_backchannel(words, behaviour):
+        return False
+    return len(words.split()) >= WORDS_TO_INTERRUPT[behaviour.interrupt_sensitivity]
+
+
+def is_backchannel(words: str, behaviour: TwilioBehaviour) -> bool:
+    """A short acknowledgement that ``ignore_backchannel`` keeps from the app."""
+    said = re.sub(r"[^\w\s'-]", "", words).strip().lower()
+    return behaviour.ignore_backchannel and said in BACKCHANNELS
+
+
+def final_prompt_delay_ms(said: str, behaviour: TwilioBehaviour) -> float:
+    """Speech-time milliseconds between the caller's last word and the final prompt."""
+    timeout = 0.0 if behaviour.speech_timeout == "auto" else float(behaviour.speech_timeout)
+    if behaviour.turn_detection == "semantic" and said.rstrip().endswith((".", "?", "!")):
+        return 0.0
+    return timeout
 
 
 def transcribe(said: str, behaviour: TwilioBehaviour, hints: list[str]) -> str:
@@ -609,6 +686,20 @@ class RelayTwiml:
     action_url: str | None = None
     action_method: HttpMethod | None = None
     languages: tuple[dict[str, str], ...] = ()  # the <Language> children's attributes
+
+    def turn_settings(self) -> dict[str, Any]:
+        """The TwiML's interruptSensitivity, speechTimeout and turnDetection, as
+        ``TwilioBehaviour`` fields (ValueError for a bad value)."""
+        names = {
+            "interruptSensitivity": "interrupt_sensitivity",
+            "speechTimeout": "speech_timeout",
+            "turnDetection": "turn_detection",
+        }
+        return {
+            field_name: read_setting(name, self.attributes[name])
+            for name, field_name in names.items()
+            if name in self.attributes
+        }
 
     def voice_problem(self) -> str:
         """Why Twilio would fail the call for its voices (error 64106), or "": the main
