@@ -355,3 +355,27 @@ def test_one_empty_last_true_per_interrupt_however_often_the_handler_cancels(mak
     finished = call.say(DOGS)  # a reply that ends by itself: one last:true, its own
     assert finished.complete
     assert len([f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]) == 2
+
+
+# -- the 2026 turn settings: speech that is not enough to interrupt -------------------------
+
+
+@pytest.mark.parametrize(
+    ("twilio", "talk_over"),
+    [
+        (TwilioBehaviour(ignore_backchannel=True), "Uh-huh."),
+        (TwilioBehaviour(interrupt_sensitivity="low"), "Hmm, okay"),
+    ],
+    ids=["backchannel", "low-sensitivity"],
+)
+def test_speech_too_short_to_interrupt_leaves_the_reply_whole(make_lab, twilio, talk_over):
+    lab = make_lab("tracking")
+    call = lab.call(twilio=twilio, clock_speed=QUICK)
+    frames = frame_log(lab, call)
+    reply = call.say(TEN_THINGS, interrupt_after_words=5, talk_over=talk_over)
+    assert reply.talked_over and not reply.interrupted
+    assert call.wait_for_reply() is reply and reply.complete
+    assert "interrupt" not in inbound_types(frames)
+    assert inbound_types(frames).count("prompt") == 1, "not reported (reportInput... none)"
+    history = check_guarantees(call, frames)
+    assert history[-1] == {"role": "assistant", "content": reply.text.strip()}
