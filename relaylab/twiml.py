@@ -449,23 +449,19 @@ def _check_value(attribute: str, value: object) -> None:
 
 
 def _ask_for_ground_truth(attributes: dict[str, object]) -> None:
-    """Add the speaker and token events to both `debug` and `events`, keeping other words.
+    """Add the speaker and token events to ``debug``, keeping the words already there.
 
-    PROTOCOL.md names `debug` as the older attribute and `events` as the newer one, and
-    twilio 9.13's builder has both. Setting the same words on both is meant to work
-    whichever one an account's ConversationRelay reads. Whether Twilio could send an
-    `info` frame twice when it reads both is not documented, so whatever consumes
-    `info` frames should tolerate a repeat.
+    One attribute only: ``debug`` is the one the ConversationRelay noun page documents for
+    ``speaker-events`` and ``tokens-played`` (PROTOCOL.md section 3). Setting the same
+    words on ``events`` too could make Twilio send each ``info`` frame twice, or refuse
+    the pair; whatever the app asks for in ``events`` itself is left as it is.
     """
-    for attribute in ("debug", "events"):
-        current = attributes.get(attribute)
-        if current is not None and not isinstance(current, str):
-            raise ValueError(
-                f"{attribute} takes space-separated words (e.g. 'debugging'), got {current!r}"
-            )
-        words = (current or "").split()
-        words += [word for word in GROUND_TRUTH_EVENTS if word not in words]
-        attributes[attribute] = " ".join(words)
+    current = attributes.get("debug")
+    if current is not None and not isinstance(current, str):
+        raise ValueError(f"debug takes space-separated words (e.g. 'debugging'), got {current!r}")
+    words = (current or "").split()
+    words += [word for word in GROUND_TRUTH_EVENTS if word not in words]
+    attributes["debug"] = " ".join(words)
 
 
 def _check_voices(relay: Mapping[str, object], children: list[dict[str, object]]) -> None:
