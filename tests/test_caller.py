@@ -368,6 +368,7 @@ BAD_FRAMES = [
     '{"type":"config","interruptible":"sometimes"}',
     '{"type":"config","speechTimeout":100}',
     '{"type":"config","loudness":"high"}',
+    '{"type":"config","turnDetection":"semantic"}',
     '{"type":"hints","hints":""}',
     '{"type":"language","ttsLanguage":"es-ES","voice":7}',
 ]

@@ -450,7 +450,14 @@ _CHECKS = {
 # -- dynamic configuration: config, hints, the extended language -------------------------
 
 _MODE_SETTINGS = ("interruptible", "welcomeGreetingInterruptible", "reportInputDuringAgentSpeech")
-_BOOLEAN_SETTINGS = ("preemptible", "dtmfDetection", "partialPrompts", "ignoreBackchannel")
+_BOOLEAN_SETTINGS = (
+    "preemptible",
+    "dtmfDetection",
+    "partialPrompts",
+    "ignoreBackchannel",
+    "echoPromptFiltering",
+    "profanityFilter",
+)
 _WORD_SETTINGS = {
     "interruptSensitivity": ("low", "medium", "high"),
     "turnDetection": ("silence", "semantic"),
@@ -464,14 +471,12 @@ _TEXT_SETTINGS = (
     "transcriptionProvider",
     "speechModel",
 )
+# What a config message may change: the session and language settings Twilio's dynamic
+# configuration guide lists (welcomeGreetingInterruptible and turnDetection are not).
 CONFIG_SETTINGS = frozenset(
     [
-        *_MODE_SETTINGS,
-        *_BOOLEAN_SETTINGS,
-        *_WORD_SETTINGS,
-        *_TEXT_SETTINGS,
-        "hints",
-        "speechTimeout",
+        *("interruptible", "reportInputDuringAgentSpeech", *_BOOLEAN_SETTINGS),
+        *("interruptSensitivity", "speechTimeout", "eotThreshold", "hints", *_TEXT_SETTINGS),
     ]
 )
 SPEECH_TIMEOUT_MS = (600, 5000)  # speechTimeout: "auto" or this many ms (PROTOCOL.md section 2)
@@ -501,6 +506,10 @@ def read_setting(name: str, value: object) -> Any:
         return _hint_list(value)
     if name == "speechTimeout":
         return _speech_timeout(value)
+    if name == "eotThreshold":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"eotThreshold takes a number 0-1, got {protocol.loggable(value)}")
+        return value
     raise ValueError(f"unknown setting {protocol.loggable(name)}")
 
 
@@ -536,6 +545,9 @@ def config_settings(message: dict[str, Any]) -> dict[str, Any]:
     raw.update((k, v) for k, v in message.items() if k not in ("type", "config"))
     if not raw:
         return _no_settings()
+    fixed = [name for name in raw if name not in CONFIG_SETTINGS and isinstance(name, str)]
+    if fixed:
+        raise ValueError(f"{protocol.loggable(fixed[0])} cannot be changed mid-call")
     return {name: read_setting(name, value) for name, value in raw.items()}
 
 
