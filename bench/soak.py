@@ -127,6 +127,7 @@ async def _call(ws_url: str, kind: str, rng: random.Random) -> str:
             heard = await _tokens(ws, rng.randint(3, 12))
             await ws.send(interrupt_frame(heard, 1_000))
             await ws.send(prompt_frame("How far did you get?"))
+            await _cycle(ws)  # the cut reply's words in flight, then its one empty last:true
             answer = await _cycle(ws)
             last_word = heard.split()[-1].strip(",.")
             if "You stopped me just after" not in answer or last_word not in answer:

@@ -4,9 +4,10 @@ It is a pure client of the relay: everything it knows comes over the wire, as it
 for Twilio. It can dial like Twilio (request the voice webhook, read the TwiML, open the
 socket it names), speaks ``setup``, ``prompt``, ``interrupt`` and ``dtmf``, "plays" the
 relay's ``text`` through a speech clock so it knows what the caller has heard at any
-moment, and acts on ``play``, ``sendDigits``, ``language`` and ``end`` (then requests the
-``<Connect action>`` URL). Messages Twilio would reject get an ``error`` frame, and ten in
-a row close the socket with 1007. Which of Twilio's behaviours it shows is a
+moment, and acts on ``play``, ``sendDigits``, ``language``, ``config``, ``hints`` and
+``end`` (then requests the ``<Connect action>`` URL). Messages Twilio would reject get an
+``error`` frame (64107) and the call goes on (closing with 1007 after ten in a row is a
+selectable reading, ``malformed_close``). Which of Twilio's behaviours it shows is a
 ``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``). ``drop`` and
 ``reconnect`` model ``applicationReconnect``: the socket goes without a close frame, what
 the caller does meanwhile is buffered (up to 500 events), and the same URL is opened
@@ -39,11 +40,11 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from relaylab import protocol, signatures
 from relaylab.loop import LoopThread
@@ -52,6 +53,8 @@ from relaylab.simulation.cut_in import CutIn, check_keys, input_fate
 from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClock
 from relaylab.simulation.talk_cycles import CutOff, Reply, TalkCycle, TalkCycles
 from relaylab.simulation.twilio_behaviour import (
+    APP_CLOSED_ERROR,
+    APP_UNREACHABLE_ERROR,
     INVALID_MESSAGE_ERROR,
     INVALID_VOICE_ERROR,
     MALFORMED_CLOSE_CODE,
@@ -63,11 +66,14 @@ from relaylab.simulation.twilio_behaviour import (
     TwilioBehaviour,
     client_speaking,
     config_settings,
+    final_prompt_delay_ms,
     invalid_message_description,
+    is_backchannel,
     partial_prompts,
     read_outbound,
     read_setting,
     read_twiml,
+    speech_interrupts,
     transcribe,
     voice_problem,
     with_settings,
@@ -87,6 +93,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("relaylab.caller")
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DEFAULT_APPLICATION_SID = "AP" + "0" * 32  # the TwiML App the number points at
 _HTTP_ERRORS = (OSError, TimeoutError)
 RECONNECT_BUFFER = 500  # events Twilio keeps for a reconnect (PROTOCOL.md section 3)
 # Closes after which Twilio reconnects (our reading): none (a drop), going away, an
@@ -127,6 +134,7 @@ class SimulatedCall:
         signed_url: str | None = None,
         call_sid: str | None = None,
         account_sid: str = DEFAULT_ACCOUNT_SID,
+        application_sid: str | None = DEFAULT_APPLICATION_SID,
         from_number: str = "+15550100",
         to_number: str = "+15550101",
         custom_parameters: dict[str, str] | None = None,
@@ -157,6 +165,7 @@ class SimulatedCall:
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
         self.session_id = "VX" + uuid.uuid4().hex
         self.account_sid = account_sid
+        self.application_sid = application_sid
         self.from_number = from_number
         self.to_number = to_number
         self.custom_parameters = dict(custom_parameters or {})
@@ -176,7 +185,7 @@ class SimulatedCall:
         self.invalid: list[tuple[float, str | bytes, str]] = []  # dropped frames: time, frame, why
         self.webhooks: list[WebhookExchange] = []  # the voice webhook and action requests
         self.twiml: RelayTwiml | None = None  # what the voice webhook answered, when dialled
-        self.dtmf_detection: bool | None = None  # from the TwiML; None: unknown, keys are sent
+        self.dtmf_detection = behaviour.dtmf_detection  # keys reach the relay (dtmfDetection)
         self.tts_language = "en-US"
         self.transcription_language = "en-US"  # prompts carry it as `lang`
         self.voice: dict[str, str] = {}  # ttsProvider, voice, transcriptionProvider, speechModel
@@ -449,13 +458,19 @@ class SimulatedCall:
         if self.auth_token:
             signed = self.signed_url or twilio_http.public_form(self.ws_url, self.public_url)
             headers[signatures.SIGNATURE_HEADER] = signatures.sign(self.auth_token, signed)
-        self._socket = await connect(
-            twilio_http.local_form(self.ws_url, self.public_url, self._local_origin()),
-            additional_headers=headers,
-            compression=None,
-            open_timeout=10,
-            logger=logging.getLogger("relaylab.websockets"),
-        )
+        try:
+            socket = await connect(
+                twilio_http.local_form(self.ws_url, self.public_url, self._local_origin()),
+                additional_headers=headers,
+                compression=None,
+                open_timeout=10,
+                logger=logging.getLogger("relaylab.websockets"),
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            await self._fail_before_session(
+                APP_UNREACHABLE_ERROR, f"could not open the relay's socket {self.ws_url}: {exc}"
+            )
+        self._socket = socket
         self.connected_at = self.connected_at or time.monotonic()
         if self.twilio.info_frames:
             if self._talk.reporter is None:
@@ -503,6 +518,14 @@ class SimulatedCall:
             await self._socket.send(frame)  # type: ignore[union-attr]  # already in self.sent
         return self
 
+    async def _fail_before_session(self, code: int, why: str) -> NoReturn:
+        """Twilio fails the call before the session starts (error ``code``): the action URL
+        hears ``SessionStatus=failed``, and the caller of connect() a ConnectionError."""
+        self._error_code = code
+        log.warning("Twilio fails the call (error %d): %s", code, why)
+        await self._after_session()
+        raise ConnectionError(f"Twilio would fail this call with error {code}: {why}")
+
     def _play_greeting(self) -> None:
         """Twilio speaks the welcome greeting itself as the session starts; the relay never
         sees it. It is not reported in info frames (whether Twilio does is unconfirmed)."""
@@ -527,13 +550,19 @@ class SimulatedCall:
             )
         relay = read_twiml(exchange.body, twilio_http.public_form(twiml_url, self.public_url))
         self.twiml = relay
+        if problem := relay.voice_problem():
+            self.action_url = relay.action_url or self.action_url
+            await self._fail_before_session(INVALID_VOICE_ERROR, problem)
         self.ws_url = relay.url
         self.action_url = relay.action_url or self.action_url
         self.custom_parameters = {**self.custom_parameters, **relay.parameters}
         self.twilio = self.twilio.with_twiml(relay)
         self.tts_language = relay.language("tts")
         self.transcription_language = relay.language("transcription")
-        self.dtmf_detection = relay.dtmf_detection
+        self.voice = {k: relay.attributes[k] for k in VOICE_SETTINGS if k in relay.attributes}
+        if "hints" in relay.attributes:
+            self.hints = read_setting("hints", relay.attributes["hints"])
+        self.dtmf_detection = self.twilio.dtmf_detection
         self.application_reconnect = self.application_reconnect or relay.flag(
             "applicationReconnect"
         )
@@ -659,7 +688,7 @@ class SimulatedCall:
 
     async def _reject(self, frame: str | bytes, problem: str, now: float) -> None:
         """Drop an invalid message like Twilio (error 64107): an error frame, the call goes
-        on; after ``malformed_limit`` in a row, close the socket with 1007."""
+        on; with ``malformed_close``, ``malformed_limit`` in a row close the socket (1007)."""
         self.invalid.append((now, frame, problem))
         self._malformed += 1
         log.warning(
@@ -669,7 +698,7 @@ class SimulatedCall:
         )
         await self._send(protocol.error_frame(invalid_message_description(problem)))
         limit = self.twilio.malformed_limit
-        if self._malformed >= limit and self._socket is not None:
+        if self.twilio.malformed_close and self._malformed >= limit and self._socket is not None:
             self._error_code = INVALID_MESSAGE_ERROR
             log.warning("%d invalid messages in a row: Twilio closes the socket (1007)", limit)
             await self._socket.close(MALFORMED_CLOSE_CODE, f"{limit} invalid messages in a row")
@@ -680,6 +709,8 @@ class SimulatedCall:
             self.session_status = "ended"
         elif self._error_code is not None or not self._hung_up:
             self.session_status = "failed"  # Twilio failed it, or the relay dropped the socket
+            if self._error_code is None:
+                self._error_code = APP_CLOSED_ERROR
         else:
             self.session_status = "completed"
         if not self.action_url:
@@ -691,6 +722,10 @@ class SimulatedCall:
             handoff_data=self.handoff_data,
             duration_seconds=time.monotonic() - (self.connected_at or time.monotonic()),
             error_code=self._error_code,
+            account_sid=self.account_sid,
+            from_number=self.from_number,
+            to_number=self.to_number,
+            application_sid=self.application_sid,
         )
         try:
             exchange = await self._webhook(self.action_url, params, self.twilio.action_method)
@@ -818,11 +853,16 @@ class SimulatedCall:
         lang = self.transcription_language
         if speaker_events:
             await self._send(client_speaking("on"))
+        word_seconds = 60.0 / self.words_per_minute / self.clock_speed
         if self.twilio.partial_prompts:
-            for partial in partial_prompts(text):
+            for partial in partial_prompts(text):  # each as its last word is recognised
                 await self._send(protocol.prompt_frame(partial, last=False, lang=lang))
+                await asyncio.sleep(word_seconds)
         if speaker_events:
             await self._send(client_speaking("off"))
+        delay_ms = final_prompt_delay_ms(text, self.twilio)
+        if delay_ms:  # speechTimeout / turnDetection: the silence Twilio waits for
+            await asyncio.sleep(delay_ms / 1000 / self.clock_speed)
         reply = Reply(prompt=text)
         self.replies.append(reply)
         cycle = self._talk.open(reply, after_live=after_live)
@@ -867,11 +907,15 @@ class SimulatedCall:
         if playing is None:
             await self._make_input(cut_in.kind, cut_in.words, after_live=True)
             return None
-        if self._talk.interrupts(playing, cut_in.kind, self.twilio):
+        enough = cut_in.kind == "dtmf" or speech_interrupts(cut_in.words, self.twilio)
+        if enough and self._talk.interrupts(playing, cut_in.kind, self.twilio):
             await self._interrupt(playing, now, cut_in.kind)
             await self._make_input(cut_in.kind, cut_in.words, after_live=False)
         else:
             self._talk.talk_over(playing)
+            if cut_in.words is not None and is_backchannel(cut_in.words, self.twilio):
+                log.info("Twilio ignores a backchannel: %s", protocol.loggable(cut_in.words))
+                return playing.reply
             await self._input_during_speech(cut_in.kind, cut_in.words)
         return playing.reply
 
@@ -934,11 +978,12 @@ class SimulatedCall:
             await self._send_all(self._talk.interrupt_frames(stop, self.twilio))
 
     def _keys_detected(self, digits: str) -> bool:
-        if self.dtmf_detection is not False:
+        if self.dtmf_detection:
             return True
         log.warning(
-            "key %s not reported: the TwiML's <ConversationRelay> has no "
-            'dtmfDetection="true", so Twilio does not send dtmf messages',
+            "key %s not reported: dtmfDetection is off (Twilio's default; set "
+            'dtmfDetection="true" in the TwiML, or TwilioBehaviour(dtmf_detection=True)), so '
+            "Twilio sends no dtmf",
             digits,
         )
         return False

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab import store
-from relaylab.caller import SimulatedCall
+from relaylab.caller import SimulatedCall, TwilioBehaviour
 from relaylab.llm import ModelUnavailable, check_model, choose_backend, needs_model_check
 from relaylab.loop import until
 from relaylab.relay import Relay
@@ -445,6 +445,7 @@ async def terminal_call(ws_url: str, auth_token: str | None, words_per_minute: f
         auth_token=auth_token,
         words_per_minute=words_per_minute,
         on_frame=_print_frame,
+        twilio=TwilioBehaviour(dtmf_detection=True),  # /press sends keys, as asked
     )
     await call.connect_async()
     print("Connected. Type what the caller says. Commands: /press DIGIT, /interrupt N, /quit")

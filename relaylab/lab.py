@@ -9,6 +9,7 @@ Starting a new Lab stops the previous one, so re-running a cell never hits
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 import anthropic
 from dotenv import find_dotenv, load_dotenv
 
-from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
+from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall, TwilioBehaviour
 from relaylab.llm import (
     LLM,
     Backend,
@@ -164,6 +165,7 @@ class Lab:
             where = {"twiml_url": f"{self.http_url}/twiml", "public_url": self.settings.public_url}
         else:
             where = {"ws_url": self.ws_url, "signed_url": public.ws_url if public else None}
+            options["twilio"] = _with_lab_keys(options.get("twilio"), self.settings.twiml)
         return SimulatedCall(
             **where,
             auth_token=self.settings.auth_token,
@@ -282,3 +284,13 @@ def start(step: object = "tracking", **options: Any) -> Lab:
     with _running_lock:
         _running.append(lab)
     return lab
+
+
+def _with_lab_keys(twilio: TwilioBehaviour | None, twiml: dict[str, Any]) -> TwilioBehaviour:
+    """An undialled call's behaviour with the key detection the lab's TwiML turns on
+    (``dtmf_detection``), as a dialled call would read it."""
+    behaviour = twilio or TwilioBehaviour()
+    wanted = twiml.get("dtmf_detection", twiml.get("dtmfDetection"))
+    if wanted in (True, "true") and not behaviour.dtmf_detection:
+        return dataclasses.replace(behaviour, dtmf_detection=True)
+    return behaviour

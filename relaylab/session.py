@@ -34,6 +34,7 @@ from relaylab.step import Step
 log = logging.getLogger("relaylab.session")
 
 FRAME_HISTORY = 40  # frames kept per call for the live view
+MAX_SETTINGS = 64  # session settings kept from configUpdated (Twilio has about 30)
 QUEUED_REPLIES = 3  # older replies an interrupt may still find playing (speech queues)
 SLOWEST_VOICE_WPM = 110.0  # a slow speaking pace, words a minute (voices run near 165)
 
@@ -591,7 +592,9 @@ class CallSession:
         elif isinstance(message, protocol.Info):
             self._on_info(message)
         elif isinstance(message, protocol.ConfigUpdated):
-            self.settings.update(message.settings)
+            for name, value in message.settings.items():  # a bounded number of names
+                if name in self.settings or len(self.settings) < MAX_SETTINGS:
+                    self.settings[name] = value
             log.info("%s: Twilio applied %s", self._name, loggable(message.settings))
             self.events.emit("config_updated", settings=message.settings)
         elif isinstance(message, protocol.ErrorMessage):

@@ -91,6 +91,52 @@ class Language:
         }
 
 
+# -- voices: which language, TTS provider and voice go together (else Twilio: 64106) --
+
+TTS_PROVIDERS = ("ElevenLabs", "Google", "Amazon")
+GOOGLE_VOICE = re.compile(
+    r"(?P<language>[a-z]{2,3}-[A-Z]{2})-(?P<model>Standard|Wavenet|Neural2|Studio|Journey|"
+    r"Polyglot|News|Chirp-HD|Chirp3-HD)-(?P<name>[A-Za-z]+)\Z"
+)
+# Amazon Polly voices the lessons may use, with the language each speaks (a voice may carry
+# "-Neural" or "-Generative"); a sample, not Polly's list.
+AMAZON_VOICES = {
+    "Joanna": "en-US",
+    "Matthew": "en-US",
+    "Ruth": "en-US",
+    "Amy": "en-GB",
+    "Lucia": "es-ES",
+    "Sergio": "es-ES",
+    "Lupe": "es-US",
+    "Mia": "es-MX",
+}
+
+
+def voice_problem(language: str, provider: str | None, voice: str | None) -> str:
+    """Why Twilio would refuse this language, TTS provider and voice together (error 64106),
+    or "". ElevenLabs voices are multilingual (any language); a Google voice speaks the
+    language in its name (es-ES-Neural2-B speaks es-ES); an Amazon voice its own language.
+    With no voice, the provider's default voice for the language is used. Providers other
+    than ElevenLabs, Google and Amazon are not checked."""
+    name = {p.lower(): p for p in TTS_PROVIDERS}.get((provider or "ElevenLabs").strip().lower())
+    if name is None:
+        return ""  # a provider relaylab does not know: not checked
+    if not voice or name == "ElevenLabs":
+        return ""
+    if name == "Google":
+        match = GOOGLE_VOICE.match(voice)
+        if match is None:
+            return f"{voice!r} is not a Google voice name (language-Model-Letter)"
+        spoken = match["language"]
+    else:
+        spoken = AMAZON_VOICES.get(voice.split("-")[0], "")
+        if not spoken:
+            return f"{voice!r} is not an Amazon voice relaylab knows"
+    if spoken.lower() != language.lower():
+        return f"the {name} voice {voice} speaks {spoken}, not {language}"
+    return ""
+
+
 def attribute_name(name: str) -> str:
     """The XML attribute twilio writes for keyword `name`: snake_case becomes camelCase.
 
@@ -140,6 +186,7 @@ def relay_twiml(
     if debug_events or _reports_needed(relay_attributes):
         _ask_for_ground_truth(relay_attributes)
     children = [_language_attributes(language) for language in languages]
+    _check_voices(relay_attributes, children)
     custom = _parameters(parameters or {})
     method = _check_method(action_method) if action_url else None
 
@@ -416,23 +463,35 @@ def _check_value(attribute: str, value: object) -> None:
 
 
 def _ask_for_ground_truth(attributes: dict[str, object]) -> None:
-    """Add the speaker and token events to both `debug` and `events`, keeping other words.
+    """Add the speaker and token events to ``debug``, keeping the words already there.
 
-    PROTOCOL.md names `debug` as the older attribute and `events` as the newer one, and
-    twilio 9.13's builder has both. Setting the same words on both is meant to work
-    whichever one an account's ConversationRelay reads. Whether Twilio could send an
-    `info` frame twice when it reads both is not documented, so whatever consumes
-    `info` frames should tolerate a repeat.
+    One attribute only: ``debug`` is the one the ConversationRelay noun page documents for
+    ``speaker-events`` and ``tokens-played`` (PROTOCOL.md section 3). Setting the same
+    words on ``events`` too could make Twilio send each ``info`` frame twice, or refuse
+    the pair; whatever the app asks for in ``events`` itself is left as it is.
     """
-    for attribute in ("debug", "events"):
-        current = attributes.get(attribute)
-        if current is not None and not isinstance(current, str):
-            raise ValueError(
-                f"{attribute} takes space-separated words (e.g. 'debugging'), got {current!r}"
-            )
-        words = (current or "").split()
-        words += [word for word in GROUND_TRUTH_EVENTS if word not in words]
-        attributes[attribute] = " ".join(words)
+    current = attributes.get("debug")
+    if current is not None and not isinstance(current, str):
+        raise ValueError(f"debug takes space-separated words (e.g. 'debugging'), got {current!r}")
+    words = (current or "").split()
+    words += [word for word in GROUND_TRUTH_EVENTS if word not in words]
+    attributes["debug"] = " ".join(words)
+
+
+def _check_voices(relay: Mapping[str, object], children: list[dict[str, object]]) -> None:
+    """ValueError for a language and voice Twilio would refuse (it fails the call, 64106)."""
+    provider, voice = relay.get("ttsProvider"), relay.get("voice")
+    general = str(relay.get("ttsLanguage") or relay.get("language") or "en-US")
+    checks = [(general, provider, voice)]
+    checks += [(c["code"], c.get("ttsProvider", provider), c.get("voice")) for c in children]
+    for language, tts_provider, tts_voice in checks:
+        problem = voice_problem(
+            str(language),
+            None if tts_provider is None else str(tts_provider),
+            None if tts_voice is None else str(tts_voice),
+        )
+        if problem:
+            raise ValueError(f"Twilio would fail the call with error 64106: {problem}")
 
 
 def _language_attributes(language: Language | Mapping[str, object]) -> dict[str, object]:

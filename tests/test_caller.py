@@ -8,6 +8,7 @@ tiny aiohttp.web app. Everything goes through real sockets on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -33,8 +34,11 @@ from relaylab.loop import LoopThread
 from relaylab.simulation.twilio_behaviour import (
     InvalidOutbound,
     PlaybackReporter,
+    RelayTwiml,
+    config_settings,
     read_outbound,
     read_twiml,
+    with_settings,
 )
 from relaylab.simulation.twilio_http import local_form, public_form
 
@@ -364,6 +368,7 @@ BAD_FRAMES = [
     '{"type":"config","interruptible":"sometimes"}',
     '{"type":"config","speechTimeout":100}',
     '{"type":"config","loudness":"high"}',
+    '{"type":"config","turnDetection":"semantic"}',
     '{"type":"hints","hints":""}',
     '{"type":"language","ttsLanguage":"es-ES","voice":7}',
 ]
@@ -628,12 +633,32 @@ def test_invalid_messages_get_an_error_frame_and_the_call_goes_on():
     assert heard == [{"type": "text", "token": "Still here.", "last": True}]
 
 
-def test_ten_malformed_messages_in_a_row_close_the_socket_with_1007():
+def test_ten_malformed_messages_in_a_row_do_not_end_the_session_by_default():
+    junk = ["{nope"] * 12 + [protocol.text("Still here.", last=True)]
+
+    async def scenario():
+        async with FakeRelay(prompt=sending(*junk)) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            reply = await call.say_async("Hello?")
+            connected = call.connected
+            await call.hang_up_async()
+            return relay, reply, connected
+
+    relay, reply, connected = run(scenario())
+    assert connected and reply.text == "Still here." and len(relay.of("error")) == 12
+
+
+def test_ten_malformed_messages_in_a_row_close_the_socket_with_1007_in_telnyx_reading():
     async def scenario():
         async with Webhooks() as hooks:
             junk = ["{nope"] * 10
             async with FakeRelay(prompt=sending(*junk)) as relay:
-                call = new_call(relay, action_url=f"{hooks.http_url}/action")
+                call = new_call(
+                    relay,
+                    action_url=f"{hooks.http_url}/action",
+                    twilio=TwilioBehaviour(malformed_close=True),
+                )
                 await call.connect_async()
                 with pytest.raises(ConnectionError):
                     await call.say_async("Hello?", timeout=5)
@@ -945,7 +970,8 @@ def test_sync_api_and_conversation_through_the_relay_probe():
 
         relay = portal.run(start_relay())
         probe = FakeProbe(relay)
-        call = new_call(relay, portal=portal, relay=probe).connect()
+        keys = TwilioBehaviour(dtmf_detection=True)
+        call = new_call(relay, portal=portal, relay=probe, twilio=keys).connect()
         reply = call.say("First")
         assert isinstance(reply, Reply) and reply.text == "Yes."
         call.press("9")
@@ -1114,7 +1140,9 @@ def test_speech_that_may_not_interrupt_plays_on_and_is_reported_as_asked(report,
 def test_with_dtmf_only_speech_talks_over_and_a_key_interrupts():
     async def scenario():
         async with FakeRelay(prompt=replying(SIX)) as relay:
-            call = new_call(relay, twilio=TwilioBehaviour(interruptible="dtmf"))
+            call = new_call(
+                relay, twilio=TwilioBehaviour(interruptible="dtmf", dtmf_detection=True)
+            )
             await call.connect_async()
             spoken = await call.say_async("Go", interrupt_after_words=2, talk_over="stop")
             await call.wait_for_reply_async(timeout=5)
@@ -1137,7 +1165,7 @@ def test_a_key_that_may_not_interrupt_is_reported_only_when_asked(report):
     async def scenario():
         async with FakeRelay(prompt=replying(SIX)) as relay:
             twilio = TwilioBehaviour(
-                interruptible="speech", report_input_during_agent_speech=report
+                interruptible="speech", report_input_during_agent_speech=report, dtmf_detection=True
             )
             call = new_call(relay, twilio=twilio)
             await call.connect_async()
@@ -1239,7 +1267,9 @@ def test_a_greeting_that_may_not_be_interrupted_plays_on_and_relay_speech_waits_
         hello = sending(protocol.text("Hello from the relay.", last=True))
         async with FakeRelay(setup=hello) as relay:
             twilio = TwilioBehaviour(
-                welcome_greeting=greeting, welcome_greeting_interruptible="dtmf"
+                welcome_greeting=greeting,
+                welcome_greeting_interruptible="dtmf",
+                dtmf_detection=True,
             )
             call = new_call(relay, twilio=twilio)
             await call.connect_async()
@@ -1295,3 +1325,197 @@ def test_bad_cut_ins_are_clear_errors():
             await call.hang_up_async()
 
     run(scenario())
+
+
+def test_keys_reach_the_relay_only_with_dtmf_detection(caplog):
+    async def scenario():
+        async with FakeRelay() as relay:
+            silent = new_call(relay)
+            await silent.connect_async()
+            await silent.press_async("1")
+            keys = new_call(relay, twilio=TwilioBehaviour(dtmf_detection=True), call_sid="CAkeys")
+            await keys.connect_async()
+            await keys.press_async("2")
+            await wait_until(lambda: relay.of("dtmf"))
+            await silent.hang_up_async()
+            await keys.hang_up_async()
+            return relay
+
+    relay = run(scenario())
+    assert [d["digit"] for d in relay.of("dtmf")] == ["2"]
+    assert "dtmfDetection is off" in caplog.text
+
+
+def test_the_action_request_carries_the_whole_form_and_64105_when_the_relay_drops():
+    async def scenario():
+        async with Webhooks() as hooks:
+
+            async def drop(relay, socket, message):  # the relay crashes mid-call
+                await socket.close()
+
+            async with FakeRelay(prompt=drop) as relay:
+                call = new_call(relay, action_url=f"{hooks.http_url}/action")
+                await call.connect_async()
+                await call.send_async(protocol.prompt_frame("Hello?"))
+                await wait_until(lambda: hooks.to("/action"))
+                return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    form = action["form"]
+    assert form["SessionStatus"] == "failed" and form["ErrorCode"] == "64105"
+    assert form["AccountSid"] == call.account_sid and form["CallSid"] == call.call_sid
+    assert form["From"] == call.from_number and form["To"] == call.to_number
+    assert form["Direction"] == "inbound" and form["CallStatus"] == "in-progress"
+    assert form["ApplicationSid"].startswith("AP") and form["SessionId"] == call.session_id
+
+
+def test_an_unreachable_relay_fails_the_call_with_64102():
+    async def scenario():
+        async with Webhooks() as hooks:
+            call = SimulatedCall("ws://127.0.0.1:9/ws", action_url=f"{hooks.http_url}/action")
+            with pytest.raises(ConnectionError, match="64102"):
+                await call.connect_async()
+            return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    assert action["form"]["SessionStatus"] == "failed" and action["form"]["ErrorCode"] == "64102"
+    assert call.session_status == "failed"
+
+
+def test_a_dialled_call_whose_twiml_voice_does_not_fit_fails_with_64106():
+    wrong = (
+        '<Response><Connect action="/action"><ConversationRelay url="ws://127.0.0.1:9/ws">'
+        '<Language code="es-ES" ttsProvider="Google" voice="en-US-Neural2-A"/>'
+        "</ConversationRelay></Connect></Response>"
+    )
+
+    async def scenario():
+        async with Webhooks(wrong) as hooks:
+            call = SimulatedCall(twiml_url=f"{hooks.http_url}/twiml")
+            with pytest.raises(ConnectionError, match="64106"):
+                await call.connect_async()
+            return call, hooks
+
+    call, hooks = run(scenario())
+    [action] = hooks.to("/action")
+    assert action["form"]["ErrorCode"] == "64106" and call.session_status == "failed"
+
+
+# -- the 2026 turn settings ----------------------------------------------------------------
+
+LONG = " ".join(f"word{n}" for n in range(40)) + "."
+
+
+@pytest.mark.parametrize(
+    ("sensitivity", "talk_over", "interrupts"),
+    [
+        ("high", "Wait", True),
+        ("medium", "Wait", False),
+        ("medium", "Wait a second", True),
+        ("low", "Wait a", False),
+        ("low", "Wait a second", True),
+    ],
+)
+def test_interrupt_sensitivity_sets_how_much_speech_interrupts(sensitivity, talk_over, interrupts):
+    async def scenario():
+        async with FakeRelay(prompt=replying(LONG)) as relay:
+            twilio = TwilioBehaviour(
+                interrupt_sensitivity=sensitivity, report_input_during_agent_speech="speech"
+            )
+            call = new_call(relay, twilio=twilio, clock_speed=4.0)
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=3, talk_over=talk_over)
+            await call.listen_async(0.2)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    assert reply.interrupted is interrupts and reply.talked_over is not interrupts
+    assert len(relay.of("interrupt")) == int(interrupts)
+    assert [p["voicePrompt"] for p in relay.of("prompt")] == ["Go", talk_over], "reported"
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_ignore_backchannel_keeps_an_uh_huh_from_interrupting_or_reaching_the_app(ignore):
+    async def scenario():
+        async with FakeRelay(prompt=replying(LONG)) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(ignore_backchannel=ignore))
+            await call.connect_async()
+            reply = await call.say_async("Go", interrupt_after_words=3, talk_over="Uh-huh.")
+            await call.listen_async(0.2)
+            await call.hang_up_async()
+            return relay, reply
+
+    relay, reply = run(scenario())
+    prompts = [p["voicePrompt"] for p in relay.of("prompt")]
+    if ignore:
+        assert reply.talked_over and not reply.interrupted and relay.of("interrupt") == []
+        assert prompts == ["Go"]
+    else:
+        assert reply.interrupted and prompts == ["Go", "Uh-huh."]
+
+
+def prompt_gap(timeout, detection, said) -> float:
+    """Seconds between the caller's last partial prompt and the final one."""
+
+    async def scenario():
+        async with FakeRelay(prompt=replying("Ok.")) as relay:
+            twilio = TwilioBehaviour(
+                partial_prompts=True, speech_timeout=timeout, turn_detection=detection
+            )
+            call = new_call(relay, twilio=twilio, clock_speed=4.0)
+            await call.connect_async()
+            await call.say_async(said)
+            await call.hang_up_async()
+            return call
+
+    call = run(scenario())
+    prompts = [(t, m) for t, m in call.sent if m.get("type") == "prompt"]
+    assert [m["last"] for _, m in prompts] == [False] * (len(said.split()) - 1) + [True]
+    return prompts[-1][0] - prompts[-2][0]
+
+
+def test_speech_timeout_and_turn_detection_decide_when_the_final_prompt_goes():
+    word = 60 / DEFAULT_WORDS_PER_MINUTE / 4.0  # one word at clock speed 4
+    assert prompt_gap("auto", "silence", "Tell me about dogs") < word + 0.15
+    silence = prompt_gap(2000, "silence", "Tell me about dogs.")
+    assert silence >= word + 2.0 / 4.0 - 0.02, "2 s of silence (at 4x) before the prompt"
+    assert prompt_gap(2000, "semantic", "Tell me about dogs.") < word + 0.15, "a whole sentence"
+    assert prompt_gap(2000, "semantic", "Tell me about") >= word + 0.48, "unfinished: it waits"
+
+
+def test_partial_prompts_arrive_as_each_word_is_recognised():
+    async def scenario():
+        async with FakeRelay(prompt=replying("Ok.")) as relay:
+            call = new_call(relay, twilio=TwilioBehaviour(partial_prompts=True), clock_speed=4.0)
+            await call.connect_async()
+            await call.say_async("one two three four")
+            await call.hang_up_async()
+            return call
+
+    call = run(scenario())
+    times = [t for t, m in call.sent if m.get("type") == "prompt"]
+    word = 60 / DEFAULT_WORDS_PER_MINUTE / 4.0
+    assert all(b - a >= word * 0.9 for a, b in itertools.pairwise(times))
+
+
+def test_turn_settings_come_from_the_twiml_and_from_config():
+    twiml = RelayTwiml(
+        url="wss://x/ws",
+        attributes={
+            "interruptSensitivity": "low",
+            "ignoreBackchannel": "true",
+            "speechTimeout": "1500",
+            "turnDetection": "semantic",
+        },
+    )
+    behaviour = TwilioBehaviour().with_twiml(twiml)
+    assert (behaviour.interrupt_sensitivity, behaviour.ignore_backchannel) == ("low", True)
+    assert (behaviour.speech_timeout, behaviour.turn_detection) == (1500, "semantic")
+    message = json.loads(protocol.config(interrupt_sensitivity="medium", speech_timeout="auto"))
+    changed = with_settings(behaviour, config_settings(message))
+    assert changed.interrupt_sensitivity == "medium" and changed.speech_timeout == "auto"
+    with pytest.raises(ValueError, match="64101"):
+        TwilioBehaviour(speech_timeout=100)

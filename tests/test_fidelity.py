@@ -36,6 +36,9 @@ VARIANTS = [
     # covers the ones under which it does not).
     TwilioBehaviour(interruptible="speech", report_input_during_agent_speech="any"),
     TwilioBehaviour(preemptible=True, welcome_greeting="Hello, you are through to the lab."),
+    # The 2026 turn settings (speech that interrupts here is long enough).
+    TwilioBehaviour(interrupt_sensitivity="medium", ignore_backchannel=True),
+    TwilioBehaviour(partial_prompts=True, speech_timeout=1000, turn_detection="semantic"),
     # The interrupted talk cycle stays open until the relay's last:true (PROTOCOL.md 4).
     TwilioBehaviour(interrupted_cycle="open_until_last"),
     TwilioBehaviour(interrupted_cycle="open_until_last", utterance="clause", chunking="word"),

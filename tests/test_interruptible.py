@@ -147,7 +147,7 @@ def test_with_dtmf_only_speech_talks_over_and_a_key_press_interrupts(make_lab, d
         assert call.twilio.interruptible == "dtmf"
     else:
         lab = make_lab("tracking")
-        call = lab.call(twilio=TwilioBehaviour(interruptible="dtmf"))
+        call = lab.call(twilio=TwilioBehaviour(interruptible="dtmf", dtmf_detection=True))
     frames = frame_log(lab, call)
     spoken = call.say(TEN_THINGS, interrupt_after_words=7, talk_over="Hang on")
     call.wait_for_reply()
@@ -205,8 +205,9 @@ def test_a_key_that_stops_the_greeting_before_the_reply_played_keeps_no_reply_wo
         welcome_greeting=GREETING,
         welcome_greeting_interruptible="dtmf",
         report_input_during_agent_speech="speech",
+        dtmf_detection=True,
     )
-    call = lab.call(twilio=twilio)
+    call = lab.call(twilio=twilio, clock_speed=1.5)  # the greeting outlasts the reply's stream
     frames = frame_log(lab, call)
     call.interrupt(talk_over=DOGS)  # speech: the greeting plays on, the prompt goes out
     reply = call.wait_for_reply()  # its speech waits behind the greeting
@@ -322,7 +323,9 @@ def wait_for_played(call: SimulatedCall, frames, reply, timeout: float = 10.0) -
 
 def test_a_key_during_the_older_reply_cuts_it_not_the_queued_one(make_lab):
     lab = make_lab("tracking")
-    twilio = TwilioBehaviour(interruptible="dtmf", report_input_during_agent_speech="speech")
+    twilio = TwilioBehaviour(
+        interruptible="dtmf", report_input_during_agent_speech="speech", dtmf_detection=True
+    )
     call, frames, first, second = talk_over_a_finished_reply(lab, twilio)
     assert call.interrupt(press="1") is first
     assert first.interrupted and first.heard and second.interrupted and second.heard == ""
@@ -352,3 +355,27 @@ def test_one_empty_last_true_per_interrupt_however_often_the_handler_cancels(mak
     finished = call.say(DOGS)  # a reply that ends by itself: one last:true, its own
     assert finished.complete
     assert len([f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]) == 2
+
+
+# -- the 2026 turn settings: speech that is not enough to interrupt -------------------------
+
+
+@pytest.mark.parametrize(
+    ("twilio", "talk_over"),
+    [
+        (TwilioBehaviour(ignore_backchannel=True), "Uh-huh."),
+        (TwilioBehaviour(interrupt_sensitivity="low"), "Hmm, okay"),
+    ],
+    ids=["backchannel", "low-sensitivity"],
+)
+def test_speech_too_short_to_interrupt_leaves_the_reply_whole(make_lab, twilio, talk_over):
+    lab = make_lab("tracking")
+    call = lab.call(twilio=twilio, clock_speed=QUICK)
+    frames = frame_log(lab, call)
+    reply = call.say(TEN_THINGS, interrupt_after_words=5, talk_over=talk_over)
+    assert reply.talked_over and not reply.interrupted
+    assert call.wait_for_reply() is reply and reply.complete
+    assert "interrupt" not in inbound_types(frames)
+    assert inbound_types(frames).count("prompt") == 1, "not reported (reportInput... none)"
+    history = check_guarantees(call, frames)
+    assert history[-1] == {"role": "assistant", "content": reply.text.strip()}

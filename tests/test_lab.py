@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 import relaylab as rl
+from relaylab.caller import TwilioBehaviour
 from relaylab.step import Step
 
 
@@ -60,7 +61,7 @@ def test_a_failing_learner_hook_is_logged_and_the_call_goes_on(make_lab, relay_l
         raise RuntimeError("oops in my handler")
 
     lab.use(Step(on_dtmf=on_dtmf, on_prompt=lambda call, prompt: call.send_text("ok", last=True)))
-    call = lab.call()
+    call = lab.call(twilio=TwilioBehaviour(dtmf_detection=True))
     call.press("5")
     assert call.say("still there?").text == "ok"
     assert "on_dtmf handler failed" in relay_logs.text

@@ -1,3 +1,4 @@
+import asyncio
 import collections
 import json
 import math
@@ -740,3 +741,15 @@ def test_config_updated_is_read_nested_or_flat(frame):
     assert isinstance(message, protocol.ConfigUpdated)
     assert message.settings == {"interruptible": "dtmf"}
     assert protocol.parse(protocol.config_updated_frame({"interruptible": "dtmf"})) == message
+
+
+def test_a_session_keeps_what_configupdated_confirms_and_no_more_than_its_limit():
+    from relaylab import session as session_module
+    from relaylab.testing import run_step
+
+    frames = [protocol.config_updated_frame({"interruptible": "dtmf"})]
+    frames += [protocol.config_updated_frame({f"made-up-{n}": n}) for n in range(100)]
+    result = asyncio.run(run_step("tracking", frames))
+    settings = result.session.settings
+    assert settings["interruptible"] == "dtmf"
+    assert len(settings) == session_module.MAX_SETTINGS

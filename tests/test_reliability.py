@@ -738,6 +738,7 @@ async def test_caller_text_never_forges_a_log_line(make_lab, caplog):
         await caller.send('{"type":"mystery' + json.dumps(forged)[1:-1] + '"}')
         await caller.send(error_frame("bad token" + forged))
         await caller.send(interrupt_frame("x", 5))
+        assert await caller.talk_cycle() == "", "the interrupt's one empty last:true"
         lab.offline_claude.fail_next("server_error", times=1 + lab.claude.max_retries)
         assert (await caller.say("Hello" + forged)).endswith(failures.APOLOGY)
     async with connect(lab.ws_url) as ws:

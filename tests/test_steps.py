@@ -220,7 +220,7 @@ def test_offline_claude_can_be_shared_by_two_labs_pointed_at_it_as_base_url(make
 
 
 def test_handoff_on_dtmf_zero_ends_the_session_and_action_dials(make_lab):
-    lab = make_lab("handoff", dial_number="+15550199")
+    lab = make_lab("handoff", dial_number="+15550199", twiml_options={"dtmf_detection": True})
     call = lab.call()
     assert call.say("Hello").complete
     call.press("0")

@@ -403,3 +403,25 @@ def test_an_interrupt_of_the_greeting_takes_an_empty_last_as_acknowledgement():
 def test_interrupted_cycle_takes_only_known_readings():
     with pytest.raises(ValueError, match="interrupted_cycle"):
         TwilioBehaviour(interrupted_cycle="maybe")
+
+
+def test_frames_before_the_new_replys_first_continue_the_cycle_still_open():
+    """A barge-in: the caller's new prompt opens its reply's cycle, but Twilio knows nothing
+    of prompts. Words in flight and the empty last:true closing the cut reply belong to
+    the cycle the relay still has open; the new reply's frames come after."""
+    talk = TalkCycles(one_word_a_second)
+    old = streaming(talk, "one two ", 0.0)
+    new = prompted_cycle(talk, "Something else", 0.5)
+    assert answer(talk, text("three "), 0.6, TWILIO) is old
+    assert answer(talk, text("", last=True), 0.7, TWILIO) is old and old.closed
+    assert answer(talk, text("Sure.", last=True), 0.8, TWILIO) is new
+    assert new.reply.text == "Sure." and old.reply.text == "one two three "
+
+
+def test_audio_alone_leaves_no_cycle_open_for_the_next_reply():
+    talk = TalkCycles(one_word_a_second)
+    hold, _ = talk.take({"type": "play", "source": "https://x/a.mp3", "loop": 1}, 0.0, TWILIO)
+    asked = prompted_cycle(talk, "Extension 204", 0.5)
+    assert (
+        hold is not None and answer(talk, text("Putting you through.", True), 0.6, TWILIO) is asked
+    )

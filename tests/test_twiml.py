@@ -22,6 +22,7 @@ from relaylab.twiml import (
     playback_reports_needed,
     preempts,
     relay_twiml,
+    voice_problem,
     wants_human,
 )
 
@@ -135,7 +136,7 @@ def test_every_twilio_builder_keyword_lands_as_its_camel_case_attribute(keyword)
 
 
 def test_all_twilio_builder_keywords_at_once():
-    # preemptible=True would add words to debug and events (see the test on that below).
+    # preemptible=True would add words to debug (see the test on that below).
     options = {keyword: True for keyword in BUILDER_KEYWORDS if keyword != "preemptible"}
     attrib = relay_attrib(**options)
     assert len(attrib) == len(options) + 1  # plus url
@@ -203,10 +204,10 @@ def test_values_that_are_not_text_numbers_or_bools_are_refused():
 # ---- debug / events ---------------------------------------------------------------
 
 
-def test_debug_events_sets_debug_and_events():
+def test_debug_events_sets_one_documented_attribute_debug():
     attrib = relay_attrib(debug_events=True)
     assert attrib["debug"] == "speaker-events tokens-played"
-    assert attrib["events"] == "speaker-events tokens-played"
+    assert "events" not in attrib
 
 
 def test_debug_events_off_leaves_both_out():
@@ -217,7 +218,7 @@ def test_debug_events_off_leaves_both_out():
 def test_debug_events_keeps_words_already_asked_for_without_repeats():
     attrib = relay_attrib(debug_events=True, debug="debugging", events="tokens-played")
     assert attrib["debug"] == "debugging speaker-events tokens-played"
-    assert attrib["events"] == "tokens-played speaker-events"
+    assert attrib["events"] == "tokens-played", "the app's own events are left as they are"
 
 
 def test_debug_events_with_a_non_text_debug_is_refused():
@@ -502,7 +503,7 @@ def test_settings_that_play_speech_without_an_interrupt_are_named(options, neede
         for reason, words in zip(found, named, strict=True):
             assert words in reason
     _, relay = relay_element(relay_twiml(URL, **options))
-    asked = "tokens-played" in (relay.get("events") or "").split()
+    asked = "tokens-played" in (relay.get("debug") or "").split()
     assert asked == bool(needed), "relay_twiml asks for the reports exactly when needed"
 
 
@@ -538,7 +539,36 @@ def test_preempts_reads_preemptible_as_twilio_does():
 @pytest.mark.parametrize("preemptible", [True, "true", "TRUE"])
 def test_preemptible_twiml_asks_for_the_played_tokens_it_needs(preemptible):
     _, relay = relay_element(relay_twiml(URL, preemptible=preemptible))
-    assert "tokens-played" in relay.get("events").split()
-    assert "tokens-played" in relay.get("debug").split()
+    assert "tokens-played" in relay.get("debug").split() and relay.get("events") is None
     _, plain = relay_element(relay_twiml(URL, preemptible=False))
     assert "events" not in plain.attrib and "debug" not in plain.attrib
+
+
+# -- voices Twilio would refuse (error 64106) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "provider", "voice", "problem"),
+    [
+        ("es-ES", "Google", "es-ES-Neural2-B", ""),
+        ("es-ES", "google", "es-ES-Standard-A", ""),
+        ("en-US", "Google", "es-ES-Neural2-B", "speaks es-ES, not en-US"),
+        ("es-ES", "Google", "Lucia", "not a Google voice name"),
+        ("es-ES", "Amazon", "Lucia-Neural", ""),
+        ("en-US", "Amazon", "Lucia", "speaks es-ES, not en-US"),
+        ("es-ES", "ElevenLabs", "UgBBYS2sOqTuMpoF3BR0", ""),
+        ("es-ES", None, None, ""),
+    ],
+)
+def test_voice_problem_checks_language_provider_and_voice(language, provider, voice, problem):
+    found = voice_problem(language, provider, voice)
+    assert (problem in found and found) if problem else found == ""
+
+
+def test_relay_twiml_refuses_a_language_whose_voice_speaks_another():
+    wrong = Language("es-ES", tts_provider="Google", voice="fr-FR-Neural2-A")
+    with pytest.raises(ValueError, match=r"64106.*speaks fr-FR, not es-ES"):
+        relay_twiml(URL, languages=[wrong])
+    with pytest.raises(ValueError, match="64106"):
+        relay_twiml(URL, tts_provider="Google", voice="es-ES-Neural2-B")  # en-US by default
+    relay_twiml(URL, language="es-ES", tts_provider="Google", voice="es-ES-Neural2-B")

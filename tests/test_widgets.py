@@ -219,7 +219,7 @@ def test_caller_panel_says_so_when_talking_over_claude_interrupts_nothing(make_l
 
 
 def test_caller_panel_reports_nothing_to_interrupt_and_presses_keys(make_lab):
-    lab = make_lab("tracking")
+    lab = make_lab("tracking", twiml_options={"dtmf_detection": True})  # keys reach the relay
     call = lab.call()
     panel = CallerPanel(lab, call=call)
     assert panel.interrupt().result(5) is None
@@ -232,6 +232,17 @@ def test_caller_panel_reports_nothing_to_interrupt_and_presses_keys(make_lab):
     assert "pressed 5" in panel.status.value
     frames_in = [json.loads(f) for way, f in lab.session_for(call).frames if way == "in"]
     assert {"type": "dtmf", "digit": "5"} in frames_in
+
+
+def test_caller_panel_says_a_key_is_not_sent_without_dtmf_detection(make_lab):
+    lab = make_lab("tracking")
+    call = lab.call()
+    panel = CallerPanel(lab, call=call)
+    panel.key_buttons[4].click()
+    panel.future.result(5)
+    assert "not sent, the TwiML has no dtmfDetection" in panel.status.value
+    frames_in = [json.loads(f) for way, f in lab.session_for(call).frames if way == "in"]
+    assert not any(f["type"] == "dtmf" for f in frames_in)
 
 
 def test_saying_something_while_claude_speaks_interrupts_first(make_lab):

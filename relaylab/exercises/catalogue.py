@@ -245,6 +245,7 @@ EXERCISES: dict[str, Exercise] = {
                 (Ask(HELLO), WaitForFrames(2), Press("5")),
                 (RepliesFinished(), NotInHistory("5"), ValidHistory()),
                 hint="a dtmf frame is not speech: it needs no on_interrupt work and no turn",
+                twilio={"dtmf_detection": True},  # keys reach the relay (TwiML dtmfDetection)
             ),
         ],
     ),

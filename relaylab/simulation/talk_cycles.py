@@ -167,11 +167,26 @@ class TalkCycles:
         """The talk cycle a frame belongs to: the current one, or a new unprompted one for
         speech that starts after the last talk cycle ended."""
         current = self.current
+        if kind in ("text", "play") and current is not None and not current.reply.frames:
+            # Twilio knows nothing of prompts: until the relay has sent the new reply's
+            # first frame, its frames continue the talk cycle it still has open (words in
+            # flight, or the empty last:true closing a reply cut by a barge-in).
+            still_open = self._open_before(current)
+            if still_open is not None:
+                return still_open
         if kind not in ("text", "play") or (current is not None and not current.closed):
             return current
         reply = Reply(prompt="", sent_at=now)
         self.replies.append(reply)
         return self.open(reply, after_live=True)
+
+    def _open_before(self, current: TalkCycle) -> TalkCycle | None:
+        """The latest talk cycle before ``current`` the relay has sent text for but not
+        closed (and no interrupt stopped), if any. (Audio alone, ``play``, opens none.)"""
+        for cycle in reversed(self.cycles[: self.cycles.index(current)]):
+            if any(frame["type"] == "text" for frame in cycle.reply.frames):
+                return None if cycle.closed or cycle.reply.interrupted else cycle
+        return None
 
     # -- frames from the relay ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from urllib.parse import urljoin
 from relaylab import protocol
 from relaylab.simulation.speech_clock import CHUNKINGS, Chunk, Chunking, SpeechClock
 from relaylab.spoken import speak
-from relaylab.twiml import GROUND_TRUTH_EVENTS
+from relaylab.twiml import GROUND_TRUTH_EVENTS, voice_problem
 
 Utterance = Literal["prefix", "sentence", "clause"]
 HttpMethod = Literal["POST", "GET"]
@@ -33,6 +33,32 @@ InputKind = Literal["dtmf", "speech"]
 ReportTiming = Literal["at_once", "after_speech"]
 TokensPlayed = bool | Literal["cumulative"]
 InterruptedCycle = Literal["ends", "open_until_last"]
+Sensitivity = Literal["low", "medium", "high"]
+TurnDetection = Literal["silence", "semantic"]
+SENSITIVITIES: tuple[Sensitivity, ...] = ("low", "medium", "high")
+TURN_DETECTIONS: tuple[TurnDetection, ...] = ("silence", "semantic")
+# Words of caller speech it takes to interrupt the agent at each interruptSensitivity (a
+# model: Twilio documents the setting, not its threshold).
+WORDS_TO_INTERRUPT = {"high": 1, "medium": 2, "low": 3}
+# Short acknowledgements that ignoreBackchannel keeps from interrupting.
+BACKCHANNELS = frozenset(
+    [
+        "uh-huh",
+        "uh huh",
+        "mm-hmm",
+        "mhm",
+        "mm",
+        "yeah",
+        "yes",
+        "yep",
+        "okay",
+        "ok",
+        "right",
+        "sure",
+        "i see",
+        "got it",
+    ]
+)
 INTERRUPTED_CYCLES: tuple[InterruptedCycle, ...] = ("ends", "open_until_last")
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
@@ -41,6 +67,8 @@ REPORT_TIMINGS: tuple[ReportTiming, ...] = ("at_once", "after_speech")
 
 INVALID_MESSAGE_ERROR = 64107  # Twilio's error code for an invalid message from the app
 INVALID_VOICE_ERROR = 64106  # an invalid language, voice and TTS provider combination
+APP_UNREACHABLE_ERROR = 64102  # Twilio could not open the app's WebSocket
+APP_CLOSED_ERROR = 64105  # the app closed the WebSocket: the session failed
 VOICE_SETTINGS = ("ttsProvider", "voice", "transcriptionProvider", "speechModel")
 MALFORMED_CLOSE_CODE = 1007  # WebSocket close code after too many invalid messages in a row
 _DIGITS = re.compile(r"[0-9w#*]+\Z")
@@ -67,7 +95,8 @@ class TwilioBehaviour:
     - ``partial_prompts``: send growing ``prompt`` frames with ``last: false`` before the
       final one (TwiML ``partialPrompts``; a dialled call also reads it there).
     - ``play_ms``: how long an audio file sent with ``play`` takes to play (speech time).
-    - ``malformed_limit``: invalid messages in a row after which the socket closes (1007).
+    - ``malformed_limit``: with ``malformed_close``, invalid messages in a row after which
+      the socket closes (1007).
     - ``webhook_method`` / ``action_method``: how the voice webhook and the
       ``<Connect action>`` URL are requested (a TwiML ``method`` overrides the latter).
     - ``interruptible``: what may interrupt the agent's speech: "none", "dtmf" (a key
@@ -95,6 +124,23 @@ class TwilioBehaviour:
       has stopped, so the next reply's tokens are dropped unspoken. In both readings
       the words of a cycle still open at the interrupt (sent before the relay read it)
       are taken as the cut cycle's and not spoken; ``Reply.late`` keeps them.
+    - ``dtmf_detection``: key presses reach the app as ``dtmf`` frames (TwiML
+      ``dtmfDetection``, off by default as on Twilio; a dialled call reads the TwiML).
+    - ``malformed_close``: the reading (Telnyx's copy of the protocol, not Twilio's) in
+      which ``malformed_limit`` invalid messages in a row close the socket with 1007. By
+      default, as Twilio documents, each invalid message is dropped with error 64107 and
+      the session goes on.
+    - ``interrupt_sensitivity`` (TwiML ``interruptSensitivity``): how much caller speech
+      it takes to interrupt: "high", any word; "medium", two words; "low", three (the
+      thresholds are a model). Shorter speech talks over the agent without interrupting.
+    - ``ignore_backchannel`` (``ignoreBackchannel``): a short acknowledgement ("uh-huh",
+      "okay") over the agent neither interrupts it nor reaches the app.
+    - ``speech_timeout`` (``speechTimeout``, "auto" or 600-5000 ms) and ``turn_detection``
+      (``turnDetection``): when the final prompt goes out after the caller's last word.
+      "silence": after ``speech_timeout`` ms of silence ("auto": at once); "semantic":
+      at once when what was said is a finished sentence (ends in . ? !), else after the
+      timeout. Partial prompts (``partial_prompts``) go out one word at a time, as each
+      word is recognised at the caller's speaking rate.
     - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
       they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
       message mid-call).
@@ -124,6 +170,12 @@ class TwilioBehaviour:
     greeting_interrupt_frame: bool = True
     interrupted_cycle: InterruptedCycle = "ends"
     mishear: Mapping[str, str] = field(default_factory=dict)
+    dtmf_detection: bool = False
+    malformed_close: bool = False
+    interrupt_sensitivity: Sensitivity = "high"
+    ignore_backchannel: bool = False
+    speech_timeout: int | Literal["auto"] = "auto"
+    turn_detection: TurnDetection = "silence"
 
     def __post_init__(self) -> None:
         for name in ("interruptible", "report_input_during_agent_speech"):
@@ -139,11 +191,21 @@ class TwilioBehaviour:
             raise ValueError(
                 f"tokens_played must be True, False or 'cumulative', got {self.tokens_played!r}"
             )
-        for name in ("preemptible", "greeting_interrupt_frame"):
+        for name in (
+            "preemptible",
+            "greeting_interrupt_frame",
+            "dtmf_detection",
+            "malformed_close",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
         _one_of("interrupted_cycle", self.interrupted_cycle, INTERRUPTED_CYCLES)
+        _one_of("interrupt_sensitivity", self.interrupt_sensitivity, SENSITIVITIES)
+        _one_of("turn_detection", self.turn_detection, TURN_DETECTIONS)
+        object.__setattr__(
+            self, "speech_timeout", read_setting("speechTimeout", self.speech_timeout)
+        )
         _one_of("chunking", self.chunking, CHUNKINGS)
         _one_of("webhook_method", self.webhook_method, METHODS)
         _one_of("action_method", self.action_method, METHODS)
@@ -170,6 +232,9 @@ class TwilioBehaviour:
                 relay.mode("reportInputDuringAgentSpeech") or self.report_input_during_agent_speech
             ),
             preemptible=_either(relay.boolean("preemptible"), self.preemptible),
+            dtmf_detection=_either(relay.boolean("dtmfDetection"), self.dtmf_detection),
+            ignore_backchannel=_either(relay.boolean("ignoreBackchannel"), self.ignore_backchannel),
+            **relay.turn_settings(),
             welcome_greeting=relay.attributes.get("welcomeGreeting", self.welcome_greeting),
             welcome_greeting_interruptible=(
                 relay.mode("welcomeGreetingInterruptible") or self.welcome_greeting_interruptible
@@ -183,6 +248,11 @@ _SETTING_FIELDS = {
     "welcomeGreetingInterruptible": "welcome_greeting_interruptible",
     "preemptible": "preemptible",
     "partialPrompts": "partial_prompts",
+    "dtmfDetection": "dtmf_detection",
+    "interruptSensitivity": "interrupt_sensitivity",
+    "ignoreBackchannel": "ignore_backchannel",
+    "speechTimeout": "speech_timeout",
+    "turnDetection": "turn_detection",
 }
 
 
@@ -191,6 +261,31 @@ def with_settings(behaviour: TwilioBehaviour, settings: Mapping[str, Any]) -> Tw
     ``read_setting``); settings that are not behaviours (languages, hints) are left out."""
     changes = {_SETTING_FIELDS[k]: v for k, v in settings.items() if k in _SETTING_FIELDS}
     return replace(behaviour, **changes)
+
+
+def speech_interrupts(words: str | None, behaviour: TwilioBehaviour) -> bool:
+    """Is this caller speech over the agent enough to interrupt it? A backchannel is not
+    when ``ignore_backchannel``; shorter speech than ``interrupt_sensitivity`` asks for is
+    not. Speech with no words given counts as enough."""
+    if words is None:
+        return True
+    if is_backchannel(words, behaviour):
+        return False
+    return len(words.split()) >= WORDS_TO_INTERRUPT[behaviour.interrupt_sensitivity]
+
+
+def is_backchannel(words: str, behaviour: TwilioBehaviour) -> bool:
+    """A short acknowledgement that ``ignore_backchannel`` keeps from the app."""
+    said = re.sub(r"[^\w\s'-]", "", words).strip().lower()
+    return behaviour.ignore_backchannel and said in BACKCHANNELS
+
+
+def final_prompt_delay_ms(said: str, behaviour: TwilioBehaviour) -> float:
+    """Speech-time milliseconds between the caller's last word and the final prompt."""
+    timeout = 0.0 if behaviour.speech_timeout == "auto" else float(behaviour.speech_timeout)
+    if behaviour.turn_detection == "semantic" and said.rstrip().endswith((".", "?", "!")):
+        return 0.0
+    return timeout
 
 
 def transcribe(said: str, behaviour: TwilioBehaviour, hints: list[str]) -> str:
@@ -355,7 +450,14 @@ _CHECKS = {
 # -- dynamic configuration: config, hints, the extended language -------------------------
 
 _MODE_SETTINGS = ("interruptible", "welcomeGreetingInterruptible", "reportInputDuringAgentSpeech")
-_BOOLEAN_SETTINGS = ("preemptible", "dtmfDetection", "partialPrompts", "ignoreBackchannel")
+_BOOLEAN_SETTINGS = (
+    "preemptible",
+    "dtmfDetection",
+    "partialPrompts",
+    "ignoreBackchannel",
+    "echoPromptFiltering",
+    "profanityFilter",
+)
 _WORD_SETTINGS = {
     "interruptSensitivity": ("low", "medium", "high"),
     "turnDetection": ("silence", "semantic"),
@@ -369,14 +471,12 @@ _TEXT_SETTINGS = (
     "transcriptionProvider",
     "speechModel",
 )
+# What a config message may change: the session and language settings Twilio's dynamic
+# configuration guide lists (welcomeGreetingInterruptible and turnDetection are not).
 CONFIG_SETTINGS = frozenset(
     [
-        *_MODE_SETTINGS,
-        *_BOOLEAN_SETTINGS,
-        *_WORD_SETTINGS,
-        *_TEXT_SETTINGS,
-        "hints",
-        "speechTimeout",
+        *("interruptible", "reportInputDuringAgentSpeech", *_BOOLEAN_SETTINGS),
+        *("interruptSensitivity", "speechTimeout", "eotThreshold", "hints", *_TEXT_SETTINGS),
     ]
 )
 SPEECH_TIMEOUT_MS = (600, 5000)  # speechTimeout: "auto" or this many ms (PROTOCOL.md section 2)
@@ -406,6 +506,10 @@ def read_setting(name: str, value: object) -> Any:
         return _hint_list(value)
     if name == "speechTimeout":
         return _speech_timeout(value)
+    if name == "eotThreshold":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"eotThreshold takes a number 0-1, got {protocol.loggable(value)}")
+        return value
     raise ValueError(f"unknown setting {protocol.loggable(name)}")
 
 
@@ -441,58 +545,14 @@ def config_settings(message: dict[str, Any]) -> dict[str, Any]:
     raw.update((k, v) for k, v in message.items() if k not in ("type", "config"))
     if not raw:
         return _no_settings()
+    fixed = [name for name in raw if name not in CONFIG_SETTINGS and isinstance(name, str)]
+    if fixed:
+        raise ValueError(f"{protocol.loggable(fixed[0])} cannot be changed mid-call")
     return {name: read_setting(name, value) for name, value in raw.items()}
 
 
 def _no_settings() -> dict[str, Any]:
     raise ValueError("has no settings to change")
-
-
-# -- voices: error 64106 -------------------------------------------------------------------
-
-TTS_PROVIDERS = ("ElevenLabs", "Google", "Amazon")
-GOOGLE_VOICE = re.compile(
-    r"(?P<language>[a-z]{2,3}-[A-Z]{2})-(?P<model>Standard|Wavenet|Neural2|Studio|Journey|"
-    r"Polyglot|News|Chirp-HD|Chirp3-HD)-(?P<name>[A-Za-z]+)\Z"
-)
-# Amazon Polly voices the lessons may use, with the language each speaks (a voice may carry
-# "-Neural" or "-Generative"); a sample, not Polly's list.
-AMAZON_VOICES = {
-    "Joanna": "en-US",
-    "Matthew": "en-US",
-    "Ruth": "en-US",
-    "Amy": "en-GB",
-    "Lucia": "es-ES",
-    "Sergio": "es-ES",
-    "Lupe": "es-US",
-    "Mia": "es-MX",
-}
-
-
-def voice_problem(language: str, provider: str | None, voice: str | None) -> str:
-    """Why Twilio would refuse this language, TTS provider and voice together (error 64106),
-    or "". ElevenLabs voices are multilingual (any language); a Google voice speaks the
-    language in its name (es-ES-Neural2-B speaks es-ES); an Amazon voice its own language.
-    With no voice, the provider's default voice for the language is used."""
-    name = (provider or "ElevenLabs").strip()
-    known = {p.lower(): p for p in TTS_PROVIDERS}
-    if name.lower() not in known:
-        return f"unknown TTS provider {protocol.loggable(name)} (one of {', '.join(TTS_PROVIDERS)})"
-    name = known[name.lower()]
-    if not voice or name == "ElevenLabs":
-        return ""
-    if name == "Google":
-        match = GOOGLE_VOICE.match(voice)
-        if match is None:
-            return f"{protocol.loggable(voice)} is not a Google voice name"
-        spoken = match["language"]
-    else:
-        spoken = AMAZON_VOICES.get(voice.split("-")[0], "")
-        if not spoken:
-            return f"{protocol.loggable(voice)} is not an Amazon voice the simulation knows"
-    if spoken.lower() != language.lower():
-        return f"the {name} voice {voice} speaks {spoken}, not {language}"
-    return ""
 
 
 def invalid_message_description(problem: str) -> str:
@@ -637,6 +697,36 @@ class RelayTwiml:
     parameters: dict[str, str] = field(default_factory=dict)
     action_url: str | None = None
     action_method: HttpMethod | None = None
+    languages: tuple[dict[str, str], ...] = ()  # the <Language> children's attributes
+
+    def turn_settings(self) -> dict[str, Any]:
+        """The TwiML's interruptSensitivity, speechTimeout and turnDetection, as
+        ``TwilioBehaviour`` fields (ValueError for a bad value)."""
+        names = {
+            "interruptSensitivity": "interrupt_sensitivity",
+            "speechTimeout": "speech_timeout",
+            "turnDetection": "turn_detection",
+        }
+        return {
+            field_name: read_setting(name, self.attributes[name])
+            for name, field_name in names.items()
+            if name in self.attributes
+        }
+
+    def voice_problem(self) -> str:
+        """Why Twilio would fail the call for its voices (error 64106), or "": the main
+        language with the TwiML's ttsProvider and voice, and each ``<Language>`` with its
+        own (or the main ones)."""
+        provider, voice = self.attributes.get("ttsProvider"), self.attributes.get("voice")
+        checks = [(self.language("tts"), provider, voice)]
+        for child in self.languages:
+            checks.append(
+                (child.get("code", ""), child.get("ttsProvider", provider), child.get("voice"))
+            )
+        for language, tts_provider, tts_voice in checks:
+            if problem := voice_problem(language, tts_provider, tts_voice):
+                return problem
+        return ""
 
     def flag(self, name: str) -> bool:
         return self.attributes.get(name, "").strip().lower() == "true"
@@ -701,4 +791,5 @@ def read_twiml(document: str, base_url: str) -> RelayTwiml:
         parameters={p.get("name", ""): p.get("value", "") for p in relay.iter("Parameter")},
         action_url=urljoin(base_url, action) if action else None,
         action_method=method,  # type: ignore[arg-type]  # checked above
+        languages=tuple(dict(child.attrib) for child in relay.iter("Language")),
     )

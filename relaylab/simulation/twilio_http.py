@@ -93,14 +93,28 @@ def action_params(
     handoff_data: str | None,
     duration_seconds: float,
     error_code: int | None = None,
+    account_sid: str = "AC" + "0" * 32,
+    from_number: str = "+15550100",
+    to_number: str = "+15550101",
+    application_sid: str | None = None,
 ) -> dict[str, str]:
-    """The fields of the ``<Connect action>`` request after a ConversationRelay session."""
+    """The fields of the ``<Connect action>`` request after a ConversationRelay session
+    (PROTOCOL.md section 4). The call goes on after the session (the action's TwiML says
+    what next) unless the caller hung up: ``CallStatus`` says which."""
     params = {
+        "AccountSid": account_sid,
         "CallSid": call_sid,
+        "CallStatus": "completed" if status == "completed" else "in-progress",
+        "From": from_number,
+        "To": to_number,
+        "Direction": "inbound",
         "SessionId": session_id,
         "SessionStatus": status,
         "SessionDuration": str(max(round(duration_seconds), 0)),
+        "ApiVersion": API_VERSION,
     }
+    if application_sid is not None:
+        params["ApplicationSid"] = application_sid
     if handoff_data is not None:
         params["HandoffData"] = handoff_data
     if error_code is not None:
