@@ -27,6 +27,13 @@ def make_lab():
 
     def make(step="tracking", **options):
         lab = Lab(step, offline=True, **{**FAST, **options})
+        lab.frames_in = {}  # call sid -> every frame the relay read, parsed
+
+        def record(event):
+            if event.kind == "frame_in":
+                lab.frames_in.setdefault(event.session, []).append(json.loads(event.data["frame"]))
+
+        lab.server.session_listeners.append(lambda session: session.subscribe(record))
         labs.append(lab)
         return lab
 
@@ -42,8 +49,7 @@ def session_state(lab, call_sid):
         session = lab.server.find(call_sid)
         if session is None:
             return [], []
-        frames = [json.loads(f) for way, f in session.frames if way == "in"]
-        return frames, session.conversation.snapshot()
+        return list(lab.frames_in.get(session, [])), session.conversation.snapshot()
 
     return lab.run(read())
 
@@ -174,10 +180,12 @@ def test_barge_in_stops_speech_and_sends_the_words_spoken(make_lab, phone_page):
 
 
 def test_keypad_and_what_the_relay_sends(make_lab, phone_page):
+    beep = []  # the page server's URL, known once the page is open
+
     async def on_prompt(call, prompt):
         await call.send(protocol.send_digits("12w3"))
         await call.send(protocol.language(tts_language="fr-FR", transcription_language="fr-FR"))
-        await call.send(protocol.play("BEEP_URL"))
+        await call.send(protocol.play(beep[0]))
         await call.send_text("Bonjour, au revoir.", last=True)
         await call.end({"reason": "done"})
 
@@ -187,6 +195,7 @@ def test_keypad_and_what_the_relay_sends(make_lab, phone_page):
         twiml_options={"dtmf_detection": True, "welcome_greeting": None},
     )
     page, server = phone_page(lab, msPerWord=30)
+    beep.append(server.url + "beep.wav")
     call_sid = dial(page)
     page.click(".rlv-key[data-key='5']")
     page.click(".rlv-key[data-key='#']")
@@ -203,14 +212,12 @@ def test_keypad_and_what_the_relay_sends(make_lab, phone_page):
     said = page.evaluate("window.__tts.utterances")
     assert said and all(u["lang"] == "fr-FR" for u in said)
     assert "".join(u["text"] for u in said) == "Bonjour, au revoir."
-    assert page.evaluate("window.__played") == ["BEEP_URL"] or page.evaluate(
-        "window.__played"
-    )[0].endswith("BEEP_URL")
+    assert page.evaluate("window.__played") == beep
     assert page.evaluate("window.phone.recognition.lang") == "fr-FR"
-    assert "ended the call" in page.inner_text(".rlv-status")
-    assert '"reason": "done"' in page.inner_text(".rlv-status") or "done" in page.inner_text(
-        ".rlv-status"
-    )
+    handoff = json.loads(protocol.end({"reason": "done"}))["handoffData"]
+    assert page.inner_text(".rlv-status") == f"The relay ended the call: {handoff}."
+    # the phone hung up: the relay saw its socket close
+    wait_for(lambda: lab.server.find(call_sid) is None, what="the relay to see the hang-up")
 
 
 def test_speaker_mode_is_push_to_talk(make_lab, phone_page):
