@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ class VoicePhone(anywidget.AnyWidget):
             from_number=from_number, to_number=to_number, custom_parameters=custom_parameters
         )
         self.bridge = self._new_bridge()
+        # The relay's sessions opened since, to find this phone's call after it ended
+        # (a session learns its CallSid from `setup`, after the listener runs).
+        self._sessions: deque[Any] = deque(maxlen=20)
+        lab.server.session_listeners.append(self._sessions.append)
         self.on_msg(self._on_browser)
 
     def _new_bridge(self) -> RelayBridge:
@@ -77,8 +82,13 @@ class VoicePhone(anywidget.AnyWidget):
         return self.bridge.identity.call_sid
 
     def conversation(self) -> list[dict[str, Any]] | None:
-        """The relay's stored history for this phone's call (None before a call)."""
-        session = self.lab.server.find(self.call_sid)
+        """The relay's stored history for this phone's call (None before a call), also
+        after the call ended."""
+        return self.lab.run(self._conversation())
+
+    async def _conversation(self) -> list[dict[str, Any]] | None:
+        sid = self.call_sid
+        session = next((s for s in reversed(self._sessions) if s.call_sid == sid), None)
         return session.conversation.snapshot() if session is not None else None
 
     @traitlets.validate("mode")

@@ -53,7 +53,10 @@ socket.onmessage = (event) => {
 };
 const model = {
   get: (key) => state[key],
-  set: (key, value) => { state[key] = value; (listeners[`change:${key}`] || []).forEach((f) => f()); },
+  set: (key, value) => {
+    state[key] = value;
+    (listeners[`change:${key}`] || []).forEach((f) => f());
+  },
   save_changes() {},
   on(name, f) { (listeners[name] ||= []).push(f); },
   off(name, f) { listeners[name] = (listeners[name] || []).filter((g) => g !== f); },

@@ -29,7 +29,9 @@ def test_dials_a_signing_relay_and_carries_frames_both_ways():
         told = []
         identity = CallIdentity(custom_parameters={"who": "browser"})
         bridge = RelayBridge(
-            f"{lab.http_url}/twiml", told.append, auth_token="test-token-not-secret",
+            f"{lab.http_url}/twiml",
+            told.append,
+            auth_token="test-token-not-secret",
             identity=identity,
         )
 

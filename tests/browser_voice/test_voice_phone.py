@@ -170,7 +170,7 @@ def test_barge_in_stops_speech_and_sends_the_words_spoken(make_lab, phone_page):
 
     # the relay stores exactly what was heard
     history = session_state(lab, call_sid)[1]
-    cut = [t for t in history if t["role"] == "assistant"][0]["content"]
+    cut = next(t for t in history if t["role"] == "assistant")["content"]
     assert cut == heard_prefix(sent, utterance).strip() == utterance
     # the widget shows heard and unheard apart
     turn = page.locator(".rlv-turn.rlv-agent.rlv-cut").first
