@@ -60,6 +60,7 @@ def browser_config(relay: RelayTwiml, who: CallIdentity) -> dict[str, Any]:
         "welcomeGreeting": twilio.welcome_greeting,
         "welcomeGreetingInterruptible": twilio.welcome_greeting_interruptible,
         "interruptible": twilio.interruptible,
+        "reportInputDuringAgentSpeech": twilio.report_input_during_agent_speech,
         "partialPrompts": twilio.partial_prompts,
         "speakerEvents": twilio.speaker_events,
         "tokensPlayed": bool(twilio.tokens_played),

@@ -296,15 +296,17 @@ class VoicePhone {
       this.send({ type: "error", description: "Invalid message received: text without a token" });
       return;
     }
-    let cycle = this.cycle;
-    if (cycle && cycle.greeting && !cycle.done) this.finishCycle(cycle); // the reply takes over
-    cycle = this.cycle && !this.cycle.greeting && !this.cycle.closed ? this.cycle : null;
+    // A reply that starts while the greeting plays waits behind it, as queued speech does.
+    const greeting = this.cycle && this.cycle.greeting && !this.cycle.done ? this.cycle : null;
+    let cycle = greeting ? this.afterGreeting : this.cycle;
+    if (cycle && (cycle.greeting || cycle.closed)) cycle = null;
     if (!cycle) {
       if (!message.token && message.last) return; // an empty close of a cycle already ended
       const interruptible = message.interruptible ?? this.config?.interruptible ?? "any";
       cycle = new TalkCycle(this.addTurn("agent", ""), interruptible);
       cycle.turn.firstTokenAt = now();
-      this.cycle = cycle;
+      if (greeting) this.afterGreeting = cycle;
+      else this.cycle = cycle;
     }
     if (message.lang) this.ttsLanguage = message.lang;
     if (!cycle.interrupted) {
@@ -314,7 +316,7 @@ class VoicePhone {
         cycle.queueClauses(true);
       }
       this.drawCycle(cycle);
-      if (!this.utterance) this.speakNext();
+      if (!this.utterance && this.cycle === cycle) this.speakNext();
     } else if (message.last) {
       cycle.closed = true; // the relay closed the cycle we cut off: nothing to speak
     }
@@ -396,7 +398,7 @@ class VoicePhone {
       if (cycle.speechStartedAt === null) {
         cycle.speechStartedAt = now();
         cycle.turn.speechAt = cycle.speechStartedAt;
-        this.info("agentSpeaking", "on");
+        if (!cycle.greeting) this.info("agentSpeaking", "on"); // Twilio's own words: not reported
       }
     };
     utterance.onboundary = (event) => {
@@ -434,11 +436,20 @@ class VoicePhone {
 
   finishCycle(cycle) {
     cycle.done = true;
-    if (this.cycle === cycle && this.utterance) this.stopSpeaking();
     cycle.turn.endedAt = now();
-    if (cycle.speechStartedAt !== null) this.info("agentSpeaking", "off");
+    if (cycle.speechStartedAt !== null && !cycle.greeting) this.info("agentSpeaking", "off");
     this.drawCycle(cycle);
     if (cycle.onDone) cycle.onDone();
+    if (cycle.greeting) this.nextAfterGreeting();
+  }
+
+  nextAfterGreeting() {
+    const next = this.afterGreeting;
+    this.afterGreeting = null;
+    if (next && this.cycle && this.cycle.greeting) {
+      this.cycle = next;
+      this.speakNext();
+    }
   }
 
   stopSpeaking() {
@@ -463,8 +474,13 @@ class VoicePhone {
     cycle.interrupted = true;
     cycle.turn.interruptedAt = at;
     this.reportPlayed(cycle);
-    if (cycle.speechStartedAt !== null) this.info("agentSpeaking", "off");
+    if (cycle.speechStartedAt !== null && !cycle.greeting) this.info("agentSpeaking", "off");
     const duration = cycle.speechStartedAt === null ? 0 : Math.round(at - cycle.speechStartedAt);
+    if (cycle.greeting && this.afterGreeting) {
+      this.afterGreeting.interrupted = true; // the reply queued behind it is cut off too
+      this.cycle = this.afterGreeting;
+      this.afterGreeting = null;
+    }
     this.send({
       type: "interrupt",
       utteranceUntilInterrupt: cycle.heard,
@@ -591,10 +607,18 @@ class VoicePhone {
     if (interim && interim !== this.lastPartial) {
       this.lastPartial = interim;
       this.showPartial(interim);
-      if (this.config?.partialPrompts) {
+      if (this.config?.partialPrompts && this.mayReport("speech")) {
         this.send({ type: "prompt", voicePrompt: interim, lang: this.transcriptionLanguage, last: false });
       }
     }
+  }
+
+  // Input made while the agent speaks and may not interrupt it: Twilio reports it only
+  // if the TwiML's reportInputDuringAgentSpeech allows that kind (default: none).
+  mayReport(kind) {
+    if (!this.agentSpeaking) return true;
+    const report = String(this.config?.reportInputDuringAgentSpeech ?? "none");
+    return report === "any" || report === "true" || report === kind;
   }
 
   prompt(words) {
@@ -605,6 +629,12 @@ class VoicePhone {
     this.partialTurn = null;
     turn.text.textContent = words;
     turn.node.classList.remove("rlv-partial");
+    if (!this.mayReport("speech")) {
+      turn.node.classList.add("rlv-dropped");
+      turn.meta.textContent =
+        "not sent: Claude may not be interrupted by speech here (TwiML interruptible), and Twilio does not report speech made over it (reportInputDuringAgentSpeech)";
+      return;
+    }
     turn.promptAt = now();
     this.lastPromptAt = turn.promptAt;
     this.send({ type: "prompt", voicePrompt: words, lang: this.transcriptionLanguage, last: true });
@@ -623,7 +653,7 @@ class VoicePhone {
     if (!words || !this.onCall) return;
     this.textBox.value = "";
     this.bargeIn("speech");
-    if (this.config?.partialPrompts) {
+    if (this.config?.partialPrompts && this.mayReport("speech")) {
       const all = words.split(/\s+/);
       for (let n = 1; n < all.length; n += 1) {
         this.send({ type: "prompt", voicePrompt: all.slice(0, n).join(" "), lang: this.transcriptionLanguage, last: false });
@@ -640,7 +670,12 @@ class VoicePhone {
       return;
     }
     this.bargeIn("dtmf");
-    this.addTurn("caller", `pressed ${key}`);
+    const turn = this.addTurn("caller", `pressed ${key}`);
+    if (!this.mayReport("dtmf")) {
+      turn.node.classList.add("rlv-dropped");
+      turn.meta.textContent = "not sent: keys may not interrupt here, and Twilio does not report keys pressed over speech";
+      return;
+    }
     this.send({ type: "dtmf", digit: key });
   }
 

@@ -60,7 +60,7 @@
         this.timers = [];
         this.current = null;
         utterance.dispatchEvent(speechEvent(SpeechSynthesisEvent, "end", { utterance, charIndex: utterance.text.length, elapsedTime: performance.now() - began, name: "" }));
-        this.next();
+        if (!this.current) this.next(); // an end handler may already have spoken again
       });
     }
     cancel() {

@@ -278,3 +278,44 @@ def test_without_recognition_the_text_box_keeps_working(make_lab, phone_page, re
     prompts = [p["voicePrompt"] for p in received(lab, call_sid, "prompt")]
     wait_for(lambda: "Stop" in [p["voicePrompt"] for p in received(lab, call_sid, "prompt")])
     assert prompts[0] == "Tell me about dogs"
+
+
+def test_the_twiml_decides_what_interrupts_and_replies_wait_for_the_greeting(make_lab, phone_page):
+    async def on_setup(call, setup):
+        await call.send_text("Welcome aboard.", last=True)
+
+    lab = make_lab(
+        Step(on_setup=on_setup, on_prompt=lambda call, prompt: None),
+        twiml_options={
+            "interruptible": "dtmf",
+            "dtmf_detection": True,
+            "welcome_greeting": "Hello there, this is a test line.",
+        },
+    )
+    page, _ = phone_page(lab, msPerWord=120)
+    call_sid = dial(page)
+    page.wait_for_function("window.__tts.utterances.length >= 3", timeout=20_000)
+    said = [u["text"] for u in page.evaluate("window.__tts.utterances")]
+    assert said == ["Hello there, ", "this is a test line.", "Welcome aboard."]
+
+    lab.use("tracking")
+    page.wait_for_function("!window.phone.agentSpeaking")  # else the prompt would be dropped
+    page.fill(".rlv-text", "Tell me about dogs")
+    page.press(".rlv-text", "Enter")
+    page.wait_for_function("window.__tts.log.length >= 16", timeout=20_000)
+    # speech may not interrupt here, and by default Twilio does not report it either
+    page.evaluate("window.__mic.say('Hey stop', 40)")
+    page.wait_for_selector(".rlv-turn.rlv-dropped")
+    spoken = page.evaluate("window.__tts.log.length")
+    page.wait_for_function(f"window.__tts.log.length > {spoken + 2}")  # still talking
+    assert not received(lab, call_sid, "interrupt")
+    assert [p["voicePrompt"] for p in received(lab, call_sid, "prompt")] == ["Tell me about dogs"]
+    assert page.evaluate("window.__tts.cancels.length") == 0
+
+    page.click(".rlv-key[data-key='0']")  # a key may
+    interrupt = wait_for(lambda: received(lab, call_sid, "interrupt"), what="interrupt")[0]
+    assert page.evaluate("window.__tts.cancels.length") == 1
+    sent = page.evaluate("window.phone.cycle.sent")
+    assert interrupt["utteranceUntilInterrupt"].split() == spoken_words(page, sent)
+    kinds = [f["type"] for f in session_state(lab, call_sid)[0]]
+    assert kinds[kinds.index("interrupt") + 1] == "dtmf"
