@@ -15,6 +15,11 @@ const DTMF = {
   7: [852, 1209], 8: [852, 1336], 9: [852, 1477], C: [852, 1633],
   "*": [941, 1209], 0: [941, 1336], "#": [941, 1477], D: [941, 1633],
 };
+// Barge-in from the microphone's level: louder than this (RMS of the samples, 0..1) for
+// LEVEL_FRAMES readings in a row, LEVEL_EVERY_MS apart, counts as the caller speaking.
+const LEVEL_THRESHOLD = 0.04;
+const LEVEL_FRAMES = 4;
+const LEVEL_EVERY_MS = 40;
 const KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "0", "#"];
 
 function h(tag, attrs = {}, ...children) {
@@ -200,6 +205,7 @@ class VoicePhone {
 
   ended(why) {
     this.onCall = false;
+    this.stopLevelMeter();
     this.callButton.textContent = "Call";
     this.callButton.disabled = false;
     this.setStatus(why);
@@ -461,7 +467,7 @@ class VoicePhone {
 
   // Barge-in: the caller spoke over the agent. Stop at once, then tell the relay what
   // was heard: the words the synthesiser began, in the relay's own spelling.
-  bargeIn(how) {
+  bargeIn(how, by = null) {
     const cycle = this.cycle;
     const playing = this.agentSpeaking;
     if (!playing) return false;
@@ -473,6 +479,7 @@ class VoicePhone {
     if (!cycle || cycle.done) return true; // only audio was playing
     cycle.interrupted = true;
     cycle.turn.interruptedAt = at;
+    cycle.turn.cutBy = by;
     this.reportPlayed(cycle);
     if (cycle.speechStartedAt !== null && !cycle.greeting) this.info("agentSpeaking", "off");
     const duration = cycle.speechStartedAt === null ? 0 : Math.round(at - cycle.speechStartedAt);
@@ -498,8 +505,65 @@ class VoicePhone {
 
   listenContinuously() {
     if (!this.onCall) return;
-    if (this.mode === "headphones") this.startListening();
-    else this.stopListening();
+    if (this.mode === "headphones") {
+      this.startListening();
+      this.startLevelMeter();
+    } else {
+      this.stopListening();
+      this.stopLevelMeter();
+    }
+  }
+
+  // The microphone's level, for barge-in where recognition is slow to say "speech
+  // started" or missing altogether (Firefox). Only in headphones mode: with speakers the
+  // agent's own voice would trip it.
+  async startLevelMeter() {
+    if (this.meter || !navigator.mediaDevices?.getUserMedia) return;
+    const meter = { timer: null, stream: null, source: null, readings: 0 };
+    this.meter = meter;
+    try {
+      meter.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+      });
+    } catch (error) {
+      if (this.meter === meter) this.meter = null;
+      this.el.dataset.level = `off: ${error.name}`;
+      return;
+    }
+    const context = this.audioContext();
+    if (this.meter !== meter || !context) {
+      meter.stream.getTracks().forEach((track) => track.stop());
+      return;
+    }
+    if (context.state === "suspended") await context.resume().catch(() => {});
+    meter.source = context.createMediaStreamSource(meter.stream);
+    const analyser = context.createAnalyser();
+    analyser.fftSize = 1024;
+    meter.source.connect(analyser);
+    const samples = new Float32Array(analyser.fftSize);
+    let loud = 0;
+    this.el.dataset.level = "on";
+    meter.timer = setInterval(() => {
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const sample of samples) sum += sample * sample;
+      this.level = Math.sqrt(sum / samples.length);
+      meter.readings += 1;
+      loud = this.level > LEVEL_THRESHOLD ? loud + 1 : 0;
+      if (loud === LEVEL_FRAMES && this.agentSpeaking) {
+        this.info("clientSpeaking", "on");
+        this.bargeIn("speech", "your voice's level");
+      }
+    }, LEVEL_EVERY_MS);
+  }
+
+  stopLevelMeter() {
+    const meter = this.meter;
+    this.meter = null;
+    if (!meter) return;
+    clearInterval(meter.timer);
+    meter.source?.disconnect();
+    meter.stream?.getTracks().forEach((track) => track.stop());
   }
 
   pushToTalk(down) {
@@ -753,7 +817,8 @@ class VoicePhone {
     if (turn.promptAt !== null && turn.speechAt) parts.push(`speech began after ${ms(turn.speechAt - turn.promptAt)}`);
     const words = (text) => text.split(/\s+/).filter(Boolean).length;
     if (cycle.interrupted) {
-      parts.push(`you cut in after ${ms((turn.interruptedAt ?? now()) - (turn.speechAt ?? now()))}: heard ${words(heard)} of ${words(cycle.sent)} words (grey: never spoken)`);
+      const by = turn.cutBy ? ` (heard by ${turn.cutBy})` : "";
+      parts.push(`you cut in${by} after ${ms((turn.interruptedAt ?? now()) - (turn.speechAt ?? now()))}: heard ${words(heard)} of ${words(cycle.sent)} words (grey: never spoken)`);
     } else if (cycle.done && turn.speechAt) {
       parts.push(`spoke for ${ms(turn.endedAt - turn.speechAt)}`);
     }

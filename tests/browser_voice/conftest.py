@@ -1,89 +1,29 @@
-"""Headless Chromium, driven by Playwright, running the voice phone's real ES module.
+"""Fixtures of the voice phone's browser tests (see voice_pages.py for the page itself).
 
 The page is plain HTML served from 127.0.0.1: it imports relaylab/voice/widget.js and
 renders it with a small stand-in for the anywidget model whose ``send``/``msg:custom``
 travel over a WebSocket to a real RelayBridge (the class the kernel side of the widget
-uses), which dials a real Lab's relay. No JupyterLab and no kernel are involved.
-Speech engines are scripted stand-ins at the Web Speech API (speech_stand_ins.js).
+uses), which dials a real Lab's relay. test_jupyterlab.py runs the real thing instead:
+JupyterLab, a kernel and the anywidget. Speech engines are scripted stand-ins at the Web
+Speech API (speech_stand_ins.js).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, browser_missing
 
-from relaylab.loop import LoopThread
-from relaylab.voice.bridge import CallIdentity, RelayBridge
+from relaylab.lab import Lab
+from relaylab.voice.bridge import CallIdentity
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-WIDGET = Path(__file__).resolve().parents[2] / "relaylab" / "voice"
-STAND_INS = Path(__file__).with_name("speech_stand_ins.js")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><link rel="stylesheet" href="/widget.css"></head>
-<body><div id="phone"></div>
-<script type="module">
-import widget from "/widget.js";
-const listeners = {};
-const state = { mode: MODE };
-const socket = new WebSocket(`ws://${location.host}/bridge`);
-const outbox = [];
-socket.onopen = () => { outbox.forEach((m) => socket.send(m)); outbox.length = 0; };
-socket.onmessage = (event) => {
-  const message = JSON.parse(event.data);
-  (listeners["msg:custom"] || []).forEach((f) => f(message, []));
-};
-const model = {
-  get: (key) => state[key],
-  set: (key, value) => {
-    state[key] = value;
-    (listeners[`change:${key}`] || []).forEach((f) => f());
-  },
-  save_changes() {},
-  on(name, f) { (listeners[name] ||= []).push(f); },
-  off(name, f) { listeners[name] = (listeners[name] || []).filter((g) => g !== f); },
-  send(content) {
-    const message = JSON.stringify(content);
-    if (socket.readyState === 1) socket.send(message); else outbox.push(message);
-  },
-};
-widget.render({ model, el: document.getElementById("phone") });
-window.phone = document.getElementById("phone").voicePhone;
-</script></body></html>
-"""
-
-
-def _browser_missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "pip install playwright (the browser tests drive Chromium with it)"
-    if not Path(CHROMIUM).exists():
-        return "apt-get install -y chromium (the browser tests need /usr/bin/chromium)"
-    return None
+FAST = {"first_token_delay": 0.05, "tokens_per_second": 100.0}
 
 
 @pytest.fixture(scope="session")
 def browser():
-    missing = _browser_missing()
+    missing = browser_missing()
     if missing:
         pytest.skip(f"no browser for the voice phone tests: {missing}")
     from playwright.sync_api import sync_playwright
@@ -96,62 +36,25 @@ def browser():
         browser.close()
 
 
-class PageServer:
-    """Serves the test page and the widget's files, and one RelayBridge per page."""
+@pytest.fixture
+def make_lab():
+    labs = []
 
-    def __init__(self, twiml_url: str, auth_token: str | None, identity: CallIdentity) -> None:
-        self.twiml_url = twiml_url
-        self.auth_token = auth_token
-        self.identity = identity
-        self.mode = "headphones"
-        self.bridges: list[RelayBridge] = []
-        self.loop = LoopThread("voice-page-server")
-        self._server = self.loop.run(self._serve())
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
+    def make(step="tracking", **options):
+        lab = Lab(step, offline=True, **{**FAST, **options})
+        lab.frames_in = {}  # call sid -> every frame the relay read, parsed
 
-    async def _serve(self):
-        return await serve(self._bridge, "127.0.0.1", 0, process_request=self._http)
+        def record(event):
+            if event.kind == "frame_in":
+                lab.frames_in.setdefault(event.session, []).append(json.loads(event.data["frame"]))
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path == "/bridge":
-            return None  # the WebSocket
-        files = {
-            "/": (PAGE.replace("MODE", json.dumps(self.mode)).encode(), "text/html"),
-            "/widget.js": ((WIDGET / "widget.js").read_bytes(), "text/javascript"),
-            "/widget.css": ((WIDGET / "widget.css").read_bytes(), "text/css"),
-            "/beep.wav": (b"RIFF", "audio/wav"),
-        }
-        body, kind = files.get(request.path, (b"not found", "text/plain"))
-        status = 200 if request.path in files else 404
-        headers = Headers([("Content-Type", kind), ("Content-Length", str(len(body)))])
-        return Response(status, "OK" if status == 200 else "Not Found", headers, body)
+        lab.server.session_listeners.append(lambda session: session.subscribe(record))
+        labs.append(lab)
+        return lab
 
-    async def _bridge(self, websocket: ServerConnection) -> None:
-        outbox: asyncio.Queue[dict] = asyncio.Queue()
-        bridge = RelayBridge(
-            self.twiml_url, outbox.put_nowait, auth_token=self.auth_token, identity=self.identity
-        )
-        self.bridges.append(bridge)
-
-        async def write() -> None:
-            while True:
-                await websocket.send(json.dumps(await outbox.get()))
-
-        writer = asyncio.create_task(write())
-        try:
-            async for message in websocket:
-                await bridge.handle(json.loads(message))
-        finally:
-            writer.cancel()
-            await bridge.hang_up()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            await self._server.wait_closed()
-
-        self.loop.run(stop())
-        self.loop.close()
+    yield make
+    for lab in labs:
+        lab.stop()
 
 
 @pytest.fixture

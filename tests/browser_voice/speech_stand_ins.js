@@ -162,6 +162,12 @@
     Object.defineProperty(window, "webkitSpeechRecognition", { value: StandInRecognition, configurable: true });
   }
 
+  // No microphone unless a test brings Chromium's fake capture device (microphone: true).
+  if (!config.microphone && navigator.mediaDevices) {
+    navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException("no microphone in this test", "NotFoundError"));
+  }
+
   // Audio: record what the page asked to play (headless has no sound card to check).
   window.__played = [];
   HTMLMediaElement.prototype.play = function () {

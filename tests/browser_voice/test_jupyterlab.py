@@ -22,11 +22,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from voice_pages import STAND_INS
 
 pytest.importorskip("anywidget", reason="pip install anywidget (the voice phone widget)")
 
 ROOT = Path(__file__).resolve().parents[2]
-STAND_INS = Path(__file__).with_name("speech_stand_ins.js")
 SETUP_CELL = """\
 import relaylab as rl
 lab = rl.start(offline=True, first_token_delay=0.05, tokens_per_second=100,

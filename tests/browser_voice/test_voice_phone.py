@@ -9,75 +9,19 @@ is a WebSocket to the bridge instead of a kernel comm (see conftest.py).
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from voice_pages import (
+    dial,
+    received,
+    session_state,
+    spoken_words,
+    wait_for,
+)
 
 from relaylab import protocol
 from relaylab.conversation import heard_prefix
-from relaylab.lab import Lab
 from relaylab.step import Step
-
-FAST = {"first_token_delay": 0.05, "tokens_per_second": 100.0}
-
-
-@pytest.fixture
-def make_lab():
-    labs = []
-
-    def make(step="tracking", **options):
-        lab = Lab(step, offline=True, **{**FAST, **options})
-        lab.frames_in = {}  # call sid -> every frame the relay read, parsed
-
-        def record(event):
-            if event.kind == "frame_in":
-                lab.frames_in.setdefault(event.session, []).append(json.loads(event.data["frame"]))
-
-        lab.server.session_listeners.append(lambda session: session.subscribe(record))
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.stop()
-
-
-def session_state(lab, call_sid):
-    """(frames the relay received, as dicts; its stored history) for the call."""
-
-    async def read():
-        session = lab.server.find(call_sid)
-        if session is None:
-            return [], []
-        return list(lab.frames_in.get(session, [])), session.conversation.snapshot()
-
-    return lab.run(read())
-
-
-def wait_for(check, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.03)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def received(lab, call_sid, kind):
-    return [f for f in session_state(lab, call_sid)[0] if f["type"] == kind]
-
-
-def dial(page):
-    page.click(".rlv-call")
-    page.wait_for_function("window.phone.onCall && window.__mic.listening()")
-    return page.evaluate("window.phone.config.callSid")
-
-
-def spoken_words(page, text_of_cycle):
-    """Words the stand-in synthesiser began for clauses of ``text_of_cycle``."""
-    log = page.evaluate("window.__tts.log")
-    return [entry["word"] for entry in log if entry["text"] in text_of_cycle]
 
 
 def test_setup_partial_prompts_and_a_spoken_reply(make_lab, phone_page):
