@@ -94,6 +94,7 @@ class VoicePhone {
     this.config = null;
     this.onCall = false;
     this.cycle = null; // the talk cycle being spoken (or the greeting)
+    this.waiting = []; // talk cycles that arrived while another was still being spoken
     this.generation = 0; // bumps on every stop, so late synthesiser events are ignored
     this.utterance = null;
     this.audio = null;
@@ -302,16 +303,17 @@ class VoicePhone {
       this.send({ type: "error", description: "Invalid message received: text without a token" });
       return;
     }
-    // A reply that starts while the greeting plays waits behind it, as queued speech does.
-    const greeting = this.cycle && this.cycle.greeting && !this.cycle.done ? this.cycle : null;
-    let cycle = greeting ? this.afterGreeting : this.cycle;
+    // Tokens belong to the newest talk cycle until its last:true. A new cycle that starts
+    // while another is still being spoken (the greeting, say) waits behind it.
+    const speaking = this.cycle && !this.cycle.done && !this.cycle.interrupted;
+    let cycle = this.waiting.at(-1) ?? this.cycle;
     if (cycle && (cycle.greeting || cycle.closed)) cycle = null;
     if (!cycle) {
       if (!message.token && message.last) return; // an empty close of a cycle already ended
       const interruptible = message.interruptible ?? this.config?.interruptible ?? "any";
       cycle = new TalkCycle(this.addTurn("agent", ""), interruptible);
       cycle.turn.firstTokenAt = now();
-      if (greeting) this.afterGreeting = cycle;
+      if (speaking) this.waiting.push(cycle);
       else this.cycle = cycle;
     }
     if (message.lang) this.ttsLanguage = message.lang;
@@ -368,7 +370,8 @@ class VoicePhone {
       this.ended(`The relay ended the call${data}.`);
     };
     // Speech already queued is still spoken, as on a real call.
-    if (this.cycle && !this.cycle.done && !this.cycle.interrupted) this.cycle.onDone = finish;
+    const last = this.waiting.at(-1) ?? this.cycle;
+    if (last && !last.done && !last.interrupted) last.onDone = finish;
     else finish();
   }
 
@@ -446,14 +449,8 @@ class VoicePhone {
     if (cycle.speechStartedAt !== null && !cycle.greeting) this.info("agentSpeaking", "off");
     this.drawCycle(cycle);
     if (cycle.onDone) cycle.onDone();
-    if (cycle.greeting) this.nextAfterGreeting();
-  }
-
-  nextAfterGreeting() {
-    const next = this.afterGreeting;
-    this.afterGreeting = null;
-    if (next && this.cycle && this.cycle.greeting) {
-      this.cycle = next;
+    if (this.cycle === cycle && this.waiting.length) {
+      this.cycle = this.waiting.shift();
       this.speakNext();
     }
   }
@@ -483,10 +480,11 @@ class VoicePhone {
     this.reportPlayed(cycle);
     if (cycle.speechStartedAt !== null && !cycle.greeting) this.info("agentSpeaking", "off");
     const duration = cycle.speechStartedAt === null ? 0 : Math.round(at - cycle.speechStartedAt);
-    if (cycle.greeting && this.afterGreeting) {
-      this.afterGreeting.interrupted = true; // the reply queued behind it is cut off too
-      this.cycle = this.afterGreeting;
-      this.afterGreeting = null;
+    if (this.waiting.length) {
+      // speech queued behind is cut off too; tokens still coming for the newest are dropped
+      for (const queued of this.waiting) queued.interrupted = true;
+      this.cycle = this.waiting.at(-1);
+      this.waiting = [];
     }
     this.send({
       type: "interrupt",

@@ -263,3 +263,21 @@ def test_the_twiml_decides_what_interrupts_and_replies_wait_for_the_greeting(mak
     assert interrupt["utteranceUntilInterrupt"].split() == spoken_words(page, sent)
     kinds = [f["type"] for f in session_state(lab, call_sid)[0]]
     assert kinds[kinds.index("interrupt") + 1] == "dtmf"
+
+
+def test_a_second_talk_cycle_waits_for_the_first(make_lab, phone_page):
+    async def on_prompt(call, prompt):
+        await call.send_text("First reply, ", last=False)
+        await call.send_text("still the first.", last=True)
+        await call.send_text("Second reply.", last=True)
+
+    lab = make_lab(Step(on_prompt=on_prompt), twiml_options={"welcome_greeting": None})
+    page, _ = phone_page(lab, msPerWord=60)
+    dial(page)
+    page.fill(".rlv-text", "Hello")
+    page.press(".rlv-text", "Enter")
+    page.wait_for_function("window.phone.cycle?.done && !window.phone.waiting.length")
+    said = [u["text"] for u in page.evaluate("window.__tts.utterances")]
+    assert said == ["First reply, ", "still the first.", "Second reply."]
+    turns = page.locator(".rlv-turn.rlv-agent .rlv-heard").all_inner_texts()
+    assert turns == ["First reply, still the first.", "Second reply."]
