@@ -21,8 +21,10 @@ from relaylab.voice.bridge import CallIdentity
 FAST = {"first_token_delay": 0.05, "tokens_per_second": 100.0}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop marked as
+    # running in this thread while it is open, and later test files call asyncio.run().
     missing = browser_missing()
     if missing:
         pytest.skip(f"no browser for the voice phone tests: {missing}")
