@@ -128,3 +128,44 @@ def test_browser_config_follows_the_twiml():
     assert (config["ttsLanguage"], config["transcriptionLanguage"]) == ("fr-FR", "de-DE")
     assert config["speakerEvents"] and config["tokensPlayed"]
     assert config["customParameters"] == {"a": "1"}
+
+
+def test_dials_a_relay_behind_a_public_url_like_lesson_4():
+    """Lesson 4's Lab: signatures checked against a made-up public https address."""
+    lab = Lab(
+        "switchboard",
+        offline=True,
+        auth_token="made-up-token",
+        public_url="https://example.ngrok.app",
+        debug_events=True,
+        twiml_options={"dtmf_detection": True, "parameters": {"customer_tier": "gold"}},
+        first_token_delay=0.05,
+        tokens_per_second=200.0,
+    )
+    try:
+        told = []
+        bridge = RelayBridge(
+            f"{lab.http_url}/twiml",
+            told.append,
+            auth_token="made-up-token",
+            public_url="https://example.ngrok.app",
+        )
+
+        async def call():
+            await bridge.handle({"op": "dial"})
+            config = told[0]["config"]
+            setup = protocol.setup_frame(
+                config["callSid"], custom_parameters=config["customParameters"]
+            )
+            await bridge.handle({"op": "frame", "frame": setup})
+            await bridge.handle({"op": "frame", "frame": protocol.dtmf_frame("9")})
+            await _until(lambda: any('"type":"play"' in e.get("frame", "") for e in told))
+            await bridge.handle({"op": "hangup"})
+            return config
+
+        config = lab.run(call())
+        assert bridge.twiml.url.startswith("wss://example.ngrok.app/")
+        assert config["customParameters"] == {"customer_tier": "gold"}
+        assert config["speakerEvents"] and config["tokensPlayed"] and config["dtmfDetection"]
+    finally:
+        lab.stop()
