@@ -76,6 +76,12 @@ class VoicePhone(anywidget.AnyWidget):
             identity=identity,
         )
 
+    def __repr__(self) -> str:  # the text/plain of the output, where no browser renders it
+        return (
+            f"VoicePhone ({self.mode} mode): open this notebook in a browser and press Call "
+            "to talk to the relay"
+        )
+
     @property
     def call_sid(self) -> str:
         """The CallSid of this phone's current (or last) call."""

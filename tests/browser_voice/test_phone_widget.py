@@ -17,6 +17,7 @@ def test_widget_messages_reach_the_relay_and_come_back():
     lab = Lab("tracking", offline=True, first_token_delay=0.05, tokens_per_second=200.0)
     try:
         phone = lab.voice_phone(custom_parameters={"lesson": "3"})
+        assert repr(phone).startswith("VoicePhone (headphones mode)")
         sent = []
         phone.send = sent.append  # what the kernel would post to the browser
 
