@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, browser_missing
+from voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, skip_without_browser
 
 from relaylab.lab import Lab
 from relaylab.voice.bridge import CallIdentity
@@ -25,9 +25,7 @@ FAST = {"first_token_delay": 0.05, "tokens_per_second": 100.0}
 def browser():
     # Module scope, not session: Playwright's sync API keeps an asyncio loop marked as
     # running in this thread while it is open, and later test files call asyncio.run().
-    missing = browser_missing()
-    if missing:
-        pytest.skip(f"no browser for the voice phone tests: {missing}")
+    skip_without_browser()
     from playwright.sync_api import sync_playwright
 
     # launch() always starts Chromium on a fresh temporary profile (its own

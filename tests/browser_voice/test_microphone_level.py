@@ -17,9 +17,9 @@ from voice_pages import (
     CHROMIUM_ARGS,
     STAND_INS,
     PageServer,
-    browser_missing,
     dial_without_recogniser,
     received,
+    skip_without_browser,
     spoken_words,
     wait_for,
 )
@@ -48,9 +48,7 @@ def _voice_like_wav(path) -> None:
 
 @pytest.fixture
 def microphone_browser(tmp_path):
-    missing = browser_missing()
-    if missing:
-        pytest.skip(f"no browser for the voice phone tests: {missing}")
+    skip_without_browser()
     from playwright.sync_api import sync_playwright
 
     wav = tmp_path / "voice.wav"

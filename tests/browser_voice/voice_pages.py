@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -22,7 +24,7 @@ from websockets.http11 import Request, Response
 from relaylab.loop import LoopThread
 from relaylab.voice.bridge import CallIdentity, RelayBridge
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("RELAYLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 WIDGET = Path(__file__).resolve().parents[2] / "relaylab" / "voice"
 STAND_INS = Path(__file__).with_name("speech_stand_ins.js")
 CHROMIUM_ARGS = [
@@ -71,13 +73,25 @@ window.phone = document.getElementById("phone").voicePhone;
 """
 
 
+def skip_without_browser() -> None:
+    """Skip (fail under CI, where .ci/run installs them) when Chromium or Playwright is
+    missing, saying what to install."""
+    missing = browser_missing()
+    if missing is None:
+        return
+    message = f"no browser for the voice phone tests: {missing}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def browser_missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "pip install playwright (the browser tests drive Chromium with it)"
     if not Path(CHROMIUM).exists():
-        return "apt-get install -y chromium (the browser tests need /usr/bin/chromium)"
+        return f"apt-get install -y chromium (none at {CHROMIUM}; RELAYLAB_CHROMIUM names another)"
     return None
 
 
