@@ -20,6 +20,9 @@ const DTMF = {
 const LEVEL_THRESHOLD = 0.04;
 const LEVEL_FRAMES = 4;
 const LEVEL_EVERY_MS = 40;
+// Some voices (Chrome's online Google voices among them) send no word boundaries; then the
+// words of the clause being spoken are estimated at this pace.
+const ESTIMATED_MS_PER_WORD = 360;
 const KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "0", "#"];
 
 function h(tag, attrs = {}, ...children) {
@@ -382,9 +385,15 @@ class VoicePhone {
     return Boolean((cycle && !cycle.done && !cycle.interrupted && cycle.sent.trim()) || this.audio);
   }
 
+  // A voice on this device first: those report word boundaries, online ones often do not.
   voiceFor(lang) {
     const voices = window.speechSynthesis.getVoices();
-    return voices.find((v) => v.lang === lang) || voices.find((v) => v.lang.startsWith(lang.slice(0, 2)));
+    const fits = [(v) => v.lang === lang, (v) => v.lang.startsWith(lang.slice(0, 2))];
+    for (const fit of fits) {
+      const voice = voices.find((v) => fit(v) && v.localService) || voices.find(fit);
+      if (voice) return voice;
+    }
+    return undefined;
   }
 
   speakNext() {
@@ -402,8 +411,11 @@ class VoicePhone {
     utterance.lang = this.ttsLanguage;
     const voice = this.voiceFor(this.ttsLanguage);
     if (voice) utterance.voice = voice;
+    this.clause = { start, end, text, startedAt: null, boundaries: 0 };
+    const clauseState = this.clause;
     utterance.onstart = () => {
       if (generation !== this.generation) return;
+      clauseState.startedAt = now();
       if (cycle.speechStartedAt === null) {
         cycle.speechStartedAt = now();
         cycle.turn.speechAt = cycle.speechStartedAt;
@@ -412,6 +424,7 @@ class VoicePhone {
     };
     utterance.onboundary = (event) => {
       if (generation !== this.generation || event.name !== "word") return;
+      clauseState.boundaries += 1;
       const from = start + event.charIndex;
       const to = event.charLength > 0 ? from + event.charLength : wordEnd(cycle.sent, from);
       cycle.spokenEnd = Math.max(cycle.spokenEnd, Math.min(to, end));
@@ -472,8 +485,16 @@ class VoicePhone {
     const allowed = mode === "true" || mode === "any" || mode === how;
     if (!allowed) return false;
     const at = now();
+    const clause = this.utterance ? this.clause : null;
     this.stopSpeaking();
     if (!cycle || cycle.done) return true; // only audio was playing
+    if (clause && clause.startedAt !== null && clause.boundaries === 0) {
+      // no word events from this voice: count the words its time on air allows
+      const words = Math.floor((at - clause.startedAt) / ESTIMATED_MS_PER_WORD) + 1;
+      const match = new RegExp(`^\\s*(\\S+\\s+){0,${words - 1}}\\S+`).exec(clause.text);
+      if (match) cycle.spokenEnd = Math.max(cycle.spokenEnd, clause.start + match[0].length);
+      cycle.turn.estimated = true;
+    }
     cycle.interrupted = true;
     cycle.turn.interruptedAt = at;
     cycle.turn.cutBy = by;
@@ -816,6 +837,7 @@ class VoicePhone {
     const words = (text) => text.split(/\s+/).filter(Boolean).length;
     if (cycle.interrupted) {
       const by = turn.cutBy ? ` (heard by ${turn.cutBy})` : "";
+      if (turn.estimated) parts.push("this voice gives no word events: the last words heard are estimated from the time spoken");
       parts.push(`you cut in${by} after ${ms((turn.interruptedAt ?? now()) - (turn.speechAt ?? now()))}: heard ${words(heard)} of ${words(cycle.sent)} words (grey: never spoken)`);
     } else if (cycle.done && turn.speechAt) {
       parts.push(`spoke for ${ms(turn.endedAt - turn.speechAt)}`);

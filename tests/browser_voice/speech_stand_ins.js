@@ -1,6 +1,7 @@
 // Scripted stand-ins at the Web Speech API boundary, for headless Chromium (it has no
 // speech engines). window.__speechConfig (set by an earlier init script) tunes them:
-//   msPerWord: synthesiser speed; recognition: "fake" | "missing" | "denied".
+//   msPerWord: synthesiser speed; boundaries: false for a voice without word events;
+//   recognition: "fake" | "missing" | "denied"; microphone: true to keep getUserMedia.
 // The synthesiser uses the browser's own SpeechSynthesisUtterance and event classes and
 // fires start, one "word" boundary per word at msPerWord, then end; cancel() stops at
 // once and fires error "interrupted", as Chrome does. window.__tts.log is the ground
@@ -50,6 +51,7 @@
       words.forEach((match, i) => {
         later(20 + i * config.msPerWord, () => {
           this.log.push({ word: match[0], text: utterance.text, charIndex: match.index, lang: utterance.lang, at: performance.now() });
+          if (config.boundaries === false) return; // a voice that reports no words
           utterance.dispatchEvent(speechEvent(SpeechSynthesisEvent, "boundary", {
             utterance, charIndex: match.index, charLength: match[0].length,
             elapsedTime: performance.now() - began, name: "word",

@@ -281,3 +281,21 @@ def test_a_second_talk_cycle_waits_for_the_first(make_lab, phone_page):
     assert said == ["First reply, ", "still the first.", "Second reply."]
     turns = page.locator(".rlv-turn.rlv-agent .rlv-heard").all_inner_texts()
     assert turns == ["First reply, still the first.", "Second reply."]
+
+
+def test_a_voice_without_word_events_gets_an_estimate_and_says_so(make_lab, phone_page):
+    lab = make_lab(twiml_options={"welcome_greeting": None})
+    page, _ = phone_page(lab, msPerWord=360, boundaries=False)  # the estimate's own pace
+    call_sid = dial(page)
+    page.fill(".rlv-text", "Tell me about dogs")
+    page.press(".rlv-text", "Enter")
+    page.wait_for_function("window.__tts.log.length >= 4", timeout=20_000)
+    page.evaluate("window.__mic.say('Wait', 40)")
+    interrupt = wait_for(lambda: received(lab, call_sid, "interrupt"), what="interrupt")[0]
+    sent = page.evaluate("window.phone.cycle.sent")
+    truth = spoken_words(page, sent)
+    estimate = interrupt["utteranceUntilInterrupt"].split()
+    assert sent.startswith(interrupt["utteranceUntilInterrupt"])
+    assert abs(len(estimate) - len(truth)) <= 1, (estimate, truth)
+    meta = page.inner_text(".rlv-turn.rlv-cut .rlv-meta")
+    assert "no word events" in meta
