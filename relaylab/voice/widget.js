@@ -61,6 +61,7 @@ class TalkCycle {
     this.done = false;
     this.speechStartedAt = null;
     this.turn = turn;
+    turn.cycle = this;
     this.interruptible = interruptible;
   }
 

@@ -17,6 +17,7 @@ from voice_pages import (
     CHROMIUM_ARGS,
     STAND_INS,
     PageServer,
+    cut_reply,
     dial_without_recogniser,
     received,
     skip_without_browser,
@@ -84,7 +85,7 @@ def test_the_microphone_level_cuts_claude_off(make_lab, microphone_browser):
         assert not received(lab, call_sid, "interrupt")  # the quiet part trips nothing
 
         interrupt = wait_for(lambda: received(lab, call_sid, "interrupt"), 20, "interrupt")[0]
-        sent = page.evaluate("window.phone.cycle.sent")
+        sent = cut_reply(page)
         assert interrupt["utteranceUntilInterrupt"].split() == spoken_words(page, sent)
         assert len(spoken_words(page, sent)) >= 5
         assert not page.evaluate("window.speechSynthesis.speaking")

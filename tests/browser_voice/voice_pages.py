@@ -195,3 +195,10 @@ def spoken_words(page, text_of_cycle):
     """Words the stand-in synthesiser began for clauses of ``text_of_cycle``."""
     log = page.evaluate("window.__tts.log")
     return [entry["word"] for entry in log if entry["text"] in text_of_cycle]
+
+
+def cut_reply(page) -> str:
+    """Everything the relay had sent of the first reply the caller cut off."""
+    return page.evaluate(
+        "window.phone.turns.find(t => t.cycle?.interrupted && !t.cycle.greeting).cycle.sent"
+    )
