@@ -201,6 +201,12 @@ class Lab:
 
         return Phone(self, call=call, **options)
 
+    def voice_phone(self, **options: Any) -> Any:
+        """A phone in the browser: talk to the relay with your voice (relaylab.voice)."""
+        from relaylab.voice import VoicePhone
+
+        return VoicePhone(self, **options)
+
     def run(self, coro: Any, timeout: float | None = 60.0) -> Any:
         """Run a coroutine on the lab's loop from a cell (for experiments)."""
         return self._loop.run(coro, timeout)
