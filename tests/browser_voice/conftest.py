@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, skip_without_browser
 
 from relaylab.lab import Lab
 from relaylab.voice.bridge import CallIdentity
+
+from .voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, skip_without_browser
 
 FAST = {"first_token_delay": 0.05, "tokens_per_second": 100.0}
 

@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from voice_pages import STAND_INS
+
+from .voice_pages import STAND_INS
 
 pytest.importorskip("anywidget", reason="pip install anywidget (the voice phone widget)")
 

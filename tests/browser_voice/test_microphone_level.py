@@ -12,7 +12,8 @@ import struct
 import wave
 
 import pytest
-from voice_pages import (
+
+from .voice_pages import (
     CHROMIUM,
     CHROMIUM_ARGS,
     STAND_INS,

@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from voice_pages import (
+
+from relaylab import protocol
+from relaylab.conversation import heard_prefix
+from relaylab.step import Step
+
+from .voice_pages import (
     cut_reply,
     dial,
     received,
@@ -19,10 +24,6 @@ from voice_pages import (
     spoken_words,
     wait_for,
 )
-
-from relaylab import protocol
-from relaylab.conversation import heard_prefix
-from relaylab.step import Step
 
 
 def test_setup_partial_prompts_and_a_spoken_reply(make_lab, phone_page):
