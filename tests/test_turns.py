@@ -328,7 +328,8 @@ def test_black_box_a_real_question_after_an_interrupt_gets_a_model_request(
     def answered(frames):  # (a relay that closes the cut cycle sends a last:true first)
         asked = model_server.requests[before:][1:]
         text = "".join(f.get("token", "") for f in frames)
-        return bool(asked and frames[-1].get("last") and asked[0].reply and text.endswith(asked[0].reply))
+        done = asked and frames[-1].get("last") and asked[0].reply
+        return bool(done and text.endswith(asked[0].reply))
 
     heard, texts = _black_box_call(turns_relay, "CA_turns_question", question, answered)
     first, second = model_server.requests[before:]
