@@ -340,3 +340,18 @@ def test_black_box_a_real_question_after_an_interrupt_gets_a_model_request(
         {"role": "user", "content": "What about cats?"},
     ]
     assert "".join(f["token"] for f in texts).endswith(second.reply)
+
+
+def test_how_far_did_you_get_after_a_cut_quotes_the_heard_words_not_the_mark(make_lab):
+    lab = make_lab(turns_step(**QUICK))
+    call = lab.call()
+    reply = call.say(
+        "Tell me about dogs", interrupt_after_words=8, talk_over="How far did you get?"
+    )
+    answer = call.wait_for_reply()
+    assert answer.text.startswith("You stopped me just after I said")
+    assert reply.heard.rstrip(",.").split()[-1] in answer.text
+    assert "interrupted by the caller" not in answer.text
+    asked = _requests(lab)[-1].body
+    assert asked["messages"][1]["content"].endswith(CUT_MARK)
+    assert asked["system"].endswith(CUT_NOTE)
