@@ -8,6 +8,7 @@ process and speak raw ConversationRelay frames to it.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -355,3 +356,67 @@ def test_how_far_did_you_get_after_a_cut_quotes_the_heard_words_not_the_mark(mak
     asked = _requests(lab)[-1].body
     assert asked["messages"][1]["content"].endswith(CUT_MARK)
     assert asked["system"].endswith(CUT_NOTE)
+
+
+# -- half-finished turns ----------------------------------------------------------------------
+
+
+def _two_quick_prompts(ws_url, first, second, gap):
+    async def call():
+        async with connect(ws_url) as ws:
+            await ws.send(setup_frame("CA_two_prompts", session_id="VX_two"))
+            await ws.send(_prompt(first))
+            early = []
+            with contextlib.suppress(TimeoutError):
+                while True:  # what the relay says before the caller goes on
+                    early.append(json.loads(await asyncio.wait_for(ws.recv(), gap)))
+            await ws.send(_prompt(second))
+            done = await _read_until(ws, [], lambda f: bool(f and f[-1].get("last") and _words(f)))
+            return early, done
+
+    return asyncio.run(call())
+
+
+def test_two_prompts_in_quick_succession_become_one_question(make_lab):
+    lab = make_lab(turns_step(**QUICK))
+    early, frames = _two_quick_prompts(lab.ws_url, "Tell me about", "dogs please", gap=0.15)
+    assert early == []  # no word of an answer to half a sentence
+    first, second = _requests(lab)
+    assert first.outcome == "client_closed"
+    assert second.body["messages"] == [{"role": "user", "content": "Tell me about dogs please"}]
+    assert "".join(f["token"] for f in frames) == DOGS
+
+
+def test_the_tracking_step_answers_half_a_sentence(make_lab):
+    lab = make_lab(tracking)
+    early, _ = _two_quick_prompts(lab.ws_url, "Tell me about", "dogs please", gap=0.15)
+    assert _words(early)  # it started answering "Tell me about"
+    messages = _requests(lab)[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+
+
+# -- silence ----------------------------------------------------------------------------------
+
+
+def test_silence_gets_a_reprompt_then_a_goodbye_and_end(make_lab):
+    # The simulated voice speaks 4x faster than a real one here; so does the step's estimate.
+    lab = make_lab(turns_step(silence_after=0.4, words_per_minute=4 * 165.0))
+    call = lab.call()
+    call.say("Hello")
+    assert _wait_for(lambda: call.handoff_data is not None, timeout=20)
+    said = [r.text for r in call.replies]
+    settings = TurnSettings()
+    assert said[1:] == [settings.reprompt, settings.goodbye]
+    assert json.loads(call.handoff_data) == {"reason": "silence"}
+    assert len(_requests(lab)) == 1
+
+
+def test_an_answer_to_the_reprompt_keeps_the_call_going(make_lab):
+    lab = make_lab(turns_step(silence_after=0.4, words_per_minute=4 * 165.0))
+    call = lab.call()
+    call.say("Hello")
+    assert _wait_for(lambda: call.replies[-1].text == TurnSettings().reprompt, timeout=20)
+    call.say("Tell me about dogs")
+    time.sleep(0.3)
+    assert call.handoff_data is None and call.connected
+    assert [r.text for r in call.replies][-1] == DOGS
