@@ -21,6 +21,7 @@ import pytest
 from conftest import assert_valid_history, frame_log
 from websockets.asyncio.client import connect
 
+from relaylab.exercises import check, turns_scenarios
 from relaylab.loop import LoopThread
 from relaylab.offline_claude import REPLIES, OfflineClaude
 from relaylab.protocol import interrupt_frame, setup_frame
@@ -420,3 +421,24 @@ def test_an_answer_to_the_reprompt_keeps_the_call_going(make_lab):
     time.sleep(0.3)
     assert call.handoff_data is None and call.connected
     assert [r.text for r in call.replies][-1] == DOGS
+
+
+# -- the exercise -----------------------------------------------------------------------------
+
+QUICK_CHECK = {"resume_wait": 0.8, "silence_after": 0.8}
+
+
+def test_the_turns_exercise_passes_with_the_reference_step_and_fails_with_tracking():
+    scenarios = turns_scenarios(**QUICK_CHECK)
+    passed = check("turns", turns_step(**QUICK_CHECK), scenarios=scenarios)
+    assert passed.passed, str(passed)
+    naive = check("turns", tracking, scenarios=scenarios)
+    failed = {r.scenario.name for r in naive.results if not r.passed}
+    assert failed == {s.name for s in scenarios} - {
+        "yes after an interrupt is an answer, not a backchannel"
+    }, str(naive)
+    text = str(naive)
+    assert "Claude was asked about 'uh-huh' alone" in text
+    assert "the relay never sent `end`" in text
+    assert "before the caller finished the sentence" in text
+    assert "add a mark that it was cut" in text

@@ -67,7 +67,7 @@ class TurnSettings:
     merge_wait: float = 0.5
     """Seconds from a prompt to its reply's first word: a second prompt in this time
     joins the first (the caller paused mid-sentence)."""
-    silence_after: float = 10.0
+    silence_after: float = 6.0
     """Seconds of silence after the relay stops talking before it asks ``reprompt``."""
     reprompts: int = 1
     """How many times it asks before it says ``goodbye`` and ends the call."""
@@ -80,6 +80,7 @@ class TurnSettings:
 
 
 DEFAULT_SETTINGS = TurnSettings()
+SILENCE_POLL = 0.2  # seconds between looks at the line while listening for silence
 
 
 class Answer:
@@ -134,7 +135,9 @@ class _Turns:
     """One call's turn-taking state."""
 
     resume: _Resume | None = None
-    silence: asyncio.TimerHandle | None = None
+    silence: asyncio.TimerHandle | None = None  # the next look at the line, while listening
+    quiet_until: float = 0.0  # (no speaker events) when the relay's speech should be over
+    quiet_since: float | None = None  # since when the line has been quiet
     reprompted: int = 0
     last_cut: weakref.ref[Reply] | None = None
     answers: set[Answer] = field(default_factory=set)
@@ -379,14 +382,18 @@ def _still_speaking(call: CallSession) -> bool:
 
 
 def _listen_for_silence(call: CallSession, settings: TurnSettings, after: str) -> None:
-    """Ask ``reprompt`` (or say ``goodbye``) if nothing is said once ``after`` has been spoken
-    and ``silence_after`` more seconds have passed."""
+    """Ask ``reprompt`` (or say ``goodbye``) if nothing is said for ``silence_after`` seconds
+    once the relay has stopped talking: when Twilio reports speaker events (``agentSpeaking``
+    info frames), from when it says the voice went quiet; otherwise from an estimate of how
+    long ``after``, just sent, takes to say. Any prompt, interrupt or key stops listening."""
     state = _turns(call)
     _stop_listening(state)
     if call.closed:
         return
-    delay = speech_seconds(after, settings.words_per_minute) + settings.silence_after
-    state.silence = asyncio.get_running_loop().call_later(delay, _on_silence, call, settings, after)
+    now = time.monotonic()
+    state.quiet_until = now + speech_seconds(after, settings.words_per_minute)
+    state.quiet_since = None
+    state.silence = asyncio.get_running_loop().call_later(SILENCE_POLL, _on_silence, call, settings)
 
 
 def _stop_listening(state: _Turns) -> None:
@@ -395,14 +402,25 @@ def _stop_listening(state: _Turns) -> None:
         state.silence = None
 
 
-def _on_silence(call: CallSession, settings: TurnSettings, after: str) -> None:
+def _on_silence(call: CallSession, settings: TurnSettings) -> None:
+    """One look at the line: re-prompt or say goodbye once it has been quiet long enough."""
     state = _calls.get(call)
     if call.closed or state is None:
         return
-    state.silence = None
-    if state.resume is not None or any(r.running for r in call.replies):
-        _listen_for_silence(call, settings, after="")  # busy: listen again later
+    now = time.monotonic()
+    busy = state.resume is not None or any(r.running for r in call.replies)
+    if busy or call.agent_speaking:
+        state.quiet_since = None
+    elif call.agent_speaking is None:  # no reports: quiet once the estimate has passed
+        state.quiet_since = state.quiet_until if now >= state.quiet_until else None
+    else:
+        state.quiet_since = state.quiet_since or now
+    if state.quiet_since is None or now - state.quiet_since < settings.silence_after:
+        state.silence = asyncio.get_running_loop().call_later(
+            SILENCE_POLL, _on_silence, call, settings
+        )
         return
+    state.silence = None
     if state.reprompted < settings.reprompts:
         state.reprompted += 1
         log.info("Call %s: silence: asking if the caller is still there", call.call_sid)
@@ -421,10 +439,25 @@ async def _say_line(
     finally:
         call.conversation.add_assistant(call.reply.sent if call.reply else "")
     if end:
+        await _until_spoken(call, line, settings)
         with contextlib.suppress(HungUp):
             await call.end({"reason": "silence"})
     else:
         _listen_for_silence(call, settings, after=line)
+
+
+async def _until_spoken(call: CallSession, line: str, settings: TurnSettings) -> None:
+    """Wait until ``line``, just sent, has been spoken: until Twilio's agentSpeaking goes
+    off when it reports it, else for as long as the voice should take (a session ``end``
+    may cut off speech still playing)."""
+    estimate = speech_seconds(line, settings.words_per_minute) + 0.3
+    if call.agent_speaking is None:
+        await asyncio.sleep(estimate)
+        return
+    deadline = time.monotonic() + 2 * estimate
+    await asyncio.sleep(SILENCE_POLL)  # let its agentSpeaking "on" arrive first
+    while call.agent_speaking and time.monotonic() < deadline:
+        await asyncio.sleep(SILENCE_POLL / 2)
 
 
 def _said(prompt: Prompt) -> str:
