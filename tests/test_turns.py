@@ -351,7 +351,7 @@ def test_how_far_did_you_get_after_a_cut_quotes_the_heard_words_not_the_mark(mak
         "Tell me about dogs", interrupt_after_words=8, talk_over="How far did you get?"
     )
     answer = call.wait_for_reply()
-    assert answer.text.startswith("You stopped me just after I said")
+    assert "You stopped me just after I said" in answer.text  # (after late frames, if any)
     assert reply.heard.rstrip(",.").split()[-1] in answer.text
     assert "interrupted by the caller" not in answer.text
     asked = _requests(lab)[-1].body

@@ -32,6 +32,7 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ class TurnSettings:
     """Store a cut turn with ``CUT_MARK`` and explain it in the system prompt."""
     words_per_minute: float = 165.0
     """The voice's pace, to know when it has stopped talking."""
+    backchannel: Callable[[str, str], bool] = is_backchannel
+    """``backchannel(text, lang)``: is this prompt only a listener's "uh-huh"?"""
 
 
 DEFAULT_SETTINGS = TurnSettings()
@@ -183,7 +186,7 @@ async def on_prompt(
     _stop_listening(state)
     state.reprompted = 0
     resume = state.resume
-    if is_backchannel(prompt.voice_prompt, prompt.lang):
+    if settings.backchannel(prompt.voice_prompt, prompt.lang):
         if resume is not None:
             log.info("Call %s: %s after an interrupt: resuming", call.call_sid, _said(prompt))
             _take_resume(state)
