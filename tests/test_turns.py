@@ -442,3 +442,16 @@ def test_the_turns_exercise_passes_with_the_reference_step_and_fails_with_tracki
     assert "the relay never sent `end`" in text
     assert "before the caller finished the sentence" in text
     assert "add a mark that it was cut" in text
+
+
+def test_hanging_up_while_a_resume_waits_closes_the_model_stream(make_lab):
+    from relaylab.steps import turns
+
+    lab = make_lab(turns_step(**QUICK), tokens_per_second=20.0)
+    call = lab.call()
+    session = lab.session_for(call)
+    call.say("Tell me about dogs", interrupt_after_words=4)
+    assert lab.offline_claude.requests[-1].outcome == "pending"  # kept open for a resume
+    call.hang_up()
+    assert _wait_for(lambda: lab.offline_claude.requests[-1].outcome == "client_closed")
+    assert session not in turns._calls

@@ -252,6 +252,8 @@ async def on_close(call: CallSession, settings: TurnSettings | None = None) -> N
     if state is None:
         return
     _stop_listening(state)
+    if state.resume is not None:
+        _take_resume(state)
     for answer in list(state.answers):
         answer.cancel()
 
@@ -274,7 +276,9 @@ async def _speak(
     reply = call.reply
     assert reply is not None
     state = _turns(call)
-    state.answers.add(answer)
+    if answer not in state.answers:  # kept while its stream is open, for on_close
+        state.answers.add(answer)
+        answer.task.add_done_callback(lambda _: state.answers.discard(answer))
     _spoken[reply] = (answer, start)
     base = _continued_turn(call) if resumed else None
     position = start
@@ -301,7 +305,6 @@ async def _speak(
         _store(call, reply.sent, base)
         if reply.heard is None:  # not interrupted: nothing can resume this answer
             answer.cancel()
-            state.answers.discard(answer)
     if finished:
         _listen_for_silence(call, settings, after=reply.sent)
 
