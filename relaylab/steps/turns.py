@@ -188,12 +188,12 @@ async def on_prompt(
     resume = state.resume
     if settings.backchannel(prompt.voice_prompt, prompt.lang):
         if resume is not None:
-            log.info("Call %s: %s after an interrupt: resuming", call.call_sid, _said(prompt))
+            log.info("%s after an interrupt: resuming", _said(call, prompt))
             _take_resume(state)
             await _speak(call, resume.answer, resume.position, settings, resumed=True)
             return
         if _still_speaking(call):
-            log.info("Call %s: %s while the reply plays: ignored", call.call_sid, _said(prompt))
+            log.info("%s while the reply plays: ignored", _said(call, prompt))
             return
     if resume is not None:  # a real question: the cut reply stays cut
         _take_resume(state).answer.cancel()
@@ -377,7 +377,7 @@ def _resume_now(call: CallSession, resume: _Resume, settings: TurnSettings) -> N
     if call.closed or state is None or state.resume is not resume:
         return
     _take_resume(state)
-    log.info("Call %s: nothing said after the interrupt: resuming", call.call_sid)
+    log.info("Call %s: nothing said after the interrupt: resuming", loggable(call.call_sid))
     call.start_reply(lambda c: _speak(c, resume.answer, resume.position, settings, resumed=True))
 
 
@@ -429,10 +429,10 @@ def _on_silence(call: CallSession, settings: TurnSettings) -> None:
     state.silence = None
     if state.reprompted < settings.reprompts:
         state.reprompted += 1
-        log.info("Call %s: silence: asking if the caller is still there", call.call_sid)
+        log.info("Call %s: silence: asking if the caller is still there", loggable(call.call_sid))
         call.start_reply(lambda c: _say_line(c, settings.reprompt, settings))
     else:
-        log.info("Call %s: silence after the re-prompt: saying goodbye", call.call_sid)
+        log.info("Call %s: silence after the re-prompt: saying goodbye", loggable(call.call_sid))
         call.start_reply(lambda c: _say_line(c, settings.goodbye, settings, end=True))
 
 
@@ -466,5 +466,5 @@ async def _until_spoken(call: CallSession, line: str, settings: TurnSettings) ->
         await asyncio.sleep(SILENCE_POLL / 2)
 
 
-def _said(prompt: Prompt) -> str:
-    return f"the caller said only {loggable(prompt.voice_prompt)}"
+def _said(call: CallSession, prompt: Prompt) -> str:
+    return f"Call {loggable(call.call_sid)}: the caller said only {loggable(prompt.voice_prompt)}"
