@@ -120,7 +120,8 @@ def test_nothing_after_an_interrupt_resumes_after_the_wait(make_lab):
     resumed = call.replies[-1]
     assert resumed.prompt == ""  # the relay spoke again unprompted
     assert resumed.text == DOGS[len(heard) :]
-    assert resumed.arrivals[0] - reply.sent_at >= QUICK["resume_wait"]
+    interrupted_at = reply.sent_at + reply.timings["interrupt_ms"] / 1000
+    assert resumed.arrivals[0] - interrupted_at >= QUICK["resume_wait"] - 0.05
     assert call.conversation[-1] == {"role": "assistant", "content": DOGS}
     assert len(_requests(lab)) == 1
     assert _text_after_interrupt(frames).endswith(DOGS[len(heard) :])
@@ -455,3 +456,23 @@ def test_hanging_up_while_a_resume_waits_closes_the_model_stream(make_lab):
     call.hang_up()
     assert _wait_for(lambda: lab.offline_claude.requests[-1].outcome == "client_closed")
     assert session not in turns._calls
+
+
+def test_an_empty_prompt_after_an_interrupt_counts_as_nothing_said(make_lab, relay_logs):
+    lab = make_lab(turns_step(**QUICK))
+
+    async def call():
+        async with connect(lab.ws_url) as ws:
+            await ws.send(setup_frame("CA_empty_prompt", session_id="VX_empty_prompt"))
+            await ws.send(_prompt("Tell me about dogs"))
+            before = await _read_until(ws, [], lambda f: len(_words(f)) >= 10)
+            heard = " ".join(_words(before)[:5])
+            await ws.send(interrupt_frame(heard, 1200))
+            await ws.send(_prompt("   "))
+            return heard, await _read_until(ws, [], _spoke_again)
+
+    heard, after = asyncio.run(call())
+    texts = [f for f in after if f["type"] == "text"]
+    assert _spoken_after_close(texts) == DOGS[len(heard) :]
+    assert len(_requests(lab)) == 1
+    assert "ignored a prompt with no words in it" in relay_logs.text
