@@ -25,8 +25,10 @@ from relaylab.exercises import check, turns_scenarios
 from relaylab.loop import LoopThread
 from relaylab.offline_claude import REPLIES, OfflineClaude
 from relaylab.protocol import interrupt_frame, setup_frame
+from relaylab.step import Step
 from relaylab.steps import tracking
 from relaylab.steps.turns import TurnSettings, turns_step
+from relaylab.testing import Pause, WaitFor, run_step
 from relaylab.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
 
 DOGS = REPLIES["dogs"]
@@ -476,3 +478,27 @@ def test_an_empty_prompt_after_an_interrupt_counts_as_nothing_said(make_lab, rel
     assert _spoken_after_close(texts) == DOGS[len(heard) :]
     assert len(_requests(lab)) == 1
     assert "ignored a prompt with no words in it" in relay_logs.text
+
+
+@pytest.mark.anyio
+async def test_start_reply_runs_an_unprompted_reply_that_an_interrupt_stops():
+    """CallSession.start_reply, the session core alone: the reply is a reply like any other."""
+
+    async def speak(call):
+        for word in ["Are", " you", " still", " there?"] * 10:
+            await call.send_text(word)
+            await asyncio.sleep(0.01)
+        await call.send_text("", last=True)
+
+    async def on_setup(call, setup):
+        call.start_reply(speak)
+
+    async def on_interrupt(call, interrupt):
+        await call.cancel_reply()
+
+    step = Step(on_setup=on_setup, on_interrupt=on_interrupt)
+    result = await run_step(step, [WaitFor(4), interrupt_frame("Are you still"), Pause(0.1)])
+    reply = result.session.replies[0]
+    assert (reply.prompt, reply.state, reply.heard) == ("", "cancelled", "Are you still")
+    after = result.log[[d for d, _ in result.log].index("in", 1) + 1 :]
+    assert not [f for d, f in after if d == "out" and f.get("token")]
