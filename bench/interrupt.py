@@ -2,9 +2,11 @@
 
 Each turn the caller talks over the reply after a random number of tokens: it sends
 ``interrupt`` and, right behind it on the same socket, a WebSocket ping. The relay's
-websockets layer answers the ping as soon as it has read those bytes, so a text frame
-that reaches the caller after the pong left the relay after the relay had the
-interrupt in hand. Frames between the interrupt and the pong were already in flight.
+websockets layer answers the ping as soon as it has read those bytes, so a word that
+reaches the caller after the pong left the relay after the relay had the interrupt in
+hand (a leak). Words between the interrupt and the pong were already in flight. The
+relay closes the cut talk cycle with one empty ``last: true``: "cycles closed once"
+counts the interrupts after which exactly one arrived.
 The close time is the stand-in's ``client_closed_at`` (it saw the relay drop the HTTP
 request) minus the moment the caller sent the interrupt.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from _common import Processes, percentile, start_relay, start_standin, table
 from _load import PONG, TwilioSide, dump_standin, no_gc_pauses, open_call, texts_since
 
-from relaylab.protocol import interrupt_frame, prompt_frame
+from relaylab.protocol import interrupt_frame, is_cycle_close, prompt_frame
 
 HEADERS = (
     "calls",
@@ -31,8 +34,9 @@ HEADERS = (
     "close p50 ms",
     "close p99 ms",
     "close max ms",
-    "in flight",
-    "after relay had it",
+    "words in flight",
+    "words after relay had it",
+    "cycles closed once",
     "streams not closed",
 )
 
@@ -41,8 +45,17 @@ HEADERS = (
 class Interrupted:
     prompt: str
     sent_at: float  # when the interrupt went out
-    in_flight: int  # text frames after the interrupt, before the pong
-    leaked: int  # text frames after the pong
+    in_flight: int  # words (text frames with a token) after the interrupt, before the pong
+    leaked: int  # words after the pong
+    closes: int  # empty last:true frames after the interrupt (one expected)
+
+
+def _is_word(data: str | None) -> bool:
+    """Is this recorded frame a text frame with a token (not a pong, not a close)?"""
+    if data is None:
+        return False
+    message = json.loads(data)
+    return message.get("type") == "text" and bool(message.get("token"))
 
 
 def heard_so_far(conn: TwilioSide, start: int) -> str:
@@ -68,9 +81,10 @@ async def interrupting_call(ws_url: str, call: int, turns: int, rng: random.Rand
             await asyncio.sleep(0.5)  # anything the relay still sends arrives meanwhile
             frames = conn.frames[mark:]
             pong = next((i for i, (_, data) in enumerate(frames) if data is PONG), len(frames))
-            in_flight = sum(1 for _, d in frames[:pong] if d is not PONG)
-            leaked = sum(1 for _, d in frames[pong:] if d is not PONG)
-            out.append(Interrupted(text, sent_at, in_flight, leaked))
+            in_flight = sum(1 for _, d in frames[:pong] if _is_word(d))
+            leaked = sum(1 for _, d in frames[pong:] if _is_word(d))
+            closes = sum(1 for _, d in frames if d is not PONG and is_cycle_close(json.loads(d)))
+            out.append(Interrupted(text, sent_at, in_flight, leaked, closes))
     finally:
         await conn.close()
     return out
@@ -102,6 +116,7 @@ async def measure(ws_url: str, control: int, calls: int, turns: int) -> list:
         max(close_ms, default=float("nan")),
         sum(i.in_flight for i in done),
         sum(i.leaked for i in done),
+        sum(i.closes == 1 for i in done),
         open_streams,
     ]
 

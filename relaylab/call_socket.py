@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
@@ -50,7 +52,14 @@ class Calls(Protocol):
 
     def check_websocket(self, request: Request) -> tuple[int, str] | None: ...
 
-    def open_session(self, send: Send) -> CallSession: ...
+    def admit(self, request: Request) -> Any:
+        """The call a checked handshake may open (an admission) or a (status, reason);
+        or an awaitable of either when the call must be looked up first."""
+        ...
+
+    def open_session(self, send: Send, admission: Any = None) -> CallSession: ...
+
+    def end_session(self, session: CallSession, *, dropped: bool) -> asyncio.Future[None]: ...
 
     def forget(self, session: CallSession) -> None: ...
 
@@ -70,6 +79,11 @@ class CallSocket(asyncio.Protocol):
         self._reading_deadline: asyncio.TimerHandle | None = None  # while writing is paused
         self._stopped_reading = False
         self._setup_deadline: asyncio.TimerHandle | None = None
+        # While the call is looked up in the session store (reconnects), frames that came
+        # with the handshake wait here, in order; reading is paused meanwhile.
+        self._admitting: asyncio.Task[None] | None = None
+        self._held_frames: list[Frame] = []
+        self._relay_closed = False  # the relay closed the socket (shutting down)
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -89,7 +103,10 @@ class CallSocket(asyncio.Protocol):
             if isinstance(event, Request):
                 self._handshake(event)
             elif isinstance(event, Frame):
-                self._frame(event)
+                if self._admitting is not None:
+                    self._held_frames.append(event)
+                else:
+                    self._frame(event)
         self._flush()
 
     def eof_received(self) -> bool:
@@ -114,9 +131,15 @@ class CallSocket(asyncio.Protocol):
         self.resume_writing()
         if self._setup_deadline is not None:
             self._setup_deadline.cancel()
+        if self._admitting is not None:
+            self._admitting.cancel()
         if self.session is not None:
             session = self.session
-            task = asyncio.get_running_loop().create_task(session.close())
+            # A close frame from the caller ends the call; a socket that just went (a
+            # network drop) or that the relay closed (a restart) may come back.
+            # A socket refused for its setup leaves the call as it was, for the real one.
+            dropped = self.ws.close_rcvd is None or self._relay_closed or bool(session.refused)
+            task = self.server.end_session(session, dropped=dropped)
             task.add_done_callback(lambda _: self.server.forget(session))
             task.add_done_callback(lambda _: self.closed.set_result(None))
         else:
@@ -130,10 +153,43 @@ class CallSocket(asyncio.Protocol):
             status, text = problem
             self.ws.send_response(self.ws.reject(status, text))
             return
+        admission = self.server.admit(request)
+        if inspect.isawaitable(admission):
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._admitting = asyncio.get_running_loop().create_task(
+                self._admit(request, admission)
+            )
+        else:
+            self._answer(request, admission)
+
+    async def _admit(self, request: Request, looking_up: Awaitable[Any]) -> None:
+        """Look the call up (a reconnect?) before answering the handshake."""
+        try:
+            admission = await looking_up
+        except Exception as exc:
+            log.warning("could not look the call up in the session store: %s", loggable(exc))
+            admission = (503, "Service unavailable: the session store cannot be reached")
+        self._admitting = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._answer(request, admission)
+        held, self._held_frames = self._held_frames, []
+        if self.session is not None:
+            for frame in held:
+                self._frame(frame)
+        self._flush()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _answer(self, request: Request, admission: Any) -> None:
+        if isinstance(admission, tuple):
+            status, text = admission
+            self.ws.send_response(self.ws.reject(status, text))
+            return
         response = self.ws.accept(request)
         self.ws.send_response(response)
         if response.status_code == 101:
-            self.session = self.server.open_session(self.send)
+            self.session = self.server.open_session(self.send, admission)
             loop = asyncio.get_running_loop()
             self._setup_deadline = loop.call_later(
                 self.server.settings.socket.setup_timeout, self._check_setup
@@ -169,6 +225,8 @@ class CallSocket(asyncio.Protocol):
             log.warning("%r: a text frame was not valid UTF-8; undecodable bytes replaced", self)
             text = data.decode(errors="replace")
         self.session.receive(text)
+        if self.session.refused is not None:
+            self.close(1008, self.session.refused[:120])
 
     # -- sending ------------------------------------------------------------------
 
@@ -235,6 +293,7 @@ class CallSocket(asyncio.Protocol):
 
     def close(self, code: int = 1001, reason: str = "relay shutting down") -> None:
         """Close the socket from the relay's side (server shutdown, by default)."""
+        self._relay_closed = self._relay_closed or code == 1001
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
             self._flush()

@@ -7,7 +7,11 @@ relay's ``text`` through a speech clock so it knows what the caller has heard at
 moment, and acts on ``play``, ``sendDigits``, ``language`` and ``end`` (then requests the
 ``<Connect action>`` URL). Messages Twilio would reject get an ``error`` frame, and ten in
 a row close the socket with 1007. Which of Twilio's behaviours it shows is a
-``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``).
+``TwilioBehaviour`` (see ``relaylab.simulation.twilio_behaviour``). ``drop`` and
+``reconnect`` model ``applicationReconnect``: the socket goes without a close frame, what
+the caller does meanwhile is buffered (up to 500 events), and the same URL is opened
+again, with or without a new ``setup`` (Twilio's docs leave that open), before the
+buffered events are replayed in order.
 
 The one question about the relay's side, "what history did you store for this call?",
 goes through a ``RelayProbe`` that whoever runs the relay (the Lab) hands in.
@@ -49,17 +53,24 @@ from relaylab.simulation.speech_clock import DEFAULT_WORDS_PER_MINUTE, SpeechClo
 from relaylab.simulation.talk_cycles import CutOff, Reply, TalkCycle, TalkCycles
 from relaylab.simulation.twilio_behaviour import (
     INVALID_MESSAGE_ERROR,
+    INVALID_VOICE_ERROR,
     MALFORMED_CLOSE_CODE,
+    VOICE_SETTINGS,
     InputKind,
     InvalidOutbound,
     PlaybackReporter,
     RelayTwiml,
     TwilioBehaviour,
     client_speaking,
+    config_settings,
     invalid_message_description,
     partial_prompts,
     read_outbound,
+    read_setting,
     read_twiml,
+    transcribe,
+    voice_problem,
+    with_settings,
 )
 from relaylab.simulation.twilio_http import WebhookExchange
 
@@ -77,6 +88,10 @@ T = TypeVar("T")
 log = logging.getLogger("relaylab.caller")
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 _HTTP_ERRORS = (OSError, TimeoutError)
+RECONNECT_BUFFER = 500  # events Twilio keeps for a reconnect (PROTOCOL.md section 3)
+# Closes after which Twilio reconnects (our reading): none (a drop), going away, an
+# internal error, a restart, try again later.
+_RECONNECT_CLOSE_CODES = {None, 1001, 1006, 1011, 1012, 1013}
 
 
 class RelayProbe(Protocol):
@@ -123,6 +138,7 @@ class SimulatedCall:
         relay: RelayProbe | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None,
         action_url: str | None = None,
+        application_reconnect: bool = False,
     ) -> None:
         if ws_url is None and twiml_url is None:
             raise ValueError(
@@ -163,6 +179,9 @@ class SimulatedCall:
         self.dtmf_detection: bool | None = None  # from the TwiML; None: unknown, keys are sent
         self.tts_language = "en-US"
         self.transcription_language = "en-US"  # prompts carry it as `lang`
+        self.voice: dict[str, str] = {}  # ttsProvider, voice, transcriptionProvider, speechModel
+        self.hints: list[str] = []  # words the transcriber expects (TwiML, hints, config)
+        self.settings_changed: list[dict[str, Any]] = []  # each config/hints applied, in order
         self.played: list[str] = []  # audio sources the relay asked Twilio to play
         self.digits_played: list[str] = []  # digits the relay asked Twilio to send
         self.handoff_data: str | None = None  # set when the relay ends the session
@@ -183,6 +202,12 @@ class SimulatedCall:
         self._malformed = 0  # invalid messages in a row
         self._hung_up = False
         self._error_code: int | None = None  # Twilio's error when it failed the session
+        # Twilio's applicationReconnect (also read from a dialled call's TwiML): a socket
+        # the relay's side drops or closes as going away leaves the call up for reconnect().
+        self.application_reconnect = application_reconnect
+        self._dropped = False  # the socket dropped and no reconnect has opened yet
+        self._buffered: list[str | bytes] = []  # events made while the socket was down
+        self.reconnects = 0
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "not connected"
@@ -191,6 +216,18 @@ class SimulatedCall:
     @property
     def connected(self) -> bool:
         return self._socket is not None and self._reader is not None and not self._reader.done()
+
+    @property
+    def dropped(self) -> bool:
+        """The socket dropped and the call waits for ``reconnect``."""
+        return self._dropped
+
+    def _relay_went_away(self) -> bool:
+        """With applicationReconnect: did the socket go in a way Twilio reconnects after
+        (no close frame, or the relay closing as going away or restarting)?"""
+        if not self.application_reconnect or self._hung_up or self.handoff_data is not None:
+            return False
+        return self._error_code is None and self.close_code in _RECONNECT_CLOSE_CODES
 
     @property
     def replies(self) -> list[Reply]:
@@ -303,6 +340,24 @@ class SimulatedCall:
     async def hang_up_async(self) -> None:
         await self._async(self._hang_up())
 
+    def drop(self) -> None:
+        """The socket drops (a network blip, the relay restarting) with no close frame.
+        The call stays up, as with Twilio's ``applicationReconnect``: frames sent until
+        ``reconnect`` are buffered, then replayed in order."""
+        self._sync(self._drop())
+
+    async def drop_async(self) -> None:
+        await self._async(self._drop())
+
+    def reconnect(self, *, setup: bool = True) -> SimulatedCall:
+        """Open the call's socket URL again after ``drop``: with a new ``setup`` first
+        (``setup=True``) or straight on with the buffered events (both readings of
+        Twilio's docs), then the events buffered meanwhile, in order."""
+        return self._sync(self._reconnect(setup))
+
+    async def reconnect_async(self, *, setup: bool = True) -> SimulatedCall:
+        return await self._async(self._reconnect(setup))
+
     @property
     def conversation(self) -> list[dict[str, Any]]:
         """The relay's history for this call, once it has handled every frame sent so far.
@@ -352,6 +407,15 @@ class SimulatedCall:
         if self._socket is None:
             raise RuntimeError("the call is not connected")
         self.sent.append((time.monotonic(), _as_message(frame)))
+        if self._dropped:  # Twilio keeps the events for the reconnect
+            self._buffered.append(frame)
+            if len(self._buffered) > RECONNECT_BUFFER:
+                del self._buffered[0]
+                log.warning(
+                    "more than %d events while the socket was down: the oldest is lost",
+                    RECONNECT_BUFFER,
+                )
+            return
         await self._socket.send(frame)
 
     async def _send_all(self, frames: list[str]) -> None:
@@ -373,6 +437,13 @@ class SimulatedCall:
         self._frames_lock, self._held_lock = asyncio.Lock(), asyncio.Lock()
         if self.twiml_url:
             await self._dial(self.twiml_url)
+        await self._open_socket()
+        await self._send(self._setup_frame())
+        self._play_greeting()
+        return self
+
+    async def _open_socket(self) -> None:
+        """Open the socket the TwiML named (signed, as Twilio signs each handshake)."""
         assert self.ws_url is not None
         headers = {}
         if self.auth_token:
@@ -385,24 +456,51 @@ class SimulatedCall:
             open_timeout=10,
             logger=logging.getLogger("relaylab.websockets"),
         )
-        self.connected_at = time.monotonic()
+        self.connected_at = self.connected_at or time.monotonic()
         if self.twilio.info_frames:
-            self._talk.reporter = PlaybackReporter(
-                speaker_events=self.twilio.speaker_events, tokens_played=self.twilio.tokens_played
-            )
+            if self._talk.reporter is None:
+                self._talk.reporter = PlaybackReporter(
+                    speaker_events=self.twilio.speaker_events,
+                    tokens_played=self.twilio.tokens_played,
+                )
             self._player = asyncio.create_task(self._report_playback())
         self._reader = asyncio.create_task(self._read())
-        await self._send(
-            protocol.setup_frame(
-                self.call_sid,
-                session_id=self.session_id,
-                account_sid=self.account_sid,
-                from_number=self.from_number,
-                to_number=self.to_number,
-                custom_parameters=self.custom_parameters,
-            )
+
+    def _setup_frame(self) -> str:
+        return protocol.setup_frame(
+            self.call_sid,
+            session_id=self.session_id,
+            account_sid=self.account_sid,
+            from_number=self.from_number,
+            to_number=self.to_number,
+            custom_parameters=self.custom_parameters,
         )
-        self._play_greeting()
+
+    # -- drops and reconnects (applicationReconnect) ------------------------------------
+
+    async def _drop(self) -> None:
+        """The socket goes without a close frame; the call stays up, and what the caller
+        does meanwhile is buffered (up to RECONNECT_BUFFER events) for the reconnect."""
+        self._require_connected()
+        self._dropped = True
+        socket = self._socket
+        assert socket is not None and self._reader is not None
+        socket.transport.abort()
+        await self._reader
+
+    async def _reconnect(self, setup: bool) -> SimulatedCall:
+        """Open the same socket URL again; send ``setup`` again if ``setup`` (whether
+        Twilio does is unconfirmed: PROTOCOL.md section 3), then the buffered events."""
+        if not self._dropped:
+            raise RuntimeError("reconnect() follows drop(): this call's socket did not drop")
+        await self._open_socket()
+        self._dropped = False
+        self.reconnects += 1
+        if setup:
+            await self._send(self._setup_frame())
+        buffered, self._buffered = self._buffered, []
+        for frame in buffered:
+            await self._socket.send(frame)  # type: ignore[union-attr]  # already in self.sent
         return self
 
     def _play_greeting(self) -> None:
@@ -436,6 +534,9 @@ class SimulatedCall:
         self.tts_language = relay.language("tts")
         self.transcription_language = relay.language("transcription")
         self.dtmf_detection = relay.dtmf_detection
+        self.application_reconnect = self.application_reconnect or relay.flag(
+            "applicationReconnect"
+        )
 
     async def _webhook(
         self, url: str, params: dict[str, str], method: twilio_http.HttpMethod
@@ -466,11 +567,14 @@ class SimulatedCall:
             pass
         finally:
             self.close_code = socket.close_code
+            if self._relay_went_away():
+                self._dropped = True
             self._changed.set()
             for task in (self._player, self._held_task):
                 if task is not None:
                     task.cancel()
-        await self._after_session()
+        if not self._dropped:  # a dropped socket is not the end of the session
+            await self._after_session()
 
     async def _receive(self, frame: str | bytes, now: float) -> None:
         try:
@@ -495,14 +599,42 @@ class SimulatedCall:
         elif kind == "sendDigits":
             self.digits_played.append(message["digits"])
         elif kind == "language":
-            self.tts_language = message.get("ttsLanguage", self.tts_language)
-            self.transcription_language = message.get(
-                "transcriptionLanguage", self.transcription_language
-            )
+            await self._configure(message, answer=False)
+        elif kind == "config":
+            await self._configure(config_settings(message), answer=True)
+        elif kind == "hints":
+            await self._configure({"hints": read_setting("hints", message["hints"])}, answer=True)
         elif kind == "end":
             await self._on_end(message, target)
         self._changed.set()
         self._playback_changed.set()
+
+    async def _configure(self, settings: dict[str, Any], *, answer: bool) -> None:
+        """Apply new session settings (``config``, ``hints`` or ``language``), then answer
+        ``configUpdated`` when asked to. A language, voice and provider that do not go
+        together are refused whole with error 64106, and the old ones stay."""
+        general = settings.get("language")
+        tts = settings.get("ttsLanguage", general or self.tts_language)
+        voice = {k: settings[k] for k in VOICE_SETTINGS if k in settings}
+        combined = {**self.voice, **voice}
+        problem = voice_problem(tts, combined.get("ttsProvider"), combined.get("voice"))
+        if problem:
+            log.warning("Twilio refuses the voice (error %d): %s", INVALID_VOICE_ERROR, problem)
+            await self._send(protocol.error_frame(f"Error {INVALID_VOICE_ERROR}: {problem}"))
+            return
+        self.tts_language = tts
+        self.transcription_language = settings.get(
+            "transcriptionLanguage", general or self.transcription_language
+        )
+        self.voice = combined
+        self.hints = settings.get("hints", self.hints)
+        if "dtmfDetection" in settings:
+            self.dtmf_detection = settings["dtmfDetection"]
+        self.twilio = with_settings(self.twilio, settings)
+        if answer:
+            applied = {k: ",".join(v) if k == "hints" else v for k, v in settings.items()}
+            self.settings_changed.append(applied)
+            await self._send(protocol.config_updated_frame(applied))
 
     def _notify(self, message: dict[str, Any]) -> None:
         for listener in self.frame_listeners:
@@ -695,7 +827,8 @@ class SimulatedCall:
         self.replies.append(reply)
         cycle = self._talk.open(reply, after_live=after_live)
         cycle.awaited = awaited
-        await self._send(protocol.prompt_frame(text, last=True, lang=lang))
+        heard = transcribe(text, self.twilio, self.hints)
+        await self._send(protocol.prompt_frame(heard, last=True, lang=lang))
         reply.sent_at = time.monotonic()
         return cycle
 

@@ -10,18 +10,31 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from dotenv import find_dotenv, load_dotenv
 
+from relaylab import store
 from relaylab.caller import SimulatedCall
-from relaylab.llm import choose_backend
+from relaylab.llm import ModelUnavailable, check_model, choose_backend, needs_model_check
+from relaylab.loop import until
 from relaylab.relay import Relay
 from relaylab.settings import RelaySettings
 from relaylab.step import LESSONS
 from relaylab.tunnel import NumberSetupError, TunnelError, configure_number, open_tunnel
 from relaylab.twiml import parse_relay_attrs
+
+log = logging.getLogger("relaylab.cli")
+T = TypeVar("T")
+
+SUPERVISE_EVERY = 0.5  # seconds between checks that every worker is still alive
+RESTART_BACKOFF = 5.0  # seconds before trying again after a replacement failed to start
+ORPHAN_DRAIN = 600.0  # seconds a worker whose parent died keeps its calls going, at most
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived while the relay was starting."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,10 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="relay processes sharing the port, e.g. one per core (default 1); "
-        "each call stays in the process that took it",
+        help="relay processes sharing the port, e.g. one per core (default 1); they share "
+        "calls' state (a SQLite file unless --store says otherwise), so a reconnect may land "
+        "on any of them",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where calls' state waits for a reconnect: memory (default), sqlite:///PATH "
+        "(default with --workers > 1) or redis://HOST:PORT (several machines)",
+    )
     serve.add_argument(
         "--configure-number",
         metavar="NUMBER",
@@ -107,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(terminal_call(args.ws, token, args.words_per_minute))
     except KeyboardInterrupt:
         return 0
-    except (TunnelError, NumberSetupError, ValueError) as exc:
+    except (TunnelError, NumberSetupError, store.StoreError, ValueError) as exc:
         print(f"relaylab {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -123,9 +143,20 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def serve_forever(args: argparse.Namespace) -> int:
-    """Run the relay (and the stand-in, if offline) until Ctrl-C."""
+    """Run the relay (and the stand-in, if offline) until Ctrl-C or SIGTERM."""
+    signals = StopSignals()  # before anything listens: a signal during start-up counts too
+    try:
+        return await _serve(args, signals)
+    except Stopped:
+        return 0
+    finally:
+        signals.close()
+
+
+async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     backend = choose_backend(True if args.offline else None)
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    args.store = store.choose(args.store, workers=args.workers, port=args.port)
     settings = RelaySettings(
         host=args.host,
         port=args.port,
@@ -135,25 +166,37 @@ async def serve_forever(args: argparse.Namespace) -> int:
         debug_events=args.debug_events,
         dial_number=args.dial_number,
         reuse_port=args.workers > 1 or args.worker,
+        store=args.store,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
-    server = await relay.start()
+    server = await signals.guard(relay.start())
+    if needs_model_check(backend) and not args.worker:
+        try:
+            await signals.guard(check_model(relay.llm, backend))  # type: ignore[arg-type]
+        except ModelUnavailable as exc:
+            print(f"relaylab serve: {exc}", file=sys.stderr, flush=True)
+            await relay.stop()
+            return 1
+        except Stopped:
+            await relay.stop()
+            raise
     # What is loaded by now lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall every call for ~70 ms now and then.
     gc.collect()
     gc.freeze()
     if args.worker:
-        return await _serve_as_worker(relay)
+        return await _serve_as_worker(relay, signals)
     tunnel = None
     workers: list[subprocess.Popen[bytes]] = []
+    supervisor: asyncio.Future[None] | None = None
     try:
         if args.tunnel:
-            tunnel = await asyncio.to_thread(open_tunnel, server.port)
+            tunnel = await signals.guard(asyncio.to_thread(open_tunnel, server.port))
             server.public = tunnel.endpoints
         public_url = server.public.base_url if server.public else None
         for _ in range(args.workers - 1):
             workers.append(start_worker(args, server.port, public_url))
-            await until_ready(workers[-1])
+            await signals.guard(until_ready(workers[-1]))
         print(f"relaylab: step {args.step!r}; model: {backend.describe()}")
         print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
         if server.public:
@@ -164,6 +207,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
             print("  Twilio signatures: NOT checked (set TWILIO_AUTH_TOKEN to turn them on)")
         if workers:
             print(f"  workers: {len(workers) + 1} processes share port {server.port}")
+        print(f"  calls' state (for reconnects): {store.describe(args.store)}")
         if args.configure_number:
             if not server.public:
                 raise NumberSetupError("--configure-number needs --tunnel or --public-url")
@@ -172,8 +216,15 @@ async def serve_forever(args: argparse.Namespace) -> int:
             )
             print(f"  number:  {change}")
         print("Ctrl-C to stop.", flush=True)
-        await until_stopped()
+        if workers:
+            supervisor = asyncio.ensure_future(
+                supervise(workers, lambda: start_worker(args, server.port, public_url))
+            )
+        await signals.wait()
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.wait([supervisor])
         for worker in workers:
             worker.stdin.close()  # the worker's cue to stop
         if tunnel:
@@ -181,21 +232,89 @@ async def serve_forever(args: argparse.Namespace) -> int:
         await relay.stop()
         for worker in workers:
             await asyncio.to_thread(stop_worker, worker)
+        if workers and not args.port:  # a file only this run could find again
+            store.remove_sqlite(store.default_sqlite_path(0))
     return 0
 
 
+class StopSignals:
+    """Catches SIGINT and SIGTERM from the moment it is made until ``close()``. The handlers
+    are set by `serve` itself, first thing, because a shell starts a background job
+    (`relaylab serve &`) with SIGINT ignored and Python keeps it so; set any later, a
+    signal sent while the relay starts would be lost."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self.event.set)
+
+    def close(self) -> None:
+        for signum in self.SIGNALS:
+            self._loop.remove_signal_handler(signum)
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+    async def guard(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run one start-up step; if a signal comes first, cancel it and raise Stopped."""
+        task = asyncio.ensure_future(step)
+        signalled = asyncio.ensure_future(self.event.wait())
+        await asyncio.wait([task, signalled], return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait([task])
+        raise Stopped
+
+
 async def until_stopped() -> None:
-    """Wait for Ctrl-C or SIGTERM. The handlers are set here because a shell starts a
-    background job (`relaylab serve &`) with SIGINT ignored, and Python keeps it so."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    """Wait for Ctrl-C or SIGTERM (handlers set on the call; `serve` sets its own first)."""
+    signals = StopSignals()
     try:
-        await stop.wait()
+        await signals.wait()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        signals.close()
+
+
+async def supervise(
+    workers: list[subprocess.Popen[bytes]], start: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    """Keep every worker alive: one that exits (killed, crashed) is logged and replaced.
+    The calls it carried are gone with it; new calls are spread over the live processes,
+    the replacement too once it listens. Runs until cancelled."""
+    while True:
+        await asyncio.sleep(SUPERVISE_EVERY)
+        for slot, worker in enumerate(workers):
+            code = worker.poll()
+            if code is None:
+                continue
+            _close_pipes(worker)
+            log.warning(
+                "relaylab worker %d (pid %d) %s; the calls it carried were dropped. "
+                "Starting a replacement.",
+                slot + 1,
+                worker.pid,
+                f"was killed by signal {-code}" if code < 0 else f"exited with status {code}",
+            )
+            replacement = start()
+            workers[slot] = replacement
+            try:
+                await until_ready(replacement)
+            except RuntimeError as exc:
+                log.error("%s; trying again in %.0f s", exc, RESTART_BACKOFF)
+                await asyncio.sleep(RESTART_BACKOFF)
+                continue
+            log.info("relaylab worker %d is back: pid %d", slot + 1, replacement.pid)
+
+
+def _close_pipes(worker: subprocess.Popen[bytes]) -> None:
+    for pipe in (worker.stdin, worker.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def start_worker(
@@ -203,7 +322,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """Another `relaylab serve` on the same port (SO_REUSEPORT: the kernel spreads new
     connections over the processes). The parent alone opens tunnels and sets numbers."""
-    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url"}
+    skip = {"--workers", "--tunnel", "--configure-number", "--port", "--public-url", "--store"}
     argv, rest = [], iter(args.argv)
     for word in rest:
         name = word.split("=", 1)[0]
@@ -212,7 +331,7 @@ def start_worker(
                 next(rest, None)  # its value
             continue
         argv.append(word)
-    argv += ["--port", str(port), "--worker"]
+    argv += ["--port", str(port), "--worker", "--store", args.store]  # the parent's store
     if public_url:
         argv += ["--public-url", public_url]
     # Its own process group, so a terminal's Ctrl-C reaches the parent alone; the parent
@@ -245,17 +364,46 @@ def stop_worker(worker: subprocess.Popen[bytes], grace: float = 10) -> None:
         worker.wait()
 
 
-async def _serve_as_worker(relay: Relay) -> int:
+async def _serve_as_worker(relay: Relay, signals: StopSignals) -> int:
+    """Serve until told to stop: a signal, or the parent closing our stdin. If the parent
+    died instead (stdin closed, no signal), stop taking new calls but let the calls in
+    progress here go on until they end (ORPHAN_DRAIN at most), then exit."""
     print("ready", flush=True)
-    stopped = asyncio.ensure_future(until_stopped())
+    stopped = asyncio.ensure_future(signals.wait())
     orphaned = asyncio.ensure_future(_stdin_closed())
     try:
         await asyncio.wait([stopped, orphaned], return_when=asyncio.FIRST_COMPLETED)
+        server = relay.server
+        in_call = server is not None and bool(server.sessions)
+        if orphaned.done() and not stopped.done() and in_call and await _parent_gone():
+            server.stop_listening()
+            log.warning(
+                "the first relaylab process is gone: worker %d takes no new calls; its "
+                "%d calls in progress go on until they end (at most %.0f s)",
+                os.getpid(),
+                len(server.sessions),
+                ORPHAN_DRAIN,
+            )
+            drained = asyncio.ensure_future(
+                until(lambda: not server.sessions, ORPHAN_DRAIN, interval=0.5)
+            )
+            await asyncio.wait([drained, stopped], return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
     finally:
         stopped.cancel()
         orphaned.cancel()
         await relay.stop()
     return 0
+
+
+async def _parent_gone(within: float = 1.0) -> bool:
+    """Did the process that started us die? Its stdin closing is the cue either way (it
+    closes it to stop us), but only a dead parent gets us re-parented, which can come a
+    moment after the pipe closed."""
+    return await until(lambda: os.getppid() != _PARENT, within, interval=0.05)
+
+
+_PARENT = os.getppid()
 
 
 async def _stdin_closed() -> None:

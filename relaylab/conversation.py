@@ -67,6 +67,10 @@ ALIGNMENT_STEPS_LIMIT = 8_000
 """At most this many alignment steps per interrupt (about 10 ms). A reply full of one
 repeated word can use them up; then the best place found so far is kept."""
 
+KEPT_OPENING_CHARS = 2_000
+"""Conversation.trim_to never cuts the caller's opening turn below its last 2,000
+characters (a minute or so of speech), whatever the limit."""
+
 # What trying one more place for a run costs, in alignment steps (setting it up is work).
 _STEPS_PER_RUN_END = 10
 # Characters of the utterance read to get its last HEARD_WORDS_LIMIT words: generous,
@@ -769,8 +773,10 @@ class Conversation(list):
 
         The history stays valid: it still opens with a caller's turn (never one that only
         answers a tool call), roles still alternate, and a `tool_use` is never parted from
-        its `tool_result`. The newest such opening turn is always kept, so the result can
-        still be over `max_chars` when that turn alone is.
+        its `tool_result`. The newest such opening turn is always kept; when the history is
+        still too long (many prompts merged into one turn: each was cut off by the next
+        before a reply), that turn loses its oldest words instead, down to its last
+        KEPT_OPENING_CHARS characters at least.
         """
         if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 0:
             raise ValueError(f"max_chars must be a whole number >= 0, not {max_chars!r}")
@@ -794,7 +800,32 @@ class Conversation(list):
                 dropped,
                 sum(sizes[dropped:]),
             )
+        excess = sum(sizes[dropped:]) - max_chars
+        if excess > 0:
+            self._shorten_opening_turn(excess)
         return dropped
+
+    def _shorten_opening_turn(self, excess: int) -> None:
+        """Cut about ``excess`` of the oldest characters from the first turn, a caller's
+        text turn, starting it at a word."""
+        turn = self[0]
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if not isinstance(content, str) or not _can_open_history(turn):
+            return
+        keep = max(len(content) - excess, min(len(content), KEPT_OPENING_CHARS))
+        if keep >= len(content):
+            return
+        kept = content[len(content) - keep :]
+        if not content[len(content) - keep - 1].isspace():  # the cut fell inside a word
+            _, space, rest = kept.partition(" ")
+            kept = rest if space and rest.strip() else kept
+        turn["content"] = kept.strip()
+        logger.info(
+            "The caller's oldest turn alone was over the history's limit, so its first %d "
+            "characters were cut; Claude sees the last %d.",
+            len(content) - len(turn["content"]),
+            len(turn["content"]),
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Plain copies of the turns, safe to keep while the conversation goes on."""

@@ -95,16 +95,16 @@ def _interruption_lesson(lab: Lab, quick: bool) -> None:
     speed = lab.clock_speed
     call = lab.call()
     _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _text_frames(call.listen(1.5 if quick else 3.0))
-    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    late = _words(call.listen(1.5 if quick else 3.0))
+    print(f"  ... and {late} more words arrived after the interrupt.")
     call.hang_up()
 
     print("\n  With tracking, the relay cancels the reply the moment the caller speaks:")
     lab.use("tracking")
     call = lab.call()
     _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _text_frames(call.listen(0.5))
-    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    late = _words(call.listen(0.5))
+    print(f"  ... and {late} more words arrived after the interrupt.")
     _show(call.say("How far did you get?"))
     _print_history(call)
     call.hang_up()
@@ -123,8 +123,8 @@ def _tool_lesson(lab: Lab) -> None:
         "while the tool still runs:"
     )
     _show(call.say(ORDER, interrupt_after_words=TOOL_WORDS_HEARD), lab.clock_speed)
-    late = _text_frames(call.listen(0.5))
-    print(f"  ... and {late} more text frames arrived after the interrupt.")
+    late = _words(call.listen(0.5))
+    print(f"  ... and {late} more words arrived after the interrupt.")
     _print_tools(lab, call)
     session = lab.session_for(call)
     print("\n  The relay's history for this call (tool calls and results in brackets):")
@@ -203,8 +203,10 @@ def _timings(reply: Reply, clock_speed: float = 1.0) -> str:
     return "; ".join(parts) if parts else "no timings"
 
 
-def _text_frames(frames: list[dict[str, Any]]) -> int:
-    return sum(frame.get("type") == "text" for frame in frames)
+def _words(frames: list[dict[str, Any]]) -> int:
+    """Words in text frames (the empty last:true closing a cut talk cycle has none)."""
+    texts = [frame.get("token") or "" for frame in frames if frame.get("type") == "text"]
+    return len("".join(texts).split())
 
 
 def _print_history(call: SimulatedCall) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import anthropic
 import httpx2
 
-APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
+from relaylab.endings import APOLOGY
+
+__all__ = ["APOLOGY", "ModelTooSlow", "describe", "is_model_error"]
 
 
 class ModelTooSlow(Exception):
@@ -30,12 +32,20 @@ def is_model_error(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A short, plain description of why a reply failed."""
-    if isinstance(exc, anthropic.APIStatusError):
-        kind = exc.body.get("error", {}).get("type") if isinstance(exc.body, dict) else None
+    error = exc.body.get("error", {}) if isinstance(getattr(exc, "body", None), dict) else {}
+    kind = error.get("type") if isinstance(error, dict) else None
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
         return f"Claude answered HTTP {exc.status_code}" + (f" {kind}" if kind else "")
+    if isinstance(exc, anthropic.APIError) and kind:  # an `error` event in a 200 stream
+        message = error.get("message") or ""
+        return f"Claude's stream reported {kind} mid-reply" + (f": {message}" if message else "")
     if isinstance(exc, anthropic.APITimeoutError):
         return "Claude did not answer in time"
     if isinstance(exc, anthropic.APIConnectionError):
+        cause = exc.__cause__
+        if isinstance(cause, httpx2.TransportError) and not isinstance(cause, httpx2.ConnectError):
+            # How the SDK's own stream reports a connection dropped mid-reply.
+            return f"the connection to Claude was cut mid-reply ({cause})"
         return "could not reach Claude (the connection failed)"
     if isinstance(exc, httpx2.TransportError):
         return f"the connection to Claude was cut mid-reply ({exc})"

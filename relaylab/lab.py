@@ -20,7 +20,14 @@ import anthropic
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall
-from relaylab.llm import LLM, Backend, choose_backend
+from relaylab.llm import (
+    LLM,
+    Backend,
+    ModelUnavailable,
+    check_model,
+    choose_backend,
+    needs_model_check,
+)
 from relaylab.loop import LoopThread, until
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import Relay
@@ -266,6 +273,12 @@ def start(step: object = "tracking", **options: Any) -> Lab:
     load_dotenv(find_dotenv(usecwd=True))  # keys from a git-ignored .env; the environment wins
     options.setdefault("auth_token", os.environ.get("TWILIO_AUTH_TOKEN") or None)
     lab = Lab(step, **options)
+    if needs_model_check(lab.backend):
+        try:  # a wrong ANTHROPIC_MODEL or key fails here, naming the model
+            lab.run(check_model(lab.llm, lab.backend))
+        except ModelUnavailable:
+            lab.stop()
+            raise
     with _running_lock:
         _running.append(lab)
     return lab

@@ -10,10 +10,16 @@ so these reports are the only way a relay can learn where it happened. (With pre
 off nothing can cut a reply off: the report only skipped what Twilio left unreported.)
 
 Text is compared without whitespace: only the words and their order matter.
+
+A report's cost is bounded whatever the call's length: Twilio queues only a few replies,
+so no more than ``PLAYING_AT_ONCE`` replies are taken to be still playing. An older one
+with that many unfinished replies sent after it is taken to have played through
+unreported, and is never looked at again (the session skips replies played out).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -31,6 +37,8 @@ class Playable(Protocol):
 
 
 R = TypeVar("R", bound=Playable)
+
+PLAYING_AT_ONCE = 8  # replies a report may belong to: the newest ones not yet played out
 
 
 @dataclass
@@ -51,7 +59,7 @@ def credit_played(replies: Sequence[R], text: str, *, preemption: bool = True) -
     words = _squashed(text)
     if not words:
         return Credit(None)
-    playing = [reply for reply in replies if still_playing(reply)]
+    playing = _settled(replies)
     for index, reply in enumerate(playing):
         if _continues(reply, words):
             reply.played += text
@@ -67,6 +75,21 @@ def credit_played(replies: Sequence[R], text: str, *, preemption: bool = True) -
                 older.played = older.sent
         return Credit(reply, skipped if preemption else [])
     return Credit(None)
+
+
+def _settled(replies: Sequence[R]) -> list[R]:
+    """The replies still playing, at most PLAYING_AT_ONCE of them (plus any still running):
+    older ones count as played through, unreported."""
+    playing = [reply for reply in replies if still_playing(reply)]
+    if len(playing) <= PLAYING_AT_ONCE:
+        return playing
+    kept = []
+    for index, reply in enumerate(playing):
+        if index < len(playing) - PLAYING_AT_ONCE and not reply.running:
+            reply.played = reply.sent
+        else:
+            kept.append(reply)
+    return kept
 
 
 def played_out(reply: Playable) -> bool:
@@ -93,4 +116,14 @@ def _extends(reply: Playable, words: str) -> bool:
 
 
 def _squashed(text: str) -> str:
+    if len(text) <= _CACHED_CHARS:
+        return _squashed_cached(text)
+    return "".join(text.split())
+
+
+_CACHED_CHARS = 8_192  # a reply's text is squashed on every report: remember the result
+
+
+@functools.lru_cache(maxsize=256)
+def _squashed_cached(text: str) -> str:
     return "".join(text.split())

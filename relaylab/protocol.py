@@ -143,6 +143,20 @@ class Info:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigUpdated:
+    """Twilio confirming session settings the relay changed with ``config`` (or ``hints``).
+
+    ``settings`` maps each setting's TwiML attribute name (``interruptible``, ``hints``...)
+    to its new value. Where the settings sit in the frame is *unconfirmed* (PROTOCOL.md
+    section 3): under a ``config`` object, or beside ``type``; both are read.
+    """
+
+    settings: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    type: str = "configUpdated"
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message type this relay does not know yet; kept so it can be logged, never fatal."""
 
@@ -150,7 +164,7 @@ class Unknown:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Setup | Prompt | Interrupt | Dtmf | ErrorMessage | Info | Unknown
+Message = Setup | Prompt | Interrupt | Dtmf | ErrorMessage | Info | ConfigUpdated | Unknown
 
 
 def parse(frame: str | bytes) -> Message:
@@ -394,6 +408,14 @@ def _info(data: dict[str, Any], dirty: bool) -> Info:
     return Info(name=_as_text(raw.get("name")), value=_as_text(raw.get("value")), raw=raw)
 
 
+def _config_updated(data: dict[str, Any], dirty: bool) -> ConfigUpdated:
+    raw = _cleaned(data) if dirty else data
+    nested = raw.get("config")
+    settings = dict(nested) if isinstance(nested, dict) else {}
+    settings.update((k, v) for k, v in raw.items() if k not in ("type", "config"))
+    return ConfigUpdated(settings=settings, raw=raw)
+
+
 _READERS = {
     "setup": _setup,
     "prompt": _prompt,
@@ -401,6 +423,7 @@ _READERS = {
     "dtmf": _dtmf,
     "error": _error,
     "info": _info,
+    "configUpdated": _config_updated,
 }
 
 
@@ -484,6 +507,25 @@ def text(
     return _dump(message)
 
 
+CLOSE_TALK_CYCLE = '{"type":"text","token":"","last":true}'
+"""The frame that closes a talk cycle with no more words: after an interrupt (or a
+barge-in) the relay sends exactly one of it, and no word of the cut reply."""
+
+
+def is_cycle_close(message: dict[str, Any]) -> bool:
+    """Is ``message`` (a parsed outbound frame) an empty ``text`` with ``last: true``?"""
+    return (
+        message.get("type") == "text" and message.get("token") == "" and message.get("last") is True
+    )
+
+
+def words_and_closes(messages: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """The tokens with words among ``text`` messages (parsed outbound frames), and how many
+    empty ``last: true`` frames there are: after an interrupt, ``([], 1)``."""
+    texts = [m for m in messages if m.get("type") == "text"]
+    return [m["token"] for m in texts if m.get("token")], sum(map(is_cycle_close, texts))
+
+
 def play(
     source: str,
     *,
@@ -504,13 +546,66 @@ def send_digits(digits: str) -> str:
     return _dump({"type": "sendDigits", "digits": digits})
 
 
-def language(*, tts_language: str | None = None, transcription_language: str | None = None) -> str:
-    """A ``language`` frame: switch the speech and/or transcription language mid-call."""
+def language(
+    *,
+    tts_language: str | None = None,
+    transcription_language: str | None = None,
+    tts_provider: str | None = None,
+    voice: str | None = None,
+    transcription_provider: str | None = None,
+    speech_model: str | None = None,
+) -> str:
+    """A ``language`` frame: switch the speech and/or transcription language mid-call.
+
+    The extended form (dynamic configuration, 2026-10) also names the voice and the
+    providers to use with it; a voice must suit its provider and language, or Twilio
+    answers error 64106 and keeps the old ones.
+    """
     if tts_language is None and transcription_language is None:
         raise ValueError("give tts_language, transcription_language, or both")
     message: dict[str, Any] = {"type": "language"}
-    _add_optional(message, ttsLanguage=tts_language, transcriptionLanguage=transcription_language)
+    _add_optional(
+        message,
+        ttsLanguage=tts_language,
+        transcriptionLanguage=transcription_language,
+        ttsProvider=tts_provider,
+        voice=voice,
+        transcriptionProvider=transcription_provider,
+        speechModel=speech_model,
+    )
     return _dump(message)
+
+
+def config(**settings: object) -> str:
+    """A ``config`` frame (dynamic configuration): change session settings mid-call.
+
+    Settings are named as TwiML attributes, snake_case or camelCase
+    (``config(interruptible="dtmf", interrupt_sensitivity="low")``); None leaves one out.
+    Twilio answers ``configUpdated``. The settings go beside ``type`` (where they sit is
+    *unconfirmed*; the simulated Twilio also reads them under a ``config`` object).
+    """
+    present = {_camel(name): value for name, value in settings.items() if value is not None}
+    if not present:
+        raise ValueError("config needs at least one setting, e.g. interruptible='dtmf'")
+    for name, value in present.items():
+        if not isinstance(value, str | bool | int | float | list):
+            raise ValueError(f"config setting {name} takes a string, number or bool: {value!r}")
+    return _dump({"type": "config", **present})
+
+
+def hints(words: str | list[str] | tuple[str, ...]) -> str:
+    """A ``hints`` frame: words and phrases the transcriber should expect from now on (names,
+    products), written as TwiML's ``hints`` attribute is: comma separated."""
+    listed = [words] if isinstance(words, str) else list(words)
+    cleaned = [w.strip() for word in listed for w in str(word).split(",") if w.strip()]
+    if not cleaned:
+        raise ValueError(f"hints needs at least one word or phrase, got {words!r}")
+    return _dump({"type": "hints", "hints": ",".join(cleaned)})
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def end(handoff_data: str | dict[str, Any] | None = None) -> str:
@@ -599,6 +694,11 @@ def dtmf_frame(digit: str) -> str:
 def info_frame(name: str, value: object) -> str:
     """An ``info`` frame: ``info_frame("agentSpeaking", "on")``, ``("tokensPlayed", text)``."""
     return _dump_twilio({"type": "info", "name": name, "value": value})
+
+
+def config_updated_frame(settings: dict[str, Any]) -> str:
+    """A ``configUpdated`` frame: Twilio confirming the settings it applied."""
+    return _dump_twilio({"type": "configUpdated", "config": dict(settings)})
 
 
 def error_frame(description: str) -> str:

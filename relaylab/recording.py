@@ -30,6 +30,12 @@ the relay opened that call's socket) and ``kind``:
 - ``closed``: the call ended (or the recording stopped, ``"open": true``): the stored
   ``history`` and every reply's final summary
 
+Every line is strict JSON in UTF-8, whatever a caller sent: NaN and infinities are written
+as the strings "NaN", "Infinity" and "-Infinity", a lone surrogate as its ``\\udXXX``
+escape, nesting past 32 levels as "<nested too deep>", and a frame too large for the
+relay to read (over ``protocol.MAX_FRAME_BYTES``) as ``{"raw": its first 2,000
+characters, "chars": its length}``.
+
 A recording holds what callers said and their phone numbers: keep it private.
 """
 
@@ -51,6 +57,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relaylab.conversation import content_text, last_user_text, shorten
 from relaylab.events import Event
 from relaylab.loop import until
+from relaylab.protocol import MAX_FRAME_BYTES
 from relaylab.timeline import Timeline, timeline_of_recording
 
 if TYPE_CHECKING:
@@ -66,6 +73,8 @@ Line = dict[str, Any]
 Requests = Callable[[], Sequence["RecordedRequest"]]
 
 REPLAY_SETTLE = 10.0  # seconds a replay waits, after the last frame, for the relay to finish
+RAW_KEPT = 2_000  # characters kept of a frame that is not a JSON object, or too large
+MAX_DEPTH = 32  # levels of nesting written; deeper values are replaced
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class CallRecorder:
             self._waiting.append(line)
 
     def _name(self, call_sid: str) -> None:
-        self.call_sid = call_sid or f"call-{id(self.session):x}"
+        self.call_sid = _utf8(call_sid) or f"call-{id(self.session):x}"
         first: Line = {"call": self.call_sid, "t": 0.0, "kind": "call", "started": self._started}
         first["step"] = self.session.step.name
         if self._keep:
@@ -260,7 +269,7 @@ class Recorder:
         with self._lock:
             if self._file is None:
                 return
-            self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            self._file.write(_dumps(line) + "\n")
             self._file.flush()
 
 
@@ -541,7 +550,8 @@ class _TurnSummary:
 
 
 def _turns(call: CallRecording) -> list[_TurnSummary]:
-    """Per reply: text frames sent, and how many of them after its interrupt was read."""
+    """Per reply: text frames sent, and how many words (frames with a token) went out after
+    its interrupt was read (the empty last:true that closes its talk cycle carries none)."""
     interrupts = {
         line.get("reply"): line["t"] for line in call.lines if line.get("kind") == "interrupt"
     }
@@ -549,14 +559,14 @@ def _turns(call: CallRecording) -> list[_TurnSummary]:
     for reply in call.replies:
         cut = interrupts.get(reply["id"], math.inf)
         texts = [
-            t
+            (t, frame.get("token"))
             for t, frame, rid in call.frames_out
             if rid == reply["id"] and frame.get("type") == "text"
         ]
         turns.append(
             _TurnSummary(
                 frames=len(texts),
-                after_interrupt=sum(t > cut for t in texts),
+                after_interrupt=sum(t > cut for t, token in texts if token),
                 interrupted=reply["id"] in interrupts,
                 state=str(reply.get("state")),
             )
@@ -569,7 +579,7 @@ def _describe_turn(turn: _TurnSummary | None) -> str:
         return "no reply"
     text = f"{turn.frames} text frames, reply {turn.state}"
     if turn.interrupted:
-        text += f"; interrupted, {turn.after_interrupt} frames sent after the interrupt"
+        text += f"; interrupted, {turn.after_interrupt} words sent after the interrupt"
     return text
 
 
@@ -640,14 +650,54 @@ def _belongs_to(request: RecordedRequest, replies: Sequence[RelayReply]) -> bool
 
 
 def _frame(frame: object) -> dict[str, Any]:
-    """A frame as a dict for the file ({"raw": ...} when it is not a JSON object)."""
+    """A frame as a dict for the file ({"raw": ...} when it is not a JSON object, or is too
+    large for the relay to have read it)."""
     if isinstance(frame, bytes):
         return {"raw": f"<binary frame, {len(frame)} bytes>"}
+    if isinstance(frame, str) and len(frame) > MAX_FRAME_BYTES:
+        return {"raw": frame[:RAW_KEPT], "chars": len(frame)}
     try:
         value = json.loads(frame)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return {"raw": str(frame)[:2000]}
-    return value if isinstance(value, dict) else {"raw": str(frame)[:2000]}
+    except (TypeError, ValueError, RecursionError):
+        return {"raw": str(frame)[:RAW_KEPT]}
+    return value if isinstance(value, dict) else {"raw": str(frame)[:RAW_KEPT]}
+
+
+def _dumps(line: Line) -> str:
+    """One line of strict JSON that encodes to UTF-8, whatever ``line`` holds."""
+    try:
+        text = json.dumps(line, ensure_ascii=False, allow_nan=False, default=str)
+        text.encode("utf-8")
+        return text
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        return json.dumps(_strict(line), ensure_ascii=False, allow_nan=False, default=str)
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _strict(value: Any, depth: int = 0) -> Any:
+    """``value`` with what strict JSON in UTF-8 cannot hold replaced (see the module doc)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE[str(value)]
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(value, dict):
+        return {_utf8(str(key)): _strict(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item, depth + 1) for item in value]
+    return value
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (\\udc80), so it encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _utc_now() -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from websockets.http11 import Request
@@ -26,9 +26,11 @@ from relaylab import signatures
 from relaylab.call_socket import CallSocket
 from relaylab.llm import LLM
 from relaylab.protocol import loggable
+from relaylab.resume import Admission, Calls
 from relaylab.session import CallSession, Send
 from relaylab.settings import RelaySettings
 from relaylab.step import Step, resolve
+from relaylab.store import open_store
 from relaylab.tunnel import PublicEndpoints, TunnelError, endpoints, is_local
 from relaylab.twiml import heard_blind_spots, playback_reports_needed, preempts, welcome_greeting
 from relaylab.webhooks import HttpLog, Webhooks
@@ -36,6 +38,7 @@ from relaylab.webhooks import HttpLog, Webhooks
 log = logging.getLogger("relaylab.server")
 
 STOP_WAIT = 2.0  # seconds open connections get to close when the server stops
+LINGER = 1.0  # seconds a refused request's unread body is drained before closing
 # A Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, then maybe a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 Problem = tuple[int, str]  # (HTTP status, reason) for a refused request
@@ -57,6 +60,7 @@ class RelayServer:
         self._http: web.Server | None = None
         self._greeting = ""  # the TwiML's welcome greeting, read at start
         self._preemptible = False  # the TwiML's preemptible, read at start
+        self.calls: Calls | None = None  # reconnects: the session store and its rules
 
     @property
     def host(self) -> str:
@@ -71,7 +75,21 @@ class RelayServer:
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        self._http = web.Server(Webhooks(self), access_log=None, logger=HttpLog())
+        self.calls = Calls(
+            await open_store(self.settings.store), auth_token=self.settings.auth_token
+        )
+        await self.calls.start()
+        self._http = web.Server(
+            Webhooks(self),
+            access_log=None,
+            logger=HttpLog(),
+            # Never inflate a body: Webhooks refuses compressed ones before reading them.
+            auto_decompress=False,
+            keepalive_timeout=self.settings.socket.keepalive_timeout,
+            # After a refusal, the unread rest of a body is drained this long, then the
+            # connection closes (aiohttp's 10 s would let a dribbler hold it that long).
+            lingering_time=LINGER,
+        )
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: _FirstRequest(self),
             self.host,
@@ -108,6 +126,13 @@ class RelayServer:
                     socket._abort()
         await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
         self._listener = None
+        if self.calls is not None:
+            await self.calls.stop()
+
+    def stop_listening(self) -> None:
+        """Take no new connections; the calls in progress go on (``stop`` ends them)."""
+        if self._listener is not None:
+            self._listener.close()
 
     def use(self, step: object) -> None:
         """Swap the handlers for new and ongoing calls."""
@@ -117,7 +142,8 @@ class RelayServer:
         log.info("relay now uses step %s", self.step.name)
 
     def find(self, call_sid: str) -> CallSession | None:
-        return next((s for s in self.sessions if s.call_sid == call_sid), None)
+        # The newest first: after a reconnect, the dropped socket's session may linger.
+        return next((s for s in reversed(self.sessions) if s.call_sid == call_sid), None)
 
     # -- connections --------------------------------------------------------------
 
@@ -130,7 +156,7 @@ class RelayServer:
     def http_protocol(self) -> asyncio.Protocol:
         return self._http()  # type: ignore[misc]  # aiohttp's protocol factory
 
-    def open_session(self, send: Send) -> CallSession:
+    def open_session(self, send: Send, admission: Admission | None = None) -> CallSession:
         session = CallSession(
             send,
             step=self.step,
@@ -139,6 +165,8 @@ class RelayServer:
             greeting=self._greeting,
             preemptible=self._preemptible,
         )
+        if admission is not None and self.calls is not None:
+            self.calls.opened(session, admission)  # before listeners: they see the call
         self.sessions.append(session)
         for listener in list(self.session_listeners):
             try:
@@ -146,6 +174,28 @@ class RelayServer:
             except Exception:
                 log.exception("a session listener failed; the call goes on without it")
         return session
+
+    def end_session(self, session: CallSession, *, dropped: bool) -> asyncio.Task[None]:
+        """The session's socket is gone: close it, and keep or let go of the call."""
+        if self.calls is None:
+            return asyncio.get_running_loop().create_task(session.close())
+        return self.calls.release(session, dropped=dropped)
+
+    def socket_url(self, ws_url: str, call_sid: str | None) -> str:
+        """The WebSocket URL the TwiML for call ``call_sid`` names (see relaylab.resume)."""
+        return self.calls.socket_url(ws_url, call_sid) if self.calls else ws_url
+
+    def admit(self, request: Request) -> Admission | Problem | Awaitable[Admission | Problem]:
+        """Which call a signed /ws handshake opens: at once for a plain /ws (a new call),
+        after a look in the session store when the URL names a call (a reconnect?)."""
+        query = dict(parse_qsl(urlsplit(request.path).query, keep_blank_values=True))
+        if self.calls is None or "call" not in query:
+            return Admission()
+        return self.calls.admit(query, self._live_here)
+
+    def _live_here(self, call_sid: str) -> bool:
+        session = self.find(call_sid)
+        return session is not None and not session.closed
 
     def forget(self, session: CallSession) -> None:
         if session in self.sessions:

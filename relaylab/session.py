@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import failures, playback, protocol
+from relaylab import endings, failures, llm, playback, protocol
 from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
@@ -43,9 +43,19 @@ class Limits:
     """How long and how much a call may take before the relay steps in."""
 
     first_token_timeout: float = 5.0
-    """Seconds a reply may go without its first frame before the caller hears the apology."""
+    """Seconds of silence before a reply's first word that the caller is left with: then, if
+    the model is alive (thinking, or the API asked the client to wait), the caller hears
+    a short holding line (``endings.HOLD_LINE``) and the relay waits on; else the apology."""
     stall_timeout: float = 5.0
-    """Seconds a started reply may go without a frame before the caller hears the apology."""
+    """Seconds the model may show no sign of life (no event of any kind, no retry being
+    waited out) before the caller hears the apology, before or after the first word."""
+    alive_window: float = 2.0
+    """At the first-word budget the model counts as alive if it showed life within this
+    many seconds (at most half of ``stall_timeout``, so a holding line is never followed
+    at once by the apology)."""
+    longest_wait: float = 30.0
+    """Seconds a reply may take to its first word, however alive the model is; then the
+    apology."""
     cancel_wait: float = 1.0
     """Seconds a cancelled reply gets to stop before the relay goes on without it."""
     history_chars: int = 100_000
@@ -74,6 +84,11 @@ _replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 _cut: contextvars.ContextVar[Reply | bool | None] = contextvars.ContextVar(
     "relaylab_cut", default=False
 )
+# For on_interrupt: has this interrupt's talk cycle been closed yet (one empty last:true
+# per interrupt, however often the handler cancels)? None: not in an interrupt's handler.
+_cycle_closed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "relaylab_cycle_closed", default=None
+)
 
 
 def _running_reply() -> Reply | None:
@@ -98,6 +113,7 @@ class Reply:
     heard: str | None = None  # set when the caller interrupts this reply, or it is cut off
     played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
     cut_off: bool = False  # a newer reply's speech cut it off (preemptible); no interrupt
+    dropped: bool = False  # the socket dropped while it played; heard is what had played
     heard_ms: float | None = None  # speech played before the interrupt, as Twilio reported it
     error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -106,6 +122,9 @@ class Reply:
     last_token_at: float | None = None  # when the frame with last=True went out
     ended_at: float | None = None
     interrupted_at: float | None = None
+    stored: bool = True  # False: the step stored none of it (a refusal, no words at all)
+    alive_at: float = 0.0  # the model's last sign of life (later: a retry being waited out)
+    held_at: float | None = None  # when the caller heard the holding line, if they did
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     started: asyncio.Future[None] | None = field(default=None, repr=False)
     timeout_error: failures.ModelTooSlow | None = field(default=None, repr=False)
@@ -141,6 +160,17 @@ def _may_still_play(text: str, began: float | None, at: float) -> bool:
     return at - began < len(text.split()) * 60 / SLOWEST_VOICE_WPM
 
 
+def _alive_listener(ref: weakref.ref[Reply]) -> llm.AliveListener:
+    """Record the model's signs of life on the reply (weakly held: see _current_reply)."""
+
+    def alive(wait: float) -> None:
+        reply = ref()
+        if reply is not None:
+            reply.alive_at = max(reply.alive_at, time.monotonic() + wait)
+
+    return alive
+
+
 class CallSession:
     """What a step's handlers receive as ``call``: one phone call, from setup to hang-up."""
 
@@ -164,6 +194,7 @@ class CallSession:
         self.model = llm.model
         self.system = llm.system
         self.max_tokens = llm.max_tokens
+        self.fast_stream = llm.fast_stream  # read streams with llm.stream_reply (serve)
         self.limits = limits or Limits()
         self.call_sid = ""
         self.setup: protocol.Setup | None = None
@@ -172,7 +203,13 @@ class CallSession:
         self.frames: deque[tuple[str, str]] = deque(maxlen=FRAME_HISTORY)
         self.frames_received = 0
         self.closed = False
+        # Reconnects (relaylab.resume): the call the socket URL names, whether this session
+        # took over a dropped call's state, and why the socket must close (set on a bad setup).
+        self.bound_call_sid: str | None = None
+        self.resumed = False
+        self.refused: str | None = None
         self.agent_speaking: bool | None = None  # from info frames, when Twilio sends them
+        self.settings: dict[str, Any] = {}  # session settings Twilio confirmed (configUpdated)
         self._played_from = 0  # replies before this one have stopped playing
         self._reports = False  # Twilio sends tokensPlayed reports on this call
         self.events = EventBus(self)
@@ -216,6 +253,15 @@ class CallSession:
         return (replies[-1].heard or "") if replies else ""
 
     @property
+    def interrupted_reply(self) -> Reply | None:
+        """In a handler of an interrupt, the reply whose speech it cut (None for speech
+        the relay never sent, such as the welcome greeting); else the latest reply."""
+        cut = _cut.get()
+        if cut is not False:
+            return cut if isinstance(cut, Reply) else None
+        return self.last_reply
+
+    @property
     def timings(self) -> dict[str, float]:
         """Timings of the latest reply, in milliseconds."""
         return self.last_reply.timings if self.last_reply else {}
@@ -227,17 +273,37 @@ class CallSession:
         aborts the HTTP request. A newer reply is never cancelled by an older one, so two
         prompts in quick succession leave the newest one running; and a handler of another
         frame (an interrupt, a key press) cancels only replies that began before its frame.
+        Then the talk cycle is closed with exactly one empty ``last: true`` (Twilio's own
+        SDK acknowledges an interrupt this way; a reading of Twilio keeps an interrupted
+        cycle open until it comes): always in an interrupt's handler (once per interrupt),
+        and on a barge-in when a cancelled reply had sent words but not its ``last: true``.
+        No word of a cancelled reply can follow it (``send_text`` keeps them silent).
         Returns the most recent reply that was cancelled.
         """
         current = _running_reply()
         limit = current.id - 1 if current is not None else _replies_before.get()
         running = [r for r in self.replies if r.running and (limit is None or r.id <= limit)]
+        open_cycle = any(r.frames and r.last_token_at is None for r in running)
         for reply in running:
             reply.state = "cancelled"
             reply.task.cancel()  # type: ignore[union-attr]
         if running:
             await self._wait_for_stop(running)
+        closed = _cycle_closed.get()
+        if closed is not None and current is None:  # an interrupt's handler
+            open_cycle, closed[0] = not closed[0], True
+        if open_cycle:
+            await self._close_talk_cycle()
         return running[-1] if running else None
+
+    async def _close_talk_cycle(self) -> None:
+        """Close the talk cycle of a cancelled reply: one empty ``last: true``, no words."""
+        if self.closed:
+            return
+        try:
+            await self.send(protocol.text("", True))
+        except (HungUp, ConnectionError):
+            log.info("%s: the caller hung up before the talk cycle was closed", self._name)
 
     async def _wait_for_stop(self, replies: list[Reply]) -> None:
         # A handler that ignores the cancel must not stall the call: wait a little,
@@ -284,7 +350,9 @@ class CallSession:
         reply.started = loop.create_future()
         self._barriers.append((reply._order, reply.started))
         self.replies.append(reply)
+        reply.alive_at = reply.started_at
         context.run(_current_reply.set, weakref.ref(reply))
+        context.run(llm.alive_listener.set, _alive_listener(weakref.ref(reply)))
         reply.task = loop.create_task(self._run_reply(reply, run), context=context)
         self._watch(reply)
         self.events.emit("reply_started", reply=reply)
@@ -326,24 +394,71 @@ class CallSession:
             self._check_history()
 
     def _watch(self, reply: Reply) -> None:
-        """Give up on a reply that sends nothing for too long: the caller hears the apology
-        instead of silence, and the call goes on."""
+        """Keep the line from going silent. The voice budget counts silence, not lack of
+        text: by ``first_token_timeout`` with no word yet, a model that is alive gets a
+        holding line and more time; one that shows no sign of life for ``stall_timeout``
+        (or takes past ``longest_wait`` to its first word) is given up on, and the caller
+        hears the apology instead of silence. The call goes on."""
         loop = asyncio.get_running_loop()
+        limits = self.limits
+
+        def give_up(seconds: float, started: bool) -> None:
+            reply.state = "timed_out"
+            reply.timeout_error = failures.ModelTooSlow(seconds, started=started)
+            reply.task.cancel()  # type: ignore[union-attr]
 
         def check() -> None:
             if not reply.running:
                 return
-            started = reply.first_token_at is not None
-            limit = self.limits.stall_timeout if started else self.limits.first_token_timeout
-            since = reply.last_sent_at or reply.started_at
-            if time.monotonic() - since < limit:
-                reply.watchdog = loop.call_at(since + limit, check)
-                return
-            reply.state = "timed_out"
-            reply.timeout_error = failures.ModelTooSlow(limit, started=started)
-            reply.task.cancel()  # type: ignore[union-attr]
+            now = time.monotonic()
+            life = max(reply.alive_at, reply.last_sent_at or 0.0)
+            next_check = life + limits.stall_timeout
+            if reply.first_token_at is not None:  # speaking: only a dead stream ends it
+                if now >= next_check:
+                    return give_up(limits.stall_timeout, started=True)
+            elif reply.held_at is None:  # the first-word budget has passed
+                window = min(limits.alive_window, limits.stall_timeout / 2)
+                if life <= reply.started_at or now - life >= window:
+                    return give_up(limits.first_token_timeout, started=False)
+                reply.held_at = now
+                self._spawn(self._hold(reply))
+                next_check = min(next_check, reply.started_at + limits.longest_wait)
+            else:  # holding: wait on while the model lives, up to the ceiling
+                ceiling = reply.started_at + limits.longest_wait
+                if now >= ceiling:
+                    return give_up(limits.longest_wait, started=False)
+                if now >= next_check:
+                    return give_up(limits.stall_timeout, started=False)
+                next_check = min(next_check, ceiling)
+            reply.watchdog = loop.call_at(max(next_check, now + 0.001), check)
 
-        reply.watchdog = loop.call_later(self.limits.first_token_timeout, check)
+        reply.watchdog = loop.call_later(limits.first_token_timeout, check)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _hold(self, reply: Reply) -> None:
+        """Say the holding line while a live model has not said its first word yet. Not
+        part of Claude's reply (not in ``reply.sent``, never stored), and never sent once
+        an interrupt or a newer prompt is being handled."""
+        newer = [b for order, b in self._barriers if order > reply._order and not b.done()]
+        if not reply.running or reply.first_token_at is not None or newer or self.closed:
+            return
+        try:
+            # The start of the reply's talk cycle: the answer follows in the same cycle.
+            await self.send(protocol.text(endings.HOLD_LINE + " ", False))
+        except Exception:
+            log.info("%s: could not send the holding line; the socket is gone", self._name)
+            return
+        log.info(
+            "%s: Claude is alive but has said nothing for %.1f s; the caller hears %r",
+            self._name,
+            self.limits.first_token_timeout,
+            endings.HOLD_LINE,
+        )
+        self.events.emit("hold", reply=reply)
 
     async def _apologise(self, reply: Reply, exc: BaseException) -> None:
         reply.state = "failed"
@@ -359,16 +474,16 @@ class CallSession:
         self.events.emit("error", message=f"reply failed: {reply.error}")
         if self.closed:
             return
-        # After partial tokens, a space keeps the voice from running two words together.
-        apology = failures.APOLOGY
-        if reply.sent and not reply.sent[-1].isspace():
-            apology = " " + apology
+        ending = endings.failed(reply.sent)
         try:
-            frame = protocol.text(apology, True)
-            await self.send(frame)
+            await self.send(protocol.text(endings.spoken_after(reply.sent, ending.say), True))
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
-        self.conversation.add_assistant(failures.APOLOGY)
+        # The relay's words are never stored as Claude's: a reply that had begun is
+        # stored as far as it got, marked as cut off there.
+        if ending.store != endings.APOLOGY and endings.mark_cut(self.conversation, reply.sent):
+            return
+        self.conversation.add_assistant(ending.store or "")
 
     def _check_history(self) -> None:
         if not self.conversation:
@@ -416,6 +531,23 @@ class CallSession:
         if reply is not None and token and self.events:
             self.events.emit("token", reply=reply, token=token)
 
+    async def say(self, line: str) -> None:
+        """Say the relay's own ``line`` (a wrap-up, a refusal's line) after Claude's words,
+        ending the talk cycle. It is not Claude's: never added to ``reply.sent`` nor
+        stored, and after Claude's words it follows a pause, a sentence of its own
+        (``endings.spoken_after``). Silent once the reply is cancelled, as ``send_text``
+        is."""
+        reply = _running_reply()
+        sent = ""
+        if reply is not None:
+            if self._barriers:
+                await self._wait_for_handlers(reply)
+            if not reply.running:
+                raise asyncio.CancelledError
+            reply.last_sent_at = reply.last_token_at = time.monotonic()
+            sent = reply.sent
+        await self.send(protocol.text(endings.spoken_after(sent, line), True))
+
     async def _wait_for_handlers(self, reply: Reply) -> None:
         """Wait while a frame that arrived during ``reply`` is still being handed to its
         handler: an interrupt's ``on_interrupt`` running, or a newer prompt's ``on_prompt``
@@ -424,6 +556,12 @@ class CallSession:
         pending = [barrier for barrier in newer if not barrier.done()]
         if pending:
             await asyncio.wait(pending, timeout=self.limits.cancel_wait)
+
+    async def configure(self, **settings: Any) -> None:
+        """Change session settings mid-call (dynamic configuration): ``interruptible``,
+        ``interrupt_sensitivity``, ``hints``, languages... named as TwiML attributes.
+        Twilio answers ``configUpdated``; ``settings`` then holds what it applied."""
+        await self.send(protocol.config(**settings))
 
     async def end(self, handoff_data: str | dict[str, Any] | None = None) -> None:
         """End the ConversationRelay session; Twilio then requests the ``<Connect action>`` URL."""
@@ -467,6 +605,10 @@ class CallSession:
             self._run_handler("on_dtmf", message)
         elif isinstance(message, protocol.Info):
             self._on_info(message)
+        elif isinstance(message, protocol.ConfigUpdated):
+            self.settings.update(message.settings)
+            log.info("%s: Twilio applied %s", self._name, loggable(message.settings))
+            self.events.emit("config_updated", settings=message.settings)
         elif isinstance(message, protocol.ErrorMessage):
             log.warning(
                 "%s: Twilio reported an error: %s", self._name, loggable(message.description)
@@ -480,6 +622,18 @@ class CallSession:
         self.events.emit("error", message=reason)
 
     def _on_setup(self, setup: protocol.Setup) -> None:
+        bound = self.bound_call_sid
+        if bound is not None and setup.call_sid != bound:
+            self.refused = "its setup names another call than the socket URL"
+            self._reject(
+                f"refused a setup for call {loggable(setup.call_sid)} on the socket of call "
+                f"{loggable(bound)}: {self.refused}"
+            )
+            return
+        if self.resumed:  # a reconnect that sends setup again: the call goes on as it was
+            self.resumed = False
+            log.info("%s: setup again after a reconnect; the call goes on", self._name)
+            return
         if self.setup is not None:
             self._reject("ignored a second 'setup' message")
             return
@@ -606,6 +760,8 @@ class CallSession:
         context = contextvars.Context()
         context.run(_replies_before.set, len(self.replies))
         context.run(_cut.set, cut)
+        if hook == "on_interrupt":
+            context.run(_cycle_closed.set, [False])
         task = asyncio.get_running_loop().create_task(
             self._handler(hook, previous, *message), context=context
         )

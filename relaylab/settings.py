@@ -33,6 +33,12 @@ class SocketLimits:
     request_head_timeout: float = 10.0
     """Seconds a new connection gets to send its request head; then 408, so connections
     that never say anything cannot pile up and use every file descriptor."""
+    keepalive_timeout: float = 15.0
+    """Seconds an HTTP connection may sit idle after a request, or take over its next
+    request head; then it is closed."""
+    request_body_timeout: float = 10.0
+    """Seconds a webhook request's body gets to arrive; then 408 and the connection is
+    closed, so a client dribbling a body cannot hold a descriptor."""
     setup_timeout: float = 10.0
     """Seconds an open ConversationRelay socket gets to send `setup` (Twilio sends it at
     once); then it is closed (1008)."""
@@ -55,6 +61,10 @@ class RelaySettings:
     """Where /action dials when a call is handed to a person."""
     reuse_port: bool = False
     """Let several relay processes listen on one port (``relaylab serve --workers N``)."""
+    store: str | None = None
+    """Where calls' state is kept for reconnects: None or "memory" (this process),
+    "sqlite:///PATH" (the processes of one machine) or "redis://HOST:PORT" (several
+    machines). See relaylab.store."""
     call: Limits = field(default_factory=Limits)
     socket: SocketLimits = field(default_factory=SocketLimits)
 

@@ -28,18 +28,30 @@ What an interrupt does to a running tool follows from whether it changes anythin
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from relaylab.protocol import loggable
 
 log = logging.getLogger("relaylab.tools")
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SLOW_SECONDS = 1.5
 MAX_PARTY = 12
+MAX_BOOKINGS_PER_CALLER = 20
+MAX_BOOKINGS = 1_000  # the oldest bookings are forgotten past this (it is a demo)
+
+current_caller: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "relaylab_tools_caller", default=""
+)
+"""Whose tool call is running: the tools step sets it to the call's CallSid, so the demo
+restaurant keeps each caller's bookings apart."""
 
 # Opening hours in minutes after midnight, per day; None: closed.
 _HOURS: dict[str, tuple[int, int] | None] = {
@@ -131,7 +143,11 @@ class Toolbox:
         except ToolError as exc:
             return ToolOutcome(str(exc), is_error=True)
         except Exception as exc:
-            log.exception("The tool %s failed on %r; Claude is told it failed", name, tool_input)
+            log.exception(
+                "The tool %s failed on %s; Claude is told it failed",
+                loggable(name),
+                loggable(repr(tool_input), 300),
+            )
             return ToolOutcome(f"The {name} tool failed: {exc}", is_error=True)
         return ToolOutcome(json.dumps(result))
 
@@ -202,11 +218,17 @@ class Restaurant:
     """A pretend restaurant: opening hours, takeaway orders and a reservation book.
 
     ``slow_seconds`` is how long its order system and its reservation system take to
-    answer. ``bookings`` is the reservation book: what really got booked.
+    answer. ``bookings`` is the reservation book: what really got booked, keyed by caller
+    (``current_caller``), day, time, party size and name. Each caller sees only their own
+    bookings, may make at most MAX_BOOKINGS_PER_CALLER, and the book keeps the newest
+    MAX_BOOKINGS.
     """
 
     slow_seconds: float = SLOW_SECONDS
-    bookings: dict[tuple[str, int, int, str], dict[str, Any]] = field(default_factory=dict)
+    bookings: dict[tuple[str, str, int, int, str], dict[str, Any]] = field(default_factory=dict)
+    # Bookings ever made (references stay unique once old ones are forgotten), and per caller.
+    _made: int = field(default=0, init=False, repr=False)
+    _per_caller: Counter[str] = field(default_factory=Counter, init=False, repr=False)
 
     async def opening_hours(self, day: str) -> dict[str, Any]:
         """When the restaurant is open on ``day``."""
@@ -240,18 +262,31 @@ class Restaurant:
             return {"booked": False, "reason": f"tables on {day} can be booked from {window}"}
         if people > MAX_PARTY:
             return {"booked": False, "reason": f"the largest table seats {MAX_PARTY}"}
-        key = (day, minutes, people, str(name).strip().lower())
+        caller = current_caller.get()
+        key = (caller, day, minutes, people, str(name).strip().lower())
         if key in self.bookings:
             return {**self.bookings[key], "already_booked": True}
+        if self._per_caller[caller] >= MAX_BOOKINGS_PER_CALLER:
+            return {"booked": False, "reason": "this call has booked as many tables as it may"}
         await asyncio.sleep(self.slow_seconds)  # the reservation system takes its time
+        if key in self.bookings:  # the same booking, asked for again while this one waited
+            return {**self.bookings[key], "already_booked": True}
+        self._made += 1
         booking = {
             "booked": True,
             "day": day,
             "time": spoken_time(minutes),
             "people": people,
-            "reference": f"T{101 + len(self.bookings)}",
+            "reference": f"T{100 + self._made}",
         }
         self.bookings[key] = booking
+        self._per_caller[caller] += 1
+        while len(self.bookings) > MAX_BOOKINGS:
+            oldest = next(iter(self.bookings))
+            del self.bookings[oldest]
+            self._per_caller[oldest[0]] -= 1
+            if self._per_caller[oldest[0]] <= 0:
+                del self._per_caller[oldest[0]]
         log.info("The restaurant booked a table: %s", booking)
         return booking
 
@@ -320,6 +355,7 @@ __all__ = [
     "ToolError",
     "ToolOutcome",
     "Toolbox",
+    "current_caller",
     "demo_toolbox",
     "parse_time",
     "spoken_time",

@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from twilio.twiml import TwiML, lower_camel
 from twilio.twiml.voice_response import VoiceResponse
@@ -150,6 +151,19 @@ def relay_twiml(
     for name, value in custom:
         relay.parameter(name=name, value=value)
     return response.to_xml()
+
+
+def call_url(ws_url: str, call_sid: str, token: str | None = None) -> str:
+    """``ws_url`` naming the call it is for (``?call=CA...``), and with ``token`` the
+    socket token that binds it to that call (relaylab.call_tokens): a reconnect then
+    finds the call whether or not Twilio sends a new ``setup``."""
+    parts = urlsplit(ws_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, v) for k, v in query if k not in ("call", "token")]
+    query.append(("call", call_sid))
+    if token:
+        query.append(("token", token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def welcome_greeting(**options: object) -> str:
@@ -292,7 +306,7 @@ def wants_human(handoff_data: str | None) -> bool:
         return False
     try:
         data = json.loads(handoff_data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
         return False
     if not isinstance(data, dict):
         return False

@@ -360,6 +360,12 @@ BAD_FRAMES = [
     '{"type":"play"}',
     '{"type":"language"}',
     '{"type":"end","handoffData":{"not":"a string"}}',
+    '{"type":"config"}',
+    '{"type":"config","interruptible":"sometimes"}',
+    '{"type":"config","speechTimeout":100}',
+    '{"type":"config","loudness":"high"}',
+    '{"type":"hints","hints":""}',
+    '{"type":"language","ttsLanguage":"es-ES","voice":7}',
 ]
 
 
@@ -376,7 +382,11 @@ def test_read_outbound_refuses_what_twilio_refuses(frame):
         protocol.play("https://example.com/a.mp3", loop=0),
         protocol.send_digits("12w#*"),
         protocol.language(tts_language="es-ES"),
+        protocol.language(tts_language="es-ES", tts_provider="Google", voice="es-ES-Neural2-B"),
         protocol.end({"reason": "human"}),
+        protocol.config(interruptible="dtmf", interrupt_sensitivity="low", speech_timeout=2000),
+        '{"type":"config","config":{"hints":"Claude,Anthropic"}}',
+        protocol.hints(["Claude", "Anthropic"]),
     ],
 )
 def test_read_outbound_accepts_every_documented_message(frame):
@@ -681,6 +691,64 @@ def test_play_send_digits_and_language_are_acted_on():
     duration = relay.of("interrupt")[0]["durationUntilInterruptMs"]
     assert 1000 + WORD_MS <= duration < 1000 + 2 * WORD_MS, "the audio plays before the words"
     assert [f["type"] for f in reply.frames] == ["language", "sendDigits", "play", "text"]
+
+
+def test_config_and_hints_are_applied_and_answered_with_config_updated():
+    relay_frames = sending(
+        protocol.config(interruptible="dtmf", dtmf_detection=True, language="es-ES"),
+        protocol.hints("Anthropic"),
+        protocol.text("Vale.", last=True),
+    )
+
+    async def scenario():
+        async with FakeRelay(prompt=relay_frames) as relay:
+            mishears = TwilioBehaviour(mishear={"Anthropic": "and tropic"})
+            call = new_call(relay, twilio=mishears)
+            await call.connect_async()
+            await call.say_async("Call Anthropic")
+            relay.handlers["prompt"] = replying("One two three four five six seven eight.")
+            talked_over = await call.say_async(
+                "Anthropic again", interrupt_after_words=2, talk_over="Wait"
+            )
+            await call.hang_up_async()
+            return relay, call, talked_over
+
+    relay, call, talked_over = run(scenario())
+    updated = relay.of("configUpdated")
+    assert [u["config"] for u in updated] == [
+        {"interruptible": "dtmf", "dtmfDetection": True, "language": "es-ES"},
+        {"hints": "Anthropic"},
+    ]
+    assert call.twilio.interruptible == "dtmf" and call.dtmf_detection is True
+    assert call.tts_language == call.transcription_language == "es-ES"
+    prompts = [p["voicePrompt"] for p in relay.of("prompt")]
+    assert prompts == ["Call and tropic", "Anthropic again"], "the hint fixed the transcript"
+    assert relay.of("prompt")[1]["lang"] == "es-ES"
+    assert talked_over.talked_over and not talked_over.interrupted, "speech no longer interrupts"
+    assert relay.of("error") == [] and call.invalid == []
+
+
+def test_a_voice_that_does_not_speak_the_language_is_refused_with_64106():
+    relay_frames = sending(
+        protocol.language(tts_language="en-US", tts_provider="Google", voice="es-ES-Neural2-B"),
+        protocol.config(ttsProvider="Google", voice="es-ES-Neural2-B", language="es-ES"),
+        protocol.text("Hola.", last=True),
+    )
+
+    async def scenario():
+        async with FakeRelay(prompt=relay_frames) as relay:
+            call = new_call(relay)
+            await call.connect_async()
+            reply = await call.say_async("Hello")
+            await call.hang_up_async()
+            return relay, call, reply
+
+    relay, call, reply = run(scenario())
+    [error] = relay.of("error")
+    assert "64106" in error["description"] and "speaks es-ES, not en-US" in error["description"]
+    assert call.voice == {"ttsProvider": "Google", "voice": "es-ES-Neural2-B"}
+    assert call.tts_language == "es-ES" and reply.text == "Hola."
+    assert len(relay.of("configUpdated")) == 1
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])

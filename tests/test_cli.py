@@ -135,18 +135,20 @@ def test_black_box_interrupt_aborts_the_stream_and_only_heard_words_reach_the_mo
                     }
                 )
             )
+            closing = await _quiet_for(ws, 0.5)
             late = await _quiet_for(ws, 0.5)
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": "How far did you get?", "last": True})
             )
             answer = await _frames_until(ws, lambda f: f[-1].get("last") is True)
-            return heard, sent_at, late, "".join(x["token"] for x in answer)
+            return heard, sent_at, closing, late, "".join(x["token"] for x in answer)
 
-    heard, interrupt_at, late, answer = asyncio.run(call())
+    heard, interrupt_at, closing, late, answer = asyncio.run(call())
     first, second = model_server.requests[-2:]
     assert first.outcome == "client_closed"
     assert first.client_closed_at - interrupt_at < 0.1
-    assert late is None, f"a frame arrived after the interrupt: {late}"
+    assert closing == {"type": "text", "token": "", "last": True}, "the cut cycle is closed"
+    assert late is None, f"a frame arrived after the closed talk cycle: {late}"
     assert second.body["messages"] == [
         {"role": "user", "content": "Tell me about dogs"},
         {"role": "assistant", "content": heard.rstrip(",.")},
@@ -164,7 +166,7 @@ def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
             )
             await _frames_until(ws, lambda f: len(f) >= 3)
             await ws.send(json.dumps({"type": "prompt", "voicePrompt": "Hello", "last": True}))
-            return await _frames_until(ws, lambda f: sum(x.get("last", False) for x in f) >= 1)
+            return await _frames_until(ws, lambda f: sum(x.get("last", False) for x in f) >= 2)
 
     frames = asyncio.run(call())
     dogs, hello = model_server.requests[-2:]
@@ -174,7 +176,11 @@ def test_black_box_barge_in_never_interleaves_two_replies(relay, model_server):
     text = "".join(f["token"] for f in frames)
     greeting = _reply_text(model_server, hello)
     assert text.endswith(greeting)
-    assert sum(f["last"] for f in frames) == 1
+    # The cut reply's talk cycle is closed (one empty last:true) before the new one speaks.
+    closes = [i for i, f in enumerate(frames) if f == {"type": "text", "token": "", "last": True}]
+    assert closes == [closes[0], len(frames) - 1], "the cut cycle's close, then the answer's"
+    assert "".join(f["token"] for f in frames[closes[0] :]) == greeting
+    assert sum(f["last"] for f in frames) == 2
 
 
 def _reply_text(claude, record):
@@ -387,3 +393,142 @@ def test_the_terminal_call_says_its_timings_in_words():
         said
         == "first words after 413 ms, you cut in after 2380 ms, speech heard before that: 2910 ms"
     )
+
+
+def _serve_logging_to(log_path, model_server, *flags) -> tuple[subprocess.Popen[str], str]:
+    """`relaylab serve --workers 2 ...` with its log in ``log_path``, once its banner is out."""
+    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2", *flags],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env=env,
+        )
+    lines = []
+    while not any("workers:" in line for line in lines):
+        lines.append(process.stdout.readline())
+        if not lines[-1]:
+            process.kill()
+            raise AssertionError("relaylab serve --workers 2 exited early")
+    return process, re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines)).group(1)
+
+
+async def _answered(ws, prompt="Hi"):
+    await ws.send(json.dumps({"type": "prompt", "voicePrompt": prompt, "last": True}))
+    frames = await _frames_until(ws, lambda f: f[-1].get("last") is True)
+    return "".join(f["token"] for f in frames)
+
+
+def test_a_killed_worker_is_replaced_and_logged(model_server, tmp_path):
+    log_path = tmp_path / "serve.log"
+    process, ws_url = _serve_logging_to(log_path, model_server)
+    try:
+        (worker,) = _children(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "is back" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        (replacement,) = _children(process.pid)
+        assert replacement != worker
+        log = log_path.read_text()
+        assert f"worker 1 (pid {worker}) was killed by signal 9" in log
+        assert "the calls it carried were dropped" in log
+
+        async def calls():
+            async def one(n):
+                async with connect(ws_url) as ws:
+                    await ws.send(setup_frame(f"CA_replaced_{n}"))
+                    return await _answered(ws)
+
+            return await asyncio.gather(*(one(n) for n in range(8)))
+
+        assert all(reply.strip() for reply in asyncio.run(calls()))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(15)
+        process.stdout.close()
+    assert _state(replacement) in ("gone", "Z")
+
+
+def test_calls_on_a_worker_outlive_the_first_process_then_it_exits(model_server, tmp_path):
+    log_path = tmp_path / "serve.log"
+    process, ws_url = _serve_logging_to(log_path, model_server)
+    port = int(ws_url.rsplit(":", 1)[1].split("/")[0])
+    (worker,) = _children(process.pid)
+
+    async def scenario():
+        sockets = [await connect(ws_url) for _ in range(12)]
+        for n, ws in enumerate(sockets):
+            await ws.send(setup_frame(f"CA_orphan_{n}"))
+            assert (await _answered(ws)).strip()
+        process.kill()  # no chance to tidy up: its own calls drop
+        process.wait(15)
+        survived = 0
+        for ws in sockets:
+            try:
+                survived += bool((await _answered(ws, "Tell me about dogs")).strip())
+            except Exception:
+                continue
+        refused = False
+        for _ in range(50):  # no process takes new calls once the first one is gone
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+            except ConnectionRefusedError:
+                refused = True
+                break
+            await asyncio.sleep(0.1)
+        for ws in sockets:
+            await ws.close()
+        return survived, refused
+
+    with process:
+        survived, refused = asyncio.run(scenario())
+    assert 0 < survived < 12, survived  # the worker's calls went on; the first's dropped
+    assert refused
+    deadline = time.monotonic() + 15
+    while _state(worker) not in ("gone", "Z"):
+        assert time.monotonic() < deadline, "the worker outlived its calls"
+        time.sleep(0.05)
+    assert "takes no new calls" in log_path.read_text()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_sigint_sent_as_the_port_opens_stops_serve():
+    import socket
+
+    for _ in range(2):
+        port = _free_port()
+        process = subprocess.Popen(
+            [*RELAYLAB, "serve", "--offline", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_offline_env(),
+            # What a non-interactive shell does to a background job: SIGINT ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline and process.poll() is None
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.001)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(5) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

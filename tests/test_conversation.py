@@ -1061,3 +1061,18 @@ def test_a_tool_result_opening_the_history_is_a_problem():
         "conversation[0] has a tool_result for 'toolu_1', but the turn before it (there is"
         " none) has no tool_use with that id"
     ]
+
+
+def test_trim_to_cuts_the_oldest_words_of_an_opening_turn_too_big_alone(caplog):
+    conversation = Conversation()
+    for n in range(50):  # fifty prompts merged into one turn, none answered
+        conversation.add_user(f"prompt{n} " + "word " * 100)
+    conversation.add_assistant("Sure.")
+    with caplog.at_level(logging.INFO, logger="relaylab.conversation"):
+        assert conversation.trim_to(5_000) == 0
+    text = conversation[0]["content"]
+    assert 4_000 < len(text) + len("Sure.") <= 5_000
+    assert text.startswith(("word", "prompt"))
+    assert text.endswith("prompt49 " + "word " * 99 + "word")
+    assert conversation.problems() == []
+    assert "its first" in caplog.text

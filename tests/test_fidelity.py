@@ -4,8 +4,10 @@ Each SimulatedCall variant (TwilioBehaviour) speaks to a real relay over a real 
 what the caller heard is reported as the whole played prefix, the current sentence or
 the current clause; numbers as written or as spoken; speech in sentence chunks or word
 by word; with or without Twilio's info frames; with partial prompts; with speech-only
-interrupts, reported input, preemptible speech and a welcome greeting. Under all of them
-the relay sends nothing after it reads the interrupt and stores exactly the heard words.
+interrupts, reported input, preemptible speech and a welcome greeting; and with the
+interrupted talk cycle ending at the interrupt or staying open until ``last: true``.
+Under all of them the relay sends no word after it reads the interrupt, closes the cut
+talk cycle with exactly one empty ``last: true``, and stores exactly the heard words.
 """
 
 import itertools
@@ -15,6 +17,7 @@ from conftest import FAST, assert_valid_history, frame_log
 
 from relaylab.caller import TwilioBehaviour
 from relaylab.lab import Lab
+from relaylab.protocol import CLOSE_TALK_CYCLE, words_and_closes
 
 TEN_THINGS = "Name ten things that happened in 1999"
 
@@ -33,6 +36,15 @@ VARIANTS = [
     # covers the ones under which it does not).
     TwilioBehaviour(interruptible="speech", report_input_during_agent_speech="any"),
     TwilioBehaviour(preemptible=True, welcome_greeting="Hello, you are through to the lab."),
+    # The interrupted talk cycle stays open until the relay's last:true (PROTOCOL.md 4).
+    TwilioBehaviour(interrupted_cycle="open_until_last"),
+    TwilioBehaviour(interrupted_cycle="open_until_last", utterance="clause", chunking="word"),
+    TwilioBehaviour(interrupted_cycle="open_until_last", speaker_events=True, tokens_played=True),
+    TwilioBehaviour(
+        interrupted_cycle="open_until_last",
+        preemptible=True,
+        welcome_greeting="Hello, you are through to the lab.",
+    ),
 ]
 
 
@@ -63,12 +75,48 @@ def test_interrupt_guarantees_hold_under_every_variant(tracking_lab, twilio, wor
     reply = call.say(TEN_THINGS, interrupt_after_words=words)
     assert reply.interrupted and not reply.complete, "the interrupt should land mid-stream"
     call.listen(0.2)
-    assert frames.out_after('"interrupt"') == []
+    after = frames.out_after('"interrupt"')
+    assert words_and_closes(after) == ([], 1), f"after the interrupt the relay sent {after}"
+    # Words in flight when the interrupt went out may still reach the caller's side.
+    assert words_and_closes(reply.late)[1] == 1, "the caller's side saw the cycle closed"
     history = call.conversation
     assert history[-1] == {"role": "assistant", "content": reply.heard}
     assert_valid_history(history)
     assert call.invalid == []
     call.hang_up()
+
+
+@pytest.mark.parametrize("cycle", ["ends", "open_until_last"])
+@pytest.mark.parametrize("tokens_per_second", [100.0, 5000.0], ids=["mid-stream", "all-sent"])
+def test_after_an_interrupt_the_next_reply_is_heard_whole(make_lab, cycle, tokens_per_second):
+    lab = make_lab("tracking", tokens_per_second=tokens_per_second)
+    call = lab.call(twilio=TwilioBehaviour(interrupted_cycle=cycle))
+    frames = frame_log(lab, call)
+    cut = call.say(TEN_THINGS, interrupt_after_words=6, talk_over="How far did you get?")
+    assert cut.interrupted
+    answer = call.wait_for_reply()
+    assert answer.prompt == "How far did you get?" and answer.complete
+    assert answer.text.strip() and answer.heard == answer.text.strip()
+    assert words_and_closes(cut.late)[1] == 1
+    assert call.conversation[-1] == {"role": "assistant", "content": answer.heard}
+    interrupt_at = next(i for i, (d, f) in enumerate(frames) if d == "in" and '"interrupt"' in f)
+    closes = [i for i, (d, f) in enumerate(frames) if d == "out" and f == CLOSE_TALK_CYCLE]
+    assert len([i for i in closes if i > interrupt_at]) == 2, "the cut cycle's, the answer's"
+    call.hang_up()
+
+
+def test_a_relay_that_never_closes_the_cut_cycle_loses_the_next_reply(make_lab):
+    """The streaming step (the seed's step 2) ignores interrupts. Under the reading where
+    the cut cycle waits for last:true, the next reply's words go with it, unspoken."""
+    lab = make_lab("streaming", tokens_per_second=5000.0)
+    call = lab.call(twilio=TwilioBehaviour(interrupted_cycle="open_until_last"))
+    first = call.say(TEN_THINGS, interrupt_after_words=6)
+    assert first.interrupted and first.complete, "all of it was sent before the interrupt"
+    with pytest.raises(TimeoutError):
+        call.say("How far did you get?", timeout=2)
+    words, closes = words_and_closes(first.late)
+    assert words and closes == 1, "the answer went to the cut cycle and closed it"
+    assert call.replies[-1].text == ""
 
 
 def test_a_dialled_call_posts_signed_webhooks_and_gets_info_frames(make_lab):

@@ -5,8 +5,9 @@ and a SimulatedCall showing one of Twilio's settings: ``interruptible`` none or 
 ``reportInputDuringAgentSpeech`` with both readings of when reported input arrives,
 ``preemptible``, and the welcome greeting with both readings of whether talking over it
 sends an ``interrupt``. Under each the tracking guarantees must hold: the stored history
-is what the caller heard, no text frame of a reply leaves after the relay read the
-interrupt that cut it, and Twilio reports no invalid message.
+is what the caller heard, no word of a reply leaves after the relay read the interrupt
+that cut it, the first text frame after each interrupt is the one empty ``last: true``
+closing the cut talk cycle, and Twilio reports no invalid message.
 """
 
 import json
@@ -15,6 +16,7 @@ import pytest
 from conftest import assert_valid_history, frame_log
 
 from relaylab.caller import SimulatedCall, TwilioBehaviour
+from relaylab.protocol import is_cycle_close
 from relaylab.recording import record
 
 TEN_THINGS = "Name ten things that happened in 1999"
@@ -39,15 +41,26 @@ def heard_history(call: SimulatedCall) -> list[dict[str, str]]:
 
 
 def texts_after_interrupts(frames) -> list[dict]:
-    """Text frames the relay sent after reading an interrupt and before the next prompt
-    (a prompt starts a new reply, which may speak)."""
+    """Text frames with words the relay sent after reading an interrupt and before the next
+    prompt (a prompt starts a new reply, which may speak)."""
     late, cut = [], False
     for direction, frame in frames:
         if direction == "in":
             cut = '"interrupt"' in frame or (cut and '"prompt"' not in frame)
-        elif cut and '"type":"text"' in frame:
+        elif cut and '"type":"text"' in frame and not is_cycle_close(json.loads(frame)):
             late.append(json.loads(frame))
     return late
+
+
+def first_texts_after_interrupts(frames) -> list[dict | None]:
+    """For each interrupt the relay read, the first text frame it sent after it: the empty
+    last:true closing the cut talk cycle, before any word of a newer reply."""
+    firsts = []
+    for index, (direction, frame) in enumerate(frames):
+        if direction == "in" and '"interrupt"' in frame:
+            texts = (f for d, f in frames[index + 1 :] if d == "out" and '"type":"text"' in f)
+            firsts.append(json.loads(next(texts, "null")))
+    return firsts
 
 
 def check_guarantees(call: SimulatedCall, frames, *, exact: bool = True) -> list[dict]:
@@ -64,6 +77,10 @@ def check_guarantees(call: SimulatedCall, frames, *, exact: bool = True) -> list
         assert _words(_of(history, "assistant")) == _words(_of(expected, "assistant"))
     assert_valid_history(history)
     assert texts_after_interrupts(frames) == []
+    assert all(
+        first is not None and is_cycle_close(first)
+        for first in first_texts_after_interrupts(frames)
+    )
     assert call.invalid == []
     return history
 
@@ -312,3 +329,26 @@ def test_a_key_during_the_older_reply_cuts_it_not_the_queued_one(make_lab):
     call.listen(0.2)
     check_guarantees(call, frames)
     call.hang_up()
+
+
+def test_one_empty_last_true_per_interrupt_however_often_the_handler_cancels(make_lab):
+    from relaylab.step import Step
+    from relaylab.steps import tracking
+
+    async def cancels_twice(call, interrupt):
+        await tracking.on_interrupt(call, interrupt)
+        await call.cancel_reply()
+
+    lab = make_lab("tracking")
+    lab.use(Step(on_prompt=tracking.on_prompt, on_interrupt=cancels_twice))
+    call = lab.call()
+    frames = frame_log(lab, call)
+    reply = call.say(TEN_THINGS, interrupt_after_words=6)
+    assert reply.interrupted
+    call.listen(0.3)
+    assert texts_after_interrupts(frames) == []
+    closes = [f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]
+    assert len(closes) == 1
+    finished = call.say(DOGS)  # a reply that ends by itself: one last:true, its own
+    assert finished.complete
+    assert len([f for d, f in frames if d == "out" and is_cycle_close(json.loads(f))]) == 2

@@ -72,3 +72,34 @@ def test_backend_choice_follows_the_environment():
     ).kind == ("custom")
     with pytest.raises(ValueError, match="offline=False"):
         choose_backend(False, env={})
+
+
+def test_bedrock_and_vertex_are_chosen_by_environment_with_the_sdks_own_clients(monkeypatch):
+    from relaylab.llm import make_llm, needs_model_check, provider_model
+
+    for name in ("ANTHROPIC_MODEL", "AWS_REGION", "CLOUD_ML_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # what the SDK's Bedrock client reads
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "offline-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "offline-test")
+    bedrock = choose_backend(env={"RELAYLAB_PROVIDER": "Bedrock", "ANTHROPIC_API_KEY": "k"})
+    assert bedrock.kind == "bedrock" and "Amazon Bedrock" in bedrock.describe()
+    llm = make_llm(bedrock)
+    assert isinstance(llm.client, anthropic.AsyncAnthropicBedrock)
+    assert llm.model == "anthropic.claude-haiku-5-5-v1:0"
+    assert "bedrock-runtime.us-east-1" in str(llm.client.base_url)
+    assert not needs_model_check(bedrock)  # the models API is Anthropic's own
+
+    monkeypatch.setenv("CLOUD_ML_REGION", "us-east5")
+    monkeypatch.setenv("ANTHROPIC_VERTEX_PROJECT_ID", "offline-test")
+    vertex = choose_backend(env={"RELAYLAB_PROVIDER": "vertex"})
+    llm = make_llm(vertex, model="claude-haiku-5-5@20270101")
+    assert isinstance(llm.client, anthropic.AsyncAnthropicVertex)
+    assert llm.model == "claude-haiku-5-5@20270101"
+    assert "us-east5-aiplatform" in str(llm.client.base_url)
+
+    assert provider_model("bedrock", "us.anthropic.claude-x-v1:0") == "us.anthropic.claude-x-v1:0"
+    assert choose_backend(True, env={"RELAYLAB_PROVIDER": "bedrock"}).kind == "offline"
+    assert choose_backend(env={"RELAYLAB_PROVIDER": "anthropic"}).kind == "offline"
+    with pytest.raises(ValueError, match="RELAYLAB_PROVIDER"):
+        choose_backend(env={"RELAYLAB_PROVIDER": "azure"})

@@ -358,6 +358,134 @@ def test_failures_surface_as_sdk_errors(
         assert exc.response.headers["retry-after"] == "0"
 
 
+MORE_STATUSES = [
+    ("unauthorized", anthropic.AuthenticationError, 401, "authentication_error"),
+    ("forbidden", anthropic.PermissionDeniedError, 403, "permission_error"),
+    ("not_found", anthropic.NotFoundError, 404, "not_found_error"),
+    ("too_large", anthropic.APIStatusError, 413, "request_too_large"),
+]
+
+
+@pytest.mark.parametrize(("kind", "error", "status", "error_type"), MORE_STATUSES)
+def test_more_http_errors_on_request(
+    kind: str, error: type[Exception], status: int, error_type: str
+) -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next(kind)
+        with pytest.raises(error) as caught:
+            await stream_text(client, DOGS)
+        return caught.value, await create(client, DOGS)
+
+    exc, after = run(body)
+    assert exc.status_code == status and exc.body["error"]["type"] == error_type
+    if kind == "not_found":
+        assert MODEL in exc.body["error"]["message"]
+    assert after.content[0].text == REPLIES["dogs"]
+
+
+@pytest.mark.parametrize("kind", ["rate_limit", "overloaded"])
+def test_a_retry_after_is_sent_and_the_sdk_waits_it_out(kind: str) -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.retry_after = 0.6
+        claude.fail_next(kind)
+        started = time.monotonic()
+        text = await stream_text(client, DOGS)
+        return text, time.monotonic() - started, claude.requests
+
+    text, took, requests = run(body, retries=1)
+    assert text == REPLIES["dogs"] and took >= 0.6
+    assert requests[0].outcome == f"failed:{kind}" and requests[1].outcome == "complete"
+
+
+async def _events(client: anthropic.AsyncAnthropic, messages: list[dict]) -> Any:
+    async with client.messages.stream(model=MODEL, max_tokens=1000, messages=messages) as s:
+        events = [event.type async for event in s]
+        return events, await s.get_final_message()
+
+
+@pytest.mark.parametrize(
+    ("kind", "stop_reason", "words"),
+    [
+        ("refusal", "refusal", "some"),
+        ("refusal_no_text", "refusal", "none"),
+        ("empty", "end_turn", "none"),
+        ("max_tokens", "max_tokens", "half"),
+        ("pause_turn", "pause_turn", "half"),
+        ("context_window", "model_context_window_exceeded", "half"),
+    ],
+)
+@pytest.mark.parametrize("streaming", [False, True], ids=["create", "stream"])
+def test_replies_that_end_other_than_end_turn(
+    kind: str, stop_reason: str, words: str, streaming: bool
+) -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next(kind)
+        if streaming:
+            return (await _events(client, DOGS))[1]
+        return await create(client, DOGS)
+
+    message = run(body)
+    assert message.stop_reason == stop_reason
+    text = "".join(b.text for b in message.content if b.type == "text")
+    assert REPLIES["dogs"].startswith(text)
+    if words == "none":
+        assert message.content == []
+    elif words == "some":
+        assert 0 < len(tokenize(text)) <= 10
+    else:
+        assert len(tokenize(text)) == len(tokenize(REPLIES["dogs"])) // 2
+
+
+def test_a_paused_turn_sent_back_carries_on_where_it_stopped() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next("pause_turn")
+        paused = await create(client, DOGS)
+        content = [{"type": "text", "text": paused.content[0].text.rstrip()}]
+        rest = await create(client, [*DOGS, {"role": "assistant", "content": content}])
+        return paused, rest
+
+    paused, rest = run(body)
+    assert paused.stop_reason == "pause_turn" and rest.stop_reason == "end_turn"
+    assert paused.content[0].text + rest.content[0].text == REPLIES["dogs"]
+
+
+def test_an_error_event_mid_stream() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.fail_next("error_event")
+        received: list[str] = []
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            async with client.messages.stream(model=MODEL, max_tokens=900, messages=DOGS) as s:
+                async for text in s.text_stream:
+                    received.append(text)
+        return caught.value, received, claude.requests[0]
+
+    exc, received, record = run(body)
+    assert exc.body["error"]["type"] == "overloaded_error"
+    assert received and REPLIES["dogs"].startswith("".join(received))
+    assert record.outcome == "failed:error_event"
+
+
+def test_thinking_deltas_come_before_the_first_word() -> None:
+    async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
+        claude.thinking_seconds = 0.5
+        claude.fail_next("thinking")
+        started = time.monotonic()
+        seen: list[tuple[str, float]] = []
+        async with client.messages.stream(model=MODEL, max_tokens=900, messages=DOGS) as s:
+            async for event in s:
+                if event.type in ("thinking", "text"):
+                    seen.append((event.type, time.monotonic() - started))
+            return seen, await s.get_final_message()
+
+    seen, message = run(body, delay=0.0, tps=500)
+    kinds = [k for k, _ in seen]
+    assert kinds[0] == "thinking" and "thinking" not in kinds[kinds.index("text") :]
+    first_word = next(at for k, at in seen if k == "text")
+    assert first_word >= 0.45
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[1].text == REPLIES["dogs"]
+
+
 def test_sdk_retries_a_queued_failure_by_default() -> None:
     async def body(claude: OfflineClaude, client: anthropic.AsyncAnthropic) -> Any:
         claude.fail_next("overloaded")

@@ -118,3 +118,15 @@ def test_without_preemption_a_report_that_skips_ahead_means_the_rest_played_unre
     credit = credit_played([first, newest], "Dogs were the first", preemption=False)
     assert credit.reply is newest and credit.cut_off == []
     assert first.heard is None and first.played == FIRST and played_out(first)
+
+
+def test_only_the_newest_few_replies_are_taken_as_playing_older_ones_played_through():
+    from relaylab.playback import PLAYING_AT_ONCE
+
+    replies = [sent(f"Reply number {i} of many.", i + 1) for i in range(3 * PLAYING_AT_ONCE)]
+    assert credit_played(replies, "Nothing anyone sent").reply is None
+    old, recent = replies[:-PLAYING_AT_ONCE], replies[-PLAYING_AT_ONCE:]
+    assert all(played_out(r) and r.heard is None for r in old), "played through, not cut off"
+    assert all(still_playing(r) for r in recent)
+    first_recent = recent[0]
+    assert credit_played(replies, first_recent.sent).reply is first_recent

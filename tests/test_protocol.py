@@ -686,3 +686,57 @@ def test_fuzzed_frames_give_a_message_or_a_protocol_error(seed):
     expected = {"error", "Setup", "Prompt", "Interrupt", "Dtmf", "ErrorMessage", "Info", "Unknown"}
     assert expected <= set(outcomes), outcomes
     assert outcomes["error"] > 200 and sum(outcomes.values()) - outcomes["error"] > 200, outcomes
+
+
+# -- dynamic configuration -----------------------------------------------------------------
+
+
+def test_config_names_settings_as_twiml_attributes_and_needs_one():
+    frame = protocol.config(interruptible="dtmf", interrupt_sensitivity="low", hints=None)
+    assert json.loads(frame) == {
+        "type": "config",
+        "interruptible": "dtmf",
+        "interruptSensitivity": "low",
+    }
+    assert json.loads(protocol.config(speechTimeout=2000))["speechTimeout"] == 2000
+    with pytest.raises(ValueError, match="at least one setting"):
+        protocol.config(voice=None)
+    with pytest.raises(ValueError, match="string, number or bool"):
+        protocol.config(interruptible={"no": "dicts"})
+
+
+def test_hints_are_comma_separated_like_the_twiml_attribute():
+    assert json.loads(protocol.hints(["Claude", " Anthropic ", "a,b"])) == {
+        "type": "hints",
+        "hints": "Claude,Anthropic,a,b",
+    }
+    assert json.loads(protocol.hints("Claude"))["hints"] == "Claude"
+    with pytest.raises(ValueError, match="at least one"):
+        protocol.hints([" ", ""])
+
+
+def test_the_extended_language_names_the_voice_and_providers():
+    frame = protocol.language(
+        tts_language="es-ES", tts_provider="Google", voice="es-ES-Neural2-B", speech_model="long"
+    )
+    assert json.loads(frame) == {
+        "type": "language",
+        "ttsLanguage": "es-ES",
+        "ttsProvider": "Google",
+        "voice": "es-ES-Neural2-B",
+        "speechModel": "long",
+    }
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"configUpdated","config":{"interruptible":"dtmf"}}',
+        '{"type":"configUpdated","interruptible":"dtmf"}',
+    ],
+)
+def test_config_updated_is_read_nested_or_flat(frame):
+    message = protocol.parse(frame)
+    assert isinstance(message, protocol.ConfigUpdated)
+    assert message.settings == {"interruptible": "dtmf"}
+    assert protocol.parse(protocol.config_updated_frame({"interruptible": "dtmf"})) == message

@@ -173,7 +173,7 @@ def test_replay_of_an_untracked_call_against_tracking_stops_at_the_interrupt(mak
     after = recording._turns(result.replayed)[0]
     assert before.after_interrupt > 10 and after.after_interrupt == 0
     assert result.history[1] == {"role": "assistant", "content": reply.heard}
-    assert "interrupted, 0 frames sent after the interrupt" in str(result)
+    assert "interrupted, 0 words sent after the interrupt" in str(result)
     # The recorded frames went out at their recorded moments.
     gaps = [
         [t for t, f in call.frames_in if f["type"] in ("prompt", "interrupt")]
@@ -211,3 +211,50 @@ def test_bad_recordings_get_clear_errors(tmp_path):
         replay(one, "tracking", call_sid="CA2")
     with pytest.raises(ValueError, match="has no setup frame"):
         replay(one, "tracking")
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_hostile_call_is_recorded_in_strict_json_and_replays(make_lab, tmp_path):
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    lab = make_lab("tracking")
+    path = tmp_path / "hostile.jsonl"
+    setup = (
+        '{"type":"setup","sessionId":"VX1","callSid":"CA\\udc80hostile","from":"+15550100",'
+        '"to":"+15550101","accountSid":"AC1"}'
+    )
+    huge = '{"type":"prompt","voicePrompt":"' + "a " * 450_000 + '","last":true}'
+
+    async def hostile_call():
+        async with connect(lab.ws_url, max_size=None) as ws:
+            await ws.send(setup)
+            await ws.send('{"type":"info","name":"odd","value":NaN,"other":-Infinity}')
+            await ws.send(huge)
+            await ws.send("[" * 5_000)
+            await ws.send('{"type":"prompt","voicePrompt":"Hello","last":true}')
+            while not json.loads(await ws.recv()).get("last"):
+                pass
+
+    with record(lab, path):
+        asyncio.run(hostile_call())
+        lab.run(asyncio.sleep(0.5))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    parsed = [_strict_json(line) for line in lines]
+    assert {line["call"] for line in parsed} == {"CA\\udc80hostile"}
+    assert max(len(line) for line in lines) < 10_000
+    frames = [line["frame"] for line in parsed if line["kind"] == "in"]
+    assert {"type": "info", "name": "odd", "value": "NaN", "other": "-Infinity"} in frames
+    assert {"raw": huge[:2_000], "chars": len(huge)} in frames
+    (call,) = load(path)
+    assert [r["prompt"] for r in call.replies] == ["Hello"]
+    result = replay(path, "tracking", speed=4.0, first_token_delay=0.05, tokens_per_second=200)
+    assert [r["prompt"] for r in result.replayed.replies] == ["Hello"]
+    assert result.history == call.history

@@ -26,17 +26,18 @@ import time
 import unicodedata
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from relaylab import failures
 from relaylab.conversation import Conversation
-from relaylab.llm import choose_backend
+from relaylab.llm import Backend, choose_backend
 from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
 from relaylab.offline_claude.replies import content_text
 from relaylab.protocol import (
@@ -49,6 +50,8 @@ from relaylab.protocol import (
 from relaylab.relay import Relay
 from relaylab.session import CallSession, Limits, Reply
 from relaylab.settings import RelaySettings, SocketLimits
+from relaylab.steps.tools import tools_step
+from relaylab.tools import demo_toolbox
 
 pytestmark = pytest.mark.anyio
 
@@ -1011,3 +1014,438 @@ async def test_a_flood_of_tokens_played_reports_stays_bounded(make_lab):
         await caller.say_until("Hello", GREETING)
         reply = session_of(sessions, caller).replies[0]
         assert len(reply.played) <= len(reply.sent)
+
+
+# -- what one HTTP client may cost (issue 21) ------------------------------------------------
+
+
+def _relay_cpu(lab) -> float:
+    """CPU seconds the relay's loop thread has used so far."""
+
+    async def now() -> float:
+        return time.thread_time()
+
+    return lab.loop.submit(now()).result(5)
+
+
+def _gzip_bomb(megabytes: int) -> bytes:
+    """A gzip body that inflates to ``megabytes`` MB of zeros."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(megabytes)) + packer.flush()
+
+
+def _post_head(path: str, length: int, extra: str = "", content_type: str | None = None) -> bytes:
+    kind = content_type if content_type is not None else "application/x-www-form-urlencoded"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n{extra}\r\n"
+    ).encode()
+
+
+async def _exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection; everything the relay answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.transport.abort()
+
+
+async def test_a_compressed_body_costs_the_relay_no_inflating(make_lab):
+    bomb = _gzip_bomb(100)  # ~100 KB that would inflate to 100 MB
+    for options in ({"auth_token": TOKEN}, {}):
+        lab = make_lab(**MODEL, **options)
+        before = _relay_cpu(lab)
+        for signature in ("", "X-Twilio-Signature: forged\r\n"):
+            head = _post_head("/twiml", len(bomb), "Content-Encoding: gzip\r\n" + signature)
+            answer = await _exchange(lab.server.port, head + bomb)
+            status = int(answer.split()[1])
+            assert status in (403, 415), answer[:200]
+            if signature or not options:
+                assert status == 415, answer[:200]
+        spent = _relay_cpu(lab) - before
+        assert spent < 0.3, spent
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        assert (await _exchange(lab.server.port, healthz)).endswith(b"ok\n")
+
+
+async def test_an_unsigned_post_is_refused_before_its_body_is_read(make_lab):
+    lab = make_lab(**MODEL, auth_token=TOKEN)
+    # The head alone: the relay answers without waiting for the 60 KB it announced.
+    reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    try:
+        writer.write(_post_head("/twiml", 60_000))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    finally:
+        writer.transport.abort()
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+
+
+ODD_BODIES = [
+    (_post_head("/twiml", 9) + b"CallSid=\xff", 400),
+    (_post_head("/action", 11) + b"CallSid=%FF", 400),
+    (
+        _post_head("/twiml", 5, content_type="application/x-www-form-urlencoded; charset=bogus")
+        + b"a=b&c",
+        415,
+    ),
+    (
+        _post_head("/twiml", 6, content_type="application/x-www-form-urlencoded; charset=utf-16")
+        + "a=b".encode("utf-16-le"),
+        415,
+    ),
+    (_post_head("/twiml", 2, content_type="application/json") + b"{}", 415),
+    (_post_head("/twiml", 3, "Expect: teapot\r\n") + b"a=b", 417),
+]
+
+
+async def test_odd_bodies_get_a_4xx_and_no_traceback(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    lab = make_lab(**MODEL)
+    for request, status in ODD_BODIES:
+        answer = await _exchange(lab.server.port, request)
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), (request[-40:], answer[:120])
+    deep = "SessionStatus=ended&HandoffData=" + "%5B" * 5_000 + "%5D" * 5_000
+    answer = await _exchange(lab.server.port, _post_head("/action", len(deep)) + deep.encode())
+    assert answer.startswith(b"HTTP/1.1 200") and b"<Hangup" in answer, answer[:300]
+    # A client that goes away halfway through its body.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    writer.write(_post_head("/twiml", 1_000) + b"CallSid=CA1&")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    await assert_still_serving(lab)
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(make_lab):
+    lab = make_lab(**MODEL)
+    body = b"CallSid=CA1&From=%2B15550100"
+    reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port)
+    try:
+        writer.write(_post_head("/twiml", len(body), "Expect: 100-continue\r\n"))
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        writer.transport.abort()
+
+
+async def test_idle_and_dribbling_http_connections_are_closed(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    limits = SocketLimits(keepalive_timeout=1.0, request_body_timeout=1.0)
+    lab = make_lab(**MODEL, socket=limits)
+    port = lab.server.port
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def closed_after(writer_work: Callable[[asyncio.StreamWriter], object]) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        dribbler = asyncio.ensure_future(writer_work(writer))  # type: ignore[arg-type]
+        try:
+            return await asyncio.wait_for(reader.read(), 6)  # EOF: the relay closed it
+        finally:
+            dribbler.cancel()
+            writer.transport.abort()
+
+    async def idle(writer: asyncio.StreamWriter) -> None:
+        writer.write(healthz)
+
+    async def dribble(writer: asyncio.StreamWriter, data: bytes) -> None:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")  # the first head whole: only what follows dribbles
+        for byte in rest:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+
+    answer = await closed_after(idle)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer
+    second_head = healthz + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    answer = await closed_after(lambda w: dribble(w, second_head))
+    assert answer.count(b"HTTP/1.1 200") == 1, answer
+    body = _post_head("/twiml", 200) + b"CallSid=CA" + b"1" * 190
+    answer = await closed_after(lambda w: dribble(w, body))
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    await assert_still_serving(lab)
+
+
+async def test_the_action_urls_error_code_cannot_forge_a_log_line(make_lab, caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    lab = make_lab(**MODEL)
+    form = "SessionStatus=failed&ErrorCode=%1B%5B31m%0AERROR+forged" + "x" * 20_000
+    answer = await _exchange(lab.server.port, _post_head("/action", len(form)) + form.encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("relaylab")]
+    logged = [m for m in messages if "ErrorCode" in m]
+    assert logged and all("\\x1b[31m\\nERROR" in m and len(m) < 400 for m in logged), logged
+    assert [m for m in messages if _unsafe_characters(m)] == []
+
+
+async def test_unmatched_tokens_played_reports_cost_little_however_long_the_call(make_lab):
+    lab = make_lab(first_token_delay=0.0, tokens_per_second=float("inf"))
+    sessions = capture_sessions(lab.server)
+    async with Caller.dial(lab.ws_url) as attacker, Caller.dial(lab.ws_url) as victim:
+        for i in range(300):  # 300 answered prompts, none reported as played
+            prompt = HEALTHY_PROMPTS[i % len(HEALTHY_PROMPTS)]
+            assert await attacker.say(prompt) == expected(prompt)
+        assert await victim.say("Hello") == GREETING
+        stop = threading.Event()
+        lag = lab.loop.submit(_loop_lag(stop))
+        before = _relay_cpu(lab)
+        report = info_frame("tokensPlayed", "Zebras quantum marmalade, nothing said here.")
+        for _ in range(1_000):
+            await attacker.ws.send(report)
+        assert await attacker.say("Hello") == GREETING  # every report has been handled
+        spent = _relay_cpu(lab) - before
+        stop.set()
+        worst_lag = lag.result(5)
+        assert await victim.say("Hello") == GREETING
+    assert len(session_of(sessions, attacker).replies) == 301
+    assert spent < 1.0, spent
+    assert worst_lag < 0.3, worst_lag
+
+
+async def test_a_flood_of_prompts_cut_off_by_the_next_keeps_requests_bounded(make_lab):
+    lab = make_lab(first_token_delay=0.02, tokens_per_second=200.0)
+    await warm_up(lab, calls=2)
+    cap = Limits().history_chars
+    words = expected(DOGS).split()
+    rng = random.Random(SEED)
+    prompts = [" ".join(rng.choices(words, k=800))[:4_000] for _ in range(1_500)]
+    async with Caller.dial(lab.ws_url) as attacker, Caller.dial(lab.ws_url) as victim:
+        for prompt in prompts:  # each one barges in on the reply to the one before
+            await attacker.ws.send(prompt_frame(prompt))
+        started = time.monotonic()
+        await victim.ws.send(prompt_frame("Hello"))
+        await victim.tokens(1, timeout=30)
+        first_token = time.monotonic() - started
+        await victim.talk_cycle()
+        await attacker.say_until("Hello", lab.offline_claude, timeout=60)
+    sizes = [len(json.dumps(r.body)) for r in lab.offline_claude.requests]
+    assert max(sizes) < 2 * cap, max(sizes)
+    assert first_token < 1.5, first_token
+
+
+# -- hostile tool calls, from a Messages API fake at the wire level --------------------------
+
+
+@dataclass
+class ToolSpec:
+    """One tool_use block the fake streams: its input JSON arrives in ``chunks``."""
+
+    name: str
+    id: str
+    chunks: Callable[[], Iterable[str]]
+
+
+class HostileClaude:
+    """Claude's Messages API on 127.0.0.1, streaming server-sent events like the real one.
+    Each request gets the next scripted round of tool calls; once the script is used up,
+    a short answer in words. Records each request body and how many bytes each answer
+    got out before the client went away (``cut_short``)."""
+
+    ANSWER = "All done here."
+
+    def __init__(self, script: Sequence[Sequence[ToolSpec]]) -> None:
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self.sent: list[int] = []
+        self.cut_short: list[bool] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> HostileClaude:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/messages", self._messages)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()  # type: ignore[union-attr]
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        index = len(self.sent)
+        self.sent.append(0)
+        self.cut_short.append(False)
+        tools = self.script.pop(0) if self.script else []
+
+        async def event(kind: str, **data: object) -> None:
+            line = f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            self.sent[index] += len(line)
+            await response.write(line)
+
+        message = {
+            "id": "msg_hostile",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+        try:
+            await event("message_start", message=message)
+            if not tools:
+                block = {"type": "text", "text": ""}
+                await event("content_block_start", index=0, content_block=block)
+                delta = {"type": "text_delta", "text": self.ANSWER}
+                await event("content_block_delta", index=0, delta=delta)
+                await event("content_block_stop", index=0)
+            for number, tool in enumerate(tools):
+                block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+                await event("content_block_start", index=number, content_block=block)
+                for chunk in tool.chunks():
+                    delta = {"type": "input_json_delta", "partial_json": chunk}
+                    await event("content_block_delta", index=number, delta=delta)
+                await event("content_block_stop", index=number)
+            stop = {"stop_reason": "tool_use" if tools else "end_turn", "stop_sequence": None}
+            await event("message_delta", delta=stop, usage={"output_tokens": 5})
+            await event("message_stop")
+        except (ConnectionError, RuntimeError):
+            self.cut_short[index] = True
+        return response
+
+
+@contextlib.asynccontextmanager
+async def tools_relay(claude: HostileClaude, slow: float = 0.05) -> AsyncIterator[tuple]:
+    """A relay running the tools step against ``claude``, on this test's loop."""
+    toolbox = demo_toolbox(slow_seconds=slow)
+    relay = Relay(
+        Backend("custom", claude.base_url, "test-key"),
+        step=tools_step(toolbox=toolbox, hold_after=5.0),
+        settings=RelaySettings(),
+    )
+    server = await relay.start()
+    try:
+        yield server, toolbox
+    finally:
+        await relay.stop()
+
+
+def _json(value: object) -> Callable[[], list[str]]:
+    return lambda: [json.dumps(value)]
+
+
+async def test_a_tool_input_that_never_ends_is_cut_off_not_buffered():
+    def endless() -> Iterable[str]:
+        yield '{"day": "'
+        for _ in range(2_000):  # 32 MB of one string
+            yield "a" * 16_384
+        yield '"}'
+
+    script = [[ToolSpec("opening_hours", "toolu_endless", endless)]]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude) as (server, _),
+        Caller.dial(server.ws_url) as caller,
+    ):
+        cycle = await caller.say("When are you open?", timeout=20)
+        assert cycle.endswith(failures.APOLOGY), cycle
+        assert await caller.say("Hello") == HostileClaude.ANSWER
+    assert claude.cut_short[0] and claude.sent[0] < 4 * 1024 * 1024, claude.sent
+
+
+async def test_tool_calls_the_api_would_reject_are_never_stored(caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    deep = {"day": "Friday", "more": json.loads("[" * 100 + "]" * 100)}
+    too_deep = lambda: ['{"day": ' + "[" * 5_000, "]" * 5_000 + "}"]  # noqa: E731
+    script = [
+        [
+            ToolSpec("opening_hours", "toolu_1", _json({"day": "Friday"})),
+            ToolSpec("opening_hours", "toolu_1", _json({"day": "Monday"})),  # same id
+            ToolSpec("", "toolu_2", _json({"day": "Monday"})),  # no name
+            ToolSpec("opening_hours", "toolu_3", too_deep),
+            ToolSpec("opening_hours", "toolu_4", _json(deep)),
+        ],
+        [],  # the answer in words
+        [ToolSpec("opening_hours", "toolu_1", _json({"day": "Sunday"}))],  # an id used before
+    ]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude) as (server, _),
+        Caller.dial(server.ws_url) as caller,
+    ):
+        assert await caller.say("When are you open?") == HostileClaude.ANSWER
+        assert await caller.say("And on Sunday?") == failures.APOLOGY  # not silence
+        assert await caller.say("Thanks") == HostileClaude.ANSWER
+    history = claude.requests[-1]["messages"]
+    assert Conversation(history).problems() == [], history
+    uses = [b for t in history if isinstance(t["content"], list) for b in t["content"]]
+    uses = [b for b in uses if b["type"] == "tool_use"]
+    assert sorted(u["id"] for u in uses) == ["toolu_1", "toolu_3", "toolu_4"], uses
+    assert all(u["name"] == "opening_hours" for u in uses)
+    assert [u["input"] for u in uses if u["id"] != "toolu_1"] == [{}, {}]
+    assert "Traceback" not in caplog.text
+    assert "reuses the tool_use id" in caplog.text and "no name" in caplog.text
+
+
+async def test_tool_names_and_call_sids_never_forge_a_log_line(caplog):
+    caplog.set_level("INFO", logger="relaylab")
+    forged = "\nERROR relaylab.steps.tools: forged \x1b[31m\u2028"
+    script = [
+        [ToolSpec("order" + forged, "toolu_a", lambda: ["{not json" + forged])],
+        [],
+        [ToolSpec("order_status", "toolu_b", _json({"order_number": "12345"}))],
+    ]
+    async with (
+        HostileClaude(script) as claude,
+        tools_relay(claude, slow=5.0) as (server, _),
+        connect(server.ws_url) as ws,
+    ):
+        caller = Caller(ws, "CA" + forged)
+        await ws.send(setup_frame(caller.call_sid))
+        assert await caller.say("Where is my order?") == HostileClaude.ANSWER
+        await ws.send(prompt_frame("Where is order 12345?"))
+        await wait_for(lambda: _async(len(claude.requests) >= 3), "no tool ran")
+        await ws.send(interrupt_frame("", 100))  # while order_status runs
+        await asyncio.sleep(0.3)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("relaylab")]
+    assert [m for m in messages if _unsafe_characters(m)] == []
+    assert any("order\\nERROR" in m for m in messages)
+    assert any("CA\\nERROR" in m and "order_status" in m for m in messages)
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+async def test_each_caller_has_their_own_bookings():
+    booking = {"day": "Friday", "time": "7 pm", "people": 2}
+    script = [
+        [ToolSpec("book_table", "toolu_a", _json(booking))],
+        [],
+        [ToolSpec("book_table", "toolu_b", _json(booking))],
+        [],
+    ]
+    async with HostileClaude(script) as claude, tools_relay(claude) as (server, toolbox):
+        for _ in range(2):  # two callers ask for the same table, one after the other
+            async with Caller.dial(server.ws_url) as caller:
+                assert await caller.say("Book a table") == HostileClaude.ANSWER
+    results = [
+        json.loads(block["content"])
+        for record in claude.requests
+        for block in record["messages"][-1]["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+    assert [r["reference"] for r in results] == ["T101", "T102"], results
+    assert not any(r.get("already_booked") for r in results), "caller B saw A's booking"
+    assert len(toolbox.restaurant.bookings) == 2

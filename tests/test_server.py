@@ -51,7 +51,7 @@ FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 def test_twiml_answers_a_post_with_a_form_body_like_twilios_default(lab):
     status, body = http_post(lab, "/twiml", FORM)
     relay = ET.fromstring(body).find("./Connect/ConversationRelay")
-    assert status == 200 and relay.get("url").endswith("/ws")
+    assert status == 200 and relay.get("url").endswith("/ws?call=CA1")  # names the call
 
 
 def test_signed_posts_pass_and_forged_or_missing_signatures_get_403(make_lab):

@@ -313,7 +313,10 @@ async def test_a_stream_that_stalls_mid_reply_gets_the_apology():
         limits=limits,
     )
     spoken = "".join(f["token"] for f in texts(result.frames_out))
-    assert spoken == "One two three " + failures.APOLOGY
+    # The apology is a sentence of its own, never run on from the cut-off words...
+    assert spoken == "One two three... " + failures.APOLOGY
+    # ...and never stored as Claude's: the turn is what was said, marked as cut off.
+    assert result.history[-1] == {"role": "assistant", "content": "One two three..."}
     assert "mid-reply" in result.session.replies[0].error
 
 

@@ -63,7 +63,7 @@ def test_tracking_interrupt_mid_stream_stops_everything_and_keeps_only_the_heard
     call.listen(0.3)  # anything the relay still sent would arrive now
 
     after = frames.out_after('"interrupt"')
-    assert after == [], f"the relay sent {after} after the interrupt"
+    assert after == [{"type": "text", "token": "", "last": True}], f"the relay sent {after}"
 
     request = claude.requests[-1]
     interrupt_sent_at = next(t for t, m in call.sent if m.get("type") == "interrupt")
@@ -137,8 +137,9 @@ def test_barge_in_cancels_the_running_reply_and_never_interleaves(lab):
 
     lab.run(scenario())
     after = frames.out_after("about dogs")
+    assert after[0] == {"type": "text", "token": "", "last": True}, "the cut cycle is closed"
     assert "".join(f["token"] for f in after) == dogs
-    assert after[-1]["last"] is True and sum(f["last"] for f in after) == 1
+    assert after[-1]["last"] is True and sum(f["last"] for f in after) == 2
     first_request = claude.requests[-2]
     assert first_request.outcome == "client_closed"
     history = call.conversation
@@ -352,7 +353,7 @@ def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_
         return sent_at, await call.listen_async(3.5)
 
     sent_at, late = lab.run(scenario())
-    assert late == []
+    assert late == [{"type": "text", "token": "", "last": True}], "no word, the cycle closed"
     assert pressed and pressed[0] - sent_at < 1.5
     assert "still running after" in relay_logs.text
 
@@ -378,7 +379,7 @@ def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
         await call.send_async({"type": "interrupt", "utteranceUntilInterrupt": "Let me"})
         return await call.listen_async(0.5)
 
-    assert lab.run(scenario()) == []
+    assert lab.run(scenario()) == [{"type": "text", "token": "", "last": True}]
 
 
 def test_handoff_behind_a_public_url_signs_the_action_request_as_twilio_would(make_lab):

@@ -41,3 +41,22 @@ def test_asking_for_a_person_ends_the_session_and_the_action_url_dials(make_lab)
         call.listen(0.1)
     assert call.session_status == "ended" and '"reason": "human"' in call.handoff_data
     assert "<Dial>+15550199</Dial>" in call.action_twiml
+
+
+def test_noise_changes_a_live_setting_with_config_and_twilio_confirms_it(make_lab):
+    lab, call = dialled(make_lab)
+    reply = call.say("It's really noisy here")
+    assert reply.text.strip() == switchboard.NOISY_LINE
+    call.listen(0.3)
+    assert call.twilio.interruptible == "dtmf"
+    assert lab.session_for(call).settings == {"interruptible": "dtmf"}, "configUpdated arrived"
+    talked = call.say("Tell me about dogs", interrupt_after_words=4, talk_over="Hmm")
+    assert talked.talked_over and not talked.interrupted, "noise no longer cuts Claude off"
+    call.wait_for_reply()
+    keyed = call.say("Tell me about cats", interrupt_after_words=4, press="5")
+    assert keyed.interrupted, "a key press still does"
+    call.say("It's quiet now")
+    call.listen(0.3)
+    assert call.twilio.interruptible == "any"
+    assert lab.session_for(call).settings == {"interruptible": "any"}
+    assert_valid_history(call.conversation)

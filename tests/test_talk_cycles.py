@@ -311,3 +311,95 @@ def test_only_phone_keys_can_be_pressed():
 def test_input_over_the_agent_is_dropped_sent_or_held(report, timing, kind, fate):
     twilio = TwilioBehaviour(report_input_during_agent_speech=report, report_timing=timing)
     assert input_fate(kind, twilio) == fate
+
+
+# -- the talk cycle an interrupt cuts ----------------------------------------------------
+
+OPEN_UNTIL_LAST = TwilioBehaviour(interrupted_cycle="open_until_last")
+
+
+def streaming(talk: TalkCycles, words: str, now: float) -> TalkCycle:
+    """A prompt's cycle that has had ``words`` but not its last:true yet."""
+    reply = Reply(prompt="Go", sent_at=now)
+    talk.replies.append(reply)
+    cycle = talk.open(reply, after_live=False)
+    target, _ = talk.take(text(words), now, TWILIO)
+    talk.on_text(text(words), now, target)
+    return cycle
+
+
+def answer(talk: TalkCycles, message: dict[str, Any], now: float, twilio: TwilioBehaviour):
+    """A relay frame as SimulatedCall files it: the cycle it went to (None: the cut one)."""
+    target, _ = talk.take(message, now, twilio)
+    if target is not None:
+        talk.on_text(message, now, target)
+    return target
+
+
+@pytest.mark.parametrize("twilio", [TWILIO, OPEN_UNTIL_LAST], ids=["ends", "open_until_last"])
+def test_words_of_a_cycle_still_open_at_the_interrupt_stay_with_it_until_last(twilio):
+    talk = TalkCycles(one_word_a_second)
+    cut = streaming(talk, "one two three ", 0.0)
+    talk.interrupt(cut, 1.5, "speech", twilio)
+    asked = prompted_cycle(talk, "How far?", 1.6)
+    assert answer(talk, text("four "), 1.7, twilio) is None, "in flight: the cut reply's"
+    assert answer(talk, text("", last=True), 1.8, twilio) is None, "it closes the cut cycle"
+    assert cut.reply.late == [text("four "), text("", last=True)]
+    assert cut.reply.heard == "one" and not cut.reply.complete
+    assert answer(talk, text("Two words.", last=True), 2.0, twilio) is asked
+    assert asked.reply.text == "Two words." and asked.reply.complete and talk.cut is None
+
+
+def prompted_cycle(talk: TalkCycles, words: str, now: float) -> TalkCycle:
+    reply = Reply(prompt=words, sent_at=now)
+    talk.replies.append(reply)
+    return talk.open(reply, after_live=False)
+
+
+def test_ends_an_empty_last_after_a_finished_cycle_is_an_acknowledgement_only():
+    talk = TalkCycles(one_word_a_second)
+    cut = prompted(talk, "one two three", 0.0)
+    talk.interrupt(cut, 1.5, "speech", TWILIO)
+    asked = prompted_cycle(talk, "How far?", 1.6)
+    assert answer(talk, text("", last=True), 1.7, TWILIO) is None
+    assert cut.reply.late == [text("", last=True)] and not asked.reply.complete
+    assert answer(talk, text("One.", last=True), 2.0, TWILIO) is asked
+    assert asked.reply.complete and asked.reply.text == "One."
+
+
+def test_ends_a_relay_that_does_not_acknowledge_is_heard_at_once():
+    talk = TalkCycles(one_word_a_second)
+    cut = prompted(talk, "one two three", 0.0)
+    talk.interrupt(cut, 1.5, "speech", TWILIO)
+    asked = prompted_cycle(talk, "How far?", 1.6)
+    assert answer(talk, text("One. "), 1.7, TWILIO) is asked and talk.cut is None
+    assert answer(talk, text("", last=True), 1.8, TWILIO) is asked
+    assert asked.reply.complete and cut.reply.late == []
+
+
+def test_open_until_last_drops_the_next_reply_until_a_last_true():
+    talk = TalkCycles(one_word_a_second)
+    cut = prompted(talk, "one two three", 0.0)
+    talk.interrupt(cut, 1.5, "speech", OPEN_UNTIL_LAST)
+    asked = prompted_cycle(talk, "How far?", 1.6)
+    assert answer(talk, text("Lost "), 1.7, OPEN_UNTIL_LAST) is None
+    assert answer(talk, text("", last=True), 1.8, OPEN_UNTIL_LAST) is None
+    assert talk.dropped == [text("Lost ")] and cut.reply.late[-1] == text("", last=True)
+    assert asked.reply.text == "" and not asked.reply.complete
+    assert answer(talk, text("Heard.", last=True), 2.0, OPEN_UNTIL_LAST) is asked
+    assert asked.reply.text == "Heard." and asked.reply.complete
+
+
+def test_an_interrupt_of_the_greeting_takes_an_empty_last_as_acknowledgement():
+    talk = TalkCycles(one_word_a_second)
+    greeting = talk.greet("Hello there, welcome.", 0.0)
+    stop = talk.interrupt(talk.playing(0.5), 0.5, "speech", OPEN_UNTIL_LAST)
+    assert stop.reported and greeting.interrupted
+    asked = prompted_cycle(talk, "Hi", 0.6)
+    assert answer(talk, text("", last=True), 0.7, OPEN_UNTIL_LAST) is None and talk.cut is None
+    assert answer(talk, text("Hello.", last=True), 0.8, OPEN_UNTIL_LAST) is asked
+
+
+def test_interrupted_cycle_takes_only_known_readings():
+    with pytest.raises(ValueError, match="interrupted_cycle"):
+        TwilioBehaviour(interrupted_cycle="maybe")

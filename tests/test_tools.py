@@ -5,7 +5,8 @@ Claude that calls tools, no sockets); and whole calls through a real Lab (WebSoc
 the anthropic SDK, the offline stand-in that speaks tool use on the wire and rejects
 unpaired tool blocks with a 400, as the API does).
 
-Every interrupt test checks the same three things: no frame after the interrupt, a
+Every interrupt test checks the same three things: no word after the interrupt (one empty
+last:true closes the cut talk cycle), a
 history the Messages API accepts (every tool_use answered by a tool_result), and the
 next request accepted.
 """
@@ -23,7 +24,7 @@ from relaylab.conversation import Conversation
 from relaylab.failures import APOLOGY
 from relaylab.offline_claude.replies import REPLIES
 from relaylab.offline_claude.validation import InvalidRequest, validate
-from relaylab.protocol import interrupt_frame, prompt_frame
+from relaylab.protocol import CLOSE_TALK_CYCLE, interrupt_frame, prompt_frame, words_and_closes
 from relaylab.steps import tools as tools_lesson
 from relaylab.steps.tools import (
     INTERRUPTED_NOTE,
@@ -33,6 +34,8 @@ from relaylab.steps.tools import (
 )
 from relaylab.testing import Pause, RunResult, ScriptedClaude, ToolCall, WaitFor, run_step
 from relaylab.tools import DemoToolbox, Tool, Toolbox, demo_toolbox, parse_time, spoken_time
+
+CLOSED = {"type": "text", "token": "", "last": True}  # closes the cut talk cycle
 
 pytestmark = pytest.mark.anyio
 
@@ -233,7 +236,7 @@ async def test_interrupt_while_claude_speaks_before_the_tool_call():
     result = await run_step(
         step, [prompt_frame(QUESTION), WaitFor(2), interrupt_frame("Let me", 700)], claude=claude
     )
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     assert result.history == [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": "Let me"},
@@ -255,7 +258,7 @@ async def test_interrupt_while_the_tool_input_streams_never_stores_the_unfinishe
     ]
     result = await run_step(step, frames, claude=claude)
     assert 0 < call.chunks_sent < len(call.json_chunks())  # cut off midway
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     assert result.history == [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": PRE},  # every word was heard
@@ -275,8 +278,8 @@ async def test_interrupt_while_a_read_only_tool_runs_cancels_it_and_answers_its_
     started = time.monotonic()
     result = await run_step(step, frames, claude=claude)
     assert time.monotonic() - started < 0.9  # nobody waited for the cancelled tool
-    assert [f["token"] for f in result.frames_out[PRE_FRAMES:]] == [" ", HOLD]
-    assert result.out_after("interrupt") == []
+    assert [f["token"] for f in result.frames_out[PRE_FRAMES:]] == [" ", HOLD, ""]
+    assert result.out_after("interrupt") == [CLOSED]
     # The holding line was heard, but it is the relay's, not Claude's: not stored.
     assert result.history == [
         {"role": "user", "content": QUESTION},
@@ -300,7 +303,7 @@ async def test_the_next_prompt_after_an_interrupted_tool_joins_the_tool_result_t
         prompt_frame("Never mind. When do you open on Friday?"),
     ]
     result = await run_step(step, frames, claude=claude)
-    assert sent_between(result, "interrupt", "Never mind") == []
+    assert sent_between(result, "interrupt", "Never mind") == [CLOSED]
     request = claude.requests[1]
     assert request["messages"][-1] == {
         "role": "user",
@@ -322,7 +325,7 @@ async def test_interrupt_while_a_booking_runs_lets_it_finish_and_keeps_its_real_
     frames = [prompt_frame("Book a table for four on Friday at 7pm"), WaitFor(HOLD_FRAME + 1)]
     frames.append(interrupt_frame("Let me check that", 1500))
     result = await run_step(step, frames, claude=claude)
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     history = result.session.conversation
     # The reply stopped before the booking finished: the history says it is still running.
     assert history[2] == result_turn(booking, STILL_RUNNING_NOTE)
@@ -367,7 +370,7 @@ async def test_interrupt_during_the_follow_up_keeps_the_tool_turns_and_the_heard
         interrupt_frame(f"{PRE} {HOLD} Your order is", 4000),
     ]
     result = await run_step(step, frames, claude=claude)
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     assert result.history == [
         {"role": "user", "content": QUESTION},
         tool_use_turn(order_call()),
@@ -387,7 +390,7 @@ async def test_an_interrupt_after_the_reply_finished_cuts_every_round_to_what_wa
     frames.append(interrupt_frame("Let me check", 900))  # the caller was still listening
     result = await run_step(step, frames, claude=claude)
     assert result.session.replies[0].state == "done"
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     hours = json.dumps({"day": "Friday", "hours": "noon to 11 pm"})
     assert result.history == [
         {"role": "user", "content": "When do you open on Friday?"},
@@ -455,7 +458,7 @@ async def test_a_reply_without_tools_is_tracked_like_lesson_three():
     claude = ScriptedClaude("Hello there, how can I help you today?", token_delay=0.02)
     frames = [prompt_frame("Hi"), WaitFor(3), interrupt_frame("Hello there, how", 900)]
     result = await run_step(step, frames, claude=claude)
-    assert result.out_after("interrupt") == []
+    assert result.out_after("interrupt") == [CLOSED]
     assert result.history == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello there, how"},
@@ -506,8 +509,8 @@ def sent_after_interrupt(frames: list[tuple[str, str]]) -> list[str]:
 
 def check_after_interrupt(lab: Any, call: Any, frames: Any, toolbox: Toolbox) -> None:
     """Nothing sent after the interrupt, a valid history, and the next request accepted."""
-    assert call.listen(0.3) == []
-    assert sent_after_interrupt(frames) == []
+    assert words_and_closes(call.listen(0.3))[0] == []
+    assert sent_after_interrupt(frames) == [CLOSE_TALK_CYCLE]
     assert_api_valid(call.conversation, toolbox)
     requests_before = len(lab.offline_claude.requests)
     lab.offline_claude.tokens_per_second = 200.0  # the next answer need not be slow
@@ -606,7 +609,7 @@ def test_call_interrupted_while_a_booking_runs_still_books_the_table(make_lab):
         return bool(runs) and runs[0].ms > 100
 
     lab.run(say_and_interrupt_when(call, ASK_BOOKING, booking))
-    assert call.listen(1.2) == []  # the booking finishes meanwhile, silently
+    assert words_and_closes(call.listen(1.2))[0] == []  # the booking finishes, silently
     [made] = toolbox.restaurant.bookings.values()
     assert call.conversation[2]["content"][0]["content"] == json.dumps(made)
     assert tool_runs(session.replies[0])[0].state == "done"
@@ -660,3 +663,34 @@ def test_call_barge_in_while_a_tool_runs(make_lab):
     assert "".join(f["token"] for f in after) == second.sent and after[-1]["last"] is True
     assert_api_valid(call.conversation, toolbox)
     assert all(r.status == 200 for r in lab.offline_claude.requests)
+
+
+async def test_the_demo_reservation_book_is_bounded_per_caller_and_in_all():
+    import contextvars
+
+    from relaylab import tools
+
+    restaurant = tools.Restaurant(slow_seconds=0)
+
+    async def book(caller: str, time: str) -> dict[str, Any]:
+        context = contextvars.copy_context()
+        context.run(tools.current_caller.set, caller)
+        coro = restaurant.book_table("Friday", time, 2)
+        return await asyncio.get_running_loop().create_task(coro, context=context)
+
+    slots = [f"{hour}:{minute}" for hour in range(12, 22) for minute in ("00", "30")]
+    assert len(slots) == tools.MAX_BOOKINGS_PER_CALLER
+    made = [await book("CA-one", slot) for slot in slots]
+    assert all(b["booked"] and not b.get("already_booked") for b in made)
+    assert (await book("CA-one", "22:00")) == {
+        "booked": False,
+        "reason": "this call has booked as many tables as it may",
+    }
+    assert (await book("CA-one", "12:00"))["already_booked"]  # asking again is still fine
+    other = await book("CA-two", "12:00")  # another caller: their own booking
+    assert other["booked"] and not other.get("already_booked")
+    for n in range(tools.MAX_BOOKINGS + 50):
+        await book(f"CA-{n}", "19:00")
+    assert len(restaurant.bookings) == tools.MAX_BOOKINGS
+    references = [b["reference"] for b in restaurant.bookings.values()]
+    assert len(set(references)) == len(references)

@@ -133,7 +133,7 @@ def test_a_resumed_reply_cut_again_keeps_both_heard_parts_in_one_turn(make_lab):
     lab = make_lab(turns_step(**QUICK))
     call = lab.call()
     first = call.say("Tell me about dogs", interrupt_after_words=6, talk_over="mm-hmm")
-    assert _wait_for(lambda: len(call.replies) >= 3 and call.replies[-1].text)
+    assert _wait_for(lambda: len(call.replies) >= 2 and call.replies[-1].text)
     time.sleep(0.5)  # a few words of the resumed rest are heard (speech runs 4x here)
     again = call.interrupt(talk_over="What about cats?")
     assert again is not None and again.interrupted and again.heard

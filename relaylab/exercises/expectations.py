@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from relaylab import protocol
 from relaylab.conversation import Conversation, content_text
 from relaylab.exercises.words import (
     _count,
@@ -188,13 +189,15 @@ class RemembersEarlierTurns(Expectation):
 
 @dataclass(frozen=True)
 class NothingAfterInterrupt(Expectation):
-    """After reading an interrupt, the relay sent nothing more of the interrupted reply."""
+    """After reading an interrupt, the relay sent no more words of the interrupted reply
+    (the one empty ``last: true`` that closes its talk cycle carries none)."""
 
     key: ClassVar[str] = "nothing_after_interrupt"
 
     def check(self, run: Run) -> list[str]:
         problems = []
-        for late in run.texts_after("interrupt"):
+        for texts in run.texts_after("interrupt"):
+            late = [frame for frame in texts if not protocol.is_cycle_close(frame)]
             if late:
                 problems.append(
                     f"after the interrupt the relay sent {_frames_in_words(late)}: "

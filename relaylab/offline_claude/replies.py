@@ -207,3 +207,21 @@ def _topic(question: str) -> str:
     if len(words[0]) > 1 and words[0][1:].islower():
         words[0] = words[0].lower()
     return " ".join(words)
+
+
+def continue_after(text: str, said: str) -> str:
+    """The rest of ``text`` after ``said``, its start (spaces aside): how a reply carries on
+    from a paused turn sent back as Claude's own. All of ``text`` if it does not start so."""
+    wanted = "".join(said.split())
+    if not wanted:
+        return text
+    matched = 0
+    for index, char in enumerate(text):
+        if char.isspace():
+            continue
+        if char != wanted[matched]:
+            return text
+        matched += 1
+        if matched == len(wanted):
+            return text[index + 1 :]
+    return text

@@ -27,6 +27,7 @@ from anthropic.types.raw_message_delta_event import Delta
 from relaylab.offline_claude import replies, tools
 from relaylab.offline_claude.replies import REPLIES, content_text, tokenize
 from relaylab.offline_claude.validation import InvalidRequest, validate
+from relaylab.protocol import loggable
 
 log = logging.getLogger("relaylab.offline_claude")
 
@@ -42,7 +43,31 @@ FAILURE_KINDS: dict[str, tuple[int, str, str]] = {
     "cut": (0, "", "the connection drops in the middle of the reply"),
     "hang": (0, "", "the request is accepted, then nothing is sent until the client gives up"),
     "stall": (0, "", "the reply starts, then stops without the connection closing"),
+    "unauthorized": (401, "authentication_error", "invalid x-api-key"),
+    "forbidden": (403, "permission_error", "Your API key does not have permission to do this."),
+    "not_found": (404, "not_found_error", "model: {model}"),
+    "too_large": (413, "request_too_large", "Request exceeds the maximum allowed size."),
+    # Replies that end in other ways than end_turn (a stream of them, or one JSON message):
+    "refusal": (0, "", "a few words, then stop_reason refusal"),
+    "refusal_no_text": (0, "", "stop_reason refusal before any text"),
+    "empty": (0, "", "stop_reason end_turn with no content at all"),
+    "max_tokens": (0, "", "half the reply, then stop_reason max_tokens"),
+    "pause_turn": (0, "", "half the reply, then stop_reason pause_turn; sent back, it goes on"),
+    "context_window": (0, "", "half the reply, then stop_reason model_context_window_exceeded"),
+    "error_event": (0, "", "a few words, then an overloaded_error event mid-stream"),
+    "thinking": (0, "", "thinking deltas for `thinking_seconds` before the reply's first word"),
 }
+_CUT_SHORT = {
+    # kind: the stop reason after half the reply (None: after no text at all)
+    "refusal": "refusal",
+    "refusal_no_text": "refusal",
+    "empty": "end_turn",
+    "max_tokens": "max_tokens",
+    "pause_turn": "pause_turn",
+    "context_window": "model_context_window_exceeded",
+}
+MODELS = ("claude-haiku-5-5", "claude-sonnet-5", "claude-opus-5", "claude-offline")
+"""Models ``GET /v1/models`` lists (``OfflineClaude.models``); requests may name any."""
 _BREAK_AFTER = 10  # "cut" and "stall" send at most this many tokens (half the reply if fewer)
 _MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's request size limit
 
@@ -76,6 +101,7 @@ class RecordedRequest:
     status: int = 200
     stop_reason: str | None = None
     error: str | None = None
+    thinking_for: float = 0.0  # seconds of thinking before the first token
 
 
 TokenHook = Callable[[RecordedRequest, str, float], None]
@@ -89,6 +115,7 @@ class _Plan:
     tool: types.ToolUseBlock | None = None
     chunks: list[str] = field(default_factory=list)
     stop_reason: str = "end_turn"
+    thinking: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -112,10 +139,37 @@ def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
         text, plan = preamble, _Plan([], call, tokenize(json.dumps(call.input)), "tool_use")
     else:
         text, plan = replies.reply_for(messages), _Plan([])
+    if messages and messages[-1]["role"] == "assistant":  # carry on a paused turn
+        text = replies.continue_after(text, content_text_joined(messages[-1]["content"]))
+        plan = _Plan([])
     plan.text = tokenize(text)
     if plan.size > body["max_tokens"]:  # a tool call that does not fit is dropped whole
         plan = _Plan(plan.text[: body["max_tokens"]], stop_reason="max_tokens")
     return text, plan
+
+
+def content_text_joined(content: Any) -> str:
+    """The text of a message's content, its text blocks run together as they were said."""
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+
+
+def _cut_short(plan: _Plan, failure: str) -> _Plan:
+    """The plan of a reply that ends as ``failure`` says (see ``_CUT_SHORT``)."""
+    kept = [] if failure in ("refusal_no_text", "empty") else plan.text[: max(1, plan.size // 2)]
+    if failure == "refusal":
+        kept = plan.text[: min(_BREAK_AFTER, max(1, len(plan.text) // 2))]
+    return _Plan(kept, stop_reason=_CUT_SHORT[failure])
+
+
+def _thinking(seconds: float) -> list[str]:
+    """Thinking deltas, one every ``_THINKING_STEP`` seconds for about ``seconds``."""
+    count = max(1, round(seconds / _THINKING_STEP))
+    return [f" Thinking it over, step {i + 1}." for i in range(count)]
+
+
+_THINKING_STEP = 0.25
 
 
 def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
@@ -127,6 +181,9 @@ def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
     # A few tokens of framing per message, as the real count includes.
     input_tokens = sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
     content: list[Any] = []
+    if plan and plan.thinking:
+        thought = "".join(plan.thinking)
+        content.append(types.ThinkingBlock(type="thinking", thinking=thought, signature="sig"))
     if plan and plan.text:
         content.append(types.TextBlock(type="text", text="".join(plan.text)))
     if plan and plan.tool:
@@ -151,11 +208,12 @@ def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
 def _error(status: int, error_type: str, message: str, **headers: str) -> web.Response:
     request_id = "req_offline_" + uuid.uuid4().hex[:24]
     error = {"type": error_type, "message": message}
-    body = types.ErrorResponse(type="error", error=error, request_id=request_id)  # type: ignore[arg-type]
+    # Built by hand: the API's 413 ``request_too_large`` is not among the SDK's error types.
+    body = {"type": "error", "error": error, "request_id": request_id}
     return web.Response(
         status=status,
         reason="Overloaded" if status == 529 else None,
-        text=body.to_json(indent=None),
+        text=json.dumps(body, separators=(",", ":")),
         content_type="application/json",
         headers={"request-id": request_id, **headers},
     )
@@ -201,6 +259,14 @@ class OfflineClaude:
         self.host = host
         self.port = port
         self.tool_preamble = REPLIES["tool_preamble"]
+        self.retry_after = 0.0
+        """Seconds a 429 or 529 asks the client to wait (its ``retry-after`` header)."""
+        self.thinking_seconds = 1.0
+        """How long a ``thinking`` reply thinks (streaming thinking deltas) before its text."""
+        self.models = list(MODELS)
+        self.api_keys: set[str] | None = None
+        """When set, only these keys (``x-api-key``, or ``Authorization: Bearer``) are
+        accepted; other requests get 401."""
         self.requests: list[RecordedRequest] = []
         self.on_token: TokenHook | None = None
         self._failures: deque[str] = deque()
@@ -220,6 +286,8 @@ class OfflineClaude:
             raise RuntimeError("this OfflineClaude is already running")
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/models/{model_id}", self._get_model)
         app.router.add_route("*", "/{path:.*}", self._not_found)
         # handler_cancellation: a client hanging up cancels its handler at once, so a
         # reply notices an aborted request even while it waits for its next token.
@@ -259,7 +327,16 @@ class OfflineClaude:
         "server_error" (500), "cut" (the connection drops mid-reply), "hang" (nothing is
         sent until the client gives up), "stall" (a few tokens, then silence on an open
         connection). The SDK retries 429, 5xx and timeouts twice by default; use
-        ``max_retries=0`` to see the error itself.
+        ``max_retries=0`` to see the error itself. Set ``retry_after`` for a 429 or 529
+        that asks the client to wait.
+
+        More HTTP errors: "unauthorized" (401), "forbidden" (403), "not_found" (404, the
+        model), "too_large" (413). Replies that end other than with ``end_turn``:
+        "refusal" (a few words, then ``refusal``), "refusal_no_text", "empty" (``end_turn``
+        with no content), "max_tokens", "pause_turn" (send the paused reply back as an
+        assistant turn and the next request carries on from it), "context_window"
+        (``model_context_window_exceeded``), "error_event" (an ``overloaded_error`` event
+        mid-stream) and "thinking" (thinking deltas for ``thinking_seconds`` first).
         """
         if kind not in FAILURE_KINDS:
             valid = ", ".join(repr(k) for k in FAILURE_KINDS)
@@ -269,6 +346,40 @@ class OfflineClaude:
         self._failures.extend([kind] * times)
 
     # ---- one request ----------------------------------------------------------------
+
+    def _refused_key(self, request: web.Request) -> web.Response | None:
+        if self.api_keys is None:
+            return None
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if {request.headers.get("x-api-key"), bearer} & self.api_keys:
+            return None
+        return _error(401, "authentication_error", "invalid x-api-key")
+
+    def _model_info(self, model_id: str) -> dict[str, Any]:
+        info = types.ModelInfo(
+            id=model_id,
+            created_at="2026-01-01T00:00:00Z",  # type: ignore[arg-type]
+            display_name=model_id.replace("-", " ").title(),
+            lifecycle="active",
+            type="model",
+        )
+        return json.loads(info.to_json(indent=None))
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        if refused := self._refused_key(request):
+            return refused
+        data = [self._model_info(m) for m in self.models]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        page = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        return web.json_response(page)
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        if refused := self._refused_key(request):
+            return refused
+        model_id = request.match_info["model_id"]
+        if model_id not in self.models:
+            return _error(404, "not_found_error", f"model: {model_id}")
+        return web.json_response(self._model_info(model_id))
 
     async def _not_found(self, request: web.Request) -> web.Response:
         message = f"Not found: {request.method} {request.path} (try POST /v1/messages)"
@@ -306,18 +417,32 @@ class OfflineClaude:
             record.finished_at = time.monotonic()
             return _error(400, "invalid_request_error", problem)
 
+        if refused := self._refused_key(request):
+            record.outcome, record.status, record.error = "rejected", 401, "invalid x-api-key"
+            record.finished_at = time.monotonic()
+            return refused
         record.reply, plan = _plan(body, self.tool_preamble)
         if plan.tool:
             record.tool_use = plan.tool.model_dump(include={"id", "name", "input"})
-        record.stop_reason, record.tokens_planned = plan.stop_reason, plan.size
         failure = self._failures.popleft() if self._failures else None
         if failure:
             log.info("Offline Claude fails this request (%s), as queued by fail_next()", failure)
+        if failure in _CUT_SHORT:
+            plan = _cut_short(plan, failure)
+        elif failure == "thinking":
+            plan.thinking = _thinking(self.thinking_seconds)
+            record.thinking_for = len(plan.thinking) * _THINKING_STEP
+        record.stop_reason, record.tokens_planned = plan.stop_reason, plan.size
         status, error_type, message = FAILURE_KINDS.get(failure or "", (0, "", ""))
+        if failure == "error_event" and not record.stream:
+            status, error_type, message = FAILURE_KINDS["overloaded"]
         if status:
+            message = message.format(model=loggable(str(body.get("model"))))
             record.outcome, record.status, record.error = f"failed:{failure}", status, message
             record.finished_at = time.monotonic()
-            retry = {"retry-after": "0"} if failure == "rate_limit" else {}
+            retry = {}
+            if failure == "rate_limit" or (failure == "overloaded" and self.retry_after):
+                retry = {"retry-after": f"{self.retry_after:g}"}
             return _error(status, error_type, message, **retry)
         if failure == "hang":
             record.outcome = "failed:hang"
@@ -355,7 +480,7 @@ class OfflineClaude:
         """Sleep until token ``n`` (0-based) of this reply is due."""
         tps = self.tokens_per_second
         per_token = 1.0 / tps if math.isfinite(tps) else 0.0
-        due = record.received_at + self.first_token_delay + n * per_token
+        due = record.received_at + self.first_token_delay + record.thinking_for + n * per_token
         await asyncio.sleep(max(due - time.monotonic(), 0))  # also lets a cancel land
 
     def _sent(self, record: RecordedRequest, token: str) -> None:
@@ -398,6 +523,13 @@ class OfflineClaude:
         )
         await response.write(_sse(start))
         blocks: list[tuple[Any, list[Any]]] = []
+        if plan.thinking:
+            thoughts: list[Any] = [
+                types.ThinkingDelta(type="thinking_delta", thinking=t) for t in plan.thinking
+            ]
+            thoughts.append(types.SignatureDelta(type="signature_delta", signature="sig"))
+            thinking = types.ThinkingBlock(type="thinking", thinking="", signature="")
+            blocks.append((thinking, thoughts))
         if plan.text:
             deltas = [types.TextDelta(type="text_delta", text=t) for t in plan.text]
             blocks.append((types.TextBlock(type="text", text=""), deltas))
@@ -406,15 +538,26 @@ class OfflineClaude:
                 types.InputJSONDelta(type="input_json_delta", partial_json=c) for c in plan.chunks
             ]
             blocks.append((plan.tool.model_copy(update={"input": {}}), chunks))
-        break_at = min(_BREAK_AFTER, max(1, plan.size // 2)) if failure in ("cut", "stall") else -1
+        breaks = failure in ("cut", "stall", "error_event")
+        break_at = min(_BREAK_AFTER, max(1, plan.size // 2)) if breaks else -1
         for index, (block, deltas) in enumerate(blocks):
             opening = types.RawContentBlockStartEvent(
                 type="content_block_start", index=index, content_block=block
             )
             await response.write(_sse(opening, None) if index == 0 else _sse(opening))
-            for delta in deltas:
+            for step, delta in enumerate(deltas):
+                if block.type == "thinking":  # paced on its own clock, before the text
+                    due = record.received_at + self.first_token_delay + step * _THINKING_STEP
+                    await asyncio.sleep(max(due - time.monotonic(), 0))
+                    event = types.RawContentBlockDeltaEvent(
+                        type="content_block_delta", index=index, delta=delta
+                    )
+                    await response.write(_sse(event))
+                    continue
                 await self._wait_for_token(record, record.tokens_sent)
                 if record.tokens_sent == break_at:
+                    if failure == "error_event":
+                        return await self._error_event(response, record)
                     return await self._break(request, record, failure or "")
                 event = types.RawContentBlockDeltaEvent(
                     type="content_block_delta", index=index, delta=delta
@@ -431,6 +574,16 @@ class OfflineClaude:
         await response.write(_sse(closing, types.RawMessageStopEvent(type="message_stop")))
         await response.write_eof()
         record.outcome, record.finished_at = "complete", time.monotonic()
+
+    async def _error_event(self, response: web.StreamResponse, record: RecordedRequest) -> None:
+        """End a stream with an ``error`` event, as the API does when it is overloaded
+        mid-reply (the HTTP status was already 200)."""
+        _, error_type, message = FAILURE_KINDS["overloaded"]
+        body = {"type": "error", "error": {"type": error_type, "message": message}}
+        await response.write(f"event: error\ndata: {json.dumps(body)}\n\n".encode())
+        await response.write_eof()
+        record.outcome, record.finished_at = "failed:error_event", time.monotonic()
+        record.error = message
 
     async def _json(
         self,

@@ -28,7 +28,7 @@ from relaylab.simulation.twilio_behaviour import (
     utterance_for,
 )
 
-__all__ = ["CutOff", "Interruption", "Reply", "TalkCycle", "TalkCycles"]
+__all__ = ["CutCycle", "CutOff", "Interruption", "Reply", "TalkCycle", "TalkCycles"]
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Reply:
     cut_off: bool = False  # the next talk cycle preempted it: ``heard`` is what played
     timings: dict[str, float] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
+    late: list[dict[str, Any]] = field(default_factory=list)  # its text frames after the interrupt
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
     sent_at: float = 0.0  # time.monotonic() the prompt went out (or the reply began)
 
@@ -104,6 +105,21 @@ class Interruption:
     reported: bool  # Twilio sends frames for it (not for a greeting that just stops)
 
 
+@dataclass
+class CutCycle:
+    """The relay's talk cycle an interrupt cut, until the relay has closed it.
+
+    ``cycle`` is None when the interrupt cut no relay speech (the welcome greeting).
+    ``waiting``: every text frame belongs to it until a ``last: true`` (it was still open
+    at the interrupt, or the "open_until_last" reading holds); otherwise only an empty
+    ``last: true`` that comes first is taken as its acknowledgement.
+    """
+
+    cycle: TalkCycle | None
+    waiting: bool
+    acknowledgements: int = 0
+
+
 class TalkCycles:
     """Every talk cycle of one call, and Twilio's decisions about them.
 
@@ -120,6 +136,8 @@ class TalkCycles:
         self.current: TalkCycle | None = None  # the cycle new frames belong to
         self.cycles: list[TalkCycle] = []  # every talk cycle of the call
         self.live: list[TalkCycle] = []  # cycles since the caller last waited for silence
+        self.cut: CutCycle | None = None  # the cycle the last interrupt cut, until closed
+        self.dropped: list[dict[str, Any]] = []  # text frames of a cut cycle, never spoken
 
     # -- opening cycles ------------------------------------------------------------------
 
@@ -163,6 +181,8 @@ class TalkCycles:
         """File a valid frame from the relay with its cycle; a text or play frame's first
         speech may cut off the cycles before it. Then call ``on_text`` / ``on_play``."""
         kind = message["type"]
+        if kind == "text" and self.cut is not None and self._to_cut_cycle(message):
+            return None, None
         target = self.target(kind, now)
         if target is None:
             return None, None
@@ -174,6 +194,30 @@ class TalkCycles:
         if kind == "play" or message["token"]:
             return target, self.begin_speech(target, now, behaviour)
         return target, None
+
+    def _to_cut_cycle(self, message: dict[str, Any]) -> bool:
+        """Does this text frame belong to the cycle the last interrupt cut? Then it is
+        filed there, unspoken: late words of the cut reply, the relay's empty ``last:
+        true`` closing it, or (reading "open_until_last") the next reply's tokens, which
+        Twilio drops while the cut cycle waits for its ``last: true``."""
+        cut = self.cut
+        assert cut is not None
+        last = bool(message.get("last", False))
+        if not cut.waiting and (message["token"] or not last):
+            self.cut = None  # no acknowledgement: the relay went on to new speech
+            return False
+        if cut.cycle is not None:
+            cut.cycle.reply.frames.append(message)
+            cut.cycle.reply.late.append(message)
+            cut.cycle.reply.text += message["token"]
+        if message["token"]:
+            self.dropped.append(message)
+        if last:
+            cut.acknowledgements += 1
+            self.cut = None
+            if cut.cycle is not None:
+                cut.cycle.closed = True  # so the relay's next speech is a cycle of its own
+        return True
 
     def begin_speech(
         self, cycle: TalkCycle, now: float, behaviour: TwilioBehaviour
@@ -288,7 +332,20 @@ class TalkCycles:
             queued.reply.heard, queued.reply.interrupted = "", True
         self.live = []
         reported = not playing.greeting or behaviour.greeting_interrupt_frame
+        if reported:
+            self.cut = self._cut_cycle(playing, behaviour)
         return Interruption(playing, now, kind, words, played_ms, reported)
+
+    def _cut_cycle(self, playing: TalkCycle, behaviour: TwilioBehaviour) -> CutCycle:
+        """The relay's talk cycle an interrupt of ``playing`` cuts: the latest one it sent
+        frames for (``playing`` or one queued behind it); none for the greeting."""
+        cycle = next((c for c in reversed(self.cycles) if c.reply.frames and not c.greeting), None)
+        if cycle is None or (playing.greeting and cycle.closed):
+            return CutCycle(None, waiting=False)
+        still_open = not cycle.closed
+        return CutCycle(
+            cycle, waiting=still_open or behaviour.interrupted_cycle == "open_until_last"
+        )
 
     def interrupt_frames(self, stop: Interruption, behaviour: TwilioBehaviour) -> list[str]:
         """The frames Twilio sends for ``stop``: speaker events when asked for, what played

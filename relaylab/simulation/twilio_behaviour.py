@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urljoin
@@ -32,12 +32,16 @@ InterruptMode = Literal["none", "dtmf", "speech", "any"]
 InputKind = Literal["dtmf", "speech"]
 ReportTiming = Literal["at_once", "after_speech"]
 TokensPlayed = bool | Literal["cumulative"]
+InterruptedCycle = Literal["ends", "open_until_last"]
+INTERRUPTED_CYCLES: tuple[InterruptedCycle, ...] = ("ends", "open_until_last")
 UTTERANCES: tuple[Utterance, ...] = ("prefix", "sentence", "clause")
 METHODS: tuple[HttpMethod, ...] = ("POST", "GET")
 INTERRUPT_MODES: tuple[InterruptMode, ...] = ("none", "dtmf", "speech", "any")
 REPORT_TIMINGS: tuple[ReportTiming, ...] = ("at_once", "after_speech")
 
 INVALID_MESSAGE_ERROR = 64107  # Twilio's error code for an invalid message from the app
+INVALID_VOICE_ERROR = 64106  # an invalid language, voice and TTS provider combination
+VOICE_SETTINGS = ("ttsProvider", "voice", "transcriptionProvider", "speechModel")
 MALFORMED_CLOSE_CODE = 1007  # WebSocket close code after too many invalid messages in a row
 _DIGITS = re.compile(r"[0-9w#*]+\Z")
 
@@ -82,6 +86,18 @@ class TwilioBehaviour:
     - ``greeting_interrupt_frame`` (unconfirmed by Twilio): talking over the greeting sends
       an ``interrupt`` frame (its utterance is greeting text the relay never sent); False,
       the greeting just stops.
+    - ``interrupted_cycle`` (unconfirmed by Twilio; PROTOCOL.md section 4): what an
+      interrupt does to the relay's talk cycle. "ends": the cycle is over at the interrupt;
+      an empty ``last: true`` that follows is an acknowledgement that closes nothing new.
+      "open_until_last": the cycle the interrupt cut stays open until the relay sends a
+      ``last: true``, even when it had sent one before (the acknowledgement Twilio's own
+      SDK sends); until then every ``text`` frame belongs to the cut cycle, whose speech
+      has stopped, so the next reply's tokens are dropped unspoken. In both readings
+      the words of a cycle still open at the interrupt (sent before the relay read it)
+      are taken as the cut cycle's and not spoken; ``Reply.late`` keeps them.
+    - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
+      they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
+      message mid-call).
 
     A dialled call takes ``interruptible``, ``reportInputDuringAgentSpeech``,
     ``preemptible``, ``welcomeGreeting`` and ``welcomeGreetingInterruptible`` from its
@@ -106,6 +122,8 @@ class TwilioBehaviour:
     welcome_greeting: str = ""
     welcome_greeting_interruptible: InterruptMode = "any"
     greeting_interrupt_frame: bool = True
+    interrupted_cycle: InterruptedCycle = "ends"
+    mishear: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("interruptible", "report_input_during_agent_speech"):
@@ -125,6 +143,7 @@ class TwilioBehaviour:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _one_of("utterance", self.utterance, UTTERANCES)
+        _one_of("interrupted_cycle", self.interrupted_cycle, INTERRUPTED_CYCLES)
         _one_of("chunking", self.chunking, CHUNKINGS)
         _one_of("webhook_method", self.webhook_method, METHODS)
         _one_of("action_method", self.action_method, METHODS)
@@ -156,6 +175,32 @@ class TwilioBehaviour:
                 relay.mode("welcomeGreetingInterruptible") or self.welcome_greeting_interruptible
             ),
         )
+
+
+_SETTING_FIELDS = {
+    "interruptible": "interruptible",
+    "reportInputDuringAgentSpeech": "report_input_during_agent_speech",
+    "welcomeGreetingInterruptible": "welcome_greeting_interruptible",
+    "preemptible": "preemptible",
+    "partialPrompts": "partial_prompts",
+}
+
+
+def with_settings(behaviour: TwilioBehaviour, settings: Mapping[str, Any]) -> TwilioBehaviour:
+    """``behaviour`` with the session settings a ``config`` message changed (read with
+    ``read_setting``); settings that are not behaviours (languages, hints) are left out."""
+    changes = {_SETTING_FIELDS[k]: v for k, v in settings.items() if k in _SETTING_FIELDS}
+    return replace(behaviour, **changes)
+
+
+def transcribe(said: str, behaviour: TwilioBehaviour, hints: list[str]) -> str:
+    """What the transcriber makes of ``said``: each ``mishear`` word not in ``hints`` is
+    replaced by what it is misheard as."""
+    hinted = {hint.lower() for hint in hints}
+    for word, misheard in behaviour.mishear.items():
+        if word.lower() not in hinted:
+            said = re.sub(rf"\b{re.escape(word)}\b", misheard, said, flags=re.IGNORECASE)
+    return said
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -265,7 +310,31 @@ def _check_send_digits(message: dict[str, Any]) -> str:
 def _check_language(message: dict[str, Any]) -> str:
     if "ttsLanguage" not in message and "transcriptionLanguage" not in message:
         return 'needs "ttsLanguage" or "transcriptionLanguage"'
-    return _optional(message, ttsLanguage=str, transcriptionLanguage=str)
+    return _optional(
+        message,
+        ttsLanguage=str,
+        transcriptionLanguage=str,
+        ttsProvider=str,
+        voice=str,
+        transcriptionProvider=str,
+        speechModel=str,
+    )
+
+
+def _check_config(message: dict[str, Any]) -> str:
+    try:
+        config_settings(message)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def _check_hints(message: dict[str, Any]) -> str:
+    try:
+        read_setting("hints", message.get("hints"))
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def _check_end(message: dict[str, Any]) -> str:
@@ -278,7 +347,152 @@ _CHECKS = {
     "sendDigits": _check_send_digits,
     "language": _check_language,
     "end": _check_end,
+    "config": _check_config,
+    "hints": _check_hints,
 }
+
+
+# -- dynamic configuration: config, hints, the extended language -------------------------
+
+_MODE_SETTINGS = ("interruptible", "welcomeGreetingInterruptible", "reportInputDuringAgentSpeech")
+_BOOLEAN_SETTINGS = ("preemptible", "dtmfDetection", "partialPrompts", "ignoreBackchannel")
+_WORD_SETTINGS = {
+    "interruptSensitivity": ("low", "medium", "high"),
+    "turnDetection": ("silence", "semantic"),
+}
+_TEXT_SETTINGS = (
+    "language",
+    "ttsLanguage",
+    "transcriptionLanguage",
+    "voice",
+    "ttsProvider",
+    "transcriptionProvider",
+    "speechModel",
+)
+CONFIG_SETTINGS = frozenset(
+    [
+        *_MODE_SETTINGS,
+        *_BOOLEAN_SETTINGS,
+        *_WORD_SETTINGS,
+        *_TEXT_SETTINGS,
+        "hints",
+        "speechTimeout",
+    ]
+)
+SPEECH_TIMEOUT_MS = (600, 5000)  # speechTimeout: "auto" or this many ms (PROTOCOL.md section 2)
+
+
+def read_setting(name: str, value: object) -> Any:
+    """One session setting as the simulated Twilio takes it (TwiML attribute ``name``),
+    normalised: modes as none|dtmf|speech|any, booleans as bool, ``hints`` as a list,
+    ``speechTimeout`` as "auto" or whole milliseconds. ValueError saying what is wrong."""
+    if name in _MODE_SETTINGS:
+        return interrupt_mode(name, value)
+    if name in _BOOLEAN_SETTINGS:
+        word = value.strip().lower() if isinstance(value, str) else value
+        if word not in (True, False, "true", "false"):
+            raise ValueError(f"{name} takes true or false, got {protocol.loggable(value)}")
+        return word in (True, "true")
+    if name in _WORD_SETTINGS:
+        if value not in _WORD_SETTINGS[name]:
+            allowed = ", ".join(_WORD_SETTINGS[name])
+            raise ValueError(f"{name} takes one of {allowed}, got {protocol.loggable(value)}")
+        return value
+    if name in _TEXT_SETTINGS:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} takes a non-empty string, got {protocol.loggable(value)}")
+        return value.strip()
+    if name == "hints":
+        return _hint_list(value)
+    if name == "speechTimeout":
+        return _speech_timeout(value)
+    raise ValueError(f"unknown setting {protocol.loggable(name)}")
+
+
+def _hint_list(value: object) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"hints takes comma-separated words, got {protocol.loggable(value)}")
+    words = [word.strip() for item in items for word in item.split(",") if word.strip()]
+    if not words:
+        raise ValueError("hints has no words in it")
+    return words
+
+
+def _speech_timeout(value: object) -> str | int:
+    if value == "auto":
+        return "auto"
+    text = str(value).strip() if isinstance(value, str | int) else ""
+    low, high = SPEECH_TIMEOUT_MS
+    if isinstance(value, bool) or not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(
+            f"speechTimeout takes auto or {low}-{high} ms, got {protocol.loggable(value)} "
+            "(Twilio: error 64101)"
+        )
+    return int(text)
+
+
+def config_settings(message: dict[str, Any]) -> dict[str, Any]:
+    """The settings a ``config`` message changes, read and normalised (ValueError if one is
+    unknown or invalid). They may sit beside ``type`` or under a ``config`` object: where
+    Twilio wants them is unconfirmed."""
+    nested = message.get("config")
+    raw = dict(nested) if isinstance(nested, dict) else {}
+    raw.update((k, v) for k, v in message.items() if k not in ("type", "config"))
+    if not raw:
+        return _no_settings()
+    return {name: read_setting(name, value) for name, value in raw.items()}
+
+
+def _no_settings() -> dict[str, Any]:
+    raise ValueError("has no settings to change")
+
+
+# -- voices: error 64106 -------------------------------------------------------------------
+
+TTS_PROVIDERS = ("ElevenLabs", "Google", "Amazon")
+GOOGLE_VOICE = re.compile(
+    r"(?P<language>[a-z]{2,3}-[A-Z]{2})-(?P<model>Standard|Wavenet|Neural2|Studio|Journey|"
+    r"Polyglot|News|Chirp-HD|Chirp3-HD)-(?P<name>[A-Za-z]+)\Z"
+)
+# Amazon Polly voices the lessons may use, with the language each speaks (a voice may carry
+# "-Neural" or "-Generative"); a sample, not Polly's list.
+AMAZON_VOICES = {
+    "Joanna": "en-US",
+    "Matthew": "en-US",
+    "Ruth": "en-US",
+    "Amy": "en-GB",
+    "Lucia": "es-ES",
+    "Sergio": "es-ES",
+    "Lupe": "es-US",
+    "Mia": "es-MX",
+}
+
+
+def voice_problem(language: str, provider: str | None, voice: str | None) -> str:
+    """Why Twilio would refuse this language, TTS provider and voice together (error 64106),
+    or "". ElevenLabs voices are multilingual (any language); a Google voice speaks the
+    language in its name (es-ES-Neural2-B speaks es-ES); an Amazon voice its own language.
+    With no voice, the provider's default voice for the language is used."""
+    name = (provider or "ElevenLabs").strip()
+    known = {p.lower(): p for p in TTS_PROVIDERS}
+    if name.lower() not in known:
+        return f"unknown TTS provider {protocol.loggable(name)} (one of {', '.join(TTS_PROVIDERS)})"
+    name = known[name.lower()]
+    if not voice or name == "ElevenLabs":
+        return ""
+    if name == "Google":
+        match = GOOGLE_VOICE.match(voice)
+        if match is None:
+            return f"{protocol.loggable(voice)} is not a Google voice name"
+        spoken = match["language"]
+    else:
+        spoken = AMAZON_VOICES.get(voice.split("-")[0], "")
+        if not spoken:
+            return f"{protocol.loggable(voice)} is not an Amazon voice the simulation knows"
+    if spoken.lower() != language.lower():
+        return f"the {name} voice {voice} speaks {spoken}, not {language}"
+    return ""
 
 
 def invalid_message_description(problem: str) -> str:

@@ -5,6 +5,7 @@ The caller hears nothing until the full reply is written: simple, and slow.
 
 from __future__ import annotations
 
+from relaylab.endings import EMPTY_LINE
 from relaylab.protocol import Prompt
 from relaylab.session import CallSession
 
@@ -24,6 +25,8 @@ async def ai_response(call: CallSession) -> str:
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
     call.conversation.append({"role": "user", "content": prompt.voice_prompt})
-    reply = await ai_response(call)
+    # No words is possible too. An empty turn would make every later request fail with a
+    # 400, so the caller hears (and the history keeps) a short line instead.
+    reply = (await ai_response(call)).strip() or EMPTY_LINE
     call.conversation.append({"role": "assistant", "content": reply})
     await call.send_text(reply, last=True)

@@ -3,31 +3,51 @@
 The caller starts hearing the reply after the first token instead of the last.
 Like the seed's step 2, this step ignores interruptions: lesson 3 fixes that.
 
-Lesson 2's notebook uses ``messages.stream()`` and its ``text_stream``, the SDK's
-friendliest helper. The relay reads the same stream through ``relaylab.llm.stream_text``,
-which keeps only the text and skips building a typed SDK object per token: at 200
-concurrent calls that is most of the relay's CPU (see bench/).
+Replies stream through the SDK's ``messages.stream()``, as lesson 2's notebook teaches.
+``relaylab serve`` reads the same stream with ``relaylab.llm.stream_reply`` instead
+(``call.fast_stream``): it reads the events as the SDK does (tests/test_sse.py) but keeps
+only what a relay needs, skipping a typed SDK object per token, which at 200 concurrent
+calls is most of the relay's CPU (see bench/).
 """
 
 from __future__ import annotations
 
-from relaylab.llm import stream_text
+from relaylab.endings import EMPTY_LINE
+from relaylab.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.protocol import Prompt
 from relaylab.session import CallSession
 
 name = "streaming"
 
 
+def request(call: CallSession) -> dict[str, object]:
+    """The request settings of every reply of this call (the messages aside)."""
+    return {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
+
+
+async def forward(call: CallSession, messages: list) -> ReplyStream | SDKReplyStream:
+    """Stream Claude's reply to ``messages`` to the caller piece by piece, without ending
+    the talk cycle; return the finished stream (its ``stop_reason`` and ``content``)."""
+    if call.fast_stream:  # relaylab serve: the same events, read for less CPU
+        reply = stream_reply(call.claude, messages=messages, **request(call))
+    else:
+        reply = SDKReplyStream(call.claude.messages.stream(messages=messages, **request(call)))
+    # Leaving the `async with` (done or cancelled) closes the HTTP request.
+    async with reply as stream:
+        async for text in stream:
+            await call.send_text(text)
+    return stream
+
+
 async def ai_response_stream(call: CallSession) -> str:
-    """Stream Claude's reply to the caller piece by piece; return the whole text."""
-    reply = ""
-    request = {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
-    # Leaving the loop (done or cancelled) closes the HTTP request.
-    async for text in stream_text(call.claude, messages=call.conversation, **request):
-        reply += text
-        await call.send_text(text)
+    """Stream Claude's reply to the caller piece by piece; return the whole text (a short
+    line instead, when Claude said nothing: never dead air, never an empty turn)."""
+    stream = await forward(call, call.conversation)
+    if not stream.text.strip():
+        await call.send_text(EMPTY_LINE, last=True)
+        return EMPTY_LINE
     await call.send_text("", last=True)
-    return reply
+    return stream.text
 
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:

@@ -12,6 +12,10 @@ section 4). This step uses each once, on cue:
 - key 0 or "a real person": ``end`` with ``{"reason": "human"}`` (the handoff step); the
   ``<Connect action>`` URL then dials a person.
 - "goodbye": ``end`` with ``{"reason": "goodbye"}``; the action URL says goodbye.
+- "it's noisy here": a ``config`` message (dynamic configuration) changes a live setting:
+  ``interruptible`` becomes "dtmf", so background noise no longer cuts Claude off and a
+  key press still does; "it's quiet now" sets it back to "any". Twilio answers
+  ``configUpdated`` (``call.settings`` then holds what it applied).
 
 Anything else is the tracking step: Claude streams, interruptions keep the heard words.
 Keys other than 9 and 0 are ignored (Twilio only reports them with ``dtmfDetection``).
@@ -37,11 +41,15 @@ SPANISH_LINE = "¡Claro! A partir de ahora hablamos en español."
 ENGLISH_LINE = "Sure, back to English."
 EXTENSION_LINE = "Putting you through to extension {spoken}."
 GOODBYE_LINE = "Thanks for calling. Goodbye!"
+NOISY_LINE = "Got it: noise won't cut me off now. Press any key if you need me to stop."
+QUIET_LINE = "Good, you can talk over me again whenever you like."
 ANSWER_IN_SPANISH = " The caller asked to speak Spanish: answer in Spanish."
 
 _SPANISH = re.compile(r"\b(in spanish|en español|en espanol)\b", re.IGNORECASE)
 _ENGLISH = re.compile(r"\b(in english|en inglés|en ingles)\b", re.IGNORECASE)
 _EXTENSION = re.compile(r"\bextension\s+(\d{1,6})\b", re.IGNORECASE)
+_NOISY = re.compile(r"\b(noisy|too loud|background noise)\b", re.IGNORECASE)
+_QUIET = re.compile(r"\b(quiet now|quieter now|no more noise)\b", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(goodbye|bye|adiós|adios)\b", re.IGNORECASE)
 
 
@@ -55,6 +63,10 @@ async def on_prompt(call: CallSession, prompt: Prompt) -> None:
         digits = match.group(1)
         line = EXTENSION_LINE.format(spoken=" ".join(digits))
         await _answer(call, said, line, after=protocol.send_digits(digits))
+    elif _NOISY.search(said):
+        await _answer(call, said, NOISY_LINE, before=protocol.config(interruptible="dtmf"))
+    elif _QUIET.search(said):
+        await _answer(call, said, QUIET_LINE, before=protocol.config(interruptible="any"))
     elif _GOODBYE.search(said):
         await _answer(call, said, GOODBYE_LINE, after=protocol.end({"reason": "goodbye"}))
     else:
@@ -72,7 +84,7 @@ async def _answer(
     call: CallSession, said: str, line: str, *, before: str | None = None, after: str | None = None
 ) -> None:
     """Say a fixed ``line`` instead of asking Claude, with a message sent ``before`` it (a
-    language switch, so the line is spoken in the new language) or ``after`` it (tones,
+    language switch or new settings, so the line already follows them) or ``after`` it (tones,
     or the end of the session, once the caller has been told). Both turns are stored."""
     await call.cancel_reply()  # barge-in: an older reply stops (and is stored) first
     call.conversation.add_user(said)

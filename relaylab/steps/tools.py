@@ -58,11 +58,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from relaylab import failures
 from relaylab.conversation import Conversation
-from relaylab.protocol import Interrupt, Prompt
+from relaylab.protocol import Interrupt, Prompt, loggable
 from relaylab.session import CallSession, Reply
 from relaylab.step import Step
-from relaylab.tools import Toolbox, ToolOutcome, demo_toolbox
+from relaylab.tools import Toolbox, ToolOutcome, current_caller, demo_toolbox
 
 log = logging.getLogger("relaylab.steps.tools")
 
@@ -76,6 +77,12 @@ STILL_RUNNING_NOTE = (
     "This is still running: the caller spoke before it finished, and because it changes "
     "things it was not stopped. Its result will replace this note when it is ready."
 )
+MAX_TOOL_INPUT_CHARS = 64 * 1024
+"""A tool call's input JSON past this many characters stops the request: the tool call is
+dropped and the caller hears the apology (a tool's input is a few fields)."""
+MAX_TOOL_INPUT_DEPTH = 32
+"""Tool input nested deeper than this is taken as no input (the tool then says what it
+needs), so nothing later recurses through it."""
 TOOL_GUIDANCE = (
     " You have tools. Before you use one, say a few words such as 'Let me check that', so "
     "the caller is not left in silence."
@@ -144,6 +151,7 @@ class _Round:
     content: list[_Text | dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] | None = None  # set when its tools start
     tasks: list[tuple[asyncio.Task[ToolOutcome], ToolRun]] = field(default_factory=list)
+    aborted: bool = False  # a tool call's input grew past MAX_TOOL_INPUT_CHARS
 
 
 @dataclass
@@ -220,7 +228,13 @@ async def _converse(
         record.rounds.append(round_)
         last_chance = number == settings.max_rounds
         stop_reason = await _stream(call, reply, round_, messages, settings, last_chance)
+        if round_.aborted:
+            await _aside(call, reply, failures.APOLOGY)
+            break
         if last_chance or stop_reason != "tool_use" or not _tool_uses(round_):
+            if stop_reason == "tool_use" and not reply.sent.strip():
+                # Every tool call was dropped and nothing was said: not silence.
+                await _aside(call, reply, failures.APOLOGY)
             break  # an answer in words (a tool call now is dropped: it never runs)
         await _run_tools(call, reply, record, round_, settings)
     await call.send_text("", last=True)
@@ -246,6 +260,8 @@ async def _stream(
         **extra,
     )
     tool_inputs: dict[int, tuple[Any, list[str]]] = {}  # block index -> (block, JSON so far)
+    input_sizes: dict[int, int] = {}
+    seen_ids = _tool_use_ids(messages)
     stop_reason = None
     async with stream:  # leaving it (done or cancelled) closes the HTTP request
         async for event in stream:
@@ -256,27 +272,104 @@ async def _stream(
                 if event.delta.type == "text_delta" and event.delta.text:
                     await _say(call, reply, round_, event.delta.text)
                 elif event.delta.type == "input_json_delta" and event.index in tool_inputs:
-                    tool_inputs[event.index][1].append(event.delta.partial_json)
+                    block, parts = tool_inputs[event.index]
+                    size = input_sizes[event.index] = input_sizes.get(event.index, 0) + len(
+                        event.delta.partial_json
+                    )
+                    if size > MAX_TOOL_INPUT_CHARS:
+                        log.warning(
+                            "Call %s: Claude's input for the %s tool passed %d characters; "
+                            "the request was stopped, the tool call dropped, and the caller "
+                            "hears the apology",
+                            loggable(call.call_sid),
+                            loggable(block.name),
+                            MAX_TOOL_INPUT_CHARS,
+                        )
+                        round_.aborted = True
+                        break  # leaving `async with` closes the HTTP request
+                    parts.append(event.delta.partial_json)
             elif event.type == "content_block_stop":
                 _close_round_text(round_, reply)
                 if event.index in tool_inputs:  # the tool call is complete only now
-                    round_.content.append(_tool_use(*tool_inputs.pop(event.index)))
+                    block, parts = tool_inputs.pop(event.index)
+                    if (use := _tool_use(call, block, parts, seen_ids)) is not None:
+                        round_.content.append(use)
             elif event.type == "message_delta":
                 stop_reason = event.delta.stop_reason
     _close_round_text(round_, reply)
     return stop_reason
 
 
-def _tool_use(block: Any, json_parts: list[str]) -> dict[str, Any]:
+def _tool_use(
+    call: CallSession, block: Any, json_parts: list[str], seen_ids: set[str]
+) -> dict[str, Any] | None:
+    """The finished tool call as a history block; None (logged) for one the Messages API
+    would reject in the history: no name, no id, or an id already used."""
+    name, tool_id = block.name, block.id
+    if not isinstance(name, str) or not name.strip():
+        log.warning(
+            "Call %s: Claude asked for a tool with no name; dropped", loggable(call.call_sid)
+        )
+        return None
+    if not isinstance(tool_id, str) or not tool_id or tool_id in seen_ids:
+        log.warning(
+            "Call %s: Claude's call of the %s tool reuses the tool_use id %s (or has none); "
+            "dropped, as the API rejects a history with two",
+            loggable(call.call_sid),
+            loggable(name),
+            loggable(tool_id),
+        )
+        return None
+    seen_ids.add(tool_id)
     text = "".join(json_parts)
     try:
         tool_input = json.loads(text) if text else {}
-    except ValueError:
-        log.warning("Claude's input for the %s tool is not valid JSON: %r", block.name, text)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
+        log.warning(
+            "Call %s: Claude's input for the %s tool is not valid JSON: %s",
+            loggable(call.call_sid),
+            loggable(name),
+            loggable(text),
+        )
+        tool_input = {}
+    if _depth(tool_input) > MAX_TOOL_INPUT_DEPTH:
+        log.warning(
+            "Call %s: Claude's input for the %s tool is nested over %d levels deep; "
+            "the tool gets no input",
+            loggable(call.call_sid),
+            loggable(name),
+            MAX_TOOL_INPUT_DEPTH,
+        )
         tool_input = {}
     if not isinstance(tool_input, dict):
         tool_input = {}
-    return {"type": "tool_use", "id": block.id, "name": block.name, "input": tool_input}
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input}
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (without recursing)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > MAX_TOOL_INPUT_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _tool_use_ids(messages: list[dict[str, Any]]) -> set[str]:
+    """Every tool_use id in the history about to be sent."""
+    ids = set()
+    for turn in messages:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    ids.add(str(block.get("id")))
+    return ids
 
 
 def _tool_uses(round_: _Round) -> list[dict[str, Any]]:
@@ -344,6 +437,8 @@ async def _run_tools(
         if not run.side_effects:
             result["is_error"] = True
         round_.results.append(result)
+        # The tool's task copies this context: it runs as this call (see current_caller).
+        current_caller.set(call.call_sid)
         task = asyncio.ensure_future(toolbox.call(run.name, run.input))
         _running_tools.add(task)
         task.add_done_callback(_running_tools.discard)
@@ -379,8 +474,8 @@ def _tool_done(
             log.info(
                 "Call %s: %s finished after the caller interrupted; its result replaced the "
                 "note in the history",
-                call.call_sid,
-                run.name,
+                loggable(call.call_sid),
+                loggable(run.name),
             )
     call.events.emit("tool_ended", run=run)
 
@@ -397,16 +492,16 @@ def _stop_read_only_tools(call: CallSession, record: _Record) -> list[asyncio.Ta
                 log.info(
                     "Call %s: the reply stopped while %s was running; it changes things, so "
                     "it keeps running and its result will replace the note in the history",
-                    call.call_sid,
-                    run.name,
+                    loggable(call.call_sid),
+                    loggable(run.name),
                 )
                 running.append(task)
             else:
                 log.info(
                     "Call %s: the reply stopped while %s was running; it only reads, so it "
                     "was cancelled and Claude is told there is no result",
-                    call.call_sid,
-                    run.name,
+                    loggable(call.call_sid),
+                    loggable(run.name),
                 )
                 task.cancel()
     return running
@@ -420,7 +515,7 @@ async def _wait_for_side_effects(
         log.info(
             "Call %s: %d side-effecting tool%s still running; the history says so until "
             "the result arrives",
-            call.call_sid,
+            loggable(call.call_sid),
             len(still_running),
             " is" if len(still_running) == 1 else "s are",
         )

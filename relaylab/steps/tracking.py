@@ -7,6 +7,10 @@ Three rules on top of lesson 2:
 3. Store only what the caller heard, whether the reply had finished or not, so the
    next request tells Claude exactly how far it got.
 
+And a fourth: every way a reply can end (a refusal, no words at all, cut off at
+``max_tokens``, paused, the context full) has its own spoken line and stored turn,
+decided in one place, ``relaylab.endings``; ``speak_reply`` follows it.
+
 ``add_user`` and ``add_assistant`` (rather than ``append``) merge two turns of the
 same role and skip empty text, which keeps the history valid for the Messages API
 whatever order things happen in.
@@ -14,25 +18,66 @@ whatever order things happen in.
 
 from __future__ import annotations
 
+from relaylab import endings
+from relaylab.endings import Ending
 from relaylab.protocol import Interrupt, Prompt
 from relaylab.session import CallSession
-from relaylab.steps.streaming import ai_response_stream
+from relaylab.steps.streaming import forward
 
 name = "tracking"
+
+
+async def speak_reply(call: CallSession) -> Ending:
+    """Stream Claude's reply to the caller, carrying on a paused turn, and return how it
+    ended. The talk cycle is ended here, unless the relay has a line of its own to add
+    (``ending.say``): that is said after the turn is stored, and ends it."""
+    messages = list(call.conversation)
+    continuations = 0
+    while True:
+        stream = await forward(call, messages)
+        sent = call.reply.sent if call.reply else stream.text
+        ending = endings.ending(stream.stop_reason, sent, continuations=continuations)
+        if not ending.continue_turn:
+            break
+        messages = endings.continuation(messages, stream.content)
+        continuations += 1
+    if sent and not ending.say:
+        await call.send_text("", last=True)  # the end of the talk cycle
+    return ending
+
+
+def store(call: CallSession, ending: Ending | None, before: list) -> None:
+    """Store the reply as ``ending`` says (None: it was cancelled or failed, so what was
+    sent, which on_interrupt then cuts to what was heard)."""
+    if ending is None:
+        call.conversation.add_assistant(call.reply.sent if call.reply else "")
+        return
+    if ending.forget_prompt:  # a refusal: the turn that caused it leaves the context
+        call.conversation[:] = before
+    if ending.store:
+        call.conversation.add_assistant(ending.store)
+    elif call.reply:
+        call.reply.stored = False  # so an interrupt finds no turn of it to cut
+    if ending.trim_history:  # the model's context is full: keep the newer half
+        call.conversation.trim_to(len(str(call.conversation)) // 2)
 
 
 async def on_prompt(call: CallSession, prompt: Prompt) -> None:
     try:
         await call.cancel_reply()  # barge-in: the old reply stops before the new one starts
     finally:
+        before = call.conversation.snapshot()
         call.conversation.add_user(prompt.voice_prompt)  # kept even if a newer prompt wins
+    ending = None
     try:
-        await ai_response_stream(call)
+        ending = await speak_reply(call)
     finally:
         # Runs when the reply finishes and when it is cancelled. `call.reply` is this
         # prompt's reply; `.sent` is every token sent so far. on_interrupt then cuts
         # it down to what was heard.
-        call.conversation.add_assistant(call.reply.sent)
+        store(call, ending, before)
+    if ending.say:
+        await call.say(ending.say)  # the relay's own words: a sentence of their own
 
 
 async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
@@ -40,4 +85,6 @@ async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
     # only then is there a turn to cut down to the heard words. `call.heard` is what
     # the relay worked out from the interrupt (see relaylab.conversation.heard_prefix).
     await call.cancel_reply()
-    call.conversation.keep_heard(call.heard)
+    cut = call.interrupted_reply
+    if cut is None or cut.stored:  # (a refused reply left nothing to cut down)
+        call.conversation.keep_heard(call.heard)

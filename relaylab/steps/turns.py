@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import protocol
-from relaylab.llm import stream_text
+from relaylab import endings, protocol
+from relaylab.llm import SDKReplyStream, stream_reply
 from relaylab.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
 from relaylab.session import CallSession, HungUp, Reply
 from relaylab.step import Step
@@ -89,22 +89,33 @@ SILENCE_POLL = 0.2  # seconds between looks at the line while listening for sile
 class Answer:
     """One answer from Claude, read by a task of its own so that it can outlive the reply
     that began to speak it (a false interruption resumes it). ``text`` is everything read
-    so far; ``cancel()`` closes the model stream."""
+    so far; once ``done``, ``ending`` says how it ended (``relaylab.endings``, as in the
+    tracking step: a paused turn is carried on here) or ``error`` why it failed.
+    ``cancel()`` closes the model stream."""
 
     def __init__(self, call: CallSession) -> None:
         self.text = ""
         self.done = False
         self.error: BaseException | None = None
+        self.ending: endings.Ending | None = None
         self._changed = asyncio.Event()
-        request = {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
         messages = call.conversation.snapshot()
-        self.task = asyncio.get_running_loop().create_task(self._read(call, messages, request))
+        self.task = asyncio.get_running_loop().create_task(self._read(call, messages))
 
-    async def _read(self, call: CallSession, messages: list[Any], request: dict[str, Any]) -> None:
+    async def _read(self, call: CallSession, messages: list[Any]) -> None:
+        continuations = 0
         try:
-            async for text in stream_text(call.claude, messages=messages, **request):
-                self.text += text
-                self._changed.set()
+            while True:
+                async with _open_stream(call, messages) as stream:
+                    async for text in stream:
+                        self.text += text
+                        self._changed.set()
+                ending = endings.ending(stream.stop_reason, self.text, continuations=continuations)
+                if not ending.continue_turn:
+                    self.ending = ending
+                    break
+                messages = endings.continuation(messages, stream.content)
+                continuations += 1
         except asyncio.CancelledError:
             self.error = asyncio.CancelledError()
             raise
@@ -200,11 +211,13 @@ async def on_prompt(
     try:
         await call.cancel_reply()  # barge-in: the old reply stops (and is stored) first
     finally:
+        before = call.conversation.snapshot()
         call.conversation.add_user(prompt.voice_prompt)  # joins an unanswered prompt
     reply = call.reply
     assert reply is not None  # on_prompt always runs as a reply
     answer = Answer(call)
-    await _speak(call, answer, 0, settings, hold_until=reply.started_at + settings.merge_wait)
+    hold_until = reply.started_at + settings.merge_wait
+    await _speak(call, answer, 0, settings, hold_until=hold_until, before=before)
 
 
 async def on_interrupt(
@@ -269,10 +282,12 @@ async def _speak(
     *,
     hold_until: float | None = None,
     resumed: bool = False,
+    before: list[dict[str, Any]] | None = None,
 ) -> None:
     """Send ``answer`` from ``start`` as this reply's talk cycle, and store what was sent.
     ``hold_until``: no word before then (``merge_wait``); ``resumed``: the words continue
-    the last assistant turn, which loses its cut mark."""
+    the last assistant turn, which loses its cut mark; ``before``: the history before the
+    prompt, restored if Claude refuses (``relaylab.endings``)."""
     reply = call.reply
     assert reply is not None
     state = _turns(call)
@@ -283,6 +298,7 @@ async def _speak(
     base = _continued_turn(call) if resumed else None
     position = start
     finished = False
+    ending: endings.Ending | None = None
     try:
         if hold_until is not None and (wait := hold_until - time.monotonic()) > 0:
             await asyncio.sleep(wait)
@@ -299,23 +315,43 @@ async def _speak(
                 await answer.changed()
         if answer.error is not None:
             raise answer.error
-        await call.send_text("", last=True)
+        ending = answer.ending
+        if ending is not None and not ending.say and reply.sent:
+            await call.send_text("", last=True)
         finished = True
     finally:
-        _store(call, reply.sent, base)
+        _store(call, reply.sent, base, answer.ending if finished else None, answer.text)
+        if finished and ending is not None and ending.forget_prompt and before is not None:
+            call.conversation[:] = before  # a refusal: its prompt leaves the context too
         if reply.heard is None:  # not interrupted: nothing can resume this answer
             answer.cancel()
-    if finished:
-        _listen_for_silence(call, settings, after=reply.sent)
+    if ending is not None and ending.say:
+        await call.say(ending.say)  # the relay's own line (relaylab.endings): not stored
+    _listen_for_silence(call, settings, after=reply.sent)
 
 
-def _store(call: CallSession, sent: str, base: dict[str, Any] | None) -> None:
+def _store(
+    call: CallSession,
+    sent: str,
+    base: dict[str, Any] | None,
+    ending: endings.Ending | None,
+    whole: str = "",
+) -> None:
     """Store what a reply sent: after the turn it continues (a resumed reply), else as a
-    turn of its own (merged with an assistant turn before it, as ``add_assistant`` does)."""
+    turn of its own (merged with an assistant turn before it, as ``add_assistant`` does).
+    An ``ending`` that cuts the answer short marks it as ``relaylab.endings`` says; one
+    that stores nothing (a refusal, no words) leaves it out. (None: the reply was
+    cancelled or failed; an interrupt, or the session's apology, then cuts or marks it.)"""
+    if ending is not None and ending.store is None:
+        return
     if base is not None and call.conversation and call.conversation[-1] is base:
         base["content"] = (base["content"] + sent).rstrip()
     else:
         call.conversation.add_assistant(sent)
+    if ending is not None and ending.store != whole.strip():  # (``whole``: the answer)
+        endings.mark_cut(call.conversation, sent)
+    if ending is not None and ending.trim_history:  # the model's context is full
+        call.conversation.trim_to(len(str(call.conversation)) // 2)
 
 
 def _continued_turn(call: CallSession) -> dict[str, Any] | None:
@@ -351,6 +387,14 @@ async def _close_cut_cycle(call: CallSession) -> None:
 
 
 # -- resuming, and listening for silence -------------------------------------------------------
+
+
+def _open_stream(call: CallSession, messages: list[Any]) -> Any:
+    """Claude's streamed reply to ``messages``, read as the tracking step reads it."""
+    request = {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
+    if call.fast_stream:  # relaylab serve: the same events, read for less CPU
+        return stream_reply(call.claude, messages=messages, **request)
+    return SDKReplyStream(call.claude.messages.stream(messages=messages, **request))
 
 
 def _cut_reply(call: CallSession) -> Reply | None:
