@@ -502,3 +502,39 @@ async def test_start_reply_runs_an_unprompted_reply_that_an_interrupt_stops():
     assert (reply.prompt, reply.state, reply.heard) == ("", "cancelled", "Are you still")
     after = result.log[[d for d, _ in result.log].index("in", 1) + 1 :]
     assert not [f for d, f in after if d == "out" and f.get("token")]
+
+
+# -- every way a reply ends (relaylab.endings), as the tracking step does ----------------------
+
+
+def test_the_turns_step_ends_replies_as_relaylab_endings_says(make_lab):
+    from relaylab import endings
+
+    lab = make_lab(turns_step(**QUICK))
+    claude = lab.offline_claude
+    call = lab.call()
+
+    claude.fail_next("empty")
+    assert call.say("Tell me about dogs").text == endings.EMPTY_LINE
+    assert [t["role"] for t in call.conversation] == ["user"]  # nothing of Claude's stored
+
+    call.say("Hello")
+    before = call.conversation
+    claude.fail_next("refusal")
+    refused = call.say("Tell me about dogs")
+    assert refused.complete and refused.text.endswith(endings.REFUSAL_LINE)
+    assert call.conversation == before  # the refused turn and its prompt are out
+
+    claude.fail_next("max_tokens")
+    cut = call.say("Tell me about dogs")
+    assert cut.complete and cut.text.endswith(endings.WRAP_UP_LINE)
+    stored = call.conversation[-1]["content"]
+    assert stored.endswith(endings.CUT_MARK) and endings.WRAP_UP_LINE not in stored
+
+    claude.fail_next("pause_turn")
+    paused = call.say("Tell me about dogs")
+    first, second = claude.requests[-2:]
+    assert (first.stop_reason, second.stop_reason) == ("pause_turn", "end_turn")
+    assert paused.complete and paused.text == DOGS
+    assert call.conversation[-1] == {"role": "assistant", "content": DOGS}
+    assert_valid_history(call.conversation)
