@@ -330,28 +330,43 @@ class CallSession:
             )
 
     def _start_reply(self, prompt: protocol.Prompt) -> None:
+        self._launch_reply(
+            prompt.voice_prompt,
+            lambda: self.step.run("on_prompt", self, prompt),
+            contextvars.copy_context(),
+        )
+
+    def start_reply(self, speak: Callable[[CallSession], Awaitable[None]]) -> Reply:
+        """Start a reply nobody prompted (a resumed answer, "Are you still there?"):
+        ``speak(call)`` runs as a reply task, as ``on_prompt`` does, so ``send_text``,
+        interrupts and ``cancel_reply`` treat it like any other reply. Its ``prompt`` is ""."""
+        return self._launch_reply("", lambda: speak(self), contextvars.Context())
+
+    def _launch_reply(
+        self, prompt: str, run: Callable[[], Awaitable[None]], context: contextvars.Context
+    ) -> Reply:
         loop = asyncio.get_running_loop()
-        reply = Reply(prompt=prompt.voice_prompt, id=len(self.replies) + 1)
+        reply = Reply(prompt=prompt, id=len(self.replies) + 1)
         reply._order = next(self._order)
         reply.started = loop.create_future()
         self._barriers.append((reply._order, reply.started))
         self.replies.append(reply)
         reply.alive_at = reply.started_at
-        context = contextvars.copy_context()
         context.run(_current_reply.set, weakref.ref(reply))
         context.run(streams.alive_listener.set, _alive_listener(weakref.ref(reply)))
-        reply.task = loop.create_task(self._run_reply(reply, prompt), context=context)
+        reply.task = loop.create_task(self._run_reply(reply, run), context=context)
         self._watch(reply)
         self.events.emit("reply_started", reply=reply)
+        return reply
 
-    async def _run_reply(self, reply: Reply, prompt: protocol.Prompt) -> None:
+    async def _run_reply(self, reply: Reply, run: Callable[[], Awaitable[None]]) -> None:
         previous = self._last_handler
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait([previous])  # e.g. on_setup still running
             reply.started.set_result(None)  # type: ignore[union-attr]
             self._forget_barrier(reply.started)
-            await self.step.run("on_prompt", self, prompt)
+            await run()
         except asyncio.CancelledError:
             if reply.state != "timed_out":
                 reply.state = "cancelled"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 HOOKS = ("on_setup", "on_prompt", "on_interrupt", "on_dtmf", "on_close")
-LESSONS = ("basic", "streaming", "tracking", "handoff", "tools", "switchboard")
+LESSONS = ("basic", "streaming", "tracking", "handoff", "tools", "switchboard", "turns")
 
 
 class Hook(Protocol):

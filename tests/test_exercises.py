@@ -117,7 +117,7 @@ def test_every_scenario_passes_with_the_reference_step():
         reports = dict(
             zip(names, pool.map(lambda e: check(e, EXERCISES[e].reference), names), strict=True)
         )
-    assert set(reports) == {"basic", "streaming", "tracking", "tools"}
+    assert set(reports) == {"basic", "streaming", "tracking", "tools", "turns"}
     for exercise, report in reports.items():
         assert report.passed, str(report)
         assert len(report.results) == len(EXERCISES[exercise].scenarios) >= 3

@@ -76,6 +76,7 @@ from relaylab.exercises.report import Report, Result
 from relaylab.exercises.run import Run
 from relaylab.exercises.runner import _learner_step as _learner_step  # tests reach it here
 from relaylab.exercises.runner import check
+from relaylab.exercises.turns import turns_scenarios as turns_scenarios  # adds EXERCISES["turns"]
 
 __all__ = [
     "BOOKING",

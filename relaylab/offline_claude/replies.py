@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from relaylab.spoken import speak
+from relaylab.turn_taking import without_cut_mark
 
 REPLIES: dict[str, str] = {
     "1999": (
@@ -162,7 +163,11 @@ def _matches(text: str, phrases: tuple[str, ...]) -> bool:
 def _progress_reply(messages: list[dict[str, Any]]) -> str:
     """An honest "how far did you get?": quote the end of the last assistant turn."""
     index = last_index(messages, "assistant")
-    words = content_text(messages[index]["content"]).split() if index is not None else []
+    said = content_text(messages[index]["content"]) if index is not None else ""
+    # A relay that marks cut turns (relaylab.turn_taking, lesson 6) says so in the system
+    # prompt; read as Claude would: the words before the mark are what the caller heard.
+    marked = said != without_cut_mark(said)
+    words = without_cut_mark(said).split()
     if not words:
         return REPLIES["progress_nothing"]
     tail_words = words[-_QUOTE_WORDS:]
@@ -175,7 +180,11 @@ def _progress_reply(messages: list[dict[str, Any]]) -> str:
     # The replies are deterministic, so we can tell whether that turn is the whole reply
     # we would have given: that is what a relay without interruption tracking stores.
     earlier = messages[:index]
-    finished = last_index(earlier, "user") is not None and reply_for(earlier).split() == words
+    finished = (
+        not marked
+        and last_index(earlier, "user") is not None
+        and reply_for(earlier).split() == words
+    )
     return REPLIES["progress_finished" if finished else "progress_interrupted"].format(quote=quote)
 
 

@@ -230,6 +230,8 @@ class TalkCycles:
         if last:
             cut.acknowledgements += 1
             self.cut = None
+            if cut.cycle is not None:
+                cut.cycle.closed = True  # so the relay's next speech is a cycle of its own
         return True
 
     def begin_speech(
