@@ -4,22 +4,45 @@ import relaylab as rl
 lab = rl.start(step="streaming")
 call = lab.call()
 reply = call.say("Name ten things that happened in 1999")
+
+The names below load on first use (PEP 562), so ``import relaylab.protocol`` and the other
+pure modules import no third-party package, and ``import relaylab`` alone is cheap.
 """
 
-import logging
+from __future__ import annotations
 
-from relaylab import exercises, recording
-from relaylab.caller import Reply, SimulatedCall
-from relaylab.conversation import Conversation, heard_prefix
-from relaylab.lab import Lab, start
-from relaylab.recording import replay
-from relaylab.session import CallSession
-from relaylab.step import Step
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relaylab import exercises, recording
+    from relaylab.caller import Reply, SimulatedCall
+    from relaylab.conversation import Conversation, heard_prefix
+    from relaylab.lab import Lab, start
+    from relaylab.recording import replay
+    from relaylab.session import CallSession
+    from relaylab.step import Step
 
 # Without a handler Python prints warnings to stderr, and from the relay's background
 # thread they would land in whichever notebook cell runs next. The app decides where
 # logs go (relaylab serve logs to stderr); the widgets show errors in notebooks.
 logging.getLogger("relaylab").addHandler(logging.NullHandler())
+
+# public name -> the module that defines it
+_HOMES = {
+    "CallSession": "relaylab.session",
+    "Conversation": "relaylab.conversation",
+    "Lab": "relaylab.lab",
+    "Reply": "relaylab.caller",
+    "SimulatedCall": "relaylab.caller",
+    "Step": "relaylab.step",
+    "heard_prefix": "relaylab.conversation",
+    "replay": "relaylab.recording",
+    "start": "relaylab.lab",
+    "exercises": "relaylab.exercises",
+    "recording": "relaylab.recording",
+}
 
 __all__ = [
     "CallSession",
@@ -34,3 +57,17 @@ __all__ = [
     "replay",
     "start",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'relaylab' has no attribute {name!r}")
+    module = importlib.import_module(home)
+    value = module if home == f"relaylab.{name}" else getattr(module, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

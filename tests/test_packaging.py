@@ -5,6 +5,7 @@ import ast
 import importlib.metadata
 import re
 import shlex
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -147,3 +148,24 @@ def test_every_third_party_import_of_the_package_is_declared():
     stdlib = set(sys.stdlib_module_names) | {"relaylab", "__future__"}
     for module in sorted(imported - stdlib):
         assert DISTRIBUTIONS.get(module, module).lower() in declared, f"{module} is not declared"
+
+
+PURE_CORE = ["protocol", "conversation", "spoken", "playback", "endings", "sse", "turn_taking"]
+
+
+def test_the_pure_core_imports_no_third_party_package():
+    """`import relaylab.protocol` (and the other pure modules) loads only the stdlib, and
+    the package's public names load on first use."""
+    probe = f"""
+import sys
+for name in {PURE_CORE!r}:
+    __import__("relaylab." + name)
+ours = {{"relaylab", "_distutils_hack", "__main__"}}  # the last two come with any interpreter
+print(sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - ours))
+import relaylab
+assert callable(relaylab.heard_prefix) and relaylab.Step.__name__ == "Step"
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
