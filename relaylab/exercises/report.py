@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,11 +23,13 @@ def shorten_ids(text: str) -> str:
 
 @dataclass
 class Result:
-    """One scenario's outcome: ``problems`` is the evidence of what went wrong."""
+    """One scenario's outcome: ``problems`` is the evidence of what went wrong, ``hints``
+    what to change for the mistake that evidence points at (the learner's own error first)."""
 
     scenario: Scenario
     problems: list[str]
     run: Run | None = None
+    hints: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -68,8 +70,9 @@ class Report:
             lines.append(f"{'PASS' if result.passed else 'FAIL'}  {result.scenario.name}")
             for problem in result.problems:
                 lines.append(f"      - {shorten_ids(problem)}")
-            if not result.passed and result.scenario.hint:
-                lines.append(f"      Hint: {result.scenario.hint}")
+            if not result.passed:
+                hints = result.hints or [h for h in (result.scenario.hint,) if h]
+                lines += [f"      Hint: {hint}" for hint in hints]
         passed = sum(result.passed for result in self.results)
         lines.append("")
         if self.passed:
