@@ -29,7 +29,8 @@ The modules, each importing only those listed before it: ``actions`` (what the c
 does), ``run`` (what a call leaves behind), ``words`` (evidence in plain words),
 ``expectations`` (what must hold, and ``advice`` for the mistake the evidence shows),
 ``mistakes`` (the learner's own errors and malformed turns), ``catalogue``
-(``Scenario``, ``Exercise`` and ``EXERCISES``), ``report`` (``Result``, ``Report``) and ``runner`` (``check``).
+(``Scenario``, ``Exercise`` and ``EXERCISES``), ``report`` (``Result``, ``Report``) and
+``runner`` (``check``).
 """
 
 from relaylab.exercises.actions import (
