@@ -155,3 +155,38 @@ def test_a_step_that_keeps_no_history_logs_no_warning(make_lab, relay_logs):
     lab.use(Step(on_prompt=lambda call, prompt: call.send_text("hi", last=True)))
     assert lab.call().say("Hello").text == "hi"
     assert "would reject this history" not in relay_logs.text
+
+
+def test_a_booking_asked_after_an_interrupted_order_lookup_is_booked():
+    # Lesson 05's "Try it yourself" after its interrupted lookup: the booking question joins
+    # the user turn holding the lookup's "interrupted" note, and must get a tool call of its
+    # own, not that stale note read back.
+    from relaylab.steps.tools import tools_step
+    from relaylab.tools import demo_toolbox
+
+    toolbox = demo_toolbox()
+    lab = rl.start(
+        tools_step(toolbox=toolbox),
+        offline=True,
+        first_token_delay=0.05,
+        tokens_per_second=200,
+        clock_speed=4.0,
+    )
+    try:
+        caller = lab.call()
+        cut = caller.say("Where is my order 12345?", interrupt_after_words=3)
+        assert cut.interrupted
+        reply = caller.say("Can I book a table for two on Saturday at 8pm?")
+        assert "couldn't check" not in reply.text and "interrupted" not in reply.text
+        caller.listen(0.5)
+        assert len(toolbox.restaurant.bookings) == 1
+        uses = [
+            block["name"]
+            for turn in caller.conversation
+            if isinstance(turn["content"], list)
+            for block in turn["content"]
+            if block.get("type") == "tool_use"
+        ]
+        assert uses == ["order_status", "book_table"]
+    finally:
+        lab.stop()
