@@ -65,7 +65,11 @@ _STYLE = """<style>
 .rl-view del {color: #b3261e; text-decoration: line-through;}
 .rl-frames {font-family: monospace; font-size: 11px; color: #444; white-space: pre;
   overflow-x: auto; margin: 0;}
+.rl-lab-stopped .jupyter-widgets-disconnected::before,
+.rl-lab-stopped.jupyter-widgets-disconnected::before {content: none; display: none;}
 </style>"""
+_STOPPED_CLASS = "rl-lab-stopped"  # once the lab stopped, the view says so itself: no
+# broken-link icon on each control when the kernel restarts (see _STYLE)
 
 _LEFT = "style='text-align: left'"  # JupyterLab right-aligns table cells by default
 _STOPPED = "the lab has stopped: run the cell that starts it (rl.start) again to make calls"
@@ -505,6 +509,7 @@ class ConversationView:
     def _detach_now(self) -> None:
         self.stopped = True
         self._render()
+        self.widget.add_class(_STOPPED_CLASS)
         self._detached = True
         if self._timer is not None:
             self._timer.cancel()
@@ -669,6 +674,11 @@ class CallerPanel:
         self.future: Any = None  # the latest scheduled action (a concurrent Future)
         self._saying: asyncio.Task[Any] | None = None  # the say() waiting for its reply
         self.stopped = False
+        if isinstance(getattr(lab, "_views", None), list):
+            from relaylab.kernel_exit import stop_labs_at_shutdown
+
+            lab._views.append(self)  # lab.stop() calls detach(): the panel says so at once
+            stop_labs_at_shutdown()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)
@@ -698,11 +708,18 @@ class CallerPanel:
         return self._schedule(self._press(key))
 
     def show_stopped(self) -> None:
-        """Say in the panel that the lab has stopped, and grey out the buttons."""
+        """Say in the panel that the lab has stopped, and grey out the buttons and the box."""
         self.stopped = True
-        self._status(f"<b>{_esc(_STOPPED[0].upper() + _STOPPED[1:])}.</b>")
+        self._status(f"{_STYLE}<b>{_esc(_STOPPED[0].upper() + _STOPPED[1:])}.</b>")
         for button in (self.say_button, self.interrupt_button, *self.key_buttons):
             button.disabled = True
+        self.text.disabled = True
+        self.widget.add_class(_STOPPED_CLASS)
+
+    def detach(self) -> None:
+        """What ``lab.stop()`` calls: show that the lab has stopped."""
+        if not self.stopped:
+            self.show_stopped()
 
     def _schedule(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self.stopped or not self._loop_thread.running:
@@ -825,10 +842,14 @@ class Phone:
         self.view.replies_shown = replies_shown
         self.view.refresh()
         self.panel = CallerPanel(lab, call=call, text=text, keypad=keypad)
-        self.view.detach_listeners.append(self.panel.show_stopped)
-        if self.view.stopped:
-            self.panel.show_stopped()
         self.widget = widgets.VBox([self.view.widget, self.panel.widget])
+        self.view.detach_listeners.append(self._show_stopped)
+        if self.view.stopped:
+            self._show_stopped()
+
+    def _show_stopped(self) -> None:
+        self.panel.detach()
+        self.widget.add_class(_STOPPED_CLASS)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)

@@ -190,3 +190,43 @@ def test_a_booking_asked_after_an_interrupted_order_lookup_is_booked():
         assert uses == ["order_status", "book_table"]
     finally:
         lab.stop()
+
+
+def test_a_kernel_shutdown_stops_the_lab_and_the_phone_says_so():
+    # A real ipykernel, shut down the way JupyterLab does it (a shutdown_request on the
+    # control channel): before it exits, the phone's widgets get "the lab has stopped" and
+    # disabled buttons, so the front end never shows a live-looking phone that does nothing.
+    import os
+    import queue
+    from pathlib import Path
+
+    from jupyter_client.manager import start_new_kernel
+
+    root = str(Path(__file__).resolve().parents[1])
+    km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, "PYTHONPATH": root})
+    try:
+        code = (
+            "import relaylab as rl\n"
+            "lab = rl.start('basic', offline=True, first_token_delay=0.01)\n"
+            "display(lab.phone())\n"
+        )
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok"
+        km.shutdown_kernel(now=False)
+        messages = []
+        while True:
+            try:
+                messages.append(kc.get_iopub_msg(timeout=1))
+            except queue.Empty:
+                break
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    updates = [
+        m["content"]["data"].get("state", {}) for m in messages if m["msg_type"] == "comm_msg"
+    ]
+    said = " ".join(str(state.get("value", "")) for state in updates)
+    assert "the lab has stopped" in said.lower()
+    assert sum(state.get("disabled") is True for state in updates) >= 3  # Say, Interrupt, keys
+    assert {"_dom_classes": ["rl-lab-stopped"]} in updates
