@@ -621,6 +621,17 @@ def _speech_ms(frame: str) -> float | None:
 
 # -- the caller's controls ------------------------------------------------------------------
 
+FIRST_WORDS = "Tell me about dogs"  # long enough to interrupt
+TOOL_WORDS = "Can I book a table for two on Saturday at 8pm?"  # for a step with tools
+
+
+def first_words(lab: Any) -> str:
+    """What the Say box starts with: a question that suits the lab's step (a booking for
+    a step with tools, else a long answer to interrupt)."""
+    step = getattr(getattr(lab, "server", None), "step", None)
+    name = str(getattr(step, "name", "")).lower()
+    return TOOL_WORDS if "tool" in name else FIRST_WORDS
+
 
 class CallerPanel:
     """A text box, Say, Interrupt and a key pad that act as the caller.
@@ -637,7 +648,7 @@ class CallerPanel:
         lab: Any,
         *,
         call: Any = None,
-        text: str = "Tell me about dogs",
+        text: str | None = None,
         keypad: bool = True,
     ) -> None:
         if hasattr(lab, "say_async"):  # the older form, CallerPanel(call)
@@ -652,7 +663,10 @@ class CallerPanel:
             )
         self.lab, self.call = lab, call
         self._loop_thread = loop
+        if text is None:
+            text = first_words(lab)
         self.text = widgets.Text(value=text, placeholder="What the caller says")
+        self.text.on_msg(self._on_text_msg)  # Enter in the box says it, as Say does
         self.say_button = widgets.Button(description="Say", button_style="primary")
         self.interrupt_button = widgets.Button(description="Interrupt", button_style="warning")
         self.key_buttons = [
@@ -673,6 +687,7 @@ class CallerPanel:
         self.widget = widgets.VBox([*rows, self.status])
         self.future: Any = None  # the latest scheduled action (a concurrent Future)
         self._saying: asyncio.Task[Any] | None = None  # the say() waiting for its reply
+        self._speaking: str | None = None  # what the caller is saying over Claude, if anything
         self.stopped = False
         if isinstance(getattr(lab, "_views", None), list):
             from relaylab.kernel_exit import stop_labs_at_shutdown
@@ -691,6 +706,10 @@ class CallerPanel:
         status = _html_to_text(self.status.value)
         keys = " and a key pad" if self.key_buttons else ""
         return f"[caller's controls: a Say box, Say, Interrupt{keys}] {status}"
+
+    def _on_text_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
+        if content.get("event") == "submit":
+            self.say(self.text.value)
 
     # -- what the buttons do (callable from cells and tests too) -------------------------
 
@@ -744,6 +763,7 @@ class CallerPanel:
         try:
             await self._talk_over(text)
             call = await self._placed_call()
+            self._status(f"caller: {_esc(text)} · waiting for Claude's reply…")
             self._saying = asyncio.current_task()
             try:
                 reply = await call.say_async(text)
@@ -780,9 +800,26 @@ class CallerPanel:
         if interrupted is not None:
             words_per_second = getattr(self.call, "words_per_minute", 165.0) / 60
             speed = getattr(self.call, "clock_speed", 1.0)
-            await asyncio.sleep(len(text.split()) / words_per_second / speed)
+            seconds = len(text.split()) / words_per_second / speed
+            self._speaking = text
+            self._status(
+                f"the caller talks over Claude, saying: {_esc(text)} ({seconds:.1f} s of "
+                "speech); Claude answers when they finish"
+            )
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self._speaking = None
 
     async def _interrupt(self) -> Any:
+        if self._speaking is not None:
+            # The caller is the one speaking: Claude already stopped, and its answer to
+            # what they are saying has not started yet. Nothing is cut.
+            self._status(
+                f"the caller is still saying: {_esc(self._speaking)}; Claude stopped already. "
+                "Press Interrupt again once Claude answers."
+            )
+            return None
         try:
             reply = await self.call.interrupt_async() if self.call else None
         except ConnectionError as exc:
@@ -833,7 +870,7 @@ class Phone:
         lab: Any,
         *,
         call: Any = None,
-        text: str = "Tell me about dogs",
+        text: str | None = None,
         replies_shown: int | None = 3,
         keypad: bool = True,
     ) -> None:
