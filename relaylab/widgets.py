@@ -288,6 +288,8 @@ def _notes(
     reply: Any, heard: str | None, speech_ms: float | None, clock_speed: float = 1.0
 ) -> list[str]:
     timings = reply.timings
+    if reply.state == "running" and not reply.sent and not reply.frames and not reply.interrupted:
+        return ["waiting for Claude: nothing sent yet"]  # a basic step waits for the whole reply
     notes = [
         {
             "running": "streaming",

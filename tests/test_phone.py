@@ -4,6 +4,7 @@ starts with a question that suits the step."""
 
 import time
 
+from relaylab.protocol import prompt_frame
 from relaylab.steps.tools import tools_step
 from relaylab.tools import demo_toolbox
 from relaylab.widgets import FIRST_WORDS, TOOL_WORDS, CallerPanel, Phone
@@ -65,3 +66,13 @@ def test_a_caller_panel_alone_says_the_lab_stopped_at_once(make_lab):
     assert panel.stopped and panel.say_button.disabled and panel.text.disabled
     assert "lab has stopped" in panel.status.value
     assert "rl-lab-stopped" in panel.widget._dom_classes
+
+
+def test_a_basic_reply_still_being_written_is_shown_as_waiting_not_streaming(make_lab):
+    lab = make_lab("basic", tokens_per_second=40.0)
+    view = lab.view()
+    call = lab.call()
+    lab.run(call.send_async(prompt_frame("Name ten things that happened in 1999")))
+    assert wait_for(lambda: "waiting for Claude: nothing sent yet" in view.text), view.text
+    assert "streaming" not in view.text and "0 text frames" not in view.text
+    assert wait_for(lambda: "1 text frame" in view.text, timeout=15), view.text
