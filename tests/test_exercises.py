@@ -509,3 +509,10 @@ def test_a_plain_on_prompt_function_and_a_step_are_both_accepted():
     assert exercises._learner_step(forgetful_basic, {}).on_prompt is forgetful_basic
     step = Step(on_prompt=forgetful_basic, name="mine")
     assert exercises._learner_step(step, {}) is step
+
+
+def test_a_report_shows_as_an_html_table_with_its_hints_and_as_text():
+    report = check("basic", forgetful_basic, scenarios=only("basic", "stores both turns"))
+    page = report._repr_html_()
+    assert "FAIL</b>" in page and "stores both turns" in page and "<i>Hint: " in page
+    assert "0 of 1 passed." in page and "0 of 1 passed." in str(report)

@@ -230,3 +230,18 @@ def test_a_kernel_shutdown_stops_the_lab_and_the_phone_says_so():
     assert "the lab has stopped" in said.lower()
     assert sum(state.get("disabled") is True for state in updates) >= 3  # Say, Interrupt, keys
     assert {"_dom_classes": ["rl-lab-stopped"]} in updates
+
+
+def test_a_timeline_is_an_html_table_in_notebooks_and_text_elsewhere(make_lab):
+    from relaylab.timeline import timeline
+
+    lab = make_lab("tracking")
+    call = lab.call()
+    call.say("Tell me about dogs", interrupt_after_words=5)
+    call.say("Hello <b>there</b>")
+    table = timeline(call, lab)
+    page = table._repr_html_()
+    assert page.count("<tr>") == 1 + len(table) == 3  # the header and a row per turn
+    assert "Claude 1st token" in page and "Hello &lt;b&gt;there&lt;/b&gt;" in page
+    assert "milliseconds after the prompt" in page
+    assert str(table).splitlines()[0].startswith("turn prompt")  # the text table is kept

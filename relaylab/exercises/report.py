@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -86,3 +87,33 @@ class Report:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """The report as an HTML table for notebooks (``str()`` keeps the text)."""
+        rows = []
+        for result in self.results:
+            verdict = (
+                "<b style='color: #1b7a2e'>PASS</b>"
+                if result.passed
+                else "<b style='color: #b3261e'>FAIL</b>"
+            )
+            details = "".join(f"<li>{html.escape(shorten_ids(p))}</li>" for p in result.problems)
+            hints = result.hints or [h for h in (result.scenario.hint,) if h]
+            if not result.passed:
+                details += "".join(f"<li><i>Hint: {html.escape(h)}</i></li>" for h in hints)
+            body = html.escape(result.scenario.name)
+            if details:
+                body += f"<ul style='margin: 2px 0'>{details}</ul>"
+            rows.append(
+                f"<tr><td style='vertical-align: top'>{verdict}</td>"
+                f"<td style='text-align: left'>{body}</td></tr>"
+            )
+        passed = sum(result.passed for result in self.results)
+        total = len(self.results)
+        summary = f"All {passed} passed." if self.passed else f"{passed} of {total} passed."
+        return (
+            f"<div><p>Exercise {html.escape(self.exercise.lesson)}: "
+            f"{html.escape(self.exercise.task)}.<br>Checked step {html.escape(repr(self.step))} "
+            f"with {total} scripted calls.</p><table>{''.join(rows)}</table>"
+            f"<p><b>{summary}</b></p></div>"
+        )
