@@ -170,7 +170,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="02 · token streaming",
         task="forward each token the moment Claude writes it, then close the talk cycle",
         reference="streaming",
-        pacing={"first_token_delay": 0.05, "tokens_per_second": 100.0, "clock_speed": 8.0},
+        pacing={"first_token_delay": 0.05, "tokens_per_second": 200.0, "clock_speed": 8.0},
         scenarios=[
             Scenario(
                 "the caller hears the first words while Claude is still writing",
@@ -205,7 +205,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="03 · interruptions",
         task="stop at once when the caller interrupts, and store only what they heard",
         reference="tracking",
-        pacing={"first_token_delay": 0.05, "tokens_per_second": 100.0, "clock_speed": 8.0},
+        pacing={"first_token_delay": 0.05, "tokens_per_second": 200.0, "clock_speed": 16.0},
         scenarios=[
             Scenario(
                 "stops at once after an interrupt",
