@@ -67,7 +67,17 @@ _STYLE = """<style>
   overflow-x: auto; margin: 0;}
 .rl-lab-stopped .jupyter-widgets-disconnected::before,
 .rl-lab-stopped.jupyter-widgets-disconnected::before {content: none; display: none;}
+.rl-live.jupyter-widgets-disconnected .jupyter-widgets-disconnected::before {display: none;}
+.rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped)::before {
+  content: "The lab has stopped: its kernel restarted or shut down. Run rl.start again.";
+  display: block; font: 600 13px system-ui, sans-serif; color: #b3261e; padding: 2px 0 4px;}
+.rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped) .rl-state {display: none;}
+.rl-live.jupyter-widgets-disconnected button, .rl-live.jupyter-widgets-disconnected input {
+  pointer-events: none; opacity: 0.45;}
 </style>"""
+_LIVE_CLASS = "rl-live"  # the outermost box of a view, panel or phone: when the kernel is
+# gone (a restart drops the kernel's last messages), the front end marks every widget
+# disconnected and this box's CSS says the lab has stopped instead of the stale state
 _STOPPED_CLASS = "rl-lab-stopped"  # once the lab stopped, the view says so itself: no
 # broken-link icon on each control when the kernel restarts (see _STYLE)
 
@@ -406,6 +416,7 @@ class ConversationView:
         self._frames = widgets.HTML()
         frames_box = widgets.Accordion(children=[self._frames], titles=("Last frames in and out",))
         self.widget = widgets.VBox([self._head, self._turns, frames_box])
+        self.widget.add_class(_LIVE_CLASS)
         self._loop_thread.run(self._attach(), timeout=10)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -551,7 +562,11 @@ class ConversationView:
     def _draw(self) -> tuple[str, str, str, str]:
         session, state = self.session, self._state()
         step = self.lab.server.step.name
-        shown_state = f"<span class='rl-stopped'>{_esc(state)}</span>" if self.stopped else state
+        shown_state = (
+            f"<span class='rl-stopped'>{_esc(state)}</span>"
+            if self.stopped
+            else f"<span class='rl-state'>{_esc(state)}</span>"
+        )
         head = (
             f"{_STYLE}<div class='rl-view rl-head'>Relay step <b>{_esc(step)}</b>, "
             f"Claude: {_esc(self.lab.backend.kind)} · {shown_state}</div>"
@@ -686,7 +701,9 @@ class CallerPanel:
         ]
         if self.key_buttons:
             rows.append(widgets.HBox([widgets.Label("keys:"), *self.key_buttons]))
-        self.widget = widgets.VBox([*rows, self.status])
+        style = widgets.HTML(_STYLE, layout=widgets.Layout(display="none"))
+        self.widget = widgets.VBox([*rows, self.status, style])
+        self.widget.add_class(_LIVE_CLASS)
         self.future: Any = None  # the latest scheduled action (a concurrent Future)
         self._saying: asyncio.Task[Any] | None = None  # the say() waiting for its reply
         self._speaking: str | None = None  # what the caller is saying over Claude, if anything
@@ -882,6 +899,9 @@ class Phone:
         self.view.refresh()
         self.panel = CallerPanel(lab, call=call, text=text, keypad=keypad)
         self.widget = widgets.VBox([self.view.widget, self.panel.widget])
+        for part in (self.view.widget, self.panel.widget):
+            part.remove_class(_LIVE_CLASS)  # the phone says it once, at its top
+        self.widget.add_class(_LIVE_CLASS)
         self.view.detach_listeners.append(self._show_stopped)
         if self.view.stopped:
             self._show_stopped()

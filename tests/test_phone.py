@@ -76,3 +76,18 @@ def test_a_basic_reply_still_being_written_is_shown_as_waiting_not_streaming(mak
     assert wait_for(lambda: "waiting for Claude: nothing sent yet" in view.text), view.text
     assert "streaming" not in view.text and "0 text frames" not in view.text
     assert wait_for(lambda: "1 text frame" in view.text, timeout=15), view.text
+
+
+def test_only_the_phones_outer_box_carries_the_stopped_message_for_a_lost_kernel(make_lab):
+    # A kernel restart drops the kernel's last messages, so the phone's own CSS says the
+    # lab stopped once the front end marks its widgets disconnected (the browser check
+    # shows it in JupyterLab); the message sits once, on the outer box.
+    lab = make_lab("basic")
+    phone = Phone(lab)
+    assert "rl-live" in phone.widget._dom_classes
+    assert "rl-live" not in phone.view.widget._dom_classes
+    assert "rl-live" not in phone.panel.widget._dom_classes
+    assert "rl-live" in CallerPanel(lab).widget._dom_classes
+    head = phone.view._head.value
+    assert ".rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped)::before" in head
+    assert "The lab has stopped" in head and "<span class='rl-state'>" in head
