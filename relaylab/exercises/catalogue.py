@@ -257,7 +257,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="05 · tool use",
         task="keep every tool_use answered by a tool_result, whenever the caller interrupts",
         reference="tools",
-        pacing={"first_token_delay": 0.2, "tokens_per_second": 100.0, "clock_speed": 1.5},
+        pacing={"first_token_delay": 0.2, "tokens_per_second": 150.0, "clock_speed": 1.5},
         scenarios=[
             Scenario(
                 "answers from the tool's result",
