@@ -2,11 +2,12 @@
 
 Four lessons, each on a simulated call to a real relay and a local stand-in for Claude:
 a basic reply (one frame, after a silence), token streaming (the first word much
-sooner), tracking with interruptions (the caller cuts in while tokens still stream;
-without tracking they keep coming, with it the relay stops at once and stores only the
-heard words), and tool use (a slow tool with a holding line; then the caller cuts in
-while the tool runs: it is cancelled, nothing more is sent, and the history keeps the
-tool call with a result that says so).
+sooner), tracking with interruptions (the caller cuts in while tokens still stream, then
+asks how far Claude got: without tracking the tokens keep coming, the whole reply is
+stored and Claude says it got to the end; with it the relay stops at once, stores only
+the heard words and Claude quotes the last of them), and tool use (a slow tool with a
+holding line; then the caller cuts in while the tool runs: it is cancelled, nothing more
+is sent, and the history keeps the tool call with a result that says so).
 
 ``relaylab demo --quick`` runs the stand-in faster (half the wait for the first token,
 twice the tokens per second) and the caller's speech clock twice as fast again, so the
@@ -88,26 +89,59 @@ def _interruption_lesson(lab: Lab, quick: bool) -> None:
     _heading("Lesson 3, tracking and interruptions: keep only what the caller heard")
     intro = (
         f"The caller cuts in after hearing {WORDS_HEARD} words, while tokens still stream "
-        f"(its speech clock runs {lab.clock_speed:g}x real time to keep this short)."
+        f"(its speech clock runs {lab.clock_speed:g}x real time to keep this short), then "
+        "asks how far Claude got. Both versions send the caller the same words before the "
+        "cut; what differs is what happens after it: the frames still sent, the turn the "
+        "relay stores, and so the answer to the question."
     )
     print("\n" + textwrap.fill(intro, width=WIDTH, initial_indent="  ", subsequent_indent="  "))
     print("\n  Without tracking (lesson 2's step), nothing stops the stream:")
-    speed = lab.clock_speed
-    call = lab.call()
-    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _words(call.listen(1.5 if quick else 3.0))
-    print(f"  ... and {late} more words arrived after the interrupt.")
-    call.hang_up()
-
+    _interrupt_then_ask(lab, wait=6.0 if quick else 12.0)
     print("\n  With tracking, the relay cancels the reply the moment the caller speaks:")
     lab.use("tracking")
+    _interrupt_then_ask(lab, wait=0.5)
+
+
+def _interrupt_then_ask(lab: Lab, wait: float) -> None:
+    """Cut in on the long answer, wait (at most ``wait`` s) for the relay to finish with
+    it, and show the frames sent after the cut, the stored turn and the payoff question."""
     call = lab.call()
-    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _words(call.listen(0.5))
+    reply = _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), lab.clock_speed)
+    late = _words(_listen_until_settled(lab, call, wait))
     print(f"  ... and {late} more words arrived after the interrupt.")
+    print(textwrap.fill(_stored(call, reply), width=WIDTH, subsequent_indent=" " * 4))
     _show(call.say("How far did you get?"))
-    _print_history(call)
     call.hang_up()
+
+
+def _listen_until_settled(lab: Lab, call: SimulatedCall, limit: float) -> list[dict[str, Any]]:
+    """The frames that arrive until the relay's reply is over (at most ``limit`` s)."""
+    frames = call.listen(0.2)
+    deadline = time.monotonic() + limit
+    session = lab.session_for(call)
+    while session is not None and session.last_reply is not None:
+        if session.last_reply.state != "running" or time.monotonic() > deadline:
+            break
+        frames += call.listen(0.2)
+    return frames
+
+
+def _stored(call: SimulatedCall, reply: Reply) -> str:
+    """The assistant turn the relay stored for ``reply``, with what was never heard marked."""
+    turns = list(call.conversation)
+    asked = [i for i, t in enumerate(turns) if t["role"] == "user" and reply.prompt in str(t)]
+    index = asked[0] if asked else None
+    after = turns[index + 1] if index is not None and index + 1 < len(turns) else None
+    if after is None or after["role"] != "assistant":
+        return "  Stored as Claude's turn: nothing."
+    stored = str(after["content"])
+    if stored.startswith(reply.heard) and stored.strip() != reply.heard.strip():
+        unheard = stored[len(reply.heard) :].split()
+        return (
+            f"  Stored as Claude's turn: {reply.heard} [never heard, stored anyway: "
+            f"{len(unheard)} more words, up to '{' '.join(unheard[-4:])}']"
+        )
+    return f"  Stored as Claude's turn: {stored} [exactly what the caller heard]"
 
 
 def _tool_lesson(lab: Lab) -> None:
@@ -207,10 +241,3 @@ def _words(frames: list[dict[str, Any]]) -> int:
     """Words in text frames (the empty last:true closing a cut talk cycle has none)."""
     texts = [frame.get("token") or "" for frame in frames if frame.get("type") == "text"]
     return len("".join(texts).split())
-
-
-def _print_history(call: SimulatedCall) -> None:
-    print("\n  The relay's history for this call:")
-    for turn in call.conversation:
-        line = f"  {turn['role']:>9}: {turn['content']}"
-        print(textwrap.fill(line, width=WIDTH, subsequent_indent=" " * 13))
