@@ -1,13 +1,15 @@
 """``relaylab demo``: the whole lesson path offline, printed as a transcript with timings.
 
-Four lessons, each on a simulated call to a real relay and a local stand-in for Claude:
+Five lessons, each on a simulated call to a real relay and a local stand-in for Claude:
 a basic reply (one frame, after a silence), token streaming (the first word much
 sooner), tracking with interruptions (the caller cuts in while tokens still stream, then
 asks how far Claude got: without tracking the tokens keep coming, the whole reply is
 stored and Claude says it got to the end; with it the relay stops at once, stores only
 the heard words and Claude quotes the last of them), and tool use (a slow tool with a
 holding line; then the caller cuts in while the tool runs: it is cancelled, nothing more
-is sent, and the history keeps the tool call with a result that says so).
+is sent, and the history keeps the tool call with a result that says so), then a short
+lesson 6 (turn-taking: the caller says "uh-huh" over Claude, and the relay picks the reply
+up where the caller stopped hearing it, with no new request to Claude).
 
 ``relaylab demo --quick`` runs the stand-in faster (half the wait for the first token,
 twice the tokens per second) and the caller's speech clock twice as fast again, so the
@@ -26,6 +28,7 @@ from typing import Any
 from relaylab.caller import Reply, SimulatedCall
 from relaylab.lab import Lab
 from relaylab.steps.tools import ToolRun, ToolSettings, describe_history, tool_runs, tools_step
+from relaylab.steps.turns import turns_step
 from relaylab.tools import demo_toolbox
 
 LONG_PROMPT = "Name ten things that happened in 1999"
@@ -46,11 +49,15 @@ TOOL_WORDS_HEARD = 4  # "Let me check that.": the caller cuts in while the tool 
 TOOLS = {"slow_seconds": 1.5, "hold_after": 0.8}
 QUICK_TOOLS = {"slow_seconds": 0.8, "hold_after": 0.4}
 TOOL_PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0, "clock_speed": 2.0}
+# Lesson 6: how long the turns step waits after an interrupt before it resumes, and how
+# long a silence it lets pass (longer than the demo's call, so no re-prompt interrupts it).
+TURNS_RESUME_WAIT = 1.0
+TURNS_SILENCE_AFTER = 60.0
 QUICK_TOOL_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0, "clock_speed": 4.0}
 
 
 def run_demo(quick: bool = False) -> int:
-    """Print the four lessons' calls; returns the exit status (0)."""
+    """Print the five lessons' calls; returns the exit status (0)."""
     started = time.monotonic()
     with Lab("basic", offline=True, **(QUICK_PACING if quick else PACING)) as lab:
         basic, streaming = _streaming_lessons(lab)
@@ -66,6 +73,9 @@ def run_demo(quick: bool = False) -> int:
     )
     with Lab(step, offline=True, **(QUICK_TOOL_PACING if quick else TOOL_PACING)) as lab:
         _tool_lesson(lab)
+    turns = turns_step(resume_wait=TURNS_RESUME_WAIT, silence_after=TURNS_SILENCE_AFTER)
+    with Lab(turns, offline=True, **(QUICK_INTERRUPT_PACING if quick else INTERRUPT_PACING)) as lab:
+        _turns_lesson(lab)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s.", end="")
     print("" if quick else " (relaylab demo --quick runs it faster.)")
     return 0
@@ -188,6 +198,27 @@ def _tool_run(run: ToolRun) -> str:
     if run.interrupted:
         return said + " (the caller interrupted; it only reads, so it was cancelled)"
     return said
+
+
+def _turns_lesson(lab: Lab) -> None:
+    _heading('Lesson 6, turn-taking: an "uh-huh" is not a question')
+    call = lab.call()
+    cut = _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD, talk_over="uh-huh"))
+    deadline = time.monotonic() + 10 * TURNS_RESUME_WAIT
+    while time.monotonic() < deadline and not _resumed(call):
+        time.sleep(0.05)
+    resumed = call.replies[-1].text.strip() if _resumed(call) else ""
+    print(textwrap.fill(f"  claude (resumed): {resumed}", width=WIDTH, subsequent_indent=" " * 4))
+    asked = len(lab.offline_claude.requests)  # type: ignore[union-attr]
+    print(f"  ... heard {len(cut.heard.split())} words, then the rest: {asked} request to Claude,")
+    stored = [turn for turn in call.conversation if turn["role"] == "assistant"]
+    print(f"  and the history holds {len(stored)} assistant turn, the whole answer.")
+    call.hang_up()
+
+
+def _resumed(call: SimulatedCall) -> bool:
+    last = call.replies[-1] if call.replies else None
+    return last is not None and last.complete and bool(last.text.strip())
 
 
 def _heading(title: str) -> None:
