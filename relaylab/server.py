@@ -164,6 +164,7 @@ class RelayServer:
             limits=self.settings.call,
             greeting=self._greeting,
             preemptible=self._preemptible,
+            speculate=self.settings.speculate,
         )
         if admission is not None and self.calls is not None:
             self.calls.opened(session, admission)  # before listeners: they see the call

@@ -181,6 +181,8 @@ class Webhooks:
         options.setdefault("action_method", "POST")  # Twilio's default; /action takes both
         if settings.debug_events:
             options.setdefault("debug_events", True)
+        if settings.speculate and not {"partial_prompts", "partialPrompts"} & options.keys():
+            options["partial_prompts"] = True  # what speculation works from
         # The socket URL names the call, so a reconnect finds it (relaylab.resume).
         ws_url = self.server.socket_url(public.ws_url, call_sid)
         return web.Response(text=twiml.relay_twiml(ws_url, **options), content_type=_XML)
