@@ -165,6 +165,7 @@ class RelayServer:
             greeting=self._greeting,
             preemptible=self._preemptible,
             speculate=self.settings.speculate,
+            prewarm=self.settings.prewarm,
         )
         if admission is not None and self.calls is not None:
             self.calls.opened(session, admission)  # before listeners: they see the call

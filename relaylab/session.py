@@ -28,6 +28,7 @@ from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
 from relaylab.loop import until
+from relaylab.prewarm import prewarm_soon
 from relaylab.protocol import loggable
 from relaylab.step import Step
 
@@ -185,8 +186,10 @@ class CallSession:
         greeting: str = "",
         preemptible: bool = False,
         speculate: bool = False,
+        prewarm: bool = False,
     ) -> None:
         self._send = send
+        self._prewarm = prewarm  # open the model connection at setup (relaylab.prewarm)
         self.greeting = greeting  # what Twilio says itself when the call connects
         # May a newer reply cut off the one playing (TwiML, or a text frame's own flag)?
         self.preemptible = preemptible
@@ -664,6 +667,8 @@ class CallSession:
         if not setup.call_sid:
             log.warning("%s: setup has no callSid; named the call after its session", self._name)
         log.info("%s: connected (step %s)", self._name, self.step.name)
+        if self._prewarm:
+            prewarm_soon(self.claude, self.model)
         self._run_handler("on_setup", setup)
 
     def _on_prompt(self, prompt: protocol.Prompt) -> None:

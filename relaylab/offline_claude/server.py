@@ -15,6 +15,7 @@ import math
 import signal
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,6 +242,11 @@ class OfflineClaude:
     reply is sent whole after the same total time. These can change between requests,
     as can ``tool_preamble`` (said before a tool call; "" for none) and ``on_token``,
     called as ``on_token(record, token, at)`` for every token and tool-input chunk written.
+
+    ``connect_delay``: seconds the first request on each new connection waits before it
+    is read, the model of what a fresh connection to the real API costs (TCP and TLS
+    handshakes, tens to a few hundred milliseconds depending on distance). A connection
+    the client keeps alive pays it once; ``connections`` counts them.
     """
 
     def __init__(
@@ -249,13 +255,17 @@ class OfflineClaude:
         tokens_per_second: float = 60.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        connect_delay: float = 0.0,
     ) -> None:
-        if first_token_delay < 0:
-            raise ValueError("first_token_delay must be zero or more seconds")
+        if first_token_delay < 0 or connect_delay < 0:
+            raise ValueError("first_token_delay and connect_delay must be zero or more seconds")
         if not tokens_per_second > 0:
             raise ValueError("tokens_per_second must be more than zero (math.inf: no delay)")
         self.first_token_delay = first_token_delay
         self.tokens_per_second = tokens_per_second
+        self.connect_delay = connect_delay
+        self.connections = 0  # connections that sent a request
+        self._known: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.host = host
         self.port = port
         self.tool_preamble = REPLIES["tool_preamble"]
@@ -285,7 +295,7 @@ class OfflineClaude:
         """Start listening; afterwards ``port`` and ``base_url`` are set."""
         if self._runner is not None:
             raise RuntimeError("this OfflineClaude is already running")
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[self._connection])
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model_id}", self._get_model)
@@ -297,6 +307,17 @@ class OfflineClaude:
         await web.TCPSite(runner, self.host, self.port).start()
         self._runner, self.port = runner, runner.addresses[0][1]
         log.info("Offline Claude is listening on %s", self.base_url)
+
+    @web.middleware
+    async def _connection(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Charge ``connect_delay`` to the first request of each new connection."""
+        transport = request.transport
+        if transport is not None and transport not in self._known:
+            self._known.add(transport)
+            self.connections += 1
+            if self.connect_delay:
+                await asyncio.sleep(self.connect_delay)
+        return await handler(request)
 
     async def stop(self) -> None:
         """Stop listening and close any open connections at once."""
