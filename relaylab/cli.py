@@ -109,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="open the connection to the model when /twiml arrives and at setup",
     )
+    serve.add_argument(
+        "--prompt-caching",
+        action="store_true",
+        help="mark the system prompt and the conversation with cache_control (prompt caching)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
     demo = commands.add_parser("demo", help="run lessons 1-3 and 5 offline and print a transcript")
@@ -180,6 +185,7 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         store=args.store,
         speculate=args.speculate,
         prewarm=args.prewarm,
+        prompt_caching=args.prompt_caching,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await signals.guard(relay.start())

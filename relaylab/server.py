@@ -166,6 +166,7 @@ class RelayServer:
             preemptible=self._preemptible,
             speculate=self.settings.speculate,
             prewarm=self.settings.prewarm,
+            prompt_caching=self.settings.prompt_caching,
         )
         if admission is not None and self.calls is not None:
             self.calls.opened(session, admission)  # before listeners: they see the call

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import endings, failures, playback, protocol, speculation, streams
+from relaylab import caching, endings, failures, playback, protocol, speculation, streams
 from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
@@ -187,9 +187,12 @@ class CallSession:
         preemptible: bool = False,
         speculate: bool = False,
         prewarm: bool = False,
+        prompt_caching: bool = False,
     ) -> None:
         self._send = send
         self._prewarm = prewarm  # open the model connection at setup (relaylab.prewarm)
+        # Mark the system prompt and the history for Claude's prompt cache (relaylab.caching).
+        self.prompt_caching = prompt_caching
         self.greeting = greeting  # what Twilio says itself when the call connects
         # May a newer reply cut off the one playing (TwiML, or a text frame's own flag)?
         self.preemptible = preemptible
@@ -234,7 +237,8 @@ class CallSession:
         settings = dict(latest) if latest else self.default_request()
         history = Conversation(self.conversation.snapshot())
         history.add_user(text)
-        return {**settings, "messages": list(history), "stream": True}
+        request = {**settings, "messages": list(history), "stream": True}
+        return caching.cached_request(request) if self.prompt_caching else request
 
     def default_request(self) -> dict[str, Any]:
         """The settings of a lesson step's request (the messages aside)."""

@@ -71,6 +71,9 @@ class RelaySettings:
     prewarm: bool = False
     """Open the connection to the model when /twiml arrives and at setup
     (relaylab.prewarm), so the first turn pays no connection set-up."""
+    prompt_caching: bool = False
+    """Mark the system prompt and the conversation so far with cache_control, so Claude
+    reads the unchanged prefix from its prompt cache (relaylab.caching)."""
     call: Limits = field(default_factory=Limits)
     socket: SocketLimits = field(default_factory=SocketLimits)
 

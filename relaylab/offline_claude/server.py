@@ -26,6 +26,7 @@ from anthropic import types
 from anthropic.types.raw_message_delta_event import Delta
 
 from relaylab.offline_claude import replies, tools
+from relaylab.offline_claude.cache import CacheUsage, PromptCache
 from relaylab.offline_claude.replies import REPLIES, content_text, tokenize
 from relaylab.offline_claude.validation import InvalidRequest, validate
 from relaylab.protocol import loggable
@@ -103,6 +104,7 @@ class RecordedRequest:
     stop_reason: str | None = None
     error: str | None = None
     thinking_for: float = 0.0  # seconds of thinking before the first token
+    usage: CacheUsage | None = None  # input, cache-written and cache-read tokens
 
 
 TokenHook = Callable[[RecordedRequest, str, float], None]
@@ -173,14 +175,22 @@ def _thinking(seconds: float) -> list[str]:
 _THINKING_STEP = 0.25
 
 
-def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
-    """The Message of a JSON reply, or with ``plan=None`` the empty one a stream starts with."""
+def _input_tokens(body: dict[str, Any]) -> int:
+    """The stand-in's count of a request's input tokens."""
     system = body.get("system")
     texts = [system if isinstance(system, str) else content_text(system)]
     texts += [content_text(m["content"]) for m in body["messages"]]
     texts += [json.dumps(t) for t in body.get("tools") or []]
     # A few tokens of framing per message, as the real count includes.
-    input_tokens = sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
+    return sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
+
+
+def _message(
+    body: dict[str, Any], plan: _Plan | None, usage: CacheUsage | None = None
+) -> types.Message:
+    """The Message of a JSON reply, or with ``plan=None`` the empty one a stream starts with;
+    ``usage``: its input tokens as the prompt cache counted them."""
+    usage = usage or CacheUsage(_input_tokens(body))
     content: list[Any] = []
     if plan and plan.thinking:
         thought = "".join(plan.thinking)
@@ -198,10 +208,10 @@ def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
         stop_reason=plan.stop_reason if plan else None,  # type: ignore[arg-type]
         stop_sequence=None,
         usage=types.Usage(
-            input_tokens=input_tokens,
+            input_tokens=usage.input_tokens,
             output_tokens=plan.size if plan else 1,
-            cache_creation_input_tokens=0,
-            cache_read_input_tokens=0,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
         ),
     )
 
@@ -265,6 +275,9 @@ class OfflineClaude:
         self.tokens_per_second = tokens_per_second
         self.connect_delay = connect_delay
         self.connections = 0  # connections that sent a request
+        self.prompt_cache = PromptCache(lambda text: len(tokenize(text)))
+        """Prefixes marked with cache_control (relaylab.offline_claude.cache);
+        ``prompt_cache.min_tokens`` is the minimum cacheable length (1,024 here)."""
         self._known: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.host = host
         self.port = port
@@ -443,6 +456,7 @@ class OfflineClaude:
             record.outcome, record.status, record.error = "rejected", 401, "invalid x-api-key"
             record.finished_at = time.monotonic()
             return refused
+        record.usage = self.prompt_cache.usage(body, _input_tokens(body))
         record.reply, plan = _plan(body, self.tool_preamble)
         if plan.tool:
             record.tool_use = plan.tool.model_dump(include={"id", "name", "input"})
@@ -541,7 +555,7 @@ class OfflineClaude:
         response.headers["cache-control"] = "no-cache"
         await response.prepare(request)
         start = types.RawMessageStartEvent(
-            type="message_start", message=_message(record.body, None)
+            type="message_start", message=_message(record.body, None, record.usage)
         )
         await response.write(_sse(start))
         blocks: list[tuple[Any, list[Any]]] = []
@@ -619,7 +633,7 @@ class OfflineClaude:
             return await self._break(request, record, failure)
         # The whole reply is "generated" before anything is sent, as with the real API.
         await self._wait_for_token(record, max(plan.size - 1, 0))
-        payload = _message(record.body, plan).to_json(indent=None).encode()
+        payload = _message(record.body, plan, record.usage).to_json(indent=None).encode()
         response.content_type, response.content_length = "application/json", len(payload)
         await response.prepare(request)
         if failure == "stall":
