@@ -8,11 +8,14 @@ kept-alive connection. Without pre-warming the caller's first turn pays that cos
 ``prewarm(client, model)`` makes a cheap documented request, the models API's
 ``client.models.retrieve(model)`` (the same lookup as the start-up check), so the SDK's
 connection pool holds an open connection when the first prompt arrives. A relay does it
-when Twilio requests ``/twiml`` (the phone is still ringing) and again at ``setup``.
+when Twilio requests ``/twiml`` (the phone is still ringing), again at ``setup``, and on
+a partial prompt (the caller is talking; at most once a second).
 
-The pool closes an idle connection after a while (httpx: 5 s; aiohttp: 15 s), so a call
-whose first turn comes much later pays the handshake anyway; the second pre-warm, at
-``setup``, narrows that gap.
+The pool closes an idle connection after a while (the SDK's httpx pool: 5 s; aiohttp:
+15 s). Turns of a phone call are often further apart than that (the caller listens to
+the reply, then thinks), so without the pre-warm on partial prompts a later turn may pay
+the handshake again. That one needs ``partialPrompts``; without it only /twiml and
+setup are warmed.
 """
 
 from __future__ import annotations
@@ -33,29 +36,33 @@ RECENT = 1.0
 """Seconds after a pre-warm within which another one for the same client is skipped
 (/twiml and setup follow each other closely)."""
 
-_last: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+_last: weakref.WeakKeyDictionary[Any, tuple[float, int]] = weakref.WeakKeyDictionary()
 _tasks: set[asyncio.Task[bool]] = set()
 
 
-async def prewarm(client: anthropic.AsyncAnthropic, model: str) -> bool:
-    """Open (or refresh) a connection to the model with ``client.models.retrieve``;
-    True when it answered. Never raises: a failed pre-warm only means the first turn
-    opens its own connection."""
+async def prewarm(client: anthropic.AsyncAnthropic, model: str, connections: int = 1) -> bool:
+    """Open (or refresh) ``connections`` connections to the model with concurrent
+    ``client.models.retrieve`` lookups; True when they answered. Never raises: a failed
+    pre-warm only means the first turn opens its own connection. (A speculating relay
+    keeps two: cancelling a speculative request closes its connection.)"""
     now = time.monotonic()
-    if now - _last.get(client, -RECENT) < RECENT:
+    at, opened = _last.get(client, (-RECENT, 0))
+    if now - at < RECENT and opened >= connections:
         return True
-    _last[client] = now
+    _last[client] = (now, connections)
     try:
-        await client.models.retrieve(model)
+        await asyncio.gather(*(client.models.retrieve(model) for _ in range(connections)))
     except Exception as exc:
         log.info("pre-warming the model connection failed: %s", loggable(str(exc)))
         return False
     return True
 
 
-def prewarm_soon(client: anthropic.AsyncAnthropic, model: str) -> asyncio.Task[bool]:
+def prewarm_soon(
+    client: anthropic.AsyncAnthropic, model: str, connections: int = 1
+) -> asyncio.Task[bool]:
     """``prewarm`` as a background task (kept referenced until it ends)."""
-    task = asyncio.get_running_loop().create_task(prewarm(client, model))
+    task = asyncio.get_running_loop().create_task(prewarm(client, model, connections))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task

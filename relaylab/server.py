@@ -165,6 +165,7 @@ class RelayServer:
             greeting=self._greeting,
             preemptible=self._preemptible,
             speculate=self.settings.speculate,
+            speculate_after_ms=self.settings.speculate_after_ms,
             prewarm=self.settings.prewarm,
             prompt_caching=self.settings.prompt_caching,
         )

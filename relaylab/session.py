@@ -186,6 +186,7 @@ class CallSession:
         greeting: str = "",
         preemptible: bool = False,
         speculate: bool = False,
+        speculate_after_ms: float = speculation.STABLE_MS,
         prewarm: bool = False,
         prompt_caching: bool = False,
     ) -> None:
@@ -228,7 +229,9 @@ class CallSession:
         # Speculative replies on partial prompts (relaylab.speculation), when turned on.
         self.speculator: speculation.Speculator | None = None
         if speculate or step.speculate:
-            self.speculator = speculation.Speculator(self.claude, self._speculative_request)
+            self.speculator = speculation.Speculator(
+                self.claude, self._speculative_request, stable_ms=speculate_after_ms
+            )
 
     def _speculative_request(self, text: str, latest: dict[str, Any] | None) -> dict[str, Any]:
         """The request a step would make if ``text`` were the final prompt: the settings of
@@ -672,7 +675,7 @@ class CallSession:
             log.warning("%s: setup has no callSid; named the call after its session", self._name)
         log.info("%s: connected (step %s)", self._name, self.step.name)
         if self._prewarm:
-            prewarm_soon(self.claude, self.model)
+            prewarm_soon(self.claude, self.model, 2 if self.speculator else 1)
         self._run_handler("on_setup", setup)
 
     def _on_prompt(self, prompt: protocol.Prompt) -> None:
@@ -681,6 +684,8 @@ class CallSession:
             if speculator is not None:
                 speculator.name = self._name
                 speculator.partial(prompt.voice_prompt, busy=self._busy())
+            if self._prewarm:  # the caller is talking: make sure a connection is open
+                prewarm_soon(self.claude, self.model, 2 if speculator else 1)
             return
         if speculator is not None:
             speculator.final(prompt.voice_prompt)

@@ -68,6 +68,8 @@ class RelaySettings:
     speculate: bool = False
     """Start Claude on stable partial prompts, for every step (relaylab.speculation);
     it takes TwiML ``partialPrompts``, which the /twiml answer then turns on."""
+    speculate_after_ms: float = 150.0
+    """How long a partial prompt must stay unchanged before it is speculated on."""
     prewarm: bool = False
     """Open the connection to the model when /twiml arrives and at setup
     (relaylab.prewarm), so the first turn pays no connection set-up."""

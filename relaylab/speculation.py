@@ -17,7 +17,9 @@ that only acts on the final prompt. A ``Speculator`` uses it:
 4. A final prompt with other words, a newer partial, a step that asks for something else,
    or a hang-up cancels the speculative request (closing it aborts the HTTP request);
    the step's request then goes to Claude as usual. Wasted requests and the text tokens
-   they had received are counted (``SpeculationStats``).
+   they had received are counted (``SpeculationStats``). Aborting a request closes its
+   HTTP/1.1 connection, so the speculator opens a replacement at once (a models lookup)
+   rather than let the next request pay for a new one.
 
 Not free: every cancelled speculation is a request Claude was sent (its input tokens are
 billed by the real API even when cancelled early). ``stable_ms`` trades that waste
@@ -43,7 +45,7 @@ from relaylab.protocol import loggable
 
 log = logging.getLogger("relaylab.speculation")
 
-STABLE_MS = 200.0
+STABLE_MS = 150.0
 """How long a partial prompt must stay unchanged to be speculated on (the default)."""
 CLAIM_WINDOW = 2.0
 """Seconds after a matching final prompt the step has to make its request; then the
@@ -254,6 +256,8 @@ class Speculator:
         self._timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False
+        self.model: str | None = None  # for replacement connections before any request
+        self._rewarming: set[asyncio.Task[None]] = set()
 
     def partial(self, text: str, busy: bool = False) -> None:
         """A partial prompt arrived; ``busy``: a reply is running (no speculating then)."""
@@ -327,6 +331,7 @@ class Speculator:
             return
         speculation = Speculation(words, text)
         self.speculation = speculation
+        self.model = self.model or body.get("model")
         self.stats.started += 1
         context = contextvars.copy_context()
         context.run(current.set, None)
@@ -367,3 +372,23 @@ class Speculator:
         log.info("%s: dropped a speculative reply (%s)", self.name, why)
         if speculation.task is not None and not speculation.task.done():
             speculation.task.cancel()
+            if not self.closed and not speculation.done:
+                self._rewarm()
+
+    def _rewarm(self) -> None:
+        """Aborting a request in flight closes its HTTP/1.1 connection, so the next
+        request would pay for a new one: open a replacement now, while the next partial
+        prompt settles (a models lookup, as relaylab.prewarm does)."""
+        model = (self.last_request or {}).get("model") or self.model
+        if model:
+            task = asyncio.get_running_loop().create_task(self._lookup(str(model)))
+            self._rewarming.add(task)
+            task.add_done_callback(self._rewarming.discard)
+
+    async def _lookup(self, model: str) -> None:
+        # Two at once: one may take a connection already idle in the pool, the other then
+        # opens the replacement, so the pool keeps a spare for the next speculation.
+        try:
+            await asyncio.gather(*(self.client.models.retrieve(model) for _ in range(2)))
+        except Exception as exc:
+            log.info("%s: could not open a replacement connection: %s", self.name, exc)

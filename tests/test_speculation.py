@@ -216,10 +216,11 @@ def test_a_step_with_speculate_on_starts_early_in_a_lab(make_lab):
     reply = call.say("Tell me about dogs")
     assert "Dogs were the first" in reply.text
     assert reply.arrivals[0] - reply.sent_at < FIRST_TOKEN, "a head start on the final prompt"
-    (request,) = [r for r in lab.offline_claude.requests if r.stream]
-    assert request.received_at < reply.sent_at
+    *dropped, kept = [r for r in lab.offline_claude.requests if r.stream]
+    assert kept.received_at < reply.sent_at and kept.outcome == "complete"
+    assert all(r.outcome == "client_closed" and not r.tokens_sent for r in dropped)
     stats = lab.session_for(call).speculator.stats
-    assert (stats.started, stats.kept, stats.wasted_requests) == (1, 1, 0)
+    assert (stats.kept, stats.wasted_requests) == (1, len(dropped)) and stats.started >= 1
     call.hang_up()
 
 
