@@ -239,3 +239,37 @@ def test_a_changed_prompt_is_counted_as_waste_with_the_tokens_it_had(make_lab):
     assert (stats.started, stats.kept, stats.wasted_requests) == (1, 0, 1)
     assert stats.wasted_tokens > 0
     call.hang_up()
+
+
+def test_an_interrupt_during_a_kept_speculation_aborts_its_http_request(make_lab):
+    from relaylab.simulation import TwilioBehaviour
+
+    lab = make_lab("tracking", speculate=True, tokens_per_second=30.0)
+    call = lab.call(twilio=TwilioBehaviour(**SPECULATING_CALLER))
+    reply = call.say("Tell me about dogs", interrupt_after_words=3)
+    assert reply.interrupted
+    kept = [r for r in lab.offline_claude.requests if r.stream][-1]
+    assert lab.session_for(call).speculator.stats.kept == 1
+    lab.run(asyncio.sleep(0.3))
+    assert kept.outcome == "client_closed" and kept.tokens_sent < kept.tokens_planned
+    assert lab.session_for(call).conversation[-1]["content"] == reply.heard
+    call.hang_up()
+
+
+def test_a_failed_speculation_is_dropped_and_the_step_asks_claude_itself(make_lab):
+    lab = make_lab("tracking", speculate=True)
+    lab.offline_claude.fail_next("overloaded")
+    call = lab.call()
+
+    async def scenario():
+        await call.send_async(prompt_frame("Tell me about dogs", last=False))
+        await asyncio.sleep(0.3)  # the speculative request has failed by now
+        return await call.say_async("Tell me about dogs")
+
+    reply = lab.run(scenario())
+    failed, answered = [r for r in lab.offline_claude.requests if r.stream]
+    assert failed.status == 529 and answered.outcome == "complete"
+    assert reply.text.strip() == answered.reply.strip()
+    stats = lab.session_for(call).speculator.stats
+    assert (stats.kept, stats.wasted_requests) == (0, 1)
+    call.hang_up()
