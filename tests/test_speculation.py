@@ -273,3 +273,14 @@ def test_a_failed_speculation_is_dropped_and_the_step_asks_claude_itself(make_la
     stats = lab.session_for(call).speculator.stats
     assert (stats.kept, stats.wasted_requests) == (0, 1)
     call.hang_up()
+
+
+def test_a_speculating_relay_asks_twilio_for_partial_prompts(make_lab):
+    import urllib.request
+
+    for speculate, expected in ((True, True), (False, False)):
+        lab = make_lab("tracking", speculate=speculate)
+        with urllib.request.urlopen(f"{lab.http_url}/twiml") as answer:
+            twiml = answer.read().decode()
+        assert ('partialPrompts="true"' in twiml) is expected
+        lab.stop()
