@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock.txt
 
-.PHONY: demo test test-latest lock lint format bench bench-compare soak lab serve clean
+.PHONY: demo test test-latest browser-check lock lint format bench bench-compare soak lab serve clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
 		--generate-hashes --upgrade --quiet -o $(LOCK)
+
+# JupyterLab in headless Chromium: a learner's wrong answers, the phone, a kernel restart.
+# Needs Debian's chromium (Playwright's own browser download is not used); skips without it.
+browser-check: $(STAMP)
+	$(BIN)/python tests/browser/check_lab.py
 
 # Not part of CI's gate: the suite against the newest allowed versions, in a throwaway venv.
 test-latest:

@@ -1,12 +1,15 @@
 """``relaylab demo``: the whole lesson path offline, printed as a transcript with timings.
 
-Four lessons, each on a simulated call to a real relay and a local stand-in for Claude:
+Five lessons, each on a simulated call to a real relay and a local stand-in for Claude:
 a basic reply (one frame, after a silence), token streaming (the first word much
-sooner), tracking with interruptions (the caller cuts in while tokens still stream;
-without tracking they keep coming, with it the relay stops at once and stores only the
-heard words), and tool use (a slow tool with a holding line; then the caller cuts in
-while the tool runs: it is cancelled, nothing more is sent, and the history keeps the
-tool call with a result that says so).
+sooner), tracking with interruptions (the caller cuts in while tokens still stream, then
+asks how far Claude got: without tracking the tokens keep coming, the whole reply is
+stored and Claude says it got to the end; with it the relay stops at once, stores only
+the heard words and Claude quotes the last of them), and tool use (a slow tool with a
+holding line; then the caller cuts in while the tool runs: it is cancelled, nothing more
+is sent, and the history keeps the tool call with a result that says so), then a short
+lesson 6 (turn-taking: the caller says "uh-huh" over Claude, and the relay picks the reply
+up where the caller stopped hearing it, with no new request to Claude).
 
 ``relaylab demo --quick`` runs the stand-in faster (half the wait for the first token,
 twice the tokens per second) and the caller's speech clock twice as fast again, so the
@@ -25,6 +28,7 @@ from typing import Any
 from relaylab.caller import Reply, SimulatedCall
 from relaylab.lab import Lab
 from relaylab.steps.tools import ToolRun, ToolSettings, describe_history, tool_runs, tools_step
+from relaylab.steps.turns import turns_step
 from relaylab.tools import demo_toolbox
 
 LONG_PROMPT = "Name ten things that happened in 1999"
@@ -45,11 +49,15 @@ TOOL_WORDS_HEARD = 4  # "Let me check that.": the caller cuts in while the tool 
 TOOLS = {"slow_seconds": 1.5, "hold_after": 0.8}
 QUICK_TOOLS = {"slow_seconds": 0.8, "hold_after": 0.4}
 TOOL_PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0, "clock_speed": 2.0}
+# Lesson 6: how long the turns step waits after an interrupt before it resumes, and how
+# long a silence it lets pass (longer than the demo's call, so no re-prompt interrupts it).
+TURNS_RESUME_WAIT = 1.0
+TURNS_SILENCE_AFTER = 60.0
 QUICK_TOOL_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0, "clock_speed": 4.0}
 
 
 def run_demo(quick: bool = False) -> int:
-    """Print the four lessons' calls; returns the exit status (0)."""
+    """Print the five lessons' calls; returns the exit status (0)."""
     started = time.monotonic()
     with Lab("basic", offline=True, **(QUICK_PACING if quick else PACING)) as lab:
         basic, streaming = _streaming_lessons(lab)
@@ -65,6 +73,9 @@ def run_demo(quick: bool = False) -> int:
     )
     with Lab(step, offline=True, **(QUICK_TOOL_PACING if quick else TOOL_PACING)) as lab:
         _tool_lesson(lab)
+    turns = turns_step(resume_wait=TURNS_RESUME_WAIT, silence_after=TURNS_SILENCE_AFTER)
+    with Lab(turns, offline=True, **(QUICK_INTERRUPT_PACING if quick else INTERRUPT_PACING)) as lab:
+        _turns_lesson(lab)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s.", end="")
     print("" if quick else " (relaylab demo --quick runs it faster.)")
     return 0
@@ -88,26 +99,59 @@ def _interruption_lesson(lab: Lab, quick: bool) -> None:
     _heading("Lesson 3, tracking and interruptions: keep only what the caller heard")
     intro = (
         f"The caller cuts in after hearing {WORDS_HEARD} words, while tokens still stream "
-        f"(its speech clock runs {lab.clock_speed:g}x real time to keep this short)."
+        f"(its speech clock runs {lab.clock_speed:g}x real time to keep this short), then "
+        "asks how far Claude got. Both versions send the caller the same words before the "
+        "cut; what differs is what happens after it: the frames still sent, the turn the "
+        "relay stores, and so the answer to the question."
     )
     print("\n" + textwrap.fill(intro, width=WIDTH, initial_indent="  ", subsequent_indent="  "))
     print("\n  Without tracking (lesson 2's step), nothing stops the stream:")
-    speed = lab.clock_speed
-    call = lab.call()
-    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _words(call.listen(1.5 if quick else 3.0))
-    print(f"  ... and {late} more words arrived after the interrupt.")
-    call.hang_up()
-
+    _interrupt_then_ask(lab, wait=6.0 if quick else 12.0)
     print("\n  With tracking, the relay cancels the reply the moment the caller speaks:")
     lab.use("tracking")
+    _interrupt_then_ask(lab, wait=0.5)
+
+
+def _interrupt_then_ask(lab: Lab, wait: float) -> None:
+    """Cut in on the long answer, wait (at most ``wait`` s) for the relay to finish with
+    it, and show the frames sent after the cut, the stored turn and the payoff question."""
     call = lab.call()
-    _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), speed)
-    late = _words(call.listen(0.5))
+    reply = _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD), lab.clock_speed)
+    late = _words(_listen_until_settled(lab, call, wait))
     print(f"  ... and {late} more words arrived after the interrupt.")
+    print(textwrap.fill(_stored(call, reply), width=WIDTH, subsequent_indent=" " * 4))
     _show(call.say("How far did you get?"))
-    _print_history(call)
     call.hang_up()
+
+
+def _listen_until_settled(lab: Lab, call: SimulatedCall, limit: float) -> list[dict[str, Any]]:
+    """The frames that arrive until the relay's reply is over (at most ``limit`` s)."""
+    frames = call.listen(0.2)
+    deadline = time.monotonic() + limit
+    session = lab.session_for(call)
+    while session is not None and session.last_reply is not None:
+        if session.last_reply.state != "running" or time.monotonic() > deadline:
+            break
+        frames += call.listen(0.2)
+    return frames
+
+
+def _stored(call: SimulatedCall, reply: Reply) -> str:
+    """The assistant turn the relay stored for ``reply``, with what was never heard marked."""
+    turns = list(call.conversation)
+    asked = [i for i, t in enumerate(turns) if t["role"] == "user" and reply.prompt in str(t)]
+    index = asked[0] if asked else None
+    after = turns[index + 1] if index is not None and index + 1 < len(turns) else None
+    if after is None or after["role"] != "assistant":
+        return "  Stored as Claude's turn: nothing."
+    stored = str(after["content"])
+    if stored.startswith(reply.heard) and stored.strip() != reply.heard.strip():
+        unheard = stored[len(reply.heard) :].split()
+        return (
+            f"  Stored as Claude's turn: {reply.heard} [never heard, stored anyway: "
+            f"{len(unheard)} more words, up to '{' '.join(unheard[-4:])}']"
+        )
+    return f"  Stored as Claude's turn: {stored} [exactly what the caller heard]"
 
 
 def _tool_lesson(lab: Lab) -> None:
@@ -154,6 +198,27 @@ def _tool_run(run: ToolRun) -> str:
     if run.interrupted:
         return said + " (the caller interrupted; it only reads, so it was cancelled)"
     return said
+
+
+def _turns_lesson(lab: Lab) -> None:
+    _heading('Lesson 6, turn-taking: an "uh-huh" is not a question')
+    call = lab.call()
+    cut = _show(call.say(DOGS, interrupt_after_words=WORDS_HEARD, talk_over="uh-huh"))
+    deadline = time.monotonic() + 10 * TURNS_RESUME_WAIT
+    while time.monotonic() < deadline and not _resumed(call):
+        time.sleep(0.05)
+    resumed = call.replies[-1].text.strip() if _resumed(call) else ""
+    print(textwrap.fill(f"  claude (resumed): {resumed}", width=WIDTH, subsequent_indent=" " * 4))
+    asked = len(lab.offline_claude.requests)  # type: ignore[union-attr]
+    print(f"  ... heard {len(cut.heard.split())} words, then the rest: {asked} request to Claude,")
+    stored = [turn for turn in call.conversation if turn["role"] == "assistant"]
+    print(f"  and the history holds {len(stored)} assistant turn, the whole answer.")
+    call.hang_up()
+
+
+def _resumed(call: SimulatedCall) -> bool:
+    last = call.replies[-1] if call.replies else None
+    return last is not None and last.complete and bool(last.text.strip())
 
 
 def _heading(title: str) -> None:
@@ -207,10 +272,3 @@ def _words(frames: list[dict[str, Any]]) -> int:
     """Words in text frames (the empty last:true closing a cut talk cycle has none)."""
     texts = [frame.get("token") or "" for frame in frames if frame.get("type") == "text"]
     return len("".join(texts).split())
-
-
-def _print_history(call: SimulatedCall) -> None:
-    print("\n  The relay's history for this call:")
-    for turn in call.conversation:
-        line = f"  {turn['role']:>9}: {turn['content']}"
-        print(textwrap.fill(line, width=WIDTH, subsequent_indent=" " * 13))

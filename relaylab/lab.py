@@ -191,10 +191,12 @@ class Lab:
     def view(self, **options: Any) -> Any:
         """A live widget showing this lab's calls as they happen. Options: ``call=`` (a
         SimulatedCall) keeps it on that call, ``replies_shown`` caps the replies listed."""
+        from relaylab.kernel_exit import stop_labs_at_shutdown
         from relaylab.widgets import ConversationView
 
         view = ConversationView(self, **options)
         self._views.append(view)
+        stop_labs_at_shutdown()  # the view says the lab stopped when the kernel goes
         return view
 
     def phone(self, call: SimulatedCall | None = None, **options: Any) -> Any:

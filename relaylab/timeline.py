@@ -12,6 +12,7 @@ prints as a table, gives plain rows for pandas, and draws itself with matplotlib
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,36 @@ class Timeline(Sequence[TurnTiming]):
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """The table as HTML for notebooks: it reflows in a narrow window, where the text
+        table would wrap mid-row (``str()`` keeps the text table)."""
+        if not self.turns:
+            return "<p><i>no turns yet</i></p>"
+        right = "style='text-align: right; white-space: nowrap'"
+        left = "style='text-align: left'"
+        head = "".join(f"<th {right}>{html.escape(h)}</th>" for _, h in _TABLE)
+        rows = []
+        for turn in self.turns:
+            cells = "".join(f"<td {right}>{_ms(turn.get(mark))}</td>" for mark, _ in _TABLE)
+            rows.append(
+                f"<tr><td>{turn.turn}</td><td {left}>{html.escape(shorten(turn.prompt, 40))}"
+                f"</td>{cells}</tr>"
+            )
+        notes = [
+            f"turn {turn.turn}: Claude's stream ran on {turn.after_interrupt_ms:.0f} ms after "
+            "the interrupt"
+            for turn in self.turns
+            if turn.after_interrupt_ms is not None and turn.after_interrupt_ms >= RAN_ON_MS
+        ]
+        caption = (
+            "<caption style='text-align: left; caption-side: bottom'>milliseconds after the "
+            "prompt" + "".join(f"<br>{html.escape(note)}" for note in notes) + "</caption>"
+        )
+        return (
+            f"<table class='rl-timeline'>{caption}<thead><tr><th>turn</th><th {left}>prompt</th>"
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
 
     def plot(self, ax: Axes | None = None, labels: Sequence[str] | None = None) -> Axes:
         """Draw the waterfall, one row per turn; returns the matplotlib Axes."""

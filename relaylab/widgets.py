@@ -65,7 +65,21 @@ _STYLE = """<style>
 .rl-view del {color: #b3261e; text-decoration: line-through;}
 .rl-frames {font-family: monospace; font-size: 11px; color: #444; white-space: pre;
   overflow-x: auto; margin: 0;}
+.rl-lab-stopped .jupyter-widgets-disconnected::before,
+.rl-lab-stopped.jupyter-widgets-disconnected::before {content: none; display: none;}
+.rl-live.jupyter-widgets-disconnected .jupyter-widgets-disconnected::before {display: none;}
+.rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped)::before {
+  content: "The lab has stopped: its kernel restarted or shut down. Run rl.start again.";
+  display: block; font: 600 13px system-ui, sans-serif; color: #b3261e; padding: 2px 0 4px;}
+.rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped) .rl-state {display: none;}
+.rl-live.jupyter-widgets-disconnected button, .rl-live.jupyter-widgets-disconnected input {
+  pointer-events: none; opacity: 0.45;}
 </style>"""
+_LIVE_CLASS = "rl-live"  # the outermost box of a view, panel or phone: when the kernel is
+# gone (a restart drops the kernel's last messages), the front end marks every widget
+# disconnected and this box's CSS says the lab has stopped instead of the stale state
+_STOPPED_CLASS = "rl-lab-stopped"  # once the lab stopped, the view says so itself: no
+# broken-link icon on each control when the kernel restarts (see _STYLE)
 
 _LEFT = "style='text-align: left'"  # JupyterLab right-aligns table cells by default
 _STOPPED = "the lab has stopped: run the cell that starts it (rl.start) again to make calls"
@@ -284,6 +298,8 @@ def _notes(
     reply: Any, heard: str | None, speech_ms: float | None, clock_speed: float = 1.0
 ) -> list[str]:
     timings = reply.timings
+    if reply.state == "running" and not reply.sent and not reply.frames and not reply.interrupted:
+        return ["waiting for Claude: nothing sent yet"]  # a basic step waits for the whole reply
     notes = [
         {
             "running": "streaming",
@@ -400,6 +416,7 @@ class ConversationView:
         self._frames = widgets.HTML()
         frames_box = widgets.Accordion(children=[self._frames], titles=("Last frames in and out",))
         self.widget = widgets.VBox([self._head, self._turns, frames_box])
+        self.widget.add_class(_LIVE_CLASS)
         self._loop_thread.run(self._attach(), timeout=10)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -505,6 +522,7 @@ class ConversationView:
     def _detach_now(self) -> None:
         self.stopped = True
         self._render()
+        self.widget.add_class(_STOPPED_CLASS)
         self._detached = True
         if self._timer is not None:
             self._timer.cancel()
@@ -544,7 +562,11 @@ class ConversationView:
     def _draw(self) -> tuple[str, str, str, str]:
         session, state = self.session, self._state()
         step = self.lab.server.step.name
-        shown_state = f"<span class='rl-stopped'>{_esc(state)}</span>" if self.stopped else state
+        shown_state = (
+            f"<span class='rl-stopped'>{_esc(state)}</span>"
+            if self.stopped
+            else f"<span class='rl-state'>{_esc(state)}</span>"
+        )
         head = (
             f"{_STYLE}<div class='rl-view rl-head'>Relay step <b>{_esc(step)}</b>, "
             f"Claude: {_esc(self.lab.backend.kind)} · {shown_state}</div>"
@@ -616,6 +638,17 @@ def _speech_ms(frame: str) -> float | None:
 
 # -- the caller's controls ------------------------------------------------------------------
 
+FIRST_WORDS = "Tell me about dogs"  # long enough to interrupt
+TOOL_WORDS = "Can I book a table for two on Saturday at 8pm?"  # for a step with tools
+
+
+def first_words(lab: Any) -> str:
+    """What the Say box starts with: a question that suits the lab's step (a booking for
+    a step with tools, else a long answer to interrupt)."""
+    step = getattr(getattr(lab, "server", None), "step", None)
+    name = str(getattr(step, "name", "")).lower()
+    return TOOL_WORDS if "tool" in name else FIRST_WORDS
+
 
 class CallerPanel:
     """A text box, Say, Interrupt and a key pad that act as the caller.
@@ -632,7 +665,7 @@ class CallerPanel:
         lab: Any,
         *,
         call: Any = None,
-        text: str = "Tell me about dogs",
+        text: str | None = None,
         keypad: bool = True,
     ) -> None:
         if hasattr(lab, "say_async"):  # the older form, CallerPanel(call)
@@ -647,7 +680,10 @@ class CallerPanel:
             )
         self.lab, self.call = lab, call
         self._loop_thread = loop
+        if text is None:
+            text = first_words(lab)
         self.text = widgets.Text(value=text, placeholder="What the caller says")
+        self.text.on_msg(self._on_text_msg)  # Enter in the box says it, as Say does
         self.say_button = widgets.Button(description="Say", button_style="primary")
         self.interrupt_button = widgets.Button(description="Interrupt", button_style="warning")
         self.key_buttons = [
@@ -665,10 +701,18 @@ class CallerPanel:
         ]
         if self.key_buttons:
             rows.append(widgets.HBox([widgets.Label("keys:"), *self.key_buttons]))
-        self.widget = widgets.VBox([*rows, self.status])
+        style = widgets.HTML(_STYLE, layout=widgets.Layout(display="none"))
+        self.widget = widgets.VBox([*rows, self.status, style])
+        self.widget.add_class(_LIVE_CLASS)
         self.future: Any = None  # the latest scheduled action (a concurrent Future)
         self._saying: asyncio.Task[Any] | None = None  # the say() waiting for its reply
+        self._speaking: str | None = None  # what the caller is saying over Claude, if anything
         self.stopped = False
+        if isinstance(getattr(lab, "_views", None), list):
+            from relaylab.kernel_exit import stop_labs_at_shutdown
+
+            lab._views.append(self)  # lab.stop() calls detach(): the panel says so at once
+            stop_labs_at_shutdown()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)
@@ -681,6 +725,10 @@ class CallerPanel:
         status = _html_to_text(self.status.value)
         keys = " and a key pad" if self.key_buttons else ""
         return f"[caller's controls: a Say box, Say, Interrupt{keys}] {status}"
+
+    def _on_text_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
+        if content.get("event") == "submit":
+            self.say(self.text.value)
 
     # -- what the buttons do (callable from cells and tests too) -------------------------
 
@@ -698,11 +746,18 @@ class CallerPanel:
         return self._schedule(self._press(key))
 
     def show_stopped(self) -> None:
-        """Say in the panel that the lab has stopped, and grey out the buttons."""
+        """Say in the panel that the lab has stopped, and grey out the buttons and the box."""
         self.stopped = True
-        self._status(f"<b>{_esc(_STOPPED[0].upper() + _STOPPED[1:])}.</b>")
+        self._status(f"{_STYLE}<b>{_esc(_STOPPED[0].upper() + _STOPPED[1:])}.</b>")
         for button in (self.say_button, self.interrupt_button, *self.key_buttons):
             button.disabled = True
+        self.text.disabled = True
+        self.widget.add_class(_STOPPED_CLASS)
+
+    def detach(self) -> None:
+        """What ``lab.stop()`` calls: show that the lab has stopped."""
+        if not self.stopped:
+            self.show_stopped()
 
     def _schedule(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self.stopped or not self._loop_thread.running:
@@ -727,6 +782,7 @@ class CallerPanel:
         try:
             await self._talk_over(text)
             call = await self._placed_call()
+            self._status(f"caller: {_esc(text)} · waiting for Claude's reply…")
             self._saying = asyncio.current_task()
             try:
                 reply = await call.say_async(text)
@@ -763,9 +819,26 @@ class CallerPanel:
         if interrupted is not None:
             words_per_second = getattr(self.call, "words_per_minute", 165.0) / 60
             speed = getattr(self.call, "clock_speed", 1.0)
-            await asyncio.sleep(len(text.split()) / words_per_second / speed)
+            seconds = len(text.split()) / words_per_second / speed
+            self._speaking = text
+            self._status(
+                f"the caller talks over Claude, saying: {_esc(text)} ({seconds:.1f} s of "
+                "speech); Claude answers when they finish"
+            )
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self._speaking = None
 
     async def _interrupt(self) -> Any:
+        if self._speaking is not None:
+            # The caller is the one speaking: Claude already stopped, and its answer to
+            # what they are saying has not started yet. Nothing is cut.
+            self._status(
+                f"the caller is still saying: {_esc(self._speaking)}; Claude stopped already. "
+                "Press Interrupt again once Claude answers."
+            )
+            return None
         try:
             reply = await self.call.interrupt_async() if self.call else None
         except ConnectionError as exc:
@@ -816,7 +889,7 @@ class Phone:
         lab: Any,
         *,
         call: Any = None,
-        text: str = "Tell me about dogs",
+        text: str | None = None,
         replies_shown: int | None = 3,
         keypad: bool = True,
     ) -> None:
@@ -825,10 +898,17 @@ class Phone:
         self.view.replies_shown = replies_shown
         self.view.refresh()
         self.panel = CallerPanel(lab, call=call, text=text, keypad=keypad)
-        self.view.detach_listeners.append(self.panel.show_stopped)
-        if self.view.stopped:
-            self.panel.show_stopped()
         self.widget = widgets.VBox([self.view.widget, self.panel.widget])
+        for part in (self.view.widget, self.panel.widget):
+            part.remove_class(_LIVE_CLASS)  # the phone says it once, at its top
+        self.widget.add_class(_LIVE_CLASS)
+        self.view.detach_listeners.append(self._show_stopped)
+        if self.view.stopped:
+            self._show_stopped()
+
+    def _show_stopped(self) -> None:
+        self.panel.detach()
+        self.widget.add_class(_STOPPED_CLASS)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)

@@ -156,3 +156,93 @@ def test_a_step_that_keeps_no_history_logs_no_warning(make_lab, relay_logs):
     lab.use(Step(on_prompt=lambda call, prompt: call.send_text("hi", last=True)))
     assert lab.call().say("Hello").text == "hi"
     assert "would reject this history" not in relay_logs.text
+
+
+def test_a_booking_asked_after_an_interrupted_order_lookup_is_booked():
+    # Lesson 05's "Try it yourself" after its interrupted lookup: the booking question joins
+    # the user turn holding the lookup's "interrupted" note, and must get a tool call of its
+    # own, not that stale note read back.
+    from relaylab.steps.tools import tools_step
+    from relaylab.tools import demo_toolbox
+
+    toolbox = demo_toolbox()
+    lab = rl.start(
+        tools_step(toolbox=toolbox),
+        offline=True,
+        first_token_delay=0.05,
+        tokens_per_second=200,
+        clock_speed=4.0,
+    )
+    try:
+        caller = lab.call()
+        cut = caller.say("Where is my order 12345?", interrupt_after_words=3)
+        assert cut.interrupted
+        reply = caller.say("Can I book a table for two on Saturday at 8pm?")
+        assert "couldn't check" not in reply.text and "interrupted" not in reply.text
+        caller.listen(0.5)
+        assert len(toolbox.restaurant.bookings) == 1
+        uses = [
+            block["name"]
+            for turn in caller.conversation
+            if isinstance(turn["content"], list)
+            for block in turn["content"]
+            if block.get("type") == "tool_use"
+        ]
+        assert uses == ["order_status", "book_table"]
+    finally:
+        lab.stop()
+
+
+def test_a_kernel_shutdown_stops_the_lab_and_the_phone_says_so():
+    # A real ipykernel, shut down the way JupyterLab does it (a shutdown_request on the
+    # control channel): before it exits, the phone's widgets get "the lab has stopped" and
+    # disabled buttons, so the front end never shows a live-looking phone that does nothing.
+    import os
+    import queue
+    from pathlib import Path
+
+    from jupyter_client.manager import start_new_kernel
+
+    root = str(Path(__file__).resolve().parents[1])
+    km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, "PYTHONPATH": root})
+    try:
+        code = (
+            "import relaylab as rl\n"
+            "lab = rl.start('basic', offline=True, first_token_delay=0.01)\n"
+            "display(lab.phone())\n"
+        )
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok"
+        km.shutdown_kernel(now=False)
+        messages = []
+        while True:
+            try:
+                messages.append(kc.get_iopub_msg(timeout=1))
+            except queue.Empty:
+                break
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    updates = [
+        m["content"]["data"].get("state", {}) for m in messages if m["msg_type"] == "comm_msg"
+    ]
+    said = " ".join(str(state.get("value", "")) for state in updates)
+    assert "the lab has stopped" in said.lower()
+    assert sum(state.get("disabled") is True for state in updates) >= 3  # Say, Interrupt, keys
+    assert {"_dom_classes": ["rl-lab-stopped"]} in updates
+
+
+def test_a_timeline_is_an_html_table_in_notebooks_and_text_elsewhere(make_lab):
+    from relaylab.timeline import timeline
+
+    lab = make_lab("tracking")
+    call = lab.call()
+    call.say("Tell me about dogs", interrupt_after_words=5)
+    call.say("Hello <b>there</b>")
+    table = timeline(call, lab)
+    page = table._repr_html_()
+    assert page.count("<tr>") == 1 + len(table) == 3  # the header and a row per turn
+    assert "Claude 1st token" in page and "Hello &lt;b&gt;there&lt;/b&gt;" in page
+    assert "milliseconds after the prompt" in page
+    assert str(table).splitlines()[0].startswith("turn prompt")  # the text table is kept

@@ -5,8 +5,10 @@
 
 ``check`` starts a private offline Lab running the learner's step (the notebook's own lab
 is left alone), places one simulated call per scenario, and reports each scenario as a
-pass or a failure in plain words, with the evidence: the frames sent after an interrupt,
-what the history stored next to what the caller heard, what Claude was told.
+pass or a failure in plain words, with the evidence: first any exception the learner's
+hooks raised (with the line that raised it) and anything in ``call.conversation`` that is
+not a turn, then the frames sent after an interrupt, what the history stored next to what
+the caller heard, what Claude was told; and a hint for the mistake that evidence shows.
 
 A scenario is plain data: what the caller does (``Say``, ``Ask``, ``WaitForFrames``,
 ``Interrupt``, ``Press``, ``Wait``, ``Settle``) and what must then hold (the expectations
@@ -25,8 +27,10 @@ runs them.
 
 The modules, each importing only those listed before it: ``actions`` (what the caller
 does), ``run`` (what a call leaves behind), ``words`` (evidence in plain words),
-``expectations`` (what must hold), ``catalogue`` (``Scenario``, ``Exercise`` and
-``EXERCISES``), ``report`` (``Result``, ``Report``) and ``runner`` (``check``).
+``expectations`` (what must hold, and ``advice`` for the mistake the evidence shows),
+``mistakes`` (the learner's own errors and malformed turns), ``catalogue``
+(``Scenario``, ``Exercise`` and ``EXERCISES``), ``report`` (``Result``, ``Report``) and
+``runner`` (``check``).
 """
 
 from relaylab.exercises.actions import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REPLY_WAIT = 8.0  # seconds a Say waits for its reply
-QUIET = 0.5  # seconds of a finished relay reply without last=true before Say gives up
+QUIET = 0.25  # seconds of a finished relay reply without last=true before Say gives up
 SETTLE = 6.0  # seconds the relay gets to finish its replies after the last action
 
 

@@ -45,25 +45,28 @@ from relaylab.exercises.expectations import (
 class Scenario:
     """One scripted call: what the caller does, what must then hold, and a hint for when it
     does not. ``twilio`` picks Twilio's behaviours for this call (TwilioBehaviour fields,
-    e.g. ``{"utterance": "clause"}``)."""
+    e.g. ``{"utterance": "clause"}``). ``hints`` gives a hint per expectation key, for when
+    that expectation fails and its own ``advice`` has nothing more precise; ``hint`` is the
+    fallback when none of those applies."""
 
     name: str
     actions: tuple[Action, ...]
     expect: tuple[Expectation, ...]
     hint: str = ""
     twilio: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
         """A scenario from plain data: ``{"name", "do": [...], "expect": [...], "hint",
-        "twilio"}``. An action is ``{"say": "Hello", "interrupt_after_words": 8}``,
+        "hints", "twilio"}``. An action is ``{"say": "Hello", "interrupt_after_words": 8}``,
         ``{"ask": ...}``, ``{"wait_for_frames": 3}``, ``{"interrupt": true}``,
         ``{"press": "5"}`` or ``{"wait": 0.5}``; an expectation is its key
         (``"nothing_after_interrupt"``) or ``{"reply_mentions": "noon"}``."""
-        unknown = set(data) - {"name", "do", "expect", "hint", "twilio"}
+        unknown = set(data) - {"name", "do", "expect", "hint", "hints", "twilio"}
         if unknown or "name" not in data:
             raise ValueError(
-                "a scenario needs a 'name' and takes 'do', 'expect', 'hint' and 'twilio'"
+                "a scenario needs a 'name' and takes 'do', 'expect', 'hint', 'hints' and 'twilio'"
                 + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else "")
             )
         return cls(
@@ -72,6 +75,7 @@ class Scenario:
             expect=tuple(_expectation(item) for item in data.get("expect", [])),
             hint=str(data.get("hint", "")),
             twilio=dict(data.get("twilio", {})),
+            hints={str(k): str(v) for k, v in dict(data.get("hints", {})).items()},
         )
 
 
@@ -166,7 +170,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="02 · token streaming",
         task="forward each token the moment Claude writes it, then close the talk cycle",
         reference="streaming",
-        pacing={"first_token_delay": 0.05, "tokens_per_second": 100.0, "clock_speed": 8.0},
+        pacing={"first_token_delay": 0.05, "tokens_per_second": 200.0, "clock_speed": 8.0},
         scenarios=[
             Scenario(
                 "the caller hears the first words while Claude is still writing",
@@ -201,7 +205,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="03 · interruptions",
         task="stop at once when the caller interrupts, and store only what they heard",
         reference="tracking",
-        pacing={"first_token_delay": 0.05, "tokens_per_second": 100.0, "clock_speed": 8.0},
+        pacing={"first_token_delay": 0.05, "tokens_per_second": 200.0, "clock_speed": 16.0},
         scenarios=[
             Scenario(
                 "stops at once after an interrupt",
@@ -254,7 +258,7 @@ EXERCISES: dict[str, Exercise] = {
         lesson="05 · tool use",
         task="keep every tool_use answered by a tool_result, whenever the caller interrupts",
         reference="tools",
-        pacing={"first_token_delay": 0.2, "tokens_per_second": 100.0, "clock_speed": 1.5},
+        pacing={"first_token_delay": 0.2, "tokens_per_second": 150.0, "clock_speed": 1.5},
         scenarios=[
             Scenario(
                 "answers from the tool's result",

@@ -5,6 +5,7 @@ plain-data scenarios use for them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +38,11 @@ class Expectation:
 
     def check(self, run: Run) -> list[str]:
         raise NotImplementedError
+
+    def advice(self, run: Run) -> str:
+        """A hint for the mistake this run's evidence shows, once ``check`` found a problem;
+        "" when the evidence names no particular mistake (the scenario's hint is used)."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,28 @@ class SameWordsAsClaude(Expectation):
                 )
         return problems
 
+    def advice(self, run: Run) -> str:
+        for reply in run.said:
+            request = _request_for(run, reply)
+            if request is None or reply.interrupted or reply.text == request.reply:
+                continue
+            wrote, got = request.reply, reply.text
+            if wrote and got.count(wrote.strip()) >= 2:
+                return (
+                    "the caller got Claude's reply twice: the frame that ends the talk cycle "
+                    "sent the whole text again. End with an empty token: "
+                    'await call.send_text("", last=True)'
+                )
+            if wrote.split() == got.split() or "".join(wrote.split()) == "".join(got.split()):
+                return (
+                    "the words are right but the spaces are not: send each token exactly as "
+                    "it comes (its leading space is part of it; no strip(), no added space)"
+                )
+            last = wrote.split()[-1:] if wrote.split() else []
+            if got.split() == last:
+                return "the caller got only Claude's last word: send every token, not just the last"
+        return ""
+
 
 @dataclass(frozen=True)
 class StoresWhatWasHeard(Expectation):
@@ -148,6 +176,61 @@ class StoresWhatWasHeard(Expectation):
             return [f"the history has turns nobody said or heard: {extra}"]
         return []
 
+    def advice(self, run: Run) -> str:
+        stored = [(turn.get("role"), content_text(turn.get("content"))) for turn in run.history]
+        index = 0
+        previous = None
+        for reply in run.said:
+            role, got = stored[index] if index < len(stored) else (None, "")
+            index += 1
+            said = _words(reply.prompt)
+            if role == "user" and _words(got)[: len(said)] == said and len(_words(got)) > len(said):
+                return _missing_turn(reply)  # the next question joined this unanswered turn
+            if role == "user" and _words(got) != said and previous is not None:
+                return _missing_turn(previous)
+            heard = reply.heard if reply.interrupted else reply.text
+            previous = reply
+            if not heard.strip():
+                continue
+            role, got = stored[index] if index < len(stored) else (None, "")
+            index += 1
+            if role == "assistant" and _words(got) == _words(heard):
+                continue
+            if role != "assistant":
+                return _missing_turn(reply)
+            return _wrong_reply_turn(run, reply, _words(got), _words(heard))
+        return ""
+
+
+def _missing_turn(reply: Any) -> str:
+    if reply.interrupted:
+        return (
+            "the reply that was cut off has no assistant turn: store it even when it is "
+            "cancelled (try/finally: call.conversation.add_assistant(call.reply.sent))"
+        )
+    return "store each reply as an assistant turn once it has been sent"
+
+
+def _wrong_reply_turn(run: Run, reply: Any, got: list[str], heard: list[str]) -> str:
+    request = _request_for(run, reply)
+    wrote = _words(request.reply) if request is not None else []
+    if reply.interrupted and len(got) > len(heard) and got[: len(heard) - 1] == heard[:-1]:
+        return (
+            "the history keeps more than the caller heard of the reply that was cut off: "
+            "in on_interrupt, after cancelling, call.conversation.keep_heard(call.heard)"
+        )
+    if not reply.interrupted and wrote and got == wrote:
+        return (
+            "the history holds Claude's words as written; it is what the caller got that "
+            "differs from them: fix the frames you send, not the history"
+        )
+    if len(got) <= 1 < len(heard):
+        return (
+            "the history keeps only the last token: add the tokens up (reply += token), "
+            "then store the whole reply"
+        )
+    return ""
+
 
 @dataclass(frozen=True)
 class ValidHistory(Expectation):
@@ -162,6 +245,9 @@ class ValidHistory(Expectation):
         return [f"the Messages API would reject the history: {p}" for p in problems] + [
             f"the history: {_history_in_words(run.history)}"
         ]
+
+    def advice(self, run: Run) -> str:
+        return history_advice(run.history)
 
 
 @dataclass(frozen=True)
@@ -204,6 +290,12 @@ class NothingAfterInterrupt(Expectation):
                     f"{_tokens(late)}; the caller had already moved on"
                 )
         return problems
+
+    def advice(self, run: Run) -> str:
+        return (
+            "in on_interrupt, await call.cancel_reply(): it cancels the reply's task, which "
+            "closes Claude's stream, and the relay sends nothing more of it"
+        )
 
 
 @dataclass(frozen=True)
@@ -291,6 +383,12 @@ class OldReplySilent(Expectation):
             f"{_tokens(texts)}; the caller hears two answers at once"
         ]
 
+    def advice(self, run: Run) -> str:
+        return (
+            "start on_prompt with await call.cancel_reply(): the reply still running stops "
+            "before the new one starts, so only the newest reply speaks"
+        )
+
 
 @dataclass(frozen=True)
 class NoApology(Expectation):
@@ -307,6 +405,14 @@ class NoApology(Expectation):
             if request.status >= 400:
                 problems.append(f"Claude answered HTTP {request.status}: {request.error}")
         return problems
+
+    def advice(self, run: Run) -> str:
+        for request in run.requests:
+            if request.status >= 400:
+                hint = history_advice(request.body.get("messages", []))
+                if hint:
+                    return hint
+        return ""
 
 
 @dataclass(frozen=True)
@@ -372,6 +478,53 @@ class RepliesFinished(Expectation):
                 f"{_count(len(run.relay.replies), 'reply')}"
             )
         return problems
+
+
+UNANSWERED_TOOL_USE = (
+    "a tool_use was left without its tool_result: store the tool_result turn before the "
+    "tools run (each result saying there is none yet) and fill in the real content when "
+    "each tool finishes, so a cancelled reply still leaves every tool_use answered"
+)
+JOIN_TOOL_RESULT = (
+    "the caller's words came as a second user turn right after a tool_result turn: a "
+    "question after a tool_result must join that user turn; "
+    "call.conversation.add_user(prompt.voice_prompt) does it"
+)
+TWO_USER_TURNS = (
+    "two user turns in a row: every reply needs its assistant turn, even one that was "
+    "cancelled (store it in a finally block), or use call.conversation.add_user(), which "
+    "joins a turn that has no answer yet"
+)
+
+
+def history_advice(history: Sequence[Any]) -> str:
+    """A hint for the first thing that makes ``history`` one the Messages API rejects: a
+    tool_use with no tool_result after it, or two user turns in a row."""
+    turns = [t for t in history if isinstance(t, dict)]
+    for index, turn in enumerate(turns):
+        following = turns[index + 1] if index + 1 < len(turns) else None
+        uses = _block_ids(turn, "tool_use", "id")
+        answered = _block_ids(following, "tool_result", "tool_use_id") if following else set()
+        if turn.get("role") == "assistant" and uses and not uses <= answered:
+            return UNANSWERED_TOOL_USE
+        if turn.get("role") == "user" and following is not None and following.get("role") == "user":
+            return (
+                JOIN_TOOL_RESULT
+                if _block_ids(turn, "tool_result", "tool_use_id")
+                else TWO_USER_TURNS
+            )
+    return ""
+
+
+def _block_ids(turn: dict[str, Any], kind: str, key: str) -> set[str]:
+    content = turn.get("content")
+    if not isinstance(content, list):
+        return set()
+    return {
+        str(block.get(key))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == kind
+    }
 
 
 _EXPECTATIONS: dict[str, type[Expectation]] = {

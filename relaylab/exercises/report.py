@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,11 +24,13 @@ def shorten_ids(text: str) -> str:
 
 @dataclass
 class Result:
-    """One scenario's outcome: ``problems`` is the evidence of what went wrong."""
+    """One scenario's outcome: ``problems`` is the evidence of what went wrong, ``hints``
+    what to change for the mistake that evidence points at (the learner's own error first)."""
 
     scenario: Scenario
     problems: list[str]
     run: Run | None = None
+    hints: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -68,8 +71,9 @@ class Report:
             lines.append(f"{'PASS' if result.passed else 'FAIL'}  {result.scenario.name}")
             for problem in result.problems:
                 lines.append(f"      - {shorten_ids(problem)}")
-            if not result.passed and result.scenario.hint:
-                lines.append(f"      Hint: {result.scenario.hint}")
+            if not result.passed:
+                hints = result.hints or [h for h in (result.scenario.hint,) if h]
+                lines += [f"      Hint: {hint}" for hint in hints]
         passed = sum(result.passed for result in self.results)
         lines.append("")
         if self.passed:
@@ -83,3 +87,33 @@ class Report:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """The report as an HTML table for notebooks (``str()`` keeps the text)."""
+        rows = []
+        for result in self.results:
+            verdict = (
+                "<b style='color: #1b7a2e'>PASS</b>"
+                if result.passed
+                else "<b style='color: #b3261e'>FAIL</b>"
+            )
+            details = "".join(f"<li>{html.escape(shorten_ids(p))}</li>" for p in result.problems)
+            hints = result.hints or [h for h in (result.scenario.hint,) if h]
+            if not result.passed:
+                details += "".join(f"<li><i>Hint: {html.escape(h)}</i></li>" for h in hints)
+            body = html.escape(result.scenario.name)
+            if details:
+                body += f"<ul style='margin: 2px 0'>{details}</ul>"
+            rows.append(
+                f"<tr><td style='vertical-align: top'>{verdict}</td>"
+                f"<td style='text-align: left'>{body}</td></tr>"
+            )
+        passed = sum(result.passed for result in self.results)
+        total = len(self.results)
+        summary = f"All {passed} passed." if self.passed else f"{passed} of {total} passed."
+        return (
+            f"<div><p>Exercise {html.escape(self.exercise.lesson)}: "
+            f"{html.escape(self.exercise.task)}.<br>Checked step {html.escape(repr(self.step))} "
+            f"with {total} scripted calls.</p><table>{''.join(rows)}</table>"
+            f"<p><b>{summary}</b></p></div>"
+        )

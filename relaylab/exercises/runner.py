@@ -27,6 +27,14 @@ from relaylab.exercises.actions import (
     WaitForFrames,
 )
 from relaylab.exercises.catalogue import EXERCISES, Exercise, Scenario
+from relaylab.exercises.expectations import Expectation
+from relaylab.exercises.mistakes import (
+    MALFORMED_HINT,
+    LearnerError,
+    Watched,
+    learner_errors_hint,
+    malformed_turns,
+)
 from relaylab.exercises.report import Report, Result
 from relaylab.exercises.run import Run
 from relaylab.exercises.words import _count
@@ -67,15 +75,16 @@ def check(
     from relaylab.lab import Lab
 
     started = time.monotonic()
-    lab = Lab(learner, offline=True, **chosen.pacing)
+    watched = Watched(learner)
+    lab = Lab(watched.watched_step(), offline=True, **chosen.pacing)
     try:
         claude = lab.offline_claude
         recorder = Recorder(requests=(lambda: claude.requests) if claude else None)
         lab.run(recorder.attach_async(lab.server))
-        results = [
-            lab.run(_run_scenario(lab, recorder, scenario), timeout=None)
-            for scenario in chosen_scenarios
-        ]
+        results = []
+        for scenario in chosen_scenarios:
+            watched.clear()
+            results.append(lab.run(_run_scenario(lab, recorder, scenario, watched), timeout=None))
         lab.run(recorder.close_async())
     finally:
         lab.stop()
@@ -110,11 +119,17 @@ def _learner_step(step: object, hooks: dict[str, Callable[..., Any]]) -> Step:
     return resolve(step)
 
 
-async def _run_scenario(lab: Lab, recorder: Recorder, scenario: Scenario) -> Result:
+async def _run_scenario(
+    lab: Lab, recorder: Recorder, scenario: Scenario, watched: Watched | None = None
+) -> Result:
+    """One scripted call. Whatever the learner's code does (raise, store a string as a
+    turn, never answer), this returns a Result: the mistake is a FAIL line, not a traceback."""
     claude = lab.offline_claude
     started = time.monotonic()  # the stand-in drops its oldest records: pick ours by time
     call = await lab.call_async(twilio=TwilioBehaviour(**scenario.twilio))
     notes: list[str] = []
+    malformed: list[str] = []
+    history: list[dict[str, Any]] = []
     await until(lambda: recorder.recorder_for(call.call_sid) is not None, 2.0)
     live = recorder.recorder_for(call.call_sid)
     try:
@@ -124,10 +139,17 @@ async def _run_scenario(lab: Lab, recorder: Recorder, scenario: Scenario) -> Res
                 notes.append(note)
         if live is not None and not await live.session.until_idle(len(call.sent), SETTLE):
             notes.append(f"a reply was still running {SETTLE:.0f} s after the last action")
-        history = await call.history_async()
+        if live is not None:
+            malformed = malformed_turns(live.session.conversation)
+        if malformed:
+            history = [t for t in live.session.conversation if isinstance(t, dict)]  # type: ignore[union-attr]
+        else:
+            history = await call.history_async()
     except (ConnectionError, TimeoutError, LookupError, RuntimeError) as exc:
         notes.append(f"the call could not go on: {exc}")
-        history = []
+    except Exception as exc:  # the learner's code left the call in a state nobody planned for
+        log.warning("scenario %r could not finish", scenario.name, exc_info=True)
+        notes.append(f"the check could not finish this call: {type(exc).__name__}: {exc}")
     finally:
         await call.hang_up_async()
     if live is None:
@@ -137,14 +159,50 @@ async def _run_scenario(lab: Lab, recorder: Recorder, scenario: Scenario) -> Res
     requests = [r for r in claude.requests if r.received_at >= started] if claude else []
     relay = live.recording() if live else CallRecording(call.call_sid, [])
     run = Run(call, relay, history, requests, notes)
-    problems = list(notes)
+    errors = list(watched.errors) if watched is not None else []
+    problems = [str(error) for error in errors] + malformed + list(notes)
+    failed: list[tuple[Expectation, list[str]]] = []
     for expectation in scenario.expect:
         try:
-            problems += expectation.check(run)
+            found = expectation.check(run)
         except Exception as exc:  # a teacher's expectation with a bug must not hide the rest
             log.exception("expectation %r failed to run", expectation)
-            problems.append(f"{type(expectation).__name__} could not be checked: {exc!r}")
-    return Result(scenario, list(dict.fromkeys(problems)), run)
+            found = [f"{type(expectation).__name__} could not be checked: {exc!r}"]
+        if found:
+            failed.append((expectation, found))
+            problems += found
+    hints = _hints(scenario, run, errors, malformed, failed) if problems else []
+    return Result(scenario, list(dict.fromkeys(problems)), run, hints)
+
+
+def _hints(
+    scenario: Scenario,
+    run: Run,
+    errors: list[LearnerError],
+    malformed: list[str],
+    failed: list[tuple[Expectation, list[str]]],
+) -> list[str]:
+    """Hints for the mistake the evidence points at: the learner's own error first, then a
+    malformed turn, then each failed expectation's own reading of the evidence (or the
+    scenario's hint for it); the scenario's general hint only when nothing more precise
+    applies."""
+    if errors:
+        return [learner_errors_hint(errors)]
+    if malformed:
+        return [MALFORMED_HINT]
+    advice: list[str] = []
+    for expectation, _ in failed:
+        try:
+            advice.append(expectation.advice(run))
+        except Exception:  # a teacher's advice with a bug falls back to the scenario's hints
+            log.exception("advice of %r failed", expectation)
+    hints = [hint for hint in dict.fromkeys(advice) if hint]
+    if not hints:
+        wanted = (scenario.hints.get(expectation.key, "") for expectation, _ in failed)
+        hints = [hint for hint in dict.fromkeys(wanted) if hint]
+    if not hints and scenario.hint:
+        hints.append(scenario.hint)
+    return hints
 
 
 async def _act(call: SimulatedCall, session: CallSession | None, action: Action) -> str | None:

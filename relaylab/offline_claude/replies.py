@@ -155,6 +155,26 @@ def has_own_reply(text: str) -> bool:
     return any(_matches(text, phrases) for key, phrases in _KEYWORDS if key != "greeting")
 
 
+def results_are_stale(
+    messages: list[dict[str, Any]], results: list[dict[str, Any]], wanted_tool: str | None
+) -> bool:
+    """Whether tool results the caller's new question joined are an old note it has moved
+    past: the question asks for a tool (``wanted_tool``) the results do not come from (say,
+    a booking asked for after an interrupted order lookup). Then the question gets its own
+    tool call instead of the old results read back."""
+    if wanted_tool is None:
+        return False
+    ids = {result.get("tool_use_id") for result in results}
+    names = {
+        block.get("name")
+        for message in messages
+        if message["role"] == "assistant" and isinstance(message["content"], list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("id") in ids
+    }
+    return wanted_tool not in names
+
+
 def _matches(text: str, phrases: tuple[str, ...]) -> bool:
     lowered = " ".join(re.findall(r"[\w']+", text.lower()))
     return any(re.search(rf"\b{re.escape(p)}\b", lowered) for p in phrases)

@@ -132,7 +132,9 @@ def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
     last_user = messages[index] if index is not None else {"content": ""}
     question = content_text(last_user["content"])
     results = tools.tool_results(last_user)
-    if results and not replies.has_own_reply(question):
+    asked = tools.choose_tool(body, question) if question.strip() else None
+    stale = replies.results_are_stale(messages, results, asked and asked["name"])
+    if results and not replies.has_own_reply(question) and not stale:
         # The follow-up to a tool call, or a question about what the tools just said
         # ("did the booking go through?"): answered from the results. A question on one
         # of the stand-in's own topics ("tell me about dogs") is answered as itself.
