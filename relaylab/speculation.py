@@ -299,11 +299,11 @@ class Speculator:
             return None
         await speculation.keyed.wait()  # (its request may not have left yet)
         if speculation.key != key:
-            self._drop("the step asked for something else")
+            self._drop_if_current(speculation, "the step asked for something else")
             return None
         await speculation.ready.wait()
         if speculation.failed or speculation.status != 200:
-            self._drop("it failed")
+            self._drop_if_current(speculation, "it failed")
             return None
         speculation.claimed = True
         self.speculation = None
@@ -312,6 +312,11 @@ class Speculator:
         self.stats.kept += 1
         self.stats.saved_ms.append((time.monotonic() - speculation.started_at) * 1000)
         return speculation
+
+    def _drop_if_current(self, speculation: Speculation, why: str) -> None:
+        # (A newer partial prompt may have replaced it while the claim waited.)
+        if self.speculation is speculation:
+            self._drop(why)
 
     def close(self) -> None:
         """The call ended: cancel whatever is in flight."""
@@ -374,6 +379,8 @@ class Speculator:
             speculation.task.cancel()
             if not self.closed and not speculation.done:
                 self._rewarm()
+        if not speculation.done:  # wakes a claim waiting on it, even if the task never ran
+            speculation.finish(failed=True)
 
     def _rewarm(self) -> None:
         """Aborting a request in flight closes its HTTP/1.1 connection, so the next

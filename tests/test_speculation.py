@@ -284,3 +284,25 @@ def test_a_speculating_relay_asks_twilio_for_partial_prompts(make_lab):
             twiml = answer.read().decode()
         assert ('partialPrompts="true"' in twiml) is expected
         lab.stop()
+
+
+def test_a_claim_waiting_on_a_speculation_that_is_dropped_returns_at_once():
+    import anthropic
+
+    from relaylab.speculation import Speculation, Speculator
+
+    async def scenario():
+        client = anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9")
+        speculator = Speculator(client, lambda text, latest: {}, stable_ms=10_000)
+        waiting = Speculation("tell me about dogs", final_matched=True)  # its task never ran
+        speculator.speculation = waiting
+        claim = asyncio.ensure_future(speculator.claim("key"))
+        await asyncio.sleep(0.01)
+        speculator.partial("Tell me about cats")  # a newer partial prompt drops it
+        got = await asyncio.wait_for(claim, 1.0)
+        speculator.close()
+        await client.close()
+        return got, speculator.stats
+
+    got, stats = asyncio.run(scenario())
+    assert got is None and stats.wasted_requests == 1
