@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import first_token
 import interrupt
+import perceived
 import relay_cost
 import relay_latency
 from _common import BENCH_DIR, StartError, machine
@@ -27,6 +28,7 @@ BENCHMARKS: list[tuple[str, Callable[[list[str] | None], str]]] = [
     ("relay_cost", relay_cost.run),
     ("first_token", first_token.run),
     ("interrupt", interrupt.run),
+    ("perceived", perceived.run),
 ]
 
 

@@ -858,6 +858,10 @@ class SimulatedCall:
             for partial in partial_prompts(text):  # each as its last word is recognised
                 await self._send(protocol.prompt_frame(partial, last=False, lang=lang))
                 await asyncio.sleep(word_seconds)
+            if self.twilio.final_partial:  # the last word, recognised as it ends
+                heard_so_far = transcribe(text, self.twilio, self.hints)
+                await self._send(protocol.prompt_frame(heard_so_far, last=False, lang=lang))
+        last_word_at = time.monotonic()
         if speaker_events:
             await self._send(client_speaking("off"))
         delay_ms = final_prompt_delay_ms(text, self.twilio)
@@ -870,6 +874,7 @@ class SimulatedCall:
         heard = transcribe(text, self.twilio, self.hints)
         await self._send(protocol.prompt_frame(heard, last=True, lang=lang))
         reply.sent_at = time.monotonic()
+        reply.last_word_at = last_word_at
         return cycle
 
     def _drain_inbox(self) -> None:

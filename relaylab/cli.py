@@ -98,6 +98,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="ask Twilio for info frames (speaker events, tokens played): what the caller heard",
     )
+    serve.add_argument(
+        "--speculate",
+        action="store_true",
+        help="start Claude on stable partial prompts before the caller's turn ends (turns on "
+        "partialPrompts); nothing is spoken until the final prompt matches",
+    )
+    serve.add_argument(
+        "--prewarm",
+        action="store_true",
+        help="open the connection to the model when /twiml arrives and at setup",
+    )
+    serve.add_argument(
+        "--prompt-caching",
+        action="store_true",
+        help="mark the system prompt and the conversation with cache_control (prompt caching)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
     demo = commands.add_parser("demo", help="run lessons 1-3 and 5 offline and print a transcript")
@@ -167,6 +183,9 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         dial_number=args.dial_number,
         reuse_port=args.workers > 1 or args.worker,
         store=args.store,
+        speculate=args.speculate,
+        prewarm=args.prewarm,
+        prompt_caching=args.prompt_caching,
     )
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await signals.guard(relay.start())

@@ -53,6 +53,7 @@ class Lab:
         offline: bool | None = None,
         first_token_delay: float = 0.4,
         tokens_per_second: float = 60.0,
+        connect_delay: float = 0.0,
         words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
         clock_speed: float = 1.0,
         twiml_options: dict[str, Any] | None = None,
@@ -72,6 +73,7 @@ class Lab:
             step=step,
             first_token_delay=first_token_delay,
             tokens_per_second=tokens_per_second,
+            connect_delay=connect_delay,
             settings=self.settings,
         )
         self._sessions: deque[CallSession] = deque(maxlen=1000)  # for history after hang-up
@@ -273,7 +275,9 @@ def start(step: object = "tracking", **options: Any) -> Lab:
 
     Keys come from the environment, or from a ``.env`` file in this folder or above it.
     Options are Lab's: host, port, offline, auth_token, public_url, first_token_delay,
-    tokens_per_second, words_per_minute, clock_speed, twiml_options. ``auth_token``
+    tokens_per_second, connect_delay (the stand-in's cost of a new connection),
+    words_per_minute, clock_speed, twiml_options, and latency techniques: speculate,
+    prewarm. ``auth_token``
     defaults to TWILIO_AUTH_TOKEN when set, so local calls are signed and checked.
     """
     with _running_lock:

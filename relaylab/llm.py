@@ -22,6 +22,7 @@ from typing import Any
 
 import anthropic
 
+from relaylab import speculation
 from relaylab.protocol import loggable
 from relaylab.streams import (
     AliveListener,
@@ -179,11 +180,14 @@ def make_llm(
 
 
 def _http_client(timeout: float, aiohttp: bool) -> Any:
-    """The SDK's own HTTP client, with a hook that reports retry waits as signs of life."""
+    """The SDK's own HTTP client, with a hook that reports retry waits as signs of life,
+    in front of a transport that hands speculative replies over (relaylab.speculation)."""
     hooks = {"response": [report_retry_wait]}
     if aiohttp:
-        return anthropic.DefaultAioHttpClient(timeout=timeout, event_hooks=hooks)
-    return anthropic.DefaultAsyncHttpxClient(timeout=timeout, event_hooks=hooks)
+        client = anthropic.DefaultAioHttpClient(timeout=timeout, event_hooks=hooks)
+    else:
+        client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, event_hooks=hooks)
+    return speculation.install(client)  # passes every request through unless speculating
 
 
 # -- the start-up check ------------------------------------------------------------------------

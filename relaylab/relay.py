@@ -25,6 +25,7 @@ class Relay:
         step: object,
         first_token_delay: float = 0.4,
         tokens_per_second: float = 60.0,
+        connect_delay: float = 0.0,
         aiohttp: bool = False,
         settings: RelaySettings | None = None,
     ) -> None:
@@ -33,7 +34,11 @@ class Relay:
         self.step = step
         self.settings = settings or RelaySettings()
         self.offline_claude = (
-            OfflineClaude(first_token_delay=first_token_delay, tokens_per_second=tokens_per_second)
+            OfflineClaude(
+                first_token_delay=first_token_delay,
+                tokens_per_second=tokens_per_second,
+                connect_delay=connect_delay,
+            )
             if backend.kind == "offline"
             else None
         )

@@ -164,6 +164,10 @@ class RelayServer:
             limits=self.settings.call,
             greeting=self._greeting,
             preemptible=self._preemptible,
+            speculate=self.settings.speculate,
+            speculate_after_ms=self.settings.speculate_after_ms,
+            prewarm=self.settings.prewarm,
+            prompt_caching=self.settings.prompt_caching,
         )
         if admission is not None and self.calls is not None:
             self.calls.opened(session, admission)  # before listeners: they see the call

@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import endings, failures, playback, protocol, streams
+from relaylab import caching, endings, failures, playback, protocol, speculation, streams
 from relaylab.conversation import Conversation, heard_prefix, locate_heard
 from relaylab.events import EventBus, Listener
 from relaylab.llm import LLM
 from relaylab.loop import until
+from relaylab.prewarm import prewarm_soon
 from relaylab.protocol import loggable
 from relaylab.step import Step
 
@@ -184,8 +185,15 @@ class CallSession:
         limits: Limits | None = None,
         greeting: str = "",
         preemptible: bool = False,
+        speculate: bool = False,
+        speculate_after_ms: float = speculation.STABLE_MS,
+        prewarm: bool = False,
+        prompt_caching: bool = False,
     ) -> None:
         self._send = send
+        self._prewarm = prewarm  # open the model connection at setup (relaylab.prewarm)
+        # Mark the system prompt and the history for Claude's prompt cache (relaylab.caching).
+        self.prompt_caching = prompt_caching
         self.greeting = greeting  # what Twilio says itself when the call connects
         # May a newer reply cut off the one playing (TwiML, or a text frame's own flag)?
         self.preemptible = preemptible
@@ -218,6 +226,26 @@ class CallSession:
         self._handlers: set[asyncio.Task[None]] = set()  # hooks other than on_prompt
         self._last_handler: asyncio.Task[None] | None = None
         self._barriers: list[tuple[int, asyncio.Future[Any]]] = []
+        # Speculative replies on partial prompts (relaylab.speculation), when turned on.
+        self.speculator: speculation.Speculator | None = None
+        if speculate or step.speculate:
+            self.speculator = speculation.Speculator(
+                self.claude, self._speculative_request, stable_ms=speculate_after_ms
+            )
+
+    def _speculative_request(self, text: str, latest: dict[str, Any] | None) -> dict[str, Any]:
+        """The request a step would make if ``text`` were the final prompt: the settings of
+        its latest request on this call (else the lessons' defaults) and the history with
+        ``text`` added as the lessons add it (``add_user``)."""
+        settings = dict(latest) if latest else self.default_request()
+        history = Conversation(self.conversation.snapshot())
+        history.add_user(text)
+        request = {**settings, "messages": list(history), "stream": True}
+        return caching.cached_request(request) if self.prompt_caching else request
+
+    def default_request(self) -> dict[str, Any]:
+        """The settings of a lesson step's request (the messages aside)."""
+        return {"model": self.model, "max_tokens": self.max_tokens, "system": self.system}
 
     def __repr__(self) -> str:
         return f"<CallSession {self._name} step={self.step.name}>"
@@ -353,6 +381,7 @@ class CallSession:
         self.replies.append(reply)
         reply.alive_at = reply.started_at
         context.run(_current_reply.set, weakref.ref(reply))
+        context.run(speculation.current.set, self.speculator)
         context.run(streams.alive_listener.set, _alive_listener(weakref.ref(reply)))
         reply.task = loop.create_task(self._run_reply(reply, run), context=context)
         self._watch(reply)
@@ -645,11 +674,21 @@ class CallSession:
         if not setup.call_sid:
             log.warning("%s: setup has no callSid; named the call after its session", self._name)
         log.info("%s: connected (step %s)", self._name, self.step.name)
+        if self._prewarm:
+            prewarm_soon(self.claude, self.model, 2 if self.speculator else 1)
         self._run_handler("on_setup", setup)
 
     def _on_prompt(self, prompt: protocol.Prompt) -> None:
-        if not prompt.last:
-            return  # a partial transcript: the final prompt (last: true) follows
+        speculator = self.speculator
+        if not prompt.last:  # a partial transcript: the final prompt (last: true) follows
+            if speculator is not None:
+                speculator.name = self._name
+                speculator.partial(prompt.voice_prompt, busy=self._busy())
+            if self._prewarm:  # the caller is talking: make sure a connection is open
+                prewarm_soon(self.claude, self.model, 2 if speculator else 1)
+            return
+        if speculator is not None:
+            speculator.final(prompt.voice_prompt)
         if not prompt.voice_prompt.strip():
             self._reject("ignored a prompt with no words in it")
             return
@@ -661,6 +700,10 @@ class CallSession:
                 len(prompt.voice_prompt),
             )
         self._start_reply(prompt)
+
+    def _busy(self) -> bool:
+        """Is a reply running or being handled (no speculating over it)?"""
+        return any(r.running for r in self.replies)
 
     def _on_interrupt(self, interrupt: protocol.Interrupt) -> None:
         reply = self._cut_reply(interrupt)
@@ -812,6 +855,8 @@ class CallSession:
         if self.closed:
             return
         self.closed = True
+        if self.speculator is not None:
+            self.speculator.close()
         await self.cancel_reply()
         pending = [t for t in self._handlers if not t.done()]
         for task in pending:

@@ -65,6 +65,17 @@ class RelaySettings:
     """Where calls' state is kept for reconnects: None or "memory" (this process),
     "sqlite:///PATH" (the processes of one machine) or "redis://HOST:PORT" (several
     machines). See relaylab.store."""
+    speculate: bool = False
+    """Start Claude on stable partial prompts, for every step (relaylab.speculation);
+    it takes TwiML ``partialPrompts``, which the /twiml answer then turns on."""
+    speculate_after_ms: float = 150.0
+    """How long a partial prompt must stay unchanged before it is speculated on."""
+    prewarm: bool = False
+    """Open the connection to the model when /twiml arrives and at setup
+    (relaylab.prewarm), so the first turn pays no connection set-up."""
+    prompt_caching: bool = False
+    """Mark the system prompt and the conversation so far with cache_control, so Claude
+    reads the unchanged prefix from its prompt cache (relaylab.caching)."""
     call: Limits = field(default_factory=Limits)
     socket: SocketLimits = field(default_factory=SocketLimits)
 

@@ -42,6 +42,10 @@ class Step:
     on_dtmf: Hook | None = None
     on_close: Hook | None = None
     name: str = "custom"
+    speculate: bool = False
+    """Start Claude on stable partial prompts before the final one (relaylab.speculation);
+    a relay started with ``speculate=True`` (``relaylab serve --speculate``) does it for
+    every step."""
 
     async def run(self, hook: str, call: Any, *message: Any) -> None:
         """Call the hook named ``hook`` if this step has it, awaiting it if it is async."""
@@ -71,7 +75,8 @@ def resolve(step: object) -> Step:
     for hook, handler in hooks.items():
         if handler is not None and not callable(handler):
             raise TypeError(f"{step!r}.{hook} is not a function")
-    return Step(**hooks, name=_name_of(step))
+    speculate = getattr(step, "speculate", False) is True
+    return Step(**hooks, name=_name_of(step), speculate=speculate)
 
 
 def _name_of(step: object) -> str:

@@ -394,3 +394,230 @@ def _take_matching(callers: list[_Times], prompt: str) -> _Times | None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+# -- the latency the caller feels (lesson 7) -----------------------------------------------
+#
+# Every leg of a turn, from the caller's last word to the end of the reply's speech, in
+# milliseconds after the last word, on the call's speech clock (a call with clock_speed 4
+# runs four times faster than real time; its times are shown multiplied back by 4). The
+# legs a simulated call cannot observe directly are modelled, and the model is stated
+# here and in lesson 7:
+# - last word: when the caller's last word ended (the simulated caller speaks each word in
+#   60 / words_per_minute seconds; with partial prompts, the last one goes out then);
+# - final prompt: Twilio's endpointing, speechTimeout / turnDetection after the last word
+#   (relaylab.simulation.twilio_behaviour.final_prompt_delay_ms);
+# - first audio: the voice starts TTS_START_MS after it has its first chunk of text (a
+#   word, a clause or a sentence, as the call's ``chunking`` says): a fixed stand-in for
+#   the TTS provider's time to first audio, which Twilio does not report;
+# - last audio: the voice then speaks without a gap at words_per_minute (the text comes
+#   far faster than it is spoken), or stops at the caller's interrupt.
+# Perceived latency is first audio minus last word: the silence the caller sits through.
+
+TTS_START_MS = 200.0
+"""The modelled time from the voice getting its first chunk of text to its first sound."""
+
+LEGS: dict[str, str] = {
+    "last_word": "the caller's last word ended",
+    "final_prompt": "Twilio's endpointing sent the final prompt (speechTimeout, turnDetection)",
+    "relay_read": "the relay read the final prompt",
+    "model_request": "the request reached Claude (before the final prompt: speculation)",
+    "first_token": "Claude wrote its first token",
+    "first_frame": "the caller's side (Twilio) got the first text frame",
+    "first_audio": "the voice started speaking (modelled TTS start)",
+    "last_audio": "the voice finished, or the caller cut in (modelled)",
+}
+
+
+@dataclass
+class TurnLegs:
+    """One turn's legs: milliseconds after the caller's last word (see LEGS)."""
+
+    turn: int
+    prompt: str
+    at: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def perceived_ms(self) -> float | None:
+        """Last word to first audio: the latency the caller feels."""
+        return self.at.get("first_audio")
+
+    def leg(self, start: str, end: str) -> float | None:
+        """Milliseconds from mark ``start`` to mark ``end`` (None if either is missing)."""
+        if start not in self.at or end not in self.at:
+            return None
+        return self.at[end] - self.at[start]
+
+    def row(self) -> dict[str, Any]:
+        """This turn as a flat dict: ``<leg>_ms`` for each mark, and ``perceived_ms``."""
+        row: dict[str, Any] = {"turn": self.turn, "prompt": self.prompt}
+        row.update({f"{name}_ms": round(self.at[name], 1) for name in LEGS if name in self.at})
+        row["perceived_ms"] = None if self.perceived_ms is None else round(self.perceived_ms, 1)
+        return row
+
+
+_WATERFALL_TABLE = (
+    ("final_prompt", "final prompt"),
+    ("model_request", "model request"),
+    ("first_token", "1st token"),
+    ("first_audio", "1st audio"),
+    ("last_audio", "last audio"),
+)
+
+
+class Waterfall(Sequence[TurnLegs]):
+    """Every leg of every turn of a call, and the latency the caller perceived."""
+
+    def __init__(self, turns: Iterable[TurnLegs]) -> None:
+        self.turns = list(turns)
+
+    @overload
+    def __getitem__(self, index: int) -> TurnLegs: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TurnLegs]: ...
+    def __getitem__(self, index: int | slice) -> TurnLegs | Sequence[TurnLegs]:
+        return self.turns[index]
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [turn.row() for turn in self.turns]
+
+    def perceived(self) -> list[float]:
+        """Each turn's perceived latency (ms), for the turns that got audio."""
+        return [t.perceived_ms for t in self.turns if t.perceived_ms is not None]
+
+    def median_perceived_ms(self) -> float | None:
+        values = sorted(self.perceived())
+        if not values:
+            return None
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    def __str__(self) -> str:
+        if not self.turns:
+            return "no turns yet"
+        width = min(max(len(turn.prompt) for turn in self.turns), 24)
+        header = f"{'turn':<5}{'prompt':<{width + 2}}" + "".join(
+            f"{h:>14}" for _, h in _WATERFALL_TABLE
+        )
+        lines = [header, "(milliseconds after the caller's last word)".rjust(len(header))]
+        for turn in self.turns:
+            cells = "".join(f"{_ms(turn.at.get(mark)):>14}" for mark, _ in _WATERFALL_TABLE)
+            lines.append(f"{turn.turn:<5}{shorten(turn.prompt, width):<{width + 2}}{cells}")
+        median = self.median_perceived_ms()
+        if median is not None:
+            lines.append(f"median perceived latency (last word to first audio): {median:.0f} ms")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Waterfall {len(self.turns)} turns>\n{self}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """One bar per leg per turn (seconds after the last word); returns the Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            height = 1.5 + 0.5 * max(len(self.turns), 1)
+            _, ax = plt.subplots(figsize=(8, height), layout="constrained")
+        colours = {
+            "final_prompt": ("#c8c8c8", "endpointing (caller silent)"),
+            "first_token": ("#f4b400", "waiting for Claude"),
+            "first_audio": ("#e8710a", "relay, socket and TTS start"),
+            "last_audio": ("#3b78e7", "the reply is spoken"),
+        }
+        drawn: set[str] = set()
+        for row, turn in enumerate(self.turns):
+            start = 0.0
+            for mark, (colour, label) in colours.items():
+                end = turn.at.get(mark)
+                if end is None:
+                    continue
+                if end > start:
+                    ax.barh(row, (end - start) / 1000, left=start / 1000, color=colour,
+                            label=None if label in drawn else label)  # fmt: skip
+                    drawn.add(label)
+                start = max(start, end)
+            request = turn.at.get("model_request")
+            if request is not None:
+                label = "request sent to Claude"
+                ax.plot([request / 1000] * 2, [row - 0.4, row + 0.4], color="#d93025",
+                        label=None if label in drawn else label)  # fmt: skip
+                drawn.add(label)
+        ax.set_yticks(range(len(self.turns)), [shorten(t.prompt, 24) for t in self.turns])
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("seconds after the caller's last word")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), ncol=2, frameon=False, fontsize=9)
+        return ax
+
+
+def waterfall(call: SimulatedCall, lab: Lab, *, tts_start_ms: float = TTS_START_MS) -> Waterfall:
+    """Every leg of each turn of ``call`` (see LEGS), from the caller, the relay and the
+    offline stand-in's request log, in milliseconds of speech time (wall time times the
+    call's ``clock_speed``); ``tts_start_ms`` is the modelled voice start, in speech time."""
+    from relaylab.simulation.speech_clock import ends_unit
+    from relaylab.speculation import normalise
+
+    session = lab.session_for(call)
+    replies = list(session.replies) if session else []
+    requests = list(lab.offline_claude.requests) if lab.offline_claude else []
+    word_seconds = 60.0 / call.words_per_minute / call.clock_speed
+    chunking = call.twilio.chunking
+    turns = []
+    for number, said in enumerate([r for r in call.replies if r.prompt], 1):
+        origin = said.last_word_at if said.last_word_at is not None else said.sent_at
+        at = {"last_word": origin, "final_prompt": said.sent_at}
+        relay = next((r for r in replies if r.started_at >= said.sent_at - 0.001), None)
+        if relay is not None:
+            at["relay_read"] = relay.started_at
+            end = relay.ended_at or math.inf
+            words = normalise(said.prompt)
+            mine = [
+                r
+                for r in requests
+                if r.stream
+                and origin - 5.0 <= r.received_at <= end
+                and normalise(last_user_text(r.body.get("messages"))).endswith(words)
+                and r.tokens_sent
+            ]
+            if mine:
+                at["model_request"] = mine[-1].received_at
+                if mine[-1].first_token_at is not None:
+                    at["first_token"] = mine[-1].first_token_at
+        texts = [
+            (t, f) for t, f in zip(said.arrivals, said.frames, strict=False)
+            if f.get("type") == "text" and f.get("token")
+        ]  # fmt: skip
+        if texts:
+            at["first_frame"] = texts[0][0]
+            chunk_at, so_far = texts[-1][0], ""
+            for arrived, frame in texts:
+                so_far += frame["token"]
+                pieces = so_far.split()
+                if chunking == "word" and pieces:
+                    chunk_at = arrived
+                    break
+                if chunking != "word" and any(ends_unit(p, chunking) for p in pieces):
+                    chunk_at = arrived
+                    break
+            first_audio = chunk_at + tts_start_ms / 1000 / call.clock_speed
+            at["first_audio"] = first_audio
+            spoken = said.heard if said.interrupted else said.text
+            finish = first_audio + len(spoken.split()) * word_seconds
+            if "interrupt_ms" in said.timings:
+                finish = min(finish, said.sent_at + said.timings["interrupt_ms"] / 1000)
+            at["last_audio"] = max(finish, first_audio)
+        scale = 1000 * call.clock_speed
+        marks = {name: (at[name] - origin) * scale for name in LEGS if name in at}
+        turns.append(TurnLegs(number, said.prompt, marks))
+    return Waterfall(turns)
+
+
+def perceived_latency(call: SimulatedCall, lab: Lab, **options: Any) -> list[float]:
+    """Each turn's perceived latency in ms: the caller's last word to the first audio."""
+    return waterfall(call, lab, **options).perceived()

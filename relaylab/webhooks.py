@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from relaylab import twiml
+from relaylab.prewarm import prewarm_soon
 from relaylab.protocol import loggable
 from relaylab.settings import RelaySettings
 from relaylab.tunnel import PublicEndpoints
@@ -55,6 +56,7 @@ class Checks(Protocol):
     """What the webhooks need from the server that serves them (RelayServer)."""
 
     settings: RelaySettings
+    llm: Any  # relaylab.llm.LLM: the model client, for pre-warming
 
     def check_signature(
         self,
@@ -176,11 +178,15 @@ class Webhooks:
         except ValueError as exc:
             return _text(400, f"Bad Host header: {exc}")
         settings = self.server.settings
+        if settings.prewarm:  # the phone is still ringing: open the model connection now
+            prewarm_soon(self.server.llm.client, self.server.llm.model)
         options = dict(settings.twiml)
         options.setdefault("action_url", public.action_url)
         options.setdefault("action_method", "POST")  # Twilio's default; /action takes both
         if settings.debug_events:
             options.setdefault("debug_events", True)
+        if settings.speculate and not {"partial_prompts", "partialPrompts"} & options.keys():
+            options["partial_prompts"] = True  # what speculation works from
         # The socket URL names the call, so a reconnect finds it (relaylab.resume).
         ws_url = self.server.socket_url(public.ws_url, call_sid)
         return web.Response(text=twiml.relay_twiml(ws_url, **options), content_type=_XML)

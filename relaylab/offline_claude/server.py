@@ -15,6 +15,7 @@ import math
 import signal
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from anthropic import types
 from anthropic.types.raw_message_delta_event import Delta
 
 from relaylab.offline_claude import replies, tools
+from relaylab.offline_claude.cache import CacheUsage, PromptCache
 from relaylab.offline_claude.replies import REPLIES, content_text, tokenize
 from relaylab.offline_claude.validation import InvalidRequest, validate
 from relaylab.protocol import loggable
@@ -102,6 +104,7 @@ class RecordedRequest:
     stop_reason: str | None = None
     error: str | None = None
     thinking_for: float = 0.0  # seconds of thinking before the first token
+    usage: CacheUsage | None = None  # input, cache-written and cache-read tokens
 
 
 TokenHook = Callable[[RecordedRequest, str, float], None]
@@ -174,14 +177,22 @@ def _thinking(seconds: float) -> list[str]:
 _THINKING_STEP = 0.25
 
 
-def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
-    """The Message of a JSON reply, or with ``plan=None`` the empty one a stream starts with."""
+def _input_tokens(body: dict[str, Any]) -> int:
+    """The stand-in's count of a request's input tokens."""
     system = body.get("system")
     texts = [system if isinstance(system, str) else content_text(system)]
     texts += [content_text(m["content"]) for m in body["messages"]]
     texts += [json.dumps(t) for t in body.get("tools") or []]
     # A few tokens of framing per message, as the real count includes.
-    input_tokens = sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
+    return sum(len(tokenize(t)) for t in texts) + 3 * len(body["messages"]) + 5
+
+
+def _message(
+    body: dict[str, Any], plan: _Plan | None, usage: CacheUsage | None = None
+) -> types.Message:
+    """The Message of a JSON reply, or with ``plan=None`` the empty one a stream starts with;
+    ``usage``: its input tokens as the prompt cache counted them."""
+    usage = usage or CacheUsage(_input_tokens(body))
     content: list[Any] = []
     if plan and plan.thinking:
         thought = "".join(plan.thinking)
@@ -199,10 +210,10 @@ def _message(body: dict[str, Any], plan: _Plan | None) -> types.Message:
         stop_reason=plan.stop_reason if plan else None,  # type: ignore[arg-type]
         stop_sequence=None,
         usage=types.Usage(
-            input_tokens=input_tokens,
+            input_tokens=usage.input_tokens,
             output_tokens=plan.size if plan else 1,
-            cache_creation_input_tokens=0,
-            cache_read_input_tokens=0,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
         ),
     )
 
@@ -243,6 +254,11 @@ class OfflineClaude:
     reply is sent whole after the same total time. These can change between requests,
     as can ``tool_preamble`` (said before a tool call; "" for none) and ``on_token``,
     called as ``on_token(record, token, at)`` for every token and tool-input chunk written.
+
+    ``connect_delay``: seconds the first request on each new connection waits before it
+    is read, the model of what a fresh connection to the real API costs (TCP and TLS
+    handshakes, tens to a few hundred milliseconds depending on distance). A connection
+    the client keeps alive pays it once; ``connections`` counts them.
     """
 
     def __init__(
@@ -251,13 +267,20 @@ class OfflineClaude:
         tokens_per_second: float = 60.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        connect_delay: float = 0.0,
     ) -> None:
-        if first_token_delay < 0:
-            raise ValueError("first_token_delay must be zero or more seconds")
+        if first_token_delay < 0 or connect_delay < 0:
+            raise ValueError("first_token_delay and connect_delay must be zero or more seconds")
         if not tokens_per_second > 0:
             raise ValueError("tokens_per_second must be more than zero (math.inf: no delay)")
         self.first_token_delay = first_token_delay
         self.tokens_per_second = tokens_per_second
+        self.connect_delay = connect_delay
+        self.connections = 0  # connections that sent a request
+        self.prompt_cache = PromptCache(lambda text: len(tokenize(text)))
+        """Prefixes marked with cache_control (relaylab.offline_claude.cache);
+        ``prompt_cache.min_tokens`` is the minimum cacheable length (1,024 here)."""
+        self._known: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.host = host
         self.port = port
         self.tool_preamble = REPLIES["tool_preamble"]
@@ -287,7 +310,7 @@ class OfflineClaude:
         """Start listening; afterwards ``port`` and ``base_url`` are set."""
         if self._runner is not None:
             raise RuntimeError("this OfflineClaude is already running")
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[self._connection])
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model_id}", self._get_model)
@@ -299,6 +322,17 @@ class OfflineClaude:
         await web.TCPSite(runner, self.host, self.port).start()
         self._runner, self.port = runner, runner.addresses[0][1]
         log.info("Offline Claude is listening on %s", self.base_url)
+
+    @web.middleware
+    async def _connection(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Charge ``connect_delay`` to the first request of each new connection."""
+        transport = request.transport
+        if transport is not None and transport not in self._known:
+            self._known.add(transport)
+            self.connections += 1
+            if self.connect_delay:
+                await asyncio.sleep(self.connect_delay)
+        return await handler(request)
 
     async def stop(self) -> None:
         """Stop listening and close any open connections at once."""
@@ -424,6 +458,7 @@ class OfflineClaude:
             record.outcome, record.status, record.error = "rejected", 401, "invalid x-api-key"
             record.finished_at = time.monotonic()
             return refused
+        record.usage = self.prompt_cache.usage(body, _input_tokens(body))
         record.reply, plan = _plan(body, self.tool_preamble)
         if plan.tool:
             record.tool_use = plan.tool.model_dump(include={"id", "name", "input"})
@@ -522,7 +557,7 @@ class OfflineClaude:
         response.headers["cache-control"] = "no-cache"
         await response.prepare(request)
         start = types.RawMessageStartEvent(
-            type="message_start", message=_message(record.body, None)
+            type="message_start", message=_message(record.body, None, record.usage)
         )
         await response.write(_sse(start))
         blocks: list[tuple[Any, list[Any]]] = []
@@ -600,7 +635,7 @@ class OfflineClaude:
             return await self._break(request, record, failure)
         # The whole reply is "generated" before anything is sent, as with the real API.
         await self._wait_for_token(record, max(plan.size - 1, 0))
-        payload = _message(record.body, plan).to_json(indent=None).encode()
+        payload = _message(record.body, plan, record.usage).to_json(indent=None).encode()
         response.content_type, response.content_length = "application/json", len(payload)
         await response.prepare(request)
         if failure == "stall":

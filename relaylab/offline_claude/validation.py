@@ -19,6 +19,9 @@ class InvalidRequest(Exception):
     """A request the real API would reject with 400 invalid_request_error."""
 
 
+MAX_CACHE_BREAKPOINTS = 4
+
+
 def validate(body: dict[str, Any]) -> None:
     """Raise InvalidRequest with the API's message if the request is not valid."""
     for name in ("model", "max_tokens", "messages"):
@@ -48,6 +51,26 @@ def validate(body: dict[str, Any]) -> None:
             raise InvalidRequest(f"messages.{i}.content: Field required")
         _validate_content(message["content"], message["role"], f"messages.{i}")
     _validate_tool_pairs(messages)
+    _validate_cache_marks(body)
+
+
+def _validate_cache_marks(body: dict[str, Any]) -> None:
+    """At most 4 blocks may carry cache_control, each of type "ephemeral"."""
+    blocks = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    system = body.get("system")
+    blocks += [b for b in system if isinstance(b, dict)] if isinstance(system, list) else []
+    for message in body["messages"]:
+        content = message.get("content")
+        blocks += [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    marks = [b["cache_control"] for b in blocks if "cache_control" in b]
+    for mark in marks:
+        if not isinstance(mark, dict) or mark.get("type") != "ephemeral":
+            raise InvalidRequest("cache_control: Input tag does not match 'ephemeral'")
+    if len(marks) > MAX_CACHE_BREAKPOINTS:
+        raise InvalidRequest(
+            f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(marks)}."
+        )
 
 
 def _validate_thinking(thinking: Any, max_tokens: int) -> None:

@@ -49,6 +49,7 @@ class Reply:
     late: list[dict[str, Any]] = field(default_factory=list)  # its text frames after the interrupt
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
     sent_at: float = 0.0  # time.monotonic() the prompt went out (or the reply began)
+    last_word_at: float | None = None  # when the caller's last word ended (speech clock)
 
     def __str__(self) -> str:
         if not (self.interrupted or self.cut_off):

@@ -141,6 +141,11 @@ class TwilioBehaviour:
       at once when what was said is a finished sentence (ends in . ? !), else after the
       timeout. Partial prompts (``partial_prompts``) go out one word at a time, as each
       word is recognised at the caller's speaking rate.
+    - ``final_partial``: a reading of partial prompts in which the last word is recognised
+      too before the endpointing silence, so a partial prompt with every word goes out
+      at the caller's last word, ``speech_timeout`` before the final prompt (streaming
+      recognisers report it so; Twilio does not say). Off: the last word arrives only
+      with the final prompt. Speculative replies (relaylab.speculation) need it on.
     - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
       they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
       message mid-call).
@@ -157,6 +162,7 @@ class TwilioBehaviour:
     speaker_events: bool = False
     tokens_played: TokensPlayed = False
     partial_prompts: bool = False
+    final_partial: bool = False
     play_ms: float = 2000.0
     malformed_limit: int = 10
     webhook_method: HttpMethod = "POST"

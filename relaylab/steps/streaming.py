@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relaylab.caching import cached_messages, cached_system
 from relaylab.endings import EMPTY_LINE
 from relaylab.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.protocol import Prompt
@@ -34,6 +35,9 @@ async def forward(
     the talk cycle; return the finished stream (its ``stop_reason`` and ``content``).
     ``options`` add to or replace the request's settings (e.g. ``thinking``)."""
     settings = {**request(call), **options}
+    if call.prompt_caching:  # lesson 7: Claude reads the unchanged prefix from its cache
+        settings["system"] = cached_system(settings["system"])
+        messages = cached_messages(list(messages))
     if call.fast_stream:  # relaylab serve: the same events, read for less CPU
         reply = stream_reply(call.claude, messages=messages, **settings)
     else:
