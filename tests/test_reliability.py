@@ -779,13 +779,19 @@ async def test_huge_utterances_do_not_stall_the_loop_or_delay_another_call(make_
     utterance = " ".join(random.Random(SEED).choices(words, k=12_000))[:60_000]
     assert len(utterance) == 60_000
 
+    loaded: list[float] = []
+
     async def attack(caller: Caller) -> None:
         # Each reply is sent whole first, so there is as much text as possible to line
-        # the utterance up with; then 100 interrupts of 60 K characters in bursts.
-        for _ in range(25):
-            await caller.say(DOGS)
+        # the utterance up with; then interrupts of 60 K characters in bursts of four:
+        # at least 100, and on until the victim has measured five turns under attack
+        # (however fast or slow this machine runs the two sides).
+        rounds = 0
+        while rounds < 25 or len(loaded) < 5:
+            await caller.say_until(DOGS, expected(DOGS))
             for _ in range(4):
                 await caller.ws.send(interrupt_frame(utterance, 3_000))
+            rounds += 1
 
     async def first_token_delay(caller: Caller, prompt: str) -> float:
         started = time.monotonic()
@@ -800,13 +806,12 @@ async def test_huge_utterances_do_not_stall_the_loop_or_delay_another_call(make_
         stop = threading.Event()
         lag = lab.loop.submit(_loop_lag(stop))
         attacking = asyncio.create_task(attack(attacker))
-        loaded = []
         while not attacking.done():
             loaded.append(await first_token_delay(victim, "Hello"))
         await attacking
         stop.set()
         worst_lag = lag.result(5)
-    assert len(loaded) >= 3
+    assert len(loaded) >= 5
     # Quiet, the first token takes ~20 ms (the stand-in's delay). The bounds leave room
     # for a loaded CI machine and still catch a loop stalled by lining up utterances.
     assert worst_lag < 0.2, worst_lag
