@@ -9,7 +9,7 @@ reader task: the load generator does as little per frame as possible, so its own
 delay stays out of the measurement.
 
 The frames it sends are the ones Twilio sends (PROTOCOL.md section 3), built by
-relaylab.protocol's Twilio-side builders: ``setup`` first, then ``prompt`` (and
+relaylab.core.protocol's Twilio-side builders: ``setup`` first, then ``prompt`` (and
 ``interrupt`` in bench/interrupt.py).
 """
 
@@ -33,7 +33,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
 
-from relaylab.protocol import prompt_frame, setup_frame
+from relaylab.core.protocol import prompt_frame, setup_frame
 
 PONG = None  # marks a pong in TwilioSide.frames
 OPEN_TIMEOUT = 20.0

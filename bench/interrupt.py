@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from _common import Processes, percentile, start_relay, start_standin, table
 from _load import PONG, TwilioSide, dump_standin, no_gc_pauses, open_call, texts_since
 
-from relaylab.protocol import interrupt_frame, is_cycle_close, prompt_frame
+from relaylab.core.protocol import interrupt_frame, is_cycle_close, prompt_frame
 
 HEADERS = (
     "calls",

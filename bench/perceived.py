@@ -9,10 +9,10 @@ the lesson 07 model of each leg, all stated:
   (speechTimeout=700);
 - the stand-in charges 150 ms to a new connection (TCP + TLS), 400 ms to the first token,
   then 200 tokens a second;
-- the voice starts 200 ms after it has its first sentence (relaylab.timeline.TTS_START_MS).
+- the voice starts 200 ms after it has its first sentence (relaylab.notebook.timeline.TTS_START_MS).
 
 The call runs ``--speed`` times faster than real time (stand-in delays scaled to match);
-every figure is in real-call milliseconds (relaylab.timeline.waterfall).
+every figure is in real-call milliseconds (relaylab.notebook.timeline.waterfall).
 
     python bench/perceived.py [--turns 5] [--speed 2]
 """
@@ -29,9 +29,9 @@ if os.environ.get("RELAYLAB_SRC"):  # the same checkout as the other benchmarks'
 
 from _common import table
 
-from relaylab.lab import Lab
+from relaylab.notebook.lab import Lab
+from relaylab.notebook.timeline import waterfall
 from relaylab.simulation import TwilioBehaviour
-from relaylab.timeline import waterfall
 
 HEADERS = (
     "technique",

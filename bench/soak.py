@@ -43,8 +43,8 @@ from pathlib import Path
 from _common import PYTHON, REPO_DIR, Processes, machine, rss_bytes, start_standin, table
 from websockets.asyncio.client import ClientConnection, connect
 
+from relaylab.core.protocol import interrupt_frame, prompt_frame, setup_frame
 from relaylab.offline_claude import REPLIES
-from relaylab.protocol import interrupt_frame, prompt_frame, setup_frame
 
 GREETING = REPLIES["greeting"]
 KINDS = ("normal", "interrupt", "drop", "bad-frames", "no-setup")

@@ -1,3 +1,3 @@
-from relaylab.cli import main
+from relaylab.cli.commands import main
 
 raise SystemExit(main())

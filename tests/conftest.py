@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from relaylab.lab import Lab
+from relaylab.notebook.lab import Lab
 
 # Fast enough for a quick suite, slow enough that a reply is still streaming
 # when the caller talks over it: ~100 tokens/s, speech clock 4x real time.

@@ -8,12 +8,12 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from relaylab.llm import LLM
-from relaylab.protocol import interrupt_frame, prompt_frame, setup_frame
-from relaylab.server import RelayServer
-from relaylab.session import HungUp
-from relaylab.settings import RelaySettings, SocketLimits
-from relaylab.testing import ScriptedClaude
+from relaylab.core.protocol import interrupt_frame, prompt_frame, setup_frame
+from relaylab.relay.llm import LLM
+from relaylab.relay.session import HungUp
+from relaylab.relay.settings import RelaySettings, SocketLimits
+from relaylab.relay.testing import ScriptedClaude
+from relaylab.shell.server import RelayServer
 
 pytestmark = pytest.mark.anyio
 

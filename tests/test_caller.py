@@ -22,15 +22,15 @@ from twilio.twiml.voice_response import VoiceResponse
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from relaylab import protocol
-from relaylab.caller import (
+from relaylab.core import protocol
+from relaylab.notebook.caller import (
     DEFAULT_WORDS_PER_MINUTE,
     Reply,
     SimulatedCall,
     SpeechClock,
     TwilioBehaviour,
 )
-from relaylab.loop import LoopThread
+from relaylab.notebook.loop import LoopThread
 from relaylab.simulation.twilio_behaviour import (
     InvalidOutbound,
     PlaybackReporter,
@@ -886,7 +886,7 @@ def test_dial_posts_the_signed_voice_webhook_and_follows_the_twiml():
 
 
 def test_dial_with_get_and_no_dtmf_detection_sends_no_keys(caplog):
-    caplog.set_level(logging.WARNING, logger="relaylab.caller")
+    caplog.set_level(logging.WARNING, logger="relaylab.notebook.caller")
 
     async def scenario():
         async with FakeRelay() as relay, Webhooks() as hooks:

@@ -18,10 +18,10 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from relaylab.cli import twiml_options
-from relaylab.loop import LoopThread
+from relaylab.cli.commands import twiml_options
+from relaylab.core.protocol import setup_frame
+from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
-from relaylab.protocol import setup_frame
 
 RELAYLAB = [sys.executable, "-m", "relaylab"]
 
@@ -386,7 +386,7 @@ def _state(pid):
 
 
 def test_the_terminal_call_says_its_timings_in_words():
-    from relaylab.cli import _timings
+    from relaylab.cli.commands import _timings
 
     said = _timings({"first_token_ms": 413.2, "interrupt_ms": 2380.0, "heard_ms": 2910})
     assert (

@@ -1,4 +1,4 @@
-"""Tests for relaylab.conversation: heard_prefix() and the Conversation history."""
+"""Tests for relaylab.core.conversation: heard_prefix() and the Conversation history."""
 
 import doctest
 import itertools
@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from relaylab import conversation
-from relaylab.conversation import (
+from relaylab.core import conversation
+from relaylab.core.conversation import (
     HEARD_WORDS_LIMIT,
     SEARCHED_WORDS_LIMIT,
     Conversation,
     heard_prefix,
     locate_heard,
 )
-from relaylab.spoken import comparable_words, number_words, speak, split_words
+from relaylab.core.spoken import comparable_words, number_words, speak, split_words
 
 # --- heard_prefix -------------------------------------------------------------------------
 
@@ -188,30 +188,30 @@ def test_voice_reading_every_number_its_own_way():
 
 def test_unmatched_utterance_is_estimated_and_warned(caplog):
     sent = "The quick brown fox jumps over the lazy dog."
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         result = heard_prefix(sent, "Lorem ipsum dolor")
     assert result == "The quick brown"
     [record] = caplog.records
     assert record.levelno == logging.WARNING
-    assert record.name == "relaylab.conversation"
+    assert record.name == "relaylab.core.conversation"
     assert "estimated" in record.getMessage()
     assert "Lorem ipsum dolor" in record.getMessage()
 
 
 def test_estimate_counts_spoken_words_not_written_ones(caplog):
     # "$5" takes two words to say, so four heard words cover three sent words.
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         assert heard_prefix("Only $5 today, friend.", "xx yy zz ww") == "Only $5 today"
     assert "estimated" in caplog.text
 
 
 def test_estimate_never_goes_past_the_end(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         assert heard_prefix("Hi there.", "one two three four five six") == "Hi there."
 
 
 def test_matched_utterance_logs_no_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         heard_prefix("Sure! In 1999, the euro launched.", "Sure in nineteen ninety-nine")
         heard_prefix("Sure! In 1999, the euro launched.", "")
     assert caplog.records == []
@@ -322,14 +322,14 @@ def test_every_clause_boundary_is_found_in_text_without_repeats():
 
 
 def test_a_placed_clause_logs_no_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         assert heard_prefix("Step one is easy, and step two is harder.", "and step two")
     assert caplog.records == []
 
 
 def test_a_clause_that_is_not_in_the_reply_is_not_placed(caplog):
     # "and" matches, but most of the heard words do not: estimated, not placed.
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         result = heard_prefix("Step one is easy, and step two is harder.", "lorem ipsum and")
     assert result == "Step one is"
     assert "could not be found" in caplog.text
@@ -372,7 +372,7 @@ def test_a_placed_utterance_ignores_the_duration():
 def test_an_unplaced_utterance_is_estimated_from_the_duration(caplog):
     sent = "The quick brown fox jumps over the lazy dog."
     # 1,500 ms at 165 words a minute is 4.1 words: four were heard.
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         assert heard_prefix(sent, "Lorem ipsum dolor", 1500) == "The quick brown fox"
     assert "duration" in caplog.text
     assert heard_prefix(sent, "Lorem ipsum dolor", 1500, words_per_minute=330) == (
@@ -398,7 +398,7 @@ def test_an_empty_utterance_keeps_the_clauses_the_duration_finished(caplog):
     # Less than the first clause: nothing.
     assert heard_prefix(sent, "", 1 * word_ms + 10) == ""
     # Four words played; the last finished clause is "Hi there."
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         assert heard_prefix(sent, "", 4 * word_ms + 10) == "Hi there"
     assert "last clause" in caplog.text
     # All of it played.
@@ -429,8 +429,8 @@ def test_text_that_is_not_a_string_is_a_clear_error():
 
 
 def test_warnings_never_carry_the_callers_newlines(caplog):
-    forged = "Lorem\nipsum\r\nERROR relaylab.server: forged line\u2028"
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    forged = "Lorem\nipsum\r\nERROR relaylab.shell.server: forged line\u2028"
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         heard_prefix("The quick brown fox\njumps over the lazy dog.", forged)
         heard_prefix("Hi there. Dogs.\n", "\n", 60_000)
     assert len(caplog.records) == 2
@@ -495,7 +495,7 @@ def test_a_clause_past_the_searched_words_falls_back_to_the_duration(caplog):
     clause = "hello there"  # only at the start; the voice is far past it
     assert heard_prefix(reply, clause) == "Hello there"
     late = reply + " The very end, at last."
-    with caplog.at_level(logging.WARNING, logger="relaylab.conversation"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.core.conversation"):
         result = heard_prefix(late, "the very end", duration_ms=10**9)
     assert "duration" in caplog.text
     assert late.startswith(result)
@@ -985,7 +985,7 @@ def test_trim_to_under_the_limit_drops_nothing():
 def test_trim_to_drops_the_oldest_turns_and_opens_with_the_caller(caplog):
     conversation = _chat(6)  # six turns of ten characters
     newest = conversation.snapshot()[-3:]
-    with caplog.at_level(logging.INFO, logger="relaylab.conversation"):
+    with caplog.at_level(logging.INFO, logger="relaylab.core.conversation"):
         assert conversation.trim_to(45) == 2  # three turns would leave an assistant first
     assert conversation == _chat(6).snapshot()[2:]
     assert conversation[0]["role"] == "user"
@@ -1068,7 +1068,7 @@ def test_trim_to_cuts_the_oldest_words_of_an_opening_turn_too_big_alone(caplog):
     for n in range(50):  # fifty prompts merged into one turn, none answered
         conversation.add_user(f"prompt{n} " + "word " * 100)
     conversation.add_assistant("Sure.")
-    with caplog.at_level(logging.INFO, logger="relaylab.conversation"):
+    with caplog.at_level(logging.INFO, logger="relaylab.core.conversation"):
         assert conversation.trim_to(5_000) == 0
     text = conversation[0]["content"]
     assert 4_000 < len(text) + len("Sure.") <= 5_000

@@ -1,4 +1,4 @@
-"""The default model id lives in relaylab.llm and is current for the installed SDK."""
+"""The default model id lives in relaylab.relay.llm and is current for the installed SDK."""
 
 import asyncio
 import re
@@ -9,8 +9,8 @@ from pathlib import Path
 import anthropic
 from anthropic.types import Model
 
-from relaylab.llm import DEFAULT_MODEL
 from relaylab.offline_claude import OfflineClaude
+from relaylab.relay.llm import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
 """The demo's lesson 3 shows what tracking changes: the frames after the cut, the stored
 turn and the answer to "how far did you get?", for both versions."""
 
-from relaylab import demo
-from relaylab.lab import Lab
+from relaylab.cli import demo
+from relaylab.notebook.lab import Lab
 
 
 def test_lesson_3_of_the_demo_differs_where_tracking_does(capsys):

@@ -1,7 +1,7 @@
 """Every way a Claude reply can end, on the phone: real sockets, the real SDK, the stand-in.
 
 For each case the stand-in is told to end its next reply that way (``fail_next``); the
-caller must hear the behaviour ``relaylab.endings`` defines, the stored history must pass
+caller must hear the behaviour ``relaylab.core.endings`` defines, the stored history must pass
 the stand-in's own validation, and the next turn must get a real answer.
 """
 
@@ -13,12 +13,12 @@ import anthropic
 import pytest
 from conftest import assert_valid_history
 
-from relaylab import endings
-from relaylab.endings import CUT_MARK
+from relaylab.core import endings
+from relaylab.core.endings import CUT_MARK
+from relaylab.core.protocol import prompt_frame
 from relaylab.offline_claude import REPLIES, OfflineClaude, validate
-from relaylab.protocol import prompt_frame
-from relaylab.session import Limits
-from relaylab.testing import Pause, WaitFor, run_step
+from relaylab.relay.session import Limits
+from relaylab.relay.testing import Pause, WaitFor, run_step
 
 DOGS = "Tell me about dogs"
 HELLO = "Hello"
@@ -356,7 +356,7 @@ def test_the_stand_in_checks_a_thinking_budget_as_the_api_does():
 @pytest.mark.anyio
 async def test_serves_client_reports_a_retry_after_as_a_live_model():
     # The client relaylab serve builds (aiohttp transport, the retry hook) and its reader.
-    from relaylab.llm import Backend, make_llm
+    from relaylab.relay.llm import Backend, make_llm
 
     async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
         llm = make_llm(Backend("custom", claude.base_url, "x"), aiohttp=True, max_retries=1)

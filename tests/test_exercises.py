@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from relaylab import exercises
-from relaylab.exercises import EXERCISES, Say, Scenario, check
-from relaylab.step import Step
-from relaylab.tools import demo_toolbox
+from relaylab.notebook import exercises
+from relaylab.notebook.exercises import EXERCISES, Say, Scenario, check
+from relaylab.relay.step import Step
+from relaylab.steps.restaurant import demo_toolbox
 
 # -- the lessons' naive versions --------------------------------------------------------------
 

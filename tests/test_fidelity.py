@@ -15,9 +15,9 @@ import itertools
 import pytest
 from conftest import FAST, assert_valid_history, frame_log
 
-from relaylab.caller import TwilioBehaviour
-from relaylab.lab import Lab
-from relaylab.protocol import CLOSE_TALK_CYCLE, words_and_closes
+from relaylab.core.protocol import CLOSE_TALK_CYCLE, words_and_closes
+from relaylab.notebook.caller import TwilioBehaviour
+from relaylab.notebook.lab import Lab
 
 TEN_THINGS = "Name ten things that happened in 1999"
 

@@ -15,9 +15,9 @@ import json
 import pytest
 from conftest import assert_valid_history, frame_log
 
-from relaylab.caller import SimulatedCall, TwilioBehaviour
-from relaylab.protocol import is_cycle_close
-from relaylab.recording import record
+from relaylab.core.protocol import is_cycle_close
+from relaylab.notebook.caller import SimulatedCall, TwilioBehaviour
+from relaylab.notebook.recording import record
 
 TEN_THINGS = "Name ten things that happened in 1999"
 DOGS = "Tell me about dogs"
@@ -335,7 +335,7 @@ def test_a_key_during_the_older_reply_cuts_it_not_the_queued_one(make_lab):
 
 
 def test_one_empty_last_true_per_interrupt_however_often_the_handler_cancels(make_lab):
-    from relaylab.step import Step
+    from relaylab.relay.step import Step
     from relaylab.steps import tracking
 
     async def cancels_twice(call, interrupt):

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 import relaylab as rl
-from relaylab.caller import TwilioBehaviour
-from relaylab.step import Step
+from relaylab.notebook.caller import TwilioBehaviour
+from relaylab.relay.step import Step
 
 
 def test_start_again_stops_the_previous_lab():
@@ -112,7 +112,7 @@ def test_using_a_call_after_its_lab_stopped_says_so_clearly(make_lab):
 
 
 def test_lab_claude_can_be_awaited_from_a_notebook_loop_without_breaking_the_relay(make_lab):
-    from relaylab.failures import APOLOGY
+    from relaylab.relay.failures import APOLOGY
 
     lab = make_lab("streaming")
 
@@ -162,8 +162,8 @@ def test_a_booking_asked_after_an_interrupted_order_lookup_is_booked():
     # Lesson 05's "Try it yourself" after its interrupted lookup: the booking question joins
     # the user turn holding the lookup's "interrupted" note, and must get a tool call of its
     # own, not that stale note read back.
+    from relaylab.steps.restaurant import demo_toolbox
     from relaylab.steps.tools import tools_step
-    from relaylab.tools import demo_toolbox
 
     toolbox = demo_toolbox()
     lab = rl.start(
@@ -234,7 +234,7 @@ def test_a_kernel_shutdown_stops_the_lab_and_the_phone_says_so():
 
 
 def test_a_timeline_is_an_html_table_in_notebooks_and_text_elsewhere(make_lab):
-    from relaylab.timeline import timeline
+    from relaylab.notebook.timeline import timeline
 
     lab = make_lab("tracking")
     call = lab.call()

@@ -1,12 +1,12 @@
-"""relaylab.llm against the offline stand-in, through the real anthropic SDK."""
+"""relaylab.relay.llm against the offline stand-in, through the real anthropic SDK."""
 
 import asyncio
 
 import anthropic
 import pytest
 
-from relaylab.llm import choose_backend, stream_text
 from relaylab.offline_claude import OfflineClaude
+from relaylab.relay.llm import choose_backend, stream_text
 
 pytestmark = pytest.mark.anyio
 DOGS = [{"role": "user", "content": "Tell me about dogs"}]
@@ -75,7 +75,7 @@ def test_backend_choice_follows_the_environment():
 
 
 def test_bedrock_and_vertex_are_chosen_by_environment_with_the_sdks_own_clients(monkeypatch):
-    from relaylab.llm import make_llm, needs_model_check, provider_model
+    from relaylab.relay.llm import make_llm, needs_model_check, provider_model
 
     for name in ("ANTHROPIC_MODEL", "AWS_REGION", "CLOUD_ML_REGION"):
         monkeypatch.delenv(name, raising=False)

@@ -11,9 +11,9 @@ import anthropic
 import pytest
 
 import relaylab as rl
-from relaylab.llm import LLM, Backend, ModelUnavailable, check_model, needs_model_check
-from relaylab.loop import LoopThread
+from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
+from relaylab.relay.llm import LLM, Backend, ModelUnavailable, check_model, needs_model_check
 
 RELAYLAB = [sys.executable, "-m", "relaylab"]
 

@@ -129,7 +129,7 @@ def test_quick_start_commands_are_what_ci_runs():
 
 
 def test_console_script_points_at_cli_main():
-    assert pyproject()["project"]["scripts"]["relaylab"] == "relaylab.cli:main"
+    assert pyproject()["project"]["scripts"]["relaylab"] == "relaylab.cli.commands:main"
 
 
 # The distribution that provides each top-level module the package imports.
@@ -150,16 +150,17 @@ def test_every_third_party_import_of_the_package_is_declared():
         assert DISTRIBUTIONS.get(module, module).lower() in declared, f"{module} is not declared"
 
 
-PURE_CORE = ["protocol", "conversation", "spoken", "playback", "endings", "sse", "turn_taking"]
+PURE_CORE = sorted(p.stem for p in (ROOT / "relaylab" / "core").glob("*.py"))
 
 
 def test_the_pure_core_imports_no_third_party_package():
-    """`import relaylab.protocol` (and the other pure modules) loads only the stdlib, and
-    the package's public names load on first use."""
+    """Every module of relaylab.core loads only the stdlib, and the package's public names
+    load on first use."""
+    assert {"protocol", "conversation", "spoken"} <= set(PURE_CORE)
     probe = f"""
 import sys
 for name in {PURE_CORE!r}:
-    __import__("relaylab." + name)
+    __import__("relaylab.core." + name)
 ours = {{"relaylab", "_distutils_hack", "__main__"}}  # the last two come with any interpreter
 print(sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - ours))
 import relaylab
@@ -169,3 +170,44 @@ assert callable(relaylab.heard_prefix) and relaylab.Step.__name__ == "Step"
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.strip() == "[]"
+
+
+# The layers, bottom first, as the README's "How it is built" draws them. The Claude
+# stand-in sits beside the relay: neither imports the other.
+LAYERS = {
+    "core": 0,
+    "relay": 1,
+    "offline_claude": 1,
+    "steps": 2,
+    "shell": 3,
+    "simulation": 4,
+    "notebook": 5,
+    "cli": 6,
+}
+
+
+def _relaylab_imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, name) for line, name in found if name.startswith("relaylab.")]
+
+
+def test_every_module_lives_in_a_layer_and_imports_only_downwards():
+    package = ROOT / "relaylab"
+    loose = sorted(p.name for p in package.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py"], "each module belongs in a layer's folder"
+    assert {p.name for p in package.iterdir() if (p / "__init__.py").exists()} == set(LAYERS)
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        layer = path.relative_to(package).parts[0]
+        if layer not in LAYERS:
+            continue
+        for line, name in _relaylab_imports(path):
+            other = name.split(".")[1]
+            if LAYERS.get(other, -1) > LAYERS[layer]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert upward == []

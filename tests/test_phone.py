@@ -4,10 +4,10 @@ starts with a question that suits the step."""
 
 import time
 
-from relaylab.protocol import prompt_frame
+from relaylab.core.protocol import prompt_frame
+from relaylab.notebook.widgets import FIRST_WORDS, TOOL_WORDS, CallerPanel, Phone
+from relaylab.steps.restaurant import demo_toolbox
 from relaylab.steps.tools import tools_step
-from relaylab.tools import demo_toolbox
-from relaylab.widgets import FIRST_WORDS, TOOL_WORDS, CallerPanel, Phone
 
 
 def wait_for(condition, timeout=5.0):

@@ -1,8 +1,8 @@
-"""relaylab.playback: crediting Twilio's tokensPlayed reports to replies, with no I/O."""
+"""relaylab.core.playback: crediting Twilio's tokensPlayed reports to replies, with no I/O."""
 
-from relaylab.conversation import Conversation
-from relaylab.playback import credit_played, played_out, still_playing
-from relaylab.session import Reply
+from relaylab.core.conversation import Conversation
+from relaylab.core.playback import credit_played, played_out, still_playing
+from relaylab.relay.session import Reply
 
 FIRST = "Here are ten things. One, the euro was launched. Two, a new browser."
 SECOND = "Dogs were the first animals people tamed."
@@ -121,7 +121,7 @@ def test_without_preemption_a_report_that_skips_ahead_means_the_rest_played_unre
 
 
 def test_only_the_newest_few_replies_are_taken_as_playing_older_ones_played_through():
-    from relaylab.playback import PLAYING_AT_ONCE
+    from relaylab.core.playback import PLAYING_AT_ONCE
 
     replies = [sent(f"Reply number {i} of many.", i + 1) for i in range(3 * PLAYING_AT_ONCE)]
     assert credit_played(replies, "Nothing anyone sent").reply is None
@@ -133,7 +133,7 @@ def test_only_the_newest_few_replies_are_taken_as_playing_older_ones_played_thro
 
 
 def test_a_reply_far_behind_the_newest_counts_as_played_even_if_the_rest_were_reported():
-    from relaylab.playback import SCANNED
+    from relaylab.core.playback import SCANNED
 
     stuck = sent("Never reported at all.", 1)
     later = [sent(f"Reply number {i}.", i + 2) for i in range(2 * SCANNED)]

@@ -1,4 +1,4 @@
-"""Pre-warming the model connection (relaylab.prewarm) against a stand-in that charges
+"""Pre-warming the model connection (relaylab.relay.prewarm) against a stand-in that charges
 each new connection a set-up delay, through the real SDK and real sockets."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Prompt caching: the relay's cache_control marks (relaylab.caching) and the stand-in's
+"""Prompt caching: the relay's cache_control marks (relaylab.relay.caching) and the stand-in's
 usage report (relaylab.offline_claude.cache), through the real SDK."""
 
 import asyncio
@@ -6,9 +6,9 @@ import asyncio
 import anthropic
 import pytest
 
-from relaylab.caching import cached_messages, cached_request, cached_system
 from relaylab.offline_claude import OfflineClaude
-from relaylab.step import Step
+from relaylab.relay.caching import cached_messages, cached_request, cached_system
+from relaylab.relay.step import Step
 from relaylab.steps import tracking
 
 LONG_SYSTEM = "You answer questions about the Seaside Inn. " + " ".join(

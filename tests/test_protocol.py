@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from relaylab import protocol
-from relaylab.protocol import ProtocolError, parse
+from relaylab.core import protocol
+from relaylab.core.protocol import ProtocolError, parse
 
 SETUP = {
     "type": "setup",
@@ -744,8 +744,8 @@ def test_config_updated_is_read_nested_or_flat(frame):
 
 
 def test_a_session_keeps_what_configupdated_confirms_and_no_more_than_its_limit():
-    from relaylab import session as session_module
-    from relaylab.testing import run_step
+    from relaylab.relay import session as session_module
+    from relaylab.relay.testing import run_step
 
     frames = [protocol.config_updated_frame({"interruptible": "dtmf"})]
     frames += [protocol.config_updated_frame({f"made-up-{n}": n}) for n in range(100)]

@@ -19,13 +19,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relaylab import call_tokens, protocol, signatures, store, twiml
-from relaylab.caller import SimulatedCall
-from relaylab.llm import choose_backend
-from relaylab.loop import until
+from relaylab.core import protocol
+from relaylab.notebook.caller import SimulatedCall
 from relaylab.offline_claude import OfflineClaude
-from relaylab.relay import Relay
-from relaylab.settings import RelaySettings
+from relaylab.relay import call_tokens, store
+from relaylab.relay.llm import choose_backend
+from relaylab.relay.polling import until
+from relaylab.relay.settings import RelaySettings
+from relaylab.shell import signatures
+from relaylab.shell.stack import Relay
 
 pytestmark = pytest.mark.anyio
 
@@ -280,16 +282,16 @@ async def test_tokens_are_bound_to_their_call_expire_and_are_single_use():
     async with relay(auth_token=TOKEN) as (_running, server):
         base = server.ws_url
         # No token, another call's token, an expired token: each refused before a session.
-        assert await handshake(twiml.call_url(base, "CAnone")) == 403
+        assert await handshake(call_tokens.call_url(base, "CAnone")) == 403
         other = call_tokens.mint(TOKEN, "CAother")
-        assert await handshake(twiml.call_url(base, "CAmine", other)) == 403
+        assert await handshake(call_tokens.call_url(base, "CAmine", other)) == 403
         old = call_tokens.mint(TOKEN, "CAold", now=time.time() - 3600)
-        assert await handshake(twiml.call_url(base, "CAold", old)) == 403
+        assert await handshake(call_tokens.call_url(base, "CAold", old)) == 403
         forged = call_tokens.mint("not-the-auth-token", "CAforged")
-        assert await handshake(twiml.call_url(base, "CAforged", forged)) == 403
+        assert await handshake(call_tokens.call_url(base, "CAforged", forged)) == 403
         assert server.sessions == []
         # A fresh token opens one session; the same URL again (the call still up) does not.
-        url = twiml.call_url(base, "CAfresh", call_tokens.mint(TOKEN, "CAfresh"))
+        url = call_tokens.call_url(base, "CAfresh", call_tokens.mint(TOKEN, "CAfresh"))
         first = SimulatedCall(url, auth_token=TOKEN, call_sid="CAfresh", clock_speed=SPEED)
         await first.connect_async()
         assert await until(lambda: server.find("CAfresh") is not None, 5)
@@ -304,7 +306,7 @@ async def test_tokens_are_bound_to_their_call_expire_and_are_single_use():
 
 async def test_a_setup_for_another_call_closes_the_socket():
     async with relay(auth_token=TOKEN) as (_running, server):
-        url = twiml.call_url(server.ws_url, "CAbound", call_tokens.mint(TOKEN, "CAbound"))
+        url = call_tokens.call_url(server.ws_url, "CAbound", call_tokens.mint(TOKEN, "CAbound"))
         headers = {signatures.SIGNATURE_HEADER: signatures.sign(TOKEN, url)}
         async with connect(url, additional_headers=headers) as ws:
             await ws.send(protocol.setup_frame("CAsomeoneelse"))

@@ -10,9 +10,9 @@ import json
 import matplotlib
 import pytest
 
-from relaylab import recording
-from relaylab.recording import Recorder, load, record, replay
-from relaylab.timeline import plot_first_and_last, timeline
+from relaylab.notebook import recording
+from relaylab.notebook.recording import Recorder, load, record, replay
+from relaylab.notebook.timeline import plot_first_and_last, timeline
 
 matplotlib.use("Agg")
 
@@ -265,7 +265,7 @@ def test_the_turn_by_turn_replay_report_skips_prompts_the_relay_refused(make_lab
 
     from websockets.asyncio.client import connect
 
-    from relaylab.protocol import prompt_frame, setup_frame
+    from relaylab.core.protocol import prompt_frame, setup_frame
 
     lab = make_lab("tracking")
     path = tmp_path / "refused.jsonl"

@@ -35,23 +35,23 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
-from relaylab import failures
-from relaylab.conversation import Conversation
-from relaylab.llm import Backend, choose_backend
-from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
-from relaylab.offline_claude.replies import content_text
-from relaylab.protocol import (
+from relaylab.core.conversation import Conversation
+from relaylab.core.protocol import (
     error_frame,
     info_frame,
     interrupt_frame,
     prompt_frame,
     setup_frame,
 )
-from relaylab.relay import Relay
-from relaylab.session import CallSession, Limits, Reply
-from relaylab.settings import RelaySettings, SocketLimits
+from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
+from relaylab.offline_claude.replies import content_text
+from relaylab.relay import failures
+from relaylab.relay.llm import Backend, choose_backend
+from relaylab.relay.session import CallSession, Limits, Reply
+from relaylab.relay.settings import RelaySettings, SocketLimits
+from relaylab.shell.stack import Relay
+from relaylab.steps.restaurant import demo_toolbox
 from relaylab.steps.tools import tools_step
-from relaylab.tools import demo_toolbox
 
 pytestmark = pytest.mark.anyio
 
@@ -733,7 +733,7 @@ def _unsafe_characters(message: str) -> list[str]:
 async def test_caller_text_never_forges_a_log_line(make_lab, caplog):
     caplog.set_level("INFO", logger="relaylab")
     lab = make_lab(**MODEL)
-    forged = "\nERROR relaylab.server: forged \x1b[31m\u2028\u202e"
+    forged = "\nERROR relaylab.shell.server: forged \x1b[31m\u2028\u202e"
     async with Caller.dial(lab.ws_url) as caller:
         await caller.send('{"type":"mystery' + json.dumps(forged)[1:-1] + '"}')
         await caller.send(error_frame("bad token" + forged))
@@ -819,7 +819,7 @@ async def test_huge_utterances_do_not_stall_the_loop_or_delay_another_call(make_
 
 
 async def test_a_long_call_never_sends_an_oversized_model_request(make_lab, caplog):
-    caplog.set_level("INFO", logger="relaylab.session")
+    caplog.set_level("INFO", logger="relaylab.relay.session")
     lab = make_lab(first_token_delay=0.0, tokens_per_second=float("inf"))
     sessions = capture_sessions(lab.server)
     cap = Limits().history_chars

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from relaylab import signatures
+from relaylab.shell import signatures
 
 
 def http_get(lab, path, method="GET", headers=None):

@@ -7,11 +7,11 @@ import httpx2
 import pytest
 from conftest import assert_valid_history
 
-from relaylab import failures
-from relaylab.protocol import dtmf_frame, info_frame, interrupt_frame, prompt_frame
-from relaylab.session import Limits
-from relaylab.step import Step
-from relaylab.testing import Pause, ScriptedClaude, WaitFor, run_step
+from relaylab.core.protocol import dtmf_frame, info_frame, interrupt_frame, prompt_frame
+from relaylab.relay import failures
+from relaylab.relay.session import Limits
+from relaylab.relay.step import Step
+from relaylab.relay.testing import Pause, ScriptedClaude, WaitFor, run_step
 
 pytestmark = pytest.mark.anyio
 

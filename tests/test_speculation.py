@@ -1,4 +1,4 @@
-"""Speculative replies on partial prompts (relaylab.speculation), black-box and in a Lab.
+"""Speculative replies on partial prompts (relaylab.relay.speculation), black-box and in a Lab.
 
 The black-box tests drive ``relaylab serve --step tracking --speculate`` as a separate
 process, pointed at a Messages API stand-in in this process (its request log has the
@@ -17,10 +17,10 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from relaylab.loop import LoopThread
+from relaylab.core.protocol import prompt_frame, setup_frame
+from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
-from relaylab.protocol import prompt_frame, setup_frame
-from relaylab.speculation import normalise, request_key
+from relaylab.relay.speculation import normalise, request_key
 
 FIRST_TOKEN = 0.4  # the stand-in's time to first token, seconds
 RELAYLAB = [sys.executable, "-m", "relaylab"]
@@ -206,8 +206,8 @@ SPECULATING_CALLER = {"partial_prompts": True, "final_partial": True, "speech_ti
 
 
 def test_a_step_with_speculate_on_starts_early_in_a_lab(make_lab):
+    from relaylab.relay.step import Step
     from relaylab.simulation import TwilioBehaviour
-    from relaylab.step import Step
     from relaylab.steps import tracking
 
     step = Step(on_prompt=tracking.on_prompt, on_interrupt=tracking.on_interrupt, speculate=True)
@@ -289,7 +289,7 @@ def test_a_speculating_relay_asks_twilio_for_partial_prompts(make_lab):
 def test_a_claim_waiting_on_a_speculation_that_is_dropped_returns_at_once():
     import anthropic
 
-    from relaylab.speculation import Speculation, Speculator
+    from relaylab.relay.speculation import Speculation, Speculator
 
     async def scenario():
         client = anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9")

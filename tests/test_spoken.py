@@ -1,11 +1,11 @@
-"""Tests for relaylab.spoken: how a TTS voice says text, and comparing words."""
+"""Tests for relaylab.core.spoken: how a TTS voice says text, and comparing words."""
 
 import doctest
 
 import pytest
 
-from relaylab import spoken
-from relaylab.spoken import (
+from relaylab.core import spoken
+from relaylab.core.spoken import (
     Word,
     comparable_words,
     digit_words,

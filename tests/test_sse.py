@@ -3,9 +3,9 @@
 The streams are the ``anthropic`` SDK's own test fixtures, read from
 ``../shared/fixtures/anthropic-sdk-sse/`` (never copied into this repository). Each is
 read whole and in small chunks, as recorded and re-framed (CRLF or CR line ends,
-``data:`` without its space, comments added), first by ``relaylab.sse.SSEParser``
+``data:`` without its space, comments added), first by ``relaylab.core.sse.SSEParser``
 against the SDK's own ``SSEDecoder``, then over a real local HTTP server by
-``relaylab.llm.stream_reply`` against the SDK's ``messages.stream()``.
+``relaylab.relay.llm.stream_reply`` against the SDK's ``messages.stream()``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from anthropic._streaming import SSEDecoder
 
-from relaylab.llm import SDKReplyStream, stream_reply
-from relaylab.sse import SSEParser
-from relaylab.streams import partial_json
+from relaylab.core.sse import SSEParser
+from relaylab.relay.llm import SDKReplyStream, stream_reply
+from relaylab.relay.streams import partial_json
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "anthropic-sdk-sse"
 if not FIXTURES.is_dir():  # a worktree sits one level deeper than the main checkout

@@ -166,7 +166,7 @@ def test_streaming_step_does_not_cancel_on_barge_in(make_lab):
 
 
 def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(lab, relay_logs):
-    from relaylab.failures import APOLOGY
+    from relaylab.relay.failures import APOLOGY
 
     lab.offline_claude.fail_next("overloaded", times=2)  # the client retries once
     call = lab.call()
@@ -180,7 +180,7 @@ def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(la
 
 
 def test_stream_cut_mid_reply_ends_with_an_apology(lab, relay_logs):
-    from relaylab.failures import APOLOGY
+    from relaylab.relay.failures import APOLOGY
 
     lab.offline_claude.fail_next("cut")
     call = lab.call()
@@ -192,7 +192,7 @@ def test_stream_cut_mid_reply_ends_with_an_apology(lab, relay_logs):
 
 
 def test_basic_step_model_failure(make_lab):
-    from relaylab.failures import APOLOGY
+    from relaylab.relay.failures import APOLOGY
 
     lab = make_lab("basic")
     lab.offline_claude.fail_next("server_error", times=2)
@@ -203,7 +203,7 @@ def test_basic_step_model_failure(make_lab):
 
 def test_offline_claude_can_be_shared_by_two_labs_pointed_at_it_as_base_url(make_lab, monkeypatch):
     """ANTHROPIC_BASE_URL sends the relay to any Messages API server."""
-    from relaylab.lab import Lab
+    from relaylab.notebook.lab import Lab
 
     other = make_lab("basic")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", other.offline_claude.base_url)
@@ -285,7 +285,7 @@ def test_conversation_is_current_right_after_an_interrupt(lab):
 
 
 def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
-    from relaylab.step import Step
+    from relaylab.relay.step import Step
     from relaylab.steps import tracking
 
     async def on_prompt(call, prompt):
@@ -323,7 +323,7 @@ def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
 def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_call(
     make_lab, relay_logs
 ):
-    from relaylab.step import Step
+    from relaylab.relay.step import Step
     from relaylab.steps import tracking
 
     async def stubborn(call, prompt):
@@ -359,7 +359,7 @@ def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_
 
 
 def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
-    from relaylab.step import Step
+    from relaylab.relay.step import Step
     from relaylab.steps import tracking
 
     async def converts(call, prompt):

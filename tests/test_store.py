@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from relaylab import call_state, store
-from relaylab.store import MemoryStore, SqliteStore, StoreError, open_store
+from relaylab.relay import call_state, store
+from relaylab.relay.store import MemoryStore, SqliteStore, StoreError, open_store
 
 pytestmark = pytest.mark.anyio
 

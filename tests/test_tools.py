@@ -20,20 +20,27 @@ from typing import Any
 
 import pytest
 
-from relaylab.conversation import Conversation
-from relaylab.failures import APOLOGY
+from relaylab.core.conversation import Conversation
+from relaylab.core.protocol import CLOSE_TALK_CYCLE, interrupt_frame, prompt_frame, words_and_closes
 from relaylab.offline_claude.replies import REPLIES
 from relaylab.offline_claude.validation import InvalidRequest, validate
-from relaylab.protocol import CLOSE_TALK_CYCLE, interrupt_frame, prompt_frame, words_and_closes
+from relaylab.relay.failures import APOLOGY
+from relaylab.relay.testing import Pause, RunResult, ScriptedClaude, ToolCall, WaitFor, run_step
 from relaylab.steps import tools as tools_lesson
+from relaylab.steps.restaurant import (
+    DemoToolbox,
+    Tool,
+    Toolbox,
+    demo_toolbox,
+    parse_time,
+    spoken_time,
+)
 from relaylab.steps.tools import (
     INTERRUPTED_NOTE,
     STILL_RUNNING_NOTE,
     tool_runs,
     tools_step,
 )
-from relaylab.testing import Pause, RunResult, ScriptedClaude, ToolCall, WaitFor, run_step
-from relaylab.tools import DemoToolbox, Tool, Toolbox, demo_toolbox, parse_time, spoken_time
 
 CLOSED = {"type": "text", "token": "", "last": True}  # closes the cut talk cycle
 
@@ -668,7 +675,7 @@ def test_call_barge_in_while_a_tool_runs(make_lab):
 async def test_the_demo_reservation_book_is_bounded_per_caller_and_in_all():
     import contextvars
 
-    from relaylab import tools
+    from relaylab.steps import restaurant as tools
 
     restaurant = tools.Restaurant(slow_seconds=0)
 

@@ -14,16 +14,15 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from relaylab import tunnel
-from relaylab.tunnel import (
+from relaylab.cli import tunnel
+from relaylab.cli.tunnel import (
     NumberChange,
     NumberSetupError,
-    PublicEndpoints,
     TunnelError,
     configure_number,
-    endpoints,
     open_tunnel,
 )
+from relaylab.shell.urls import PublicEndpoints, PublicUrlError, endpoints
 
 # --- endpoints ---------------------------------------------------------------------------
 
@@ -75,7 +74,7 @@ def test_http_is_allowed_for_a_local_host(local):
     ],
 )
 def test_endpoints_reject_unusable_urls(bad, words):
-    with pytest.raises(TunnelError, match=words):
+    with pytest.raises(PublicUrlError, match=words):
         endpoints(bad)
 
 

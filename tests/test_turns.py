@@ -21,15 +21,15 @@ import pytest
 from conftest import assert_valid_history, frame_log
 from websockets.asyncio.client import connect
 
-from relaylab.exercises import check, turns_scenarios
-from relaylab.loop import LoopThread
+from relaylab.core.protocol import interrupt_frame, setup_frame
+from relaylab.core.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
+from relaylab.notebook.exercises import check, turns_scenarios
+from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import REPLIES, OfflineClaude
-from relaylab.protocol import interrupt_frame, setup_frame
-from relaylab.step import Step
+from relaylab.relay.step import Step
+from relaylab.relay.testing import Pause, WaitFor, run_step
 from relaylab.steps import tracking
 from relaylab.steps.turns import TurnSettings, turns_step
-from relaylab.testing import Pause, WaitFor, run_step
-from relaylab.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
 
 DOGS = REPLIES["dogs"]
 QUICK = {"resume_wait": 0.6, "merge_wait": 0.3, "silence_after": 30.0}
@@ -504,11 +504,11 @@ async def test_start_reply_runs_an_unprompted_reply_that_an_interrupt_stops():
     assert not [f for d, f in after if d == "out" and f.get("token")]
 
 
-# -- every way a reply ends (relaylab.endings), as the tracking step does ----------------------
+# -- every way a reply ends (relaylab.core.endings), as the tracking step does ------------------
 
 
 def test_the_turns_step_ends_replies_as_relaylab_endings_says(make_lab):
-    from relaylab import endings
+    from relaylab.core import endings
 
     lab = make_lab(turns_step(**QUICK))
     claude = lab.offline_claude

@@ -1,4 +1,4 @@
-"""TwiML from relaylab.twiml, read back as XML."""
+"""TwiML from relaylab.shell.twiml, read back as XML."""
 
 import inspect
 import logging
@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from twilio.twiml.voice_response import Connect, ConversationRelay, VoiceResponse
 
-from relaylab.twiml import (
+from relaylab.shell.twiml import (
     APOLOGY_LINE,
     DEFAULT_GREETING,
     GOODBYE_LINE,
@@ -409,7 +409,7 @@ def test_status_is_read_without_case_or_spaces():
 
 
 def test_handoff_without_dial_number_says_goodbye_and_logs_why(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
         xml = handoff_twiml("ended", '{"reason": "human"}')
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
     assert "no dial number" in caplog.text
@@ -430,7 +430,7 @@ def test_completed_answers_an_empty_response_even_if_handoff_asked():
 
 
 def test_failed_apologises_hangs_up_and_logs_the_error_code(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
         xml = handoff_twiml("failed", None, dial_number="+15550100", error_code="64105")
     assert says(xml) == [("Say", APOLOGY_LINE), ("Hangup", None)]
     assert "sorry" in APOLOGY_LINE.lower()
@@ -438,7 +438,7 @@ def test_failed_apologises_hangs_up_and_logs_the_error_code(caplog):
 
 
 def test_unknown_status_says_goodbye_and_logs_it(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
         xml = handoff_twiml("", '{"reason": "human"}', dial_number="+15550100")
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
     assert "unexpected SessionStatus" in caplog.text

@@ -1,10 +1,10 @@
-"""The latency waterfall (relaylab.timeline.waterfall): every leg of a turn, in speech
+"""The latency waterfall (relaylab.notebook.timeline.waterfall): every leg of a turn, in speech
 time, from a simulated call against the offline stand-in."""
 
 import pytest
 
+from relaylab.notebook.timeline import LEGS, TTS_START_MS, waterfall
 from relaylab.simulation import TwilioBehaviour
-from relaylab.timeline import LEGS, TTS_START_MS, waterfall
 
 SPEED = 4.0
 CALLER = TwilioBehaviour(partial_prompts=True, final_partial=True, speech_timeout=700)

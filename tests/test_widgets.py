@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relaylab.session import Reply
-from relaylab.simulation import TwilioBehaviour
-from relaylab.step import Step
-from relaylab.steps.tools import ToolRun, tool_runs, tools_step
-from relaylab.tools import demo_toolbox
-from relaylab.widgets import (
+from relaylab.notebook.widgets import (
     MAX_RATE,
     WIDGET_VIEW,
     CallerPanel,
@@ -26,6 +21,11 @@ from relaylab.widgets import (
     spoken_text,
     tool_line,
 )
+from relaylab.relay.session import Reply
+from relaylab.relay.step import Step
+from relaylab.simulation import TwilioBehaviour
+from relaylab.steps.restaurant import demo_toolbox
+from relaylab.steps.tools import ToolRun, tool_runs, tools_step
 
 LONG = "Name ten things that happened in 1999"
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-9]_*.ipynb"))
@@ -453,6 +453,7 @@ def test_committed_notebooks_read_well_without_a_kernel(path):
         assert "NBVAL_" not in source, "nbval markers belong in the cell tags"
         for output in cell.get("outputs", []):
             assert WIDGET_VIEW not in output.get("data", {}), (
-                "save notebooks with their widget outputs frozen: python -m relaylab.widgets"
+                "save notebooks with their widget outputs frozen: "
+                "python -m relaylab.notebook.widgets"
             )
     assert "widgets" not in notebook["metadata"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from relaylab.spoken import speak
-from relaylab.turn_taking import without_cut_mark
+from relaylab.core.spoken import speak
+from relaylab.core.turn_taking import without_cut_mark
 
 REPLIES: dict[str, str] = {
     "1999": (
@@ -184,7 +184,7 @@ def _progress_reply(messages: list[dict[str, Any]]) -> str:
     """An honest "how far did you get?": quote the end of the last assistant turn."""
     index = last_index(messages, "assistant")
     said = content_text(messages[index]["content"]) if index is not None else ""
-    # A relay that marks cut turns (relaylab.turn_taking, lesson 6) says so in the system
+    # A relay that marks cut turns (relaylab.core.turn_taking, lesson 6) says so in the system
     # prompt; read as Claude would: the words before the mark are what the caller heard.
     marked = said != without_cut_mark(said)
     words = without_cut_mark(said).split()

@@ -25,11 +25,11 @@ from aiohttp import web
 from anthropic import types
 from anthropic.types.raw_message_delta_event import Delta
 
-from relaylab.offline_claude import replies, tools
+from relaylab.core.protocol import loggable
+from relaylab.offline_claude import replies, tool_calls
 from relaylab.offline_claude.cache import CacheUsage, PromptCache
 from relaylab.offline_claude.replies import REPLIES, content_text, tokenize
 from relaylab.offline_claude.validation import InvalidRequest, validate
-from relaylab.protocol import loggable
 
 log = logging.getLogger("relaylab.offline_claude")
 
@@ -131,16 +131,16 @@ def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
     index = replies.last_index(messages, "user")
     last_user = messages[index] if index is not None else {"content": ""}
     question = content_text(last_user["content"])
-    results = tools.tool_results(last_user)
-    asked = tools.choose_tool(body, question) if question.strip() else None
+    results = tool_calls.tool_results(last_user)
+    asked = tool_calls.choose_tool(body, question) if question.strip() else None
     stale = replies.results_are_stale(messages, results, asked and asked["name"])
     if results and not replies.has_own_reply(question) and not stale:
         # The follow-up to a tool call, or a question about what the tools just said
         # ("did the booking go through?"): answered from the results. A question on one
         # of the stand-in's own topics ("tell me about dogs") is answered as itself.
-        text, plan = tools.answer_from_results(results), _Plan([])
-    elif not replies.asks_how_far(question) and (chosen := tools.choose_tool(body, question)):
-        call = tools.tool_call(chosen, question)
+        text, plan = tool_calls.answer_from_results(results), _Plan([])
+    elif not replies.asks_how_far(question) and (chosen := tool_calls.choose_tool(body, question)):
+        call = tool_calls.tool_call(chosen, question)
         text, plan = preamble, _Plan([], call, tokenize(json.dumps(call.input)), "tool_use")
     else:
         text, plan = replies.reply_for(messages), _Plan([])

@@ -1,6 +1,6 @@
 """Twilio's side of a ConversationRelay call, simulated: the caller, the voice, the webhooks.
 
-``relaylab.caller.SimulatedCall`` is the client (the I/O shell); these modules hold its
+``relaylab.notebook.caller.SimulatedCall`` is the client (the I/O shell); these modules hold its
 parts:
 
 - ``speech_clock``: what was heard when, as the voice plays text at a speaking rate.

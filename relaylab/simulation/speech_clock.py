@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from relaylab.spoken import Word
+from relaylab.core.spoken import Word
 
 DEFAULT_WORDS_PER_MINUTE = 165.0
 

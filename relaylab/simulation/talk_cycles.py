@@ -7,7 +7,7 @@ is ``preemptible``), what the caller has heard of each (``Reply.heard``), what t
 TwiML's or the cycle's own ``interruptible`` lets interrupt it, and what an interrupt
 stops. Times are passed in (``time.monotonic()`` values); where Twilio would send
 ``info`` or ``interrupt`` frames, the methods return them. Nothing here touches a
-socket, waits or sends: ``relaylab.caller.SimulatedCall`` is the I/O shell around it.
+socket, waits or sends: ``relaylab.notebook.caller.SimulatedCall`` is the I/O shell around it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 - ``PlaybackReporter``: the ``info`` frames Twilio sends when the TwiML asks for them.
 - ``read_twiml``: what Twilio reads from the TwiML the voice webhook answers.
 
-No I/O here: ``relaylab.caller.SimulatedCall`` does the sockets and HTTP.
+No I/O here: ``relaylab.notebook.caller.SimulatedCall`` does the sockets and HTTP.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urljoin
 
-from relaylab import protocol
+from relaylab.core import protocol
+from relaylab.core.spoken import speak
+from relaylab.shell.twiml import GROUND_TRUTH_EVENTS, voice_problem
 from relaylab.simulation.speech_clock import CHUNKINGS, Chunk, Chunking, SpeechClock
-from relaylab.spoken import speak
-from relaylab.twiml import GROUND_TRUTH_EVENTS, voice_problem
 
 Utterance = Literal["prefix", "sentence", "clause"]
 HttpMethod = Literal["POST", "GET"]
@@ -145,7 +145,7 @@ class TwilioBehaviour:
       too before the endpointing silence, so a partial prompt with every word goes out
       at the caller's last word, ``speech_timeout`` before the final prompt (streaming
       recognisers report it so; Twilio does not say). Off: the last word arrives only
-      with the final prompt. Speculative replies (relaylab.speculation) need it on.
+      with the final prompt. Speculative replies (relaylab.relay.speculation) need it on.
     - ``mishear``: words the transcriber gets wrong ({"Anthropic": "and tropic"}) unless
       they are among the session's ``hints`` (TwiML ``hints``, or a ``hints`` / ``config``
       message mid-call).

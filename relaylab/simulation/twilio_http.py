@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from relaylab import signatures
+from relaylab.shell import signatures
 from relaylab.simulation.twilio_behaviour import HttpMethod
 
-log = logging.getLogger("relaylab.caller")
+log = logging.getLogger("relaylab.notebook.caller")
 TIMEOUT_SECONDS = 10.0
 API_VERSION = "2010-04-01"
 

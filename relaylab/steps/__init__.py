@@ -7,5 +7,5 @@
 - ``tools``: tracking, plus tool use that survives interruptions (lesson 5)
 - ``turns``: tracking, plus false interruptions, cut marks, half-finished turns, silence (lesson 6)
 
-Each module is a Step: it has some of the hooks described in ``relaylab.step``.
+Each module is a Step: it has some of the hooks described in ``relaylab.relay.step``.
 """

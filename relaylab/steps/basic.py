@@ -5,9 +5,9 @@ The caller hears nothing until the full reply is written: simple, and slow.
 
 from __future__ import annotations
 
-from relaylab.endings import EMPTY_LINE
-from relaylab.protocol import Prompt
-from relaylab.session import CallSession
+from relaylab.core.endings import EMPTY_LINE
+from relaylab.core.protocol import Prompt
+from relaylab.relay.session import CallSession
 
 name = "basic"
 

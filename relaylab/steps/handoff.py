@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from relaylab.protocol import Dtmf, Prompt
-from relaylab.session import CallSession
+from relaylab.core.protocol import Dtmf, Prompt
+from relaylab.relay.session import CallSession
 from relaylab.steps import tracking
 from relaylab.steps.tracking import on_interrupt
 

@@ -4,7 +4,7 @@ The caller starts hearing the reply after the first token instead of the last.
 Like the seed's step 2, this step ignores interruptions: lesson 3 fixes that.
 
 Replies stream through the SDK's ``messages.stream()``, as lesson 2's notebook teaches.
-``relaylab serve`` reads the same stream with ``relaylab.llm.stream_reply`` instead
+``relaylab serve`` reads the same stream with ``relaylab.relay.llm.stream_reply`` instead
 (``call.fast_stream``): it reads the events as the SDK does (tests/test_sse.py) but keeps
 only what a relay needs, skipping a typed SDK object per token, which at 200 concurrent
 calls is most of the relay's CPU (see bench/).
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from relaylab.caching import cached_messages, cached_system
-from relaylab.endings import EMPTY_LINE
-from relaylab.llm import ReplyStream, SDKReplyStream, stream_reply
-from relaylab.protocol import Prompt
-from relaylab.session import CallSession
+from relaylab.core.endings import EMPTY_LINE
+from relaylab.core.protocol import Prompt
+from relaylab.relay.caching import cached_messages, cached_system
+from relaylab.relay.llm import ReplyStream, SDKReplyStream, stream_reply
+from relaylab.relay.session import CallSession
 
 name = "streaming"
 

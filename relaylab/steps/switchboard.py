@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 
-from relaylab import protocol
-from relaylab.protocol import Dtmf, Prompt
-from relaylab.session import CallSession
+from relaylab.core import protocol
+from relaylab.core.protocol import Dtmf, Prompt
+from relaylab.relay.session import CallSession
 from relaylab.steps import handoff
 from relaylab.steps.tracking import on_interrupt
 

@@ -58,12 +58,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import failures
-from relaylab.conversation import Conversation
-from relaylab.protocol import Interrupt, Prompt, loggable
-from relaylab.session import CallSession, Reply
-from relaylab.step import Step
-from relaylab.tools import Toolbox, ToolOutcome, current_caller, demo_toolbox
+from relaylab.core.conversation import Conversation
+from relaylab.core.protocol import Interrupt, Prompt, loggable
+from relaylab.relay import failures
+from relaylab.relay.session import CallSession, Reply
+from relaylab.relay.step import Step
+from relaylab.steps.restaurant import Toolbox, ToolOutcome, current_caller, demo_toolbox
 
 log = logging.getLogger("relaylab.steps.tools")
 

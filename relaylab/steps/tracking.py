@@ -9,7 +9,7 @@ Three rules on top of lesson 2:
 
 And a fourth: every way a reply can end (a refusal, no words at all, cut off at
 ``max_tokens``, paused, the context full) has its own spoken line and stored turn,
-decided in one place, ``relaylab.endings``; ``speak_reply`` follows it.
+decided in one place, ``relaylab.core.endings``; ``speak_reply`` follows it.
 
 ``add_user`` and ``add_assistant`` (rather than ``append``) merge two turns of the
 same role and skip empty text, which keeps the history valid for the Messages API
@@ -21,11 +21,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from relaylab import endings
-from relaylab.endings import Ending
-from relaylab.protocol import Interrupt, Prompt
-from relaylab.session import CallSession
-from relaylab.step import Step
+from relaylab.core import endings
+from relaylab.core.endings import Ending
+from relaylab.core.protocol import Interrupt, Prompt
+from relaylab.relay.session import CallSession
+from relaylab.relay.step import Step
 from relaylab.steps.streaming import forward
 
 name = "tracking"
@@ -35,7 +35,7 @@ def tracking_step(*, thinking_budget: int | None = None) -> Step:
     """The tracking step with extended thinking on, for models that support it: Claude may
     think for up to ``thinking_budget`` tokens (1,024 or more) before it speaks. Thinking
     is a sign of life, so past the voice budget the caller hears a holding line rather
-    than the apology (``relaylab.session.Limits``)."""
+    than the apology (``relaylab.relay.session.Limits``)."""
     if thinking_budget is not None and thinking_budget < 1024:
         raise ValueError("thinking_budget must be at least 1024 tokens (the API's minimum)")
     return Step(
@@ -105,7 +105,7 @@ async def on_prompt(call: CallSession, prompt: Prompt, thinking_budget: int | No
 async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
     # Cancel first: the cancelled reply's `finally` above stores what it sent, and
     # only then is there a turn to cut down to the heard words. `call.heard` is what
-    # the relay worked out from the interrupt (see relaylab.conversation.heard_prefix).
+    # the relay worked out from the interrupt (see relaylab.core.conversation.heard_prefix).
     await call.cancel_reply()
     cut = call.interrupted_reply
     if cut is None or cut.stored:  # (a refused reply left nothing to cut down)

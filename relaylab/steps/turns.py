@@ -2,7 +2,7 @@
 
 1. False interruptions. When the caller cuts in and then says nothing, only a backchannel
    ("uh-huh", "mm-hmm", "okay", "yeah" in the call's language: see
-   ``relaylab.turn_taking.is_backchannel``), or an empty utterance, the reply goes on from
+   ``relaylab.core.turn_taking.is_backchannel``), or an empty utterance, the reply goes on from
    where the caller stopped hearing it: its unheard rest is sent again, with no new
    request to Claude, and the history keeps one assistant turn. Only for a reply that was
    still being spoken (words left unheard) and only for a prompt that is nothing else; a
@@ -11,7 +11,7 @@
    but the model stream stays open for ``resume_wait`` seconds, until the caller's next
    prompt says whether to resume (then it goes on) or not (then it is closed).
 2. Telling Claude a turn was cut: a cut turn is stored as the heard words plus
-   ``relaylab.turn_taking.CUT_MARK`` (`` — [interrupted by the caller]``), and the system
+   ``relaylab.core.turn_taking.CUT_MARK`` (`` — [interrupted by the caller]``), and the system
    prompt gets ``CUT_NOTE``, which explains it.
 3. Half-finished turns: a reply holds its first word for ``merge_wait`` seconds after
    the prompt (Claude is already asked meanwhile). A second prompt in that time cancels it
@@ -36,13 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaylab import endings, protocol
-from relaylab.llm import SDKReplyStream, stream_reply
-from relaylab.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
-from relaylab.session import CallSession, HungUp, Reply
-from relaylab.step import Step
-from relaylab.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
-from relaylab.turn_taking import without_cut_mark as without_cut_mark
+from relaylab.core import endings, protocol
+from relaylab.core.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
+from relaylab.core.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
+from relaylab.core.turn_taking import without_cut_mark as without_cut_mark
+from relaylab.relay.llm import SDKReplyStream, stream_reply
+from relaylab.relay.session import CallSession, HungUp, Reply
+from relaylab.relay.step import Step
 
 name = "turns"
 __all__ = [
@@ -89,7 +89,7 @@ SILENCE_POLL = 0.2  # seconds between looks at the line while listening for sile
 class Answer:
     """One answer from Claude, read by a task of its own so that it can outlive the reply
     that began to speak it (a false interruption resumes it). ``text`` is everything read
-    so far; once ``done``, ``ending`` says how it ended (``relaylab.endings``, as in the
+    so far; once ``done``, ``ending`` says how it ended (``relaylab.core.endings``, as in the
     tracking step: a paused turn is carried on here) or ``error`` why it failed.
     ``cancel()`` closes the model stream."""
 
@@ -287,7 +287,7 @@ async def _speak(
     """Send ``answer`` from ``start`` as this reply's talk cycle, and store what was sent.
     ``hold_until``: no word before then (``merge_wait``); ``resumed``: the words continue
     the last assistant turn, which loses its cut mark; ``before``: the history before the
-    prompt, restored if Claude refuses (``relaylab.endings``)."""
+    prompt, restored if Claude refuses (``relaylab.core.endings``)."""
     reply = call.reply
     assert reply is not None
     state = _turns(call)
@@ -326,7 +326,7 @@ async def _speak(
         if reply.heard is None:  # not interrupted: nothing can resume this answer
             answer.cancel()
     if ending is not None and ending.say:
-        await call.say(ending.say)  # the relay's own line (relaylab.endings): not stored
+        await call.say(ending.say)  # the relay's own line (relaylab.core.endings): not stored
     _listen_for_silence(call, settings, after=reply.sent)
 
 
@@ -339,7 +339,7 @@ def _store(
 ) -> None:
     """Store what a reply sent: after the turn it continues (a resumed reply), else as a
     turn of its own (merged with an assistant turn before it, as ``add_assistant`` does).
-    An ``ending`` that cuts the answer short marks it as ``relaylab.endings`` says; one
+    An ``ending`` that cuts the answer short marks it as ``relaylab.core.endings`` says; one
     that stores nothing (a refusal, no words) leaves it out. (None: the reply was
     cancelled or failed; an interrupt, or the session's apology, then cuts or marks it.)"""
     if ending is not None and ending.store is None:

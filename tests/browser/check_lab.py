@@ -57,8 +57,8 @@ INSTALL = (
 SETUP = """\
 import asyncio
 import relaylab as rl
-from relaylab import exercises
-from relaylab.tools import demo_toolbox
+from relaylab.notebook import exercises
+from relaylab.steps.restaurant import demo_toolbox
 """
 
 TYPO = """\
@@ -174,7 +174,7 @@ def lesson_5(left_out):
 PHONE = """\
 import relaylab as rl
 from relaylab.steps.tools import tools_step
-from relaylab.tools import demo_toolbox
+from relaylab.steps.restaurant import demo_toolbox
 
 lab = rl.start(tools_step(toolbox=demo_toolbox()), offline=True,
                first_token_delay=0.2, tokens_per_second=100, clock_speed=1.5)

@@ -1,6 +1,6 @@
 """Fixtures of the voice phone's browser tests (see voice_pages.py for the page itself).
 
-The page is plain HTML served from 127.0.0.1: it imports relaylab/voice/widget.js and
+The page is plain HTML served from 127.0.0.1: it imports relaylab/notebook/voice/widget.js and
 renders it with a small stand-in for the anywidget model whose ``send``/``msg:custom``
 travel over a WebSocket to a real RelayBridge (the class the kernel side of the widget
 uses), which dials a real Lab's relay. test_jupyterlab.py runs the real thing instead:
@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from relaylab.lab import Lab
-from relaylab.voice.bridge import CallIdentity
+from relaylab.notebook.lab import Lab
+from relaylab.notebook.voice.bridge import CallIdentity
 
 from .voice_pages import CHROMIUM, CHROMIUM_ARGS, STAND_INS, PageServer, skip_without_browser
 

@@ -6,9 +6,9 @@ import asyncio
 import json
 import logging
 
-from relaylab import protocol
-from relaylab.lab import Lab
-from relaylab.voice.bridge import CallIdentity, RelayBridge, browser_config
+from relaylab.core import protocol
+from relaylab.notebook.lab import Lab
+from relaylab.notebook.voice.bridge import CallIdentity, RelayBridge, browser_config
 
 
 def _lab(**options):
@@ -109,8 +109,8 @@ def test_bad_browser_input_is_logged_escaped_and_the_call_goes_on(caplog):
 
 
 def test_browser_config_follows_the_twiml():
+    from relaylab.shell.twiml import relay_twiml
     from relaylab.simulation.twilio_behaviour import read_twiml
-    from relaylab.twiml import relay_twiml
 
     twiml = relay_twiml(
         "wss://example.test/ws",

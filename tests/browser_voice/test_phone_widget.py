@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from relaylab import protocol
-from relaylab.lab import Lab
+from relaylab.core import protocol
+from relaylab.notebook.lab import Lab
 
 pytest.importorskip("anywidget", reason="pip install anywidget (the voice phone widget)")
 

@@ -1,6 +1,6 @@
 """The voice phone's browser code against a real relay, in headless Chromium.
 
-What is real: Chromium running relaylab/voice/widget.js, the RelayBridge, the relay
+What is real: Chromium running relaylab/notebook/voice/widget.js, the RelayBridge, the relay
 (a Lab with the offline Claude stand-in) and every socket between them. What is
 scripted: the speech engines (speech_stand_ins.js), and the anywidget model, which
 is a WebSocket to the bridge instead of a kernel comm (see conftest.py).
@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from relaylab import protocol
-from relaylab.conversation import heard_prefix
-from relaylab.step import Step
+from relaylab.core import protocol
+from relaylab.core.conversation import heard_prefix
+from relaylab.relay.step import Step
 
 from .voice_pages import (
     cut_reply,

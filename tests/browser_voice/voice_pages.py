@@ -1,6 +1,6 @@
 """What the voice phone's browser tests share: Chromium, the test page, its server, helpers.
 
-The page is plain HTML served from 127.0.0.1: it imports relaylab/voice/widget.js and
+The page is plain HTML served from 127.0.0.1: it imports relaylab/notebook/voice/widget.js and
 renders it with a small stand-in for the anywidget model whose ``send``/``msg:custom``
 travel over a WebSocket to a real RelayBridge (the class the kernel side of the widget
 uses), which dials a real Lab's relay. No JupyterLab and no kernel are involved.
@@ -21,8 +21,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from relaylab.loop import LoopThread
-from relaylab.voice.bridge import CallIdentity, RelayBridge
+from relaylab.notebook.loop import LoopThread
+from relaylab.notebook.voice.bridge import CallIdentity, RelayBridge
 
 CHROMIUM = os.environ.get("RELAYLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 WIDGET = Path(__file__).resolve().parents[2] / "relaylab" / "voice"

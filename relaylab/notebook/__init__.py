@@ -1,0 +1,3 @@
+"""The notebook facade: a Lab on its background loop, simulated callers, live widgets,
+self-checking exercises, recordings and latency waterfalls.
+"""
