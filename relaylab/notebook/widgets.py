@@ -670,7 +670,7 @@ class CallerPanel:
     ) -> None:
         if hasattr(lab, "say_async"):  # the older form, CallerPanel(call)
             call, lab = lab, None
-            loop = getattr(call, "portal", None)
+            loop = getattr(call, "loop_thread", None)
         else:
             loop = getattr(lab, "loop", None)
         if not isinstance(loop, LoopThread):
