@@ -949,60 +949,66 @@ def test_behind_a_public_url_requests_go_local_but_are_signed_as_public():
 class FakeProbe:
     """A RelayProbe over the fake relay: answers once it has received `frames_sent` frames."""
 
-    def __init__(self, relay: FakeRelay) -> None:
+    def __init__(self, relay: FakeRelay, call_sid: str) -> None:
         self.relay = relay
-        self.asked: list[tuple[str, int]] = []
+        self.call_sid = call_sid
+        self.asked: list[int] = []
 
-    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
-        self.asked.append((call_sid, frames_sent))
+    async def history(self, frames_sent: int) -> list[dict[str, Any]] | None:
+        self.asked.append(frames_sent)
         await wait_until(lambda: len(self.relay.received) >= frames_sent)
-        if self.relay.received[0]["callSid"] != call_sid:
+        if self.relay.received[0]["callSid"] != self.call_sid:
             return None
         return [{"role": "user", "content": m["voicePrompt"]} for m in self.relay.of("prompt")]
 
 
 def test_sync_api_and_conversation_through_the_relay_probe():
-    portal = LoopThread("test-caller")
+    loop_thread = LoopThread("test-caller")
     try:
 
         async def start_relay() -> FakeRelay:
             return await FakeRelay(prompt=replying("Yes.")).__aenter__()
 
-        relay = portal.run(start_relay())
-        probe = FakeProbe(relay)
+        relay = loop_thread.run(start_relay())
+        probe = FakeProbe(relay, "CAfirst")
         keys = TwilioBehaviour(dtmf_detection=True)
-        call = new_call(relay, portal=portal, relay=probe, twilio=keys).connect()
+        call = new_call(
+            relay, loop_thread=loop_thread, relay_probe=probe, twilio=keys, call_sid="CAfirst"
+        ).connect()
         reply = call.say("First")
         assert isinstance(reply, Reply) and reply.text == "Yes."
         call.press("9")
         assert call.conversation == [{"role": "user", "content": "First"}]
-        assert probe.asked == [(call.call_sid, 3)], "asked once the relay had setup, prompt, dtmf"
+        assert probe.asked == [3], "asked once the relay had setup, prompt, dtmf"
         assert call.listen(0.05) == []
         assert call.interrupt() is None
-        stranger = new_call(relay, portal=portal, relay=probe, call_sid="CAother")
+        stranger_probe = FakeProbe(relay, "CAother")
+        stranger = new_call(
+            relay, loop_thread=loop_thread, relay_probe=stranger_probe, call_sid="CAother"
+        )
         with pytest.raises(LookupError, match="no history for call CAother"):
             _ = stranger.conversation
         call.hang_up()
-        portal.run(relay.__aexit__(None, None, None))
+        loop_thread.run(relay.__aexit__(None, None, None))
     finally:
-        portal.close()
+        loop_thread.close()
 
 
 def test_history_async_waits_for_the_relay_to_handle_what_was_sent():
     async def scenario():
         async with FakeRelay(prompt=replying("Yes.")) as relay:
-            probe = FakeProbe(relay)
-            call = new_call(relay, relay=probe)
+            probe = FakeProbe(relay, "CAasync")
+            call = new_call(relay, relay_probe=probe, call_sid="CAasync")
             await call.connect_async()
             await call.say_async("One")
             await call.send_async(protocol.prompt_frame("Two"))
             history = await call.history_async()
             await call.hang_up_async()
-            return history, probe.asked, call.call_sid
+            return history, probe.asked
 
-    history, asked, call_sid = run(scenario())
+    history, asked = run(scenario())
     assert history == [{"role": "user", "content": "One"}, {"role": "user", "content": "Two"}]
-    assert asked == [(call_sid, 3)]
+    assert asked == [3]
 
 
 def test_read_twiml_finds_the_relay_and_says_what_is_missing():

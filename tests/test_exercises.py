@@ -219,6 +219,13 @@ def test_a_teachers_scenario_from_a_dict_passes_and_fails_like_the_built_in_ones
     assert "Hint: cancel the reply in on_interrupt" not in str(report)
 
 
+def test_talking_over_the_reply_is_the_talk_over_action():
+    scenario = Scenario.from_dict({"name": "x", "do": [{"say": "Hi"}, {"talk_over": True}]})
+    assert scenario.actions == (Say("Hi"), exercises.TalkOver())
+    with pytest.raises(ValueError, match=r"unknown action.*talk_over"):
+        Scenario.from_dict({"name": "x", "do": [{"interrupt": True}]})
+
+
 def test_a_scenarios_hints_per_expectation_then_its_hint_are_the_fallbacks():
     asks = {"name": "mentions noon", "do": [{"say": "Hello"}], "hint": "say noon"}
     keyed = {**asks, "expect": [{"reply_mentions": "noon"}], "hints": {"reply_mentions": "noon!"}}

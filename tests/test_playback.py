@@ -1,7 +1,7 @@
 """relaylab.core.playback: crediting Twilio's tokensPlayed reports to replies, with no I/O."""
 
 from relaylab.core.conversation import Conversation
-from relaylab.core.playback import credit_played, played_out, still_playing
+from relaylab.core.playback import credit_played, heard_as_reported, played_out, still_playing
 from relaylab.relay.session import Reply
 
 FIRST = "Here are ten things. One, the euro was launched. Two, a new browser."
@@ -141,3 +141,13 @@ def test_a_reply_far_behind_the_newest_counts_as_played_even_if_the_rest_were_re
         reply.played = reply.sent  # each reported in full
     assert credit_played([stuck, *later], "Nothing anyone sent").reply is None
     assert played_out(stuck) and stuck.heard is None
+
+
+def test_what_the_reports_say_was_heard_is_what_played_when_it_begins_the_reply():
+    reply = sent(FIRST)
+    assert heard_as_reported(reply) is None, "no report yet"
+    credit_played([reply], "Here are ten things. ")
+    assert heard_as_reported(reply) == "Here are ten things."
+    stray = sent(FIRST)
+    stray.played = "Dogs were"
+    assert heard_as_reported(stray) is None, "a report that does not begin the reply"

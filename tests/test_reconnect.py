@@ -105,7 +105,7 @@ async def dropped_state(server, call_sid, timeout=5.0):
     found = {}
 
     async def look():
-        text = await server.calls.store.get(f"call:{call_sid}")
+        text = await server.saved_calls.store.get(f"call:{call_sid}")
         found["state"] = json.loads(text) if text else None
         return bool(found["state"]) and found["state"]["status"] == "dropped"
 
@@ -216,7 +216,7 @@ async def test_a_call_that_ended_cannot_be_reconnected_and_its_state_is_let_go()
         await call.say_async(NAME)
         await call.hang_up_async()
         assert await until(lambda: not server.sessions, 5)
-        saved = json.loads(await server.calls.store.get(f"call:{call.call_sid}"))
+        saved = json.loads(await server.saved_calls.store.get(f"call:{call.call_sid}"))
         assert saved == {"v": 1, "call_sid": call.call_sid, "status": "ended"}  # no history
         with pytest.raises(InvalidStatus) as refused:
             async with connect(call.ws_url):
@@ -230,7 +230,7 @@ async def test_a_plain_ws_socket_is_a_new_call_as_before():
         call = SimulatedCall(server.ws_url, clock_speed=SPEED)
         await call.connect_async()
         await call.say_async(NAME)
-        assert await server.calls.store.get(f"call:{call.call_sid}") is None
+        assert await server.saved_calls.store.get(f"call:{call.call_sid}") is None
         await call.hang_up_async()
 
 
@@ -299,7 +299,7 @@ async def test_tokens_are_bound_to_their_call_expire_and_are_single_use():
         await first.hang_up_async()
         assert await handshake(url) == 403  # the call is over
         # Even with the call's state gone, the token stays used until it expires.
-        await server.calls.store.delete("call:CAfresh")
+        await server.saved_calls.store.delete("call:CAfresh")
         assert await handshake(url) == 403
         assert await until(lambda: not server.sessions, 5)
 

@@ -1,4 +1,5 @@
-"""TwiML from relaylab.shell.twiml, read back as XML."""
+"""TwiML from relaylab.shell.twiml and action_twiml, read back as XML; the --relay-attr
+pairs (relaylab.cli.relay_attrs) and handoffData asking for a person (steps.handoff)."""
 
 import inspect
 import logging
@@ -8,23 +9,20 @@ import xml.etree.ElementTree as ET
 import pytest
 from twilio.twiml.voice_response import Connect, ConversationRelay, VoiceResponse
 
+from relaylab.cli.relay_attrs import parse_relay_attrs
+from relaylab.shell.action_twiml import APOLOGY_LINE, GOODBYE_LINE, HANDOFF_LINE, handoff_twiml
 from relaylab.shell.twiml import (
-    APOLOGY_LINE,
     DEFAULT_GREETING,
-    GOODBYE_LINE,
-    HANDOFF_LINE,
     INTERRUPT_MODES,
     Language,
     attribute_name,
-    handoff_twiml,
     heard_blind_spots,
-    parse_relay_attrs,
     playback_reports_needed,
     preempts,
     relay_twiml,
     voice_problem,
-    wants_human,
 )
+from relaylab.steps.handoff import wants_human
 
 URL = "wss://relay.example/ws"
 CAMEL_CASE = re.compile(r"[a-z][A-Za-z0-9]*\Z")
@@ -409,7 +407,7 @@ def test_status_is_read_without_case_or_spaces():
 
 
 def test_handoff_without_dial_number_says_goodbye_and_logs_why(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.action_twiml"):
         xml = handoff_twiml("ended", '{"reason": "human"}')
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
     assert "no dial number" in caplog.text
@@ -430,7 +428,7 @@ def test_completed_answers_an_empty_response_even_if_handoff_asked():
 
 
 def test_failed_apologises_hangs_up_and_logs_the_error_code(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.action_twiml"):
         xml = handoff_twiml("failed", None, dial_number="+15550100", error_code="64105")
     assert says(xml) == [("Say", APOLOGY_LINE), ("Hangup", None)]
     assert "sorry" in APOLOGY_LINE.lower()
@@ -438,7 +436,7 @@ def test_failed_apologises_hangs_up_and_logs_the_error_code(caplog):
 
 
 def test_unknown_status_says_goodbye_and_logs_it(caplog):
-    with caplog.at_level(logging.WARNING, logger="relaylab.shell.twiml"):
+    with caplog.at_level(logging.WARNING, logger="relaylab.shell.action_twiml"):
         xml = handoff_twiml("", '{"reason": "human"}', dial_number="+15550100")
     assert says(xml) == [("Say", GOODBYE_LINE), ("Hangup", None)]
     assert "unexpected SessionStatus" in caplog.text

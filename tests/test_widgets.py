@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from relaylab.notebook.caller import SimulatedCall
 from relaylab.notebook.widgets import (
     MAX_RATE,
     WIDGET_VIEW,
@@ -216,6 +217,17 @@ def test_caller_panel_says_so_when_talking_over_claude_interrupts_nothing(make_l
     assert reply is not None and not reply.interrupted
     assert "kept speaking" in panel.status.value
     assert lab.session_for(call).last_reply.state != "cancelled"
+
+
+def test_caller_panel_of_a_call_alone_runs_on_that_calls_loop_thread(make_lab):
+    lab = make_lab("tracking")
+    call = lab.call()
+    panel = CallerPanel(call)  # the older form: the call's own loop thread runs the clicks
+    assert panel.call is call and panel.lab is None
+    reply = panel.say("Hello").result(10)
+    assert reply.text.startswith("Hello!")
+    with pytest.raises(TypeError, match="CallerPanel needs a Lab"):
+        CallerPanel(SimulatedCall("ws://127.0.0.1:9/ws"))  # no loop thread to run on
 
 
 def test_caller_panel_reports_nothing_to_interrupt_and_presses_keys(make_lab):

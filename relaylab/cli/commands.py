@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from dotenv import find_dotenv, load_dotenv
 
+from relaylab.cli.relay_attrs import parse_relay_attrs
 from relaylab.cli.tunnel import NumberSetupError, TunnelError, configure_number, open_tunnel
 from relaylab.notebook.caller import SimulatedCall, TwilioBehaviour
 from relaylab.relay import store
@@ -23,7 +24,6 @@ from relaylab.relay.polling import until
 from relaylab.relay.settings import RelaySettings
 from relaylab.relay.step import LESSONS
 from relaylab.shell.stack import Relay
-from relaylab.shell.twiml import parse_relay_attrs
 
 log = logging.getLogger("relaylab.cli.commands")
 T = TypeVar("T")

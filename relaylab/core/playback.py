@@ -102,6 +102,15 @@ def _settled(replies: Sequence[R]) -> list[R]:
     return kept
 
 
+def heard_as_reported(reply: Playable) -> str | None:
+    """What Twilio's ``tokensPlayed`` reports say the caller heard of ``reply``: what played,
+    without its trailing space, when that is how the reply's text begins; None when no
+    report fits (none came, or they do not match what was sent)."""
+    if reply.played and reply.sent.startswith(reply.played):
+        return reply.played.rstrip()
+    return None
+
+
 def played_out(reply: Playable) -> bool:
     """Will nothing more of ``reply`` play? (A reply still running may yet send words.)"""
     if reply.heard is not None:

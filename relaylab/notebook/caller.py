@@ -15,7 +15,8 @@ again, with or without a new ``setup`` (Twilio's docs leave that open), before t
 buffered events are replayed in order.
 
 The one question about the relay's side, "what history did you store for this call?",
-goes through a ``RelayProbe`` that whoever runs the relay (the Lab) hands in.
+goes through a ``RelayProbe`` (relaylab.notebook.relay_probe) that whoever runs the relay
+(the Lab) hands in.
 
 Frames the call sends, in order, when asked for: ``clientSpeaking`` on, partial
 prompts, ``clientSpeaking`` off, then the prompt; on an interrupt, ``clientSpeaking``
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -48,6 +49,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from relaylab.core import protocol
 from relaylab.notebook.loop import LoopThread
+from relaylab.notebook.relay_probe import RelayProbe
 from relaylab.shell import signatures
 from relaylab.simulation import twilio_http
 from relaylab.simulation.cut_in import CutIn, check_keys, input_fate
@@ -102,15 +104,6 @@ RECONNECT_BUFFER = 500  # events Twilio keeps for a reconnect (PROTOCOL.md secti
 _RECONNECT_CLOSE_CODES = {None, 1001, 1006, 1011, 1012, 1013}
 
 
-class RelayProbe(Protocol):
-    """The one relay-side question a simulated call may ask (the Lab answers it)."""
-
-    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
-        """The relay's stored history for this call once it has handled `frames_sent` frames
-        from it (None if the relay does not know the call)."""
-        ...
-
-
 class SimulatedCall:
     """A phone call as Twilio's ConversationRelay would make it, driven from Python.
 
@@ -122,7 +115,7 @@ class SimulatedCall:
     over the public one, as the relay sees Twilio's. ``twilio`` picks Twilio's behaviours.
 
     Sync methods (``say``, ``press``, ``hang_up``...) are for notebook cells and need
-    ``portal`` (the Lab's loop); each has an ``_async`` twin for tests and ``await``.
+    ``loop_thread`` (the Lab's loop); each has an ``_async`` twin for tests and ``await``.
     """
 
     def __init__(
@@ -143,8 +136,8 @@ class SimulatedCall:
         clock_speed: float = 1.0,
         twilio: TwilioBehaviour | None = None,
         tts_normalise: bool | None = None,
-        portal: LoopThread | None = None,
-        relay: RelayProbe | None = None,
+        loop_thread: LoopThread | None = None,
+        relay_probe: RelayProbe | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None,
         action_url: str | None = None,
         application_reconnect: bool = False,
@@ -172,8 +165,8 @@ class SimulatedCall:
         self.custom_parameters = dict(custom_parameters or {})
         self.words_per_minute = words_per_minute
         self.clock_speed = clock_speed
-        self.portal = portal
-        self.relay = relay
+        self.loop_thread = loop_thread
+        self.relay_probe = relay_probe
         self.action_url = action_url
         self.frame_listeners: list[Callable[[dict[str, Any]], None]] = (
             [on_frame] if on_frame else []
@@ -254,13 +247,13 @@ class SimulatedCall:
     # -- running on the relay's loop -------------------------------------------------
 
     def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.portal is None:
+        if self.loop_thread is None:
             coro.close()
             raise RuntimeError("this call has no background loop; use the _async methods")
-        return self.portal.run(coro, timeout=None)  # say() has its own timeout
+        return self.loop_thread.run(coro, timeout=None)  # say() has its own timeout
 
     async def _async(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await self.portal.arun(coro) if self.portal else await coro
+        return await self.loop_thread.arun(coro) if self.loop_thread else await coro
 
     # -- public API ------------------------------------------------------------------
 
@@ -372,13 +365,13 @@ class SimulatedCall:
     def conversation(self) -> list[dict[str, Any]]:
         """The relay's history for this call, once it has handled every frame sent so far.
 
-        Asked of the ``relay`` probe (``lab.call()`` passes one). In a coroutine, use
+        Asked of the ``relay_probe`` (``lab.call()`` passes one). In a coroutine, use
         ``await call.history_async()`` instead.
         """
         self._require_probe()
-        if self.portal is not None and self.portal.running:
-            return self.portal.run(self._history(), timeout=None)
-        if self.portal is not None and self.portal.in_loop_thread():
+        if self.loop_thread is not None and self.loop_thread.running:
+            return self.loop_thread.run(self._history(), timeout=None)
+        if self.loop_thread is not None and self.loop_thread.in_loop_thread():
             raise RuntimeError("use await call.history_async() on the relay's own loop")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # no loop to borrow: a fresh one
             return pool.submit(asyncio.run, self._history()).result()
@@ -389,16 +382,16 @@ class SimulatedCall:
         return await self._async(self._history())
 
     def _require_probe(self) -> RelayProbe:
-        if self.relay is None:
+        if self.relay_probe is None:
             raise RuntimeError(
                 "this call cannot see the relay's history: a SimulatedCall only speaks the "
                 "wire, and the history lives in the relay. Make the call with lab.call(), "
-                "or pass relay=<a RelayProbe> when you create it"
+                "or pass relay_probe=<a RelayProbe> when you create it"
             )
-        return self.relay
+        return self.relay_probe
 
     async def _history(self) -> list[dict[str, Any]]:
-        history = await self._require_probe().history(self.call_sid, len(self.sent))
+        history = await self._require_probe().history(len(self.sent))
         if history is None:
             raise LookupError(
                 f"the relay has no history for call {self.call_sid}: it never got this "

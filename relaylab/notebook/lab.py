@@ -22,6 +22,7 @@ from dotenv import find_dotenv, load_dotenv
 
 from relaylab.notebook.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall, TwilioBehaviour
 from relaylab.notebook.loop import LoopThread
+from relaylab.notebook.relay_probe import RelayProbe
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay.llm import (
     LLM,
@@ -31,7 +32,6 @@ from relaylab.relay.llm import (
     choose_backend,
     needs_model_check,
 )
-from relaylab.relay.polling import until
 from relaylab.relay.session import CallSession
 from relaylab.relay.settings import RelaySettings
 from relaylab.relay.step import Step
@@ -68,7 +68,7 @@ class Lab:
         self.clock_speed = clock_speed
         self._loop = LoopThread()
         self._views: list[Any] = []
-        self._relay_views: dict[str, _RelayView] = {}  # per simulated call, by call sid
+        self._relay_probes: dict[str, RelayProbe] = {}  # per simulated call, by call sid
         self._relay = Relay(
             self.backend,
             step=step,
@@ -172,8 +172,8 @@ class Lab:
         return SimulatedCall(
             **where,
             auth_token=self.settings.auth_token,
-            portal=self._loop,
-            relay=self._relay_view(call_sid),
+            loop_thread=self._loop,
+            relay_probe=self._relay_probe(call_sid),
             action_url=f"{self.http_url}/action",
             **options,
         )
@@ -181,13 +181,13 @@ class Lab:
     def session_for(self, call: SimulatedCall) -> CallSession | None:
         """The relay's side of ``call`` (its CallSession), once the relay has handled every
         frame the call sent; None if the relay never saw the call."""
-        return self._loop.run(self._relay_view(call.call_sid).session(len(call.sent)))
+        return self._loop.run(self._relay_probe(call.call_sid).session(len(call.sent)))
 
-    def _relay_view(self, call_sid: str) -> _RelayView:
-        view = self._relay_views.get(call_sid)
-        if view is None:
-            view = self._relay_views[call_sid] = _RelayView(self._sessions, call_sid)
-        return view
+    def _relay_probe(self, call_sid: str) -> RelayProbe:
+        probe = self._relay_probes.get(call_sid)
+        if probe is None:
+            probe = self._relay_probes[call_sid] = RelayProbe(self._sessions, call_sid)
+        return probe
 
     def view(self, **options: Any) -> Any:
         """A live widget showing this lab's calls as they happen. Options: ``call=`` (a
@@ -238,37 +238,6 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _RelayView:
-    """What a simulated call may ask about the relay's side of itself: its stored history.
-
-    One per call; it keeps hold of the call's session, which the relay forgets at hang-up.
-    """
-
-    SETTLE_TIMEOUT = 2.0  # seconds to wait for the relay to catch up with the call
-
-    def __init__(self, sessions: deque[CallSession], call_sid: str) -> None:
-        self._sessions = sessions
-        self._call_sid = call_sid
-        self._session: CallSession | None = None
-
-    async def session(self, frames_sent: int) -> CallSession | None:
-        """The call's session once it has handled ``frames_sent`` frames (or 2 s passed)."""
-
-        def settled() -> bool:
-            self._session = self._session or next(
-                (s for s in self._sessions if s.call_sid == self._call_sid), None
-            )
-            session = self._session
-            return session is not None and (session.closed or session.caught_up(frames_sent))
-
-        await until(settled, self.SETTLE_TIMEOUT)
-        return self._session
-
-    async def history(self, call_sid: str, frames_sent: int) -> list[dict[str, Any]] | None:
-        session = await self.session(frames_sent)
-        return session.conversation.snapshot() if session is not None else None
 
 
 def start(step: object = "tracking", **options: Any) -> Lab:

@@ -270,11 +270,12 @@ def timeline_of_recording(
 
 def _session_via_probe(call: SimulatedCall) -> CallSession | None:
     """The relay's session, when the call's probe can show it (a Lab's can)."""
-    finder = getattr(call.relay, "session", None)
-    portal = call.portal
-    if finder is None or portal is None or not portal.running or portal.in_loop_thread():
+    probe, loop_thread = call.relay_probe, call.loop_thread
+    if probe is None or loop_thread is None:
         return None
-    return portal.run(finder(len(call.sent)))
+    if not loop_thread.running or loop_thread.in_loop_thread():
+        return None
+    return loop_thread.run(probe.session(len(call.sent)))
 
 
 # All times below are seconds on one clock: time.monotonic() for a live call, or

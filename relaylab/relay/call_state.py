@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from relaylab.core import protocol
+from relaylab.core import playback, protocol
 from relaylab.relay.session import CallSession, Reply
 
 VERSION = 1
@@ -103,8 +103,9 @@ def settle_drop(session: CallSession, now: float | None = None) -> list[Dropped]
     for reply in [latest] if latest is not None else []:
         if reply.heard is not None or not reply.sent:
             continue  # an interrupt or a newer reply already settled it
-        if reply.played and reply.sent.startswith(reply.played):
-            played = reply.played.rstrip()
+        reported = playback.heard_as_reported(reply)
+        if reported is not None:
+            played = reported
         elif session._reports:
             played = reply.played.rstrip() if reply.played else ""
         else:

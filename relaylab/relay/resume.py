@@ -1,7 +1,7 @@
 """Reconnects that keep the call: admitting a socket, saving the call, picking it up again.
 
 The TwiML the relay serves names the call in its socket URL (``/ws?call=CA...``, plus a
-``token`` when TWILIO_AUTH_TOKEN is set). When that socket opens, ``Calls.admit`` looks the
+``token`` when TWILIO_AUTH_TOKEN is set). When that socket opens, ``SavedCalls.admit`` looks the
 call up in the session store (relaylab.relay.store):
 
 - nothing saved: a new call. With an auth token, the URL's token must be fresh and
@@ -82,8 +82,9 @@ class _Watch:
     unsubscribe: Callable[[], None] = field(default=lambda: None)
 
 
-class Calls:
-    """The relay's side of reconnects: URLs, admission, saving and the final word."""
+class SavedCalls:
+    """The calls this relay saves in the session store, for reconnects: their socket URLs,
+    admitting a socket, saving each call as it runs and the final word when it ends."""
 
     def __init__(self, store: SessionStore, *, auth_token: str | None) -> None:
         self.store = store

@@ -45,7 +45,7 @@ _BAD_REQUEST = (
 )
 
 
-class Calls(Protocol):
+class SocketHost(Protocol):
     """What a CallSocket needs from the server that accepted it (RelayServer)."""
 
     settings: RelaySettings
@@ -67,7 +67,7 @@ class Calls(Protocol):
 class CallSocket(asyncio.Protocol):
     """The relay's side of one ConversationRelay socket."""
 
-    def __init__(self, server: Calls) -> None:
+    def __init__(self, server: SocketHost) -> None:
         self.server = server
         limits = server.settings.socket
         self.ws = ServerProtocol(max_size=limits.max_message_bytes, logger=_WEBSOCKETS_LOG)

@@ -24,7 +24,7 @@ from websockets.http11 import Request
 
 from relaylab.core.protocol import loggable
 from relaylab.relay.llm import LLM
-from relaylab.relay.resume import Admission, Calls
+from relaylab.relay.resume import Admission, SavedCalls
 from relaylab.relay.session import CallSession, Send
 from relaylab.relay.settings import RelaySettings
 from relaylab.relay.step import Step, resolve
@@ -65,7 +65,7 @@ class RelayServer:
         self._http: web.Server | None = None
         self._greeting = ""  # the TwiML's welcome greeting, read at start
         self._preemptible = False  # the TwiML's preemptible, read at start
-        self.calls: Calls | None = None  # reconnects: the session store and its rules
+        self.saved_calls: SavedCalls | None = None  # reconnects: the session store and its rules
 
     @property
     def host(self) -> str:
@@ -80,10 +80,10 @@ class RelayServer:
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        self.calls = Calls(
+        self.saved_calls = SavedCalls(
             await open_store(self.settings.store), auth_token=self.settings.auth_token
         )
-        await self.calls.start()
+        await self.saved_calls.start()
         self._http = web.Server(
             Webhooks(self),
             access_log=None,
@@ -131,8 +131,8 @@ class RelayServer:
                     socket._abort()
         await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
         self._listener = None
-        if self.calls is not None:
-            await self.calls.stop()
+        if self.saved_calls is not None:
+            await self.saved_calls.stop()
 
     def stop_listening(self) -> None:
         """Take no new connections; the calls in progress go on (``stop`` ends them)."""
@@ -174,8 +174,8 @@ class RelayServer:
             prewarm=self.settings.prewarm,
             prompt_caching=self.settings.prompt_caching,
         )
-        if admission is not None and self.calls is not None:
-            self.calls.opened(session, admission)  # before listeners: they see the call
+        if admission is not None and self.saved_calls is not None:
+            self.saved_calls.opened(session, admission)  # before listeners: they see the call
         self.sessions.append(session)
         for listener in list(self.session_listeners):
             try:
@@ -186,21 +186,21 @@ class RelayServer:
 
     def end_session(self, session: CallSession, *, dropped: bool) -> asyncio.Task[None]:
         """The session's socket is gone: close it, and keep or let go of the call."""
-        if self.calls is None:
+        if self.saved_calls is None:
             return asyncio.get_running_loop().create_task(session.close())
-        return self.calls.release(session, dropped=dropped)
+        return self.saved_calls.release(session, dropped=dropped)
 
     def socket_url(self, ws_url: str, call_sid: str | None) -> str:
         """The WebSocket URL the TwiML for call ``call_sid`` names (see relaylab.relay.resume)."""
-        return self.calls.socket_url(ws_url, call_sid) if self.calls else ws_url
+        return self.saved_calls.socket_url(ws_url, call_sid) if self.saved_calls else ws_url
 
     def admit(self, request: Request) -> Admission | Problem | Awaitable[Admission | Problem]:
         """Which call a signed /ws handshake opens: at once for a plain /ws (a new call),
         after a look in the session store when the URL names a call (a reconnect?)."""
         query = dict(parse_qsl(urlsplit(request.path).query, keep_blank_values=True))
-        if self.calls is None or "call" not in query:
+        if self.saved_calls is None or "call" not in query:
             return Admission()
-        return self.calls.admit(query, self._live_here)
+        return self.saved_calls.admit(query, self._live_here)
 
     def _live_here(self, call_sid: str) -> bool:
         session = self.find(call_sid)

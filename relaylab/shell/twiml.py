@@ -1,8 +1,6 @@
-"""TwiML for ConversationRelay, built with twilio.twiml.voice_response.
-
-Two documents: the one the number's voice webhook (`/twiml`) answers, which hands the
-call to ConversationRelay, and the one the `<Connect action>` URL answers once the
-ConversationRelay session is over (hand off to a person, say goodbye, or nothing).
+"""The TwiML the number's voice webhook (`/twiml`) answers: it hands the call to
+ConversationRelay, built with twilio.twiml.voice_response. (What the `<Connect action>` URL
+answers once the session is over is relaylab.shell.action_twiml.)
 
 Any `<ConversationRelay>` attribute can be set, in snake_case (`speech_timeout`) or in
 camelCase as Twilio's docs spell it (`speechTimeout`); both become the attribute that
@@ -15,8 +13,6 @@ attributes Twilio documents are refused, with a ValueError that says why.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,13 +20,7 @@ from dataclasses import dataclass, field
 from twilio.twiml import TwiML, lower_camel
 from twilio.twiml.voice_response import VoiceResponse
 
-log = logging.getLogger(__name__)
-
 DEFAULT_GREETING = "Hi! I'm Claude. Ask me anything."
-
-HANDOFF_LINE = "Connecting you to a person now. Please hold."
-GOODBYE_LINE = "Thanks for calling. Goodbye!"
-APOLOGY_LINE = "Sorry, something went wrong on our side. Please call again later. Goodbye."
 
 INTERRUPT_MODES = ("none", "dtmf", "speech", "any")
 INTERRUPT_SENSITIVITIES = ("low", "medium", "high")
@@ -58,9 +48,6 @@ _OWN_OPTIONS = {
 }
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-
-# handoffData values that ask for a human, e.g. {"reason": "human"}.
-_HUMAN_REASONS = {"human", "agent", "person", "operator", "live-agent", "live_agent"}
 
 
 @dataclass(frozen=True)
@@ -295,100 +282,13 @@ def _mode(value: object, *, default: str) -> str:
     return {"true": "any", "false": "none"}.get(word, word)
 
 
-def parse_relay_attrs(pairs: Iterable[str]) -> dict[str, object]:
-    """Read `--relay-attr NAME=VALUE` options into relay_twiml attributes.
-
-    NAME is camelCase as in Twilio's docs (`speechTimeout`) or snake_case
-    (`speech_timeout`); the result is keyed by the camelCase attribute. VALUE "true"
-    or "false" (any case) becomes a bool, anything else stays a string. Raises
-    ValueError naming the bad pair: no "=", an empty name or value, a name that
-    cannot be an attribute, one of relay_twiml's own options, the same attribute
-    twice, or a value Twilio documents as invalid (e.g. interruptible=sometimes).
-    """
-    result: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        name = name.strip()
-        if not sep:
-            raise ValueError(
-                f"--relay-attr takes NAME=VALUE (e.g. speechTimeout=2000), got {pair!r}: no '='"
-            )
-        if not name:
-            raise ValueError(f"--relay-attr {pair!r} has an empty NAME before '='")
-        if not text:
-            raise ValueError(
-                f"--relay-attr {pair!r} has an empty VALUE: leave the option out to get "
-                f"Twilio's default"
-            )
-        value: object = text.lower() == "true" if text.lower() in _BOOLEAN_WORDS else text
-        attribute = _checked_name(name, element="<ConversationRelay>")
-        if attribute in result:
-            raise ValueError(f"--relay-attr sets {attribute} twice (last: {pair!r})")
-        _check_value(attribute, value)
-        result[attribute] = value
-    return result
-
-
-def wants_human(handoff_data: str | None) -> bool:
-    """True when the relay's `end` handoffData asks to be put through to a person.
-
-    Accepts `{"reason": "human"}` (or "agent", "person", "operator") and
-    `{"handoff": true}`; anything else, including text that is not JSON, is False.
-    """
-    if not handoff_data:
-        return False
-    try:
-        data = json.loads(handoff_data)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
-        return False
-    if not isinstance(data, dict):
-        return False
-    reason = data.get("reason")
-    return data.get("handoff") is True or (
-        isinstance(reason, str) and reason.strip().lower() in _HUMAN_REASONS
-    )
-
-
-def handoff_twiml(
-    session_status: str,
-    handoff_data: str | None,
-    *,
-    dial_number: str | None = None,
-    error_code: str | None = None,
-) -> str:
-    """TwiML for the `<Connect action>` request that follows a ConversationRelay session.
-
-    - "ended" (the relay sent `end`): when handoffData asks for a human and there is a
-      `dial_number`, say so and dial it; otherwise say goodbye and hang up.
-    - "completed" (the caller hung up): an empty `<Response/>`, there is no one to talk to.
-    - "failed" (Twilio's `ErrorCode` in `error_code`): apologise and hang up.
-    - anything else: say goodbye and hang up.
-    HandoffData that is not JSON is treated as not asking for a human.
-    """
-    response = VoiceResponse()
-    status = (session_status or "").strip().lower()
-    if status == "completed":
-        return response.to_xml()
-    if status == "failed":
-        log.warning(
-            "ConversationRelay session failed (Twilio ErrorCode %s); the caller hears an "
-            "apology. Look the code up at https://www.twilio.com/docs/api/errors",
-            error_code or "not given",
-        )
-        response.say(APOLOGY_LINE)
-        response.hangup()
-        return response.to_xml()
-    if status != "ended":
-        log.warning("unexpected SessionStatus %r at the action URL: saying goodbye", session_status)
-    elif wants_human(handoff_data):
-        if dial_number:
-            response.say(HANDOFF_LINE)
-            response.dial(dial_number)
-            return response.to_xml()
-        log.warning("the call asked for a person but no dial number is set: saying goodbye")
-    response.say(GOODBYE_LINE)
-    response.hangup()
-    return response.to_xml()
+def checked_attribute(name: str, value: object) -> str:
+    """The ``<ConversationRelay>`` attribute that keyword or attribute ``name`` sets, once
+    ``name`` and ``value`` are checked: ValueError for a name that cannot be an attribute,
+    one of relay_twiml's own options, or a value Twilio documents as invalid."""
+    attribute = _checked_name(name, element="<ConversationRelay>")
+    _check_value(attribute, value)
+    return attribute
 
 
 def _check_ws_url(ws_url: object) -> None:

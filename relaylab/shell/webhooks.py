@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from relaylab.core.protocol import loggable
 from relaylab.relay.prewarm import prewarm_soon
 from relaylab.relay.settings import RelaySettings
-from relaylab.shell import twiml
+from relaylab.shell import action_twiml, twiml
 from relaylab.shell.urls import PublicEndpoints
 
 log = logging.getLogger("relaylab.shell.server")
@@ -109,7 +109,7 @@ class Webhooks:
         params = {**request.query, **form}
         if path == "/twiml":
             return self._twiml(request, params.get("CallSid"))
-        body = twiml.handoff_twiml(
+        body = action_twiml.handoff_twiml(
             loggable(params.get("SessionStatus", ""), 60),
             params.get("HandoffData"),
             dial_number=self.server.settings.dial_number,

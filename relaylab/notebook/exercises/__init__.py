@@ -11,7 +11,7 @@ not a turn, then the frames sent after an interrupt, what the history stored nex
 the caller heard, what Claude was told; and a hint for the mistake that evidence shows.
 
 A scenario is plain data: what the caller does (``Say``, ``Ask``, ``WaitForFrames``,
-``Interrupt``, ``Press``, ``Wait``, ``Settle``) and what must then hold (the expectations
+``TalkOver``, ``Press``, ``Wait``, ``Settle``) and what must then hold (the expectations
 in ``expectations``, each a small dataclass with a ``check(run)``; write your own the same
 way). A teacher adds one with a dataclass or a dict::
 
@@ -39,10 +39,10 @@ from relaylab.notebook.exercises.actions import (
     SETTLE,
     Action,
     Ask,
-    Interrupt,
     Press,
     Say,
     Settle,
+    TalkOver,
     Wait,
     WaitForFrames,
 )
@@ -103,7 +103,6 @@ __all__ = [
     "Exercise",
     "Expectation",
     "HistoryMentions",
-    "Interrupt",
     "NoApology",
     "NotInHistory",
     "NothingAfterInterrupt",
@@ -122,6 +121,7 @@ __all__ = [
     "Settle",
     "StoresWhatWasHeard",
     "Streams",
+    "TalkOver",
     "ValidHistory",
     "Wait",
     "WaitForFrames",

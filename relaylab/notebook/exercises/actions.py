@@ -1,5 +1,5 @@
 """What the caller does in a scenario, each action a small frozen dataclass: ``Say``,
-``Ask``, ``WaitForFrames``, ``Interrupt``, ``Press``, ``Wait`` and ``Settle``; ``Action``,
+``Ask``, ``WaitForFrames``, ``TalkOver``, ``Press``, ``Wait`` and ``Settle``; ``Action``,
 their union; the names plain-data scenarios use for them; and how many seconds the caller
 waits for the relay.
 """
@@ -39,8 +39,8 @@ class WaitForFrames:
 
 
 @dataclass(frozen=True)
-class Interrupt:
-    """Talk over whatever is playing now."""
+class TalkOver:
+    """Talk over whatever is playing now (Twilio then sends the relay an ``interrupt``)."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class Settle:
     timeout: float = SETTLE
 
 
-Action = Say | Ask | WaitForFrames | Interrupt | Press | Wait | Settle
+Action = Say | Ask | WaitForFrames | TalkOver | Press | Wait | Settle
 _ACTIONS: dict[str, type] = {
     "say": Say,
     "ask": Ask,
     "wait_for_frames": WaitForFrames,
-    "interrupt": Interrupt,
+    "talk_over": TalkOver,
     "press": Press,
     "wait": Wait,
     "settle": Settle,

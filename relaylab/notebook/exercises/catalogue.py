@@ -12,10 +12,10 @@ from relaylab.notebook.exercises.actions import (
     _ACTIONS,
     Action,
     Ask,
-    Interrupt,
     Press,
     Say,
     Settle,
+    TalkOver,
     Wait,
     WaitForFrames,
 )
@@ -60,7 +60,7 @@ class Scenario:
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
         """A scenario from plain data: ``{"name", "do": [...], "expect": [...], "hint",
         "hints", "twilio"}``. An action is ``{"say": "Hello", "interrupt_after_words": 8}``,
-        ``{"ask": ...}``, ``{"wait_for_frames": 3}``, ``{"interrupt": true}``,
+        ``{"ask": ...}``, ``{"wait_for_frames": 3}``, ``{"talk_over": true}``,
         ``{"press": "5"}`` or ``{"wait": 0.5}``; an expectation is its key
         (``"nothing_after_interrupt"``) or ``{"reply_mentions": "noon"}``."""
         unknown = set(data) - {"name", "do", "expect", "hint", "hints", "twilio"}
@@ -88,8 +88,8 @@ def _action(item: Any) -> Action:
     cls = _ACTIONS[kind]
     value = item[kind]
     options = {k: v for k, v in item.items() if k != kind}
-    if cls is Interrupt:
-        return Interrupt()
+    if cls is TalkOver:
+        return TalkOver()
     if cls is Settle and value is True:
         return Settle(**options)
     first = fields(cls)[0].name

@@ -19,10 +19,10 @@ from relaylab.notebook.exercises.actions import (
     SETTLE,
     Action,
     Ask,
-    Interrupt,
     Press,
     Say,
     Settle,
+    TalkOver,
     Wait,
     WaitForFrames,
 )
@@ -221,7 +221,7 @@ async def _act(call: SimulatedCall, session: CallSession | None, action: Action)
                 f"the relay sent {_count(_texts_since_prompt(call), 'text frame')} with words, "
                 f"not the {action.count} the scenario waits for before going on"
             )
-    elif isinstance(action, Interrupt):
+    elif isinstance(action, TalkOver):
         await call.interrupt_async()
     elif isinstance(action, Press):
         await call.press_async(action.digits)
