@@ -3,24 +3,24 @@
 A kernel that exits takes its widgets' Python side with it, so a live view would go on
 showing "on a call" with buttons that do nothing. Jupyter asks a kernel to shut down (and
 to restart) with a ``shutdown_request`` on its control channel; ``stop_labs_at_shutdown``
-wraps ipykernel's handler for it so that every running Lab stops first: its views and
-phones then say, in the widget, that the lab has stopped, and grey out their buttons,
-while the kernel can still send those updates.
+wraps ipykernel's handler for it so that every running Lab stops first (the Lab module
+hands it the function that stops them): its views and phones then say, in the widget,
+that the lab has stopped, and grey out their buttons, while the kernel can still send
+those updates.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
+from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger("relaylab.notebook.kernel_exit")
 
 _MARK = "_relaylab_stops_labs"
 
 
-def stop_labs_at_shutdown() -> bool:
-    """Install the hook once, when running inside an ipykernel; True when it is in place."""
+def stop_labs_at_shutdown(stop_labs: Callable[[], None]) -> bool:
+    """Have the kernel call ``stop_labs()`` before it shuts down or restarts. Installs the
+    hook once, when running inside an ipykernel; True when it is in place."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython comes with the notebook extras
@@ -34,7 +34,7 @@ def stop_labs_at_shutdown() -> bool:
         return True
 
     async def shutdown_request(stream: Any, ident: Any, parent: Any) -> None:
-        stop_running_labs()
+        stop_labs()
         result = original(stream, ident, parent)
         if inspect.isawaitable(result):
             await result
@@ -42,16 +42,3 @@ def stop_labs_at_shutdown() -> bool:
     setattr(shutdown_request, _MARK, True)
     handlers["shutdown_request"] = shutdown_request
     return True
-
-
-def stop_running_labs() -> None:
-    """Stop every Lab this process started that still runs (never raises)."""
-    from relaylab.notebook import lab as lab_module
-
-    with lab_module._running_lock:
-        labs = list(lab_module._running)
-    for lab in labs:
-        try:
-            lab.stop()
-        except Exception:
-            log.exception("could not stop %r before the kernel shut down", lab)

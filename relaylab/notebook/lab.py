@@ -21,6 +21,7 @@ import anthropic
 from dotenv import find_dotenv, load_dotenv
 
 from relaylab.notebook.caller import DEFAULT_WORDS_PER_MINUTE, SimulatedCall, TwilioBehaviour
+from relaylab.notebook.kernel_exit import stop_labs_at_shutdown
 from relaylab.notebook.loop import LoopThread
 from relaylab.notebook.relay_probe import RelayProbe
 from relaylab.offline_claude import OfflineClaude
@@ -42,6 +43,17 @@ log = logging.getLogger("relaylab.notebook.lab")
 
 _running: list[Lab] = []  # at most one: the Lab the notebook started last
 _running_lock = threading.Lock()
+
+
+def stop_running_labs() -> None:
+    """Stop every Lab this process started that still runs (never raises)."""
+    with _running_lock:
+        labs = list(_running)
+    for lab in labs:
+        try:
+            lab.stop()
+        except Exception:
+            log.exception("could not stop %r before the kernel shut down", lab)
 
 
 class Lab:
@@ -192,12 +204,15 @@ class Lab:
     def view(self, **options: Any) -> Any:
         """A live widget showing this lab's calls as they happen. Options: ``call=`` (a
         SimulatedCall) keeps it on that call, ``replies_shown`` caps the replies listed."""
-        from relaylab.notebook.kernel_exit import stop_labs_at_shutdown
         from relaylab.notebook.widgets import ConversationView
 
-        view = ConversationView(self, **options)
+        return self.attach_view(ConversationView(self, **options))
+
+    def attach_view(self, view: Any) -> Any:
+        """Tell ``view`` (anything with ``detach()``) when this lab stops, the kernel's
+        shutdown or restart included, so it can say so; returns the view."""
         self._views.append(view)
-        stop_labs_at_shutdown()  # the view says the lab stopped when the kernel goes
+        stop_labs_at_shutdown(stop_running_labs)
         return view
 
     def phone(self, call: SimulatedCall | None = None, **options: Any) -> Any:
@@ -220,7 +235,7 @@ class Lab:
         return await self._loop.arun(coro)
 
     def stop(self) -> None:
-        """Stop the relay and the stand-in, and end the background thread."""
+        """Stop the relay and the stand-in, and end the background thread; its views say so."""
         if not self.running:
             return
         for view in self._views:

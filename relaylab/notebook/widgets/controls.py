@@ -90,11 +90,8 @@ class CallerPanel:
         self._saying: asyncio.Task[Any] | None = None  # the say() waiting for its reply
         self._speaking: str | None = None  # what the caller is saying over Claude, if anything
         self.stopped = False
-        if isinstance(getattr(lab, "_views", None), list):
-            from relaylab.notebook.kernel_exit import stop_labs_at_shutdown
-
-            lab._views.append(self)  # lab.stop() calls detach(): the panel says so at once
-            stop_labs_at_shutdown()
+        if hasattr(lab, "attach_view"):
+            lab.attach_view(self)  # lab.stop() calls detach(): the panel says so at once
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)
