@@ -38,6 +38,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest --nbval-lax --nbval-current-env tests notebooks
 
 lint: $(STAMP)
