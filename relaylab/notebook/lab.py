@@ -45,6 +45,25 @@ _running: list[Lab] = []  # at most one: the Lab the notebook started last
 _running_lock = threading.Lock()
 
 
+class Pacing(TypedDict, total=False):
+    """The pacing arguments of ``Lab``: the stand-in's speed and the caller's voice."""
+
+    first_token_delay: float
+    tokens_per_second: float
+    connect_delay: float
+    words_per_minute: float
+    clock_speed: float
+
+
+class _Where(TypedDict, total=False):
+    """Where a simulated call connects: the socket itself, or the TwiML webhook (dial)."""
+
+    ws_url: str
+    signed_url: str | None
+    twiml_url: str
+    public_url: str | None
+
+
 class Lab:
     """A running relay with everything a lesson needs around it."""
 
@@ -244,25 +263,6 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class Pacing(TypedDict, total=False):
-    """The pacing arguments of ``Lab``: the stand-in's speed and the caller's voice."""
-
-    first_token_delay: float
-    tokens_per_second: float
-    connect_delay: float
-    words_per_minute: float
-    clock_speed: float
-
-
-class _Where(TypedDict, total=False):
-    """Where a simulated call connects: the socket itself, or the TwiML webhook (dial)."""
-
-    ws_url: str
-    signed_url: str | None
-    twiml_url: str
-    public_url: str | None
 
 
 class _RelayView:
