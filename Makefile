@@ -67,4 +67,4 @@ serve: $(STAMP)
 	$(BIN)/relaylab serve --step tracking
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
