@@ -38,6 +38,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest --nbval-lax --nbval-current-env tests notebooks
 
 lint: $(STAMP)
@@ -66,4 +67,4 @@ serve: $(STAMP)
 	$(BIN)/relaylab serve --step tracking
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -190,8 +190,9 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
     server = await signals.guard(relay.start())
     if needs_model_check(backend) and not args.worker:
+        assert relay.llm is not None  # start() made the client
         try:
-            await signals.guard(check_model(relay.llm, backend))  # type: ignore[arg-type]
+            await signals.guard(check_model(relay.llm, backend))
         except ModelUnavailable as exc:
             print(f"relaylab serve: {exc}", file=sys.stderr, flush=True)
             await relay.stop()
@@ -245,7 +246,8 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
             supervisor.cancel()
             await asyncio.wait([supervisor])
         for worker in workers:
-            worker.stdin.close()  # the worker's cue to stop
+            if worker.stdin is not None:  # (always: started with stdin=PIPE)
+                worker.stdin.close()  # the worker's cue to stop
         if tunnel:
             tunnel.close()
         await relay.stop()
@@ -364,6 +366,7 @@ def start_worker(
 
 async def until_ready(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Wait for a worker to say it is listening, so the banner counts only live processes."""
+    assert worker.stdout is not None  # started with stdout=PIPE
     try:
         line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), timeout)
     except TimeoutError:
@@ -393,7 +396,13 @@ async def _serve_as_worker(relay: Relay, signals: StopSignals) -> int:
         await asyncio.wait([stopped, orphaned], return_when=asyncio.FIRST_COMPLETED)
         server = relay.server
         in_call = server is not None and bool(server.sessions)
-        if orphaned.done() and not stopped.done() and in_call and await _parent_gone():
+        if (
+            server is not None
+            and orphaned.done()
+            and not stopped.done()
+            and in_call
+            and await _parent_gone()
+        ):
             server.stop_listening()
             log.warning(
                 "the first relaylab process is gone: worker %d takes no new calls; its "

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from relaylab.notebook.caller import Reply, SimulatedCall
-from relaylab.notebook.lab import Lab
+from relaylab.notebook.lab import Lab, Pacing
 from relaylab.steps.restaurant import demo_toolbox
 from relaylab.steps.tools import ToolRun, ToolSettings, describe_history, tool_runs, tools_step
 from relaylab.steps.turns import turns_step
@@ -38,22 +38,30 @@ WIDTH = 88
 
 # The stand-in's pacing. Lesson 3 uses slower tokens and a faster speech clock (as the
 # notebook does), so the caller cuts in while the reply is still streaming.
-PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0}
-QUICK_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0}
-INTERRUPT_PACING = {"first_token_delay": 0.4, "tokens_per_second": 40.0, "clock_speed": 2.0}
-QUICK_INTERRUPT_PACING = {"first_token_delay": 0.2, "tokens_per_second": 80.0, "clock_speed": 4.0}
+PACING: Pacing = {"first_token_delay": 0.4, "tokens_per_second": 60.0}
+QUICK_PACING: Pacing = {"first_token_delay": 0.2, "tokens_per_second": 120.0}
+INTERRUPT_PACING: Pacing = {"first_token_delay": 0.4, "tokens_per_second": 40.0, "clock_speed": 2.0}
+QUICK_INTERRUPT_PACING: Pacing = {
+    "first_token_delay": 0.2,
+    "tokens_per_second": 80.0,
+    "clock_speed": 4.0,
+}
 
 # Lesson 5: how long the slow tool takes and when the holding line comes (seconds).
 ORDER = "Where is my order 12345?"
 TOOL_WORDS_HEARD = 4  # "Let me check that.": the caller cuts in while the tool runs
 TOOLS = {"slow_seconds": 1.5, "hold_after": 0.8}
 QUICK_TOOLS = {"slow_seconds": 0.8, "hold_after": 0.4}
-TOOL_PACING = {"first_token_delay": 0.4, "tokens_per_second": 60.0, "clock_speed": 2.0}
+TOOL_PACING: Pacing = {"first_token_delay": 0.4, "tokens_per_second": 60.0, "clock_speed": 2.0}
 # Lesson 6: how long the turns step waits after an interrupt before it resumes, and how
 # long a silence it lets pass (longer than the demo's call, so no re-prompt interrupts it).
 TURNS_RESUME_WAIT = 1.0
 TURNS_SILENCE_AFTER = 60.0
-QUICK_TOOL_PACING = {"first_token_delay": 0.2, "tokens_per_second": 120.0, "clock_speed": 4.0}
+QUICK_TOOL_PACING: Pacing = {
+    "first_token_delay": 0.2,
+    "tokens_per_second": 120.0,
+    "clock_speed": 4.0,
+}
 
 
 def run_demo(quick: bool = False) -> int:
@@ -209,7 +217,9 @@ def _turns_lesson(lab: Lab) -> None:
         time.sleep(0.05)
     resumed = call.replies[-1].text.strip() if _resumed(call) else ""
     print(textwrap.fill(f"  claude (resumed): {resumed}", width=WIDTH, subsequent_indent=" " * 4))
-    asked = len(lab.offline_claude.requests)  # type: ignore[union-attr]
+    claude = lab.offline_claude
+    assert claude is not None  # the demo's labs run offline
+    asked = len(claude.requests)
     print(f"  ... heard {len(cut.heard.split())} words, then the rest: {asked} request to Claude,")
     stored = [turn for turn in call.conversation if turn["role"] == "assistant"]
     print(f"  and the history holds {len(stored)} assistant turn, the whole answer.")

@@ -27,8 +27,9 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # -- limits ----------------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ class Setup:
     call_status: str = ""
     custom_parameters: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    type: str = "setup"
+    type: Literal["setup"] = "setup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ class Prompt:
     voice_prompt: str
     lang: str = ""
     last: bool = True
-    type: str = "prompt"
+    type: Literal["prompt"] = "prompt"
     truncated_from: int | None = field(default=None, kw_only=True)
 
 
@@ -107,7 +108,7 @@ class Interrupt:
 
     utterance_until_interrupt: str
     duration_until_interrupt_ms: float | None = None
-    type: str = "interrupt"
+    type: Literal["interrupt"] = "interrupt"
     truncated_from: int | None = field(default=None, kw_only=True)
 
 
@@ -116,7 +117,7 @@ class Dtmf:
     """A key the caller pressed (needs ``dtmfDetection`` in the TwiML)."""
 
     digit: str
-    type: str = "dtmf"
+    type: Literal["dtmf"] = "dtmf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,7 @@ class ErrorMessage:
     """Twilio reporting a problem with something the relay sent."""
 
     description: str
-    type: str = "error"
+    type: Literal["error"] = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Info:
     name: str
     value: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    type: str = "info"
+    type: Literal["info"] = "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ class ConfigUpdated:
 
     settings: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    type: str = "configUpdated"
+    type: Literal["configUpdated"] = "configUpdated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,20 +274,21 @@ def _cleaned(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``data`` with every string, keys included, passed through ``_clean``."""
     root: dict[str, Any] = {}
     stack: list[tuple[Any, Any]] = [(data, root)]
+
+    def copy_of(value: object) -> object:
+        if isinstance(value, dict | list):
+            copy: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+            stack.append((value, copy))
+            return copy
+        return _clean(value) if isinstance(value, str) else value
+
     while stack:
         source, target = stack.pop()
-        pairs = source.items() if isinstance(source, dict) else enumerate(source)
-        for key, value in pairs:
-            if isinstance(value, dict | list):
-                copy: Any = {} if isinstance(value, dict) else []
-                stack.append((value, copy))
-                value = copy
-            elif isinstance(value, str):
-                value = _clean(value)
-            if isinstance(target, dict):
-                target[_clean(key)] = value
-            else:
-                target.append(value)
+        if isinstance(source, dict):
+            for key, value in source.items():
+                target[_clean(key)] = copy_of(value)
+        else:
+            target.extend(copy_of(value) for value in source)
     return root
 
 
@@ -416,7 +418,7 @@ def _config_updated(data: dict[str, Any], dirty: bool) -> ConfigUpdated:
     return ConfigUpdated(settings=settings, raw=raw)
 
 
-_READERS = {
+_READERS: dict[str, Callable[[dict[str, Any], bool], Message]] = {
     "setup": _setup,
     "prompt": _prompt,
     "interrupt": _interrupt,

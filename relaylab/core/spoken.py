@@ -105,7 +105,9 @@ def year_words(year: int) -> str:
 
 def ordinal_words(n: int) -> str:
     """Spell an ordinal: 1 -> "first", 21 -> "twenty-first", 100 -> "one hundredth"."""
-    head, last = re.fullmatch(r"(.*?)([a-z]+)", number_words(n)).groups()
+    words = re.fullmatch(r"(.*?)([a-z]+)", number_words(n))
+    assert words is not None  # number_words always ends in a word
+    head, last = words.groups()
     if last in _ORDINAL_SPECIAL:
         last = _ORDINAL_SPECIAL[last]
     elif last.endswith("y"):

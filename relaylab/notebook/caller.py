@@ -508,8 +508,10 @@ class SimulatedCall:
         if setup:
             await self._send(self._setup_frame())
         buffered, self._buffered = self._buffered, []
+        socket = self._socket
+        assert socket is not None  # _open_socket() opened it (or raised)
         for frame in buffered:
-            await self._socket.send(frame)  # type: ignore[union-attr]  # already in self.sent
+            await socket.send(frame)  # already in self.sent
         return self
 
     async def _fail_before_session(self, code: int, why: str) -> NoReturn:

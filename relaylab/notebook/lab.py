@@ -15,7 +15,8 @@ import os
 import threading
 import uuid
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import anthropic
 from dotenv import find_dotenv, load_dotenv
@@ -54,6 +55,25 @@ def stop_running_labs() -> None:
             lab.stop()
         except Exception:
             log.exception("could not stop %r before the kernel shut down", lab)
+
+
+class Pacing(TypedDict, total=False):
+    """The pacing arguments of ``Lab``: the stand-in's speed and the caller's voice."""
+
+    first_token_delay: float
+    tokens_per_second: float
+    connect_delay: float
+    words_per_minute: float
+    clock_speed: float
+
+
+class _Where(TypedDict, total=False):
+    """Where a simulated call connects: the socket itself, or the TwiML webhook (dial)."""
+
+    ws_url: str
+    signed_url: str | None
+    twiml_url: str
+    public_url: str | None
 
 
 class Lab:
@@ -109,11 +129,15 @@ class Lab:
 
     @property
     def server(self) -> RelayServer:
-        return self._relay.server  # type: ignore[return-value]  # set by start()
+        server = self._relay.server
+        assert server is not None  # Lab() started the relay, and a relay keeps its server
+        return server
 
     @property
     def llm(self) -> LLM:
-        return self._relay.llm  # type: ignore[return-value]  # set by start()
+        llm = self._relay.llm
+        assert llm is not None  # Lab() started the relay, and a relay keeps its client
+        return llm
 
     @property
     def offline_claude(self) -> OfflineClaude | None:
@@ -176,6 +200,7 @@ class Lab:
         options.setdefault("clock_speed", self.clock_speed)
         call_sid = options.setdefault("call_sid", "CA" + uuid.uuid4().hex)
         public = self.server.public
+        where: _Where
         if dial:
             where = {"twiml_url": f"{self.http_url}/twiml", "public_url": self.settings.public_url}
         else:
@@ -223,7 +248,7 @@ class Lab:
 
     def voice_phone(self, **options: Any) -> Any:
         """A phone in the browser: talk to the relay with your voice (relaylab.notebook.voice)."""
-        from relaylab.notebook.voice import VoicePhone
+        from relaylab.notebook.voice.phone import VoicePhone
 
         return VoicePhone(self, **options)
 
@@ -283,7 +308,7 @@ def start(step: object = "tracking", **options: Any) -> Lab:
     return lab
 
 
-def _with_lab_keys(twilio: TwilioBehaviour | None, twiml: dict[str, Any]) -> TwilioBehaviour:
+def _with_lab_keys(twilio: TwilioBehaviour | None, twiml: Mapping[str, Any]) -> TwilioBehaviour:
     """An undialled call's behaviour with the key detection the lab's TwiML turns on
     (``dtmf_detection``), as a dialled call would read it."""
     behaviour = twilio or TwilioBehaviour()

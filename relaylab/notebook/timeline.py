@@ -173,13 +173,15 @@ class Timeline(Sequence[TurnTiming]):
         drawn: set[str] = set()
         for row, turn in enumerate(self.turns):
             for start, end, colour, label in _segments(turn):
+                # matplotlib's artist properties (its **kwargs are untyped)
+                style: dict[str, Any] = {"hatch": "//", "alpha": 0.5} if "after" in label else {}
                 ax.barh(
                     row,
                     (end - start) / 1000,
                     left=start / 1000,
                     color=colour,
                     label=None if label in drawn else label,
-                    **({"hatch": "//", "alpha": 0.5} if "after" in label else {}),
+                    **style,
                 )
                 drawn.add(label)
             if turn.interrupted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -59,7 +60,7 @@ FAILURE_KINDS: dict[str, tuple[int, str, str]] = {
     "error_event": (0, "", "a few words, then an overloaded_error event mid-stream"),
     "thinking": (0, "", "thinking deltas for `thinking_seconds` before the reply's first word"),
 }
-_CUT_SHORT = {
+_CUT_SHORT: dict[str, types.StopReason] = {
     # kind: the stop reason after half the reply (None: after no text at all)
     "refusal": "refusal",
     "refusal_no_text": "refusal",
@@ -117,7 +118,7 @@ class _Plan:
     text: list[str]
     tool: types.ToolUseBlock | None = None
     chunks: list[str] = field(default_factory=list)
-    stop_reason: str = "end_turn"
+    stop_reason: types.StopReason = "end_turn"
     thinking: list[str] = field(default_factory=list)
 
     @property
@@ -133,7 +134,7 @@ def _plan(body: dict[str, Any], preamble: str) -> tuple[str, _Plan]:
     question = content_text(last_user["content"])
     results = tool_calls.tool_results(last_user)
     asked = tool_calls.choose_tool(body, question) if question.strip() else None
-    stale = replies.results_are_stale(messages, results, asked and asked["name"])
+    stale = replies.results_are_stale(messages, results, asked["name"] if asked else None)
     if results and not replies.has_own_reply(question) and not stale:
         # The follow-up to a tool call, or a question about what the tools just said
         # ("did the booking go through?"): answered from the results. A question on one
@@ -207,7 +208,7 @@ def _message(
         role="assistant",
         model=body["model"],
         content=content,
-        stop_reason=plan.stop_reason if plan else None,  # type: ignore[arg-type]
+        stop_reason=plan.stop_reason if plan else None,
         stop_sequence=None,
         usage=types.Usage(
             input_tokens=usage.input_tokens,
@@ -395,7 +396,7 @@ class OfflineClaude:
     def _model_info(self, model_id: str) -> dict[str, Any]:
         info = types.ModelInfo(
             id=model_id,
-            created_at="2026-01-01T00:00:00Z",  # type: ignore[arg-type]
+            created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
             display_name=model_id.replace("-", " ").title(),
             lifecycle="active",
             type="model",
@@ -569,8 +570,8 @@ class OfflineClaude:
             thinking = types.ThinkingBlock(type="thinking", thinking="", signature="")
             blocks.append((thinking, thoughts))
         if plan.text:
-            deltas = [types.TextDelta(type="text_delta", text=t) for t in plan.text]
-            blocks.append((types.TextBlock(type="text", text=""), deltas))
+            words = [types.TextDelta(type="text_delta", text=t) for t in plan.text]
+            blocks.append((types.TextBlock(type="text", text=""), words))
         if plan.tool:
             chunks = [
                 types.InputJSONDelta(type="input_json_delta", partial_json=c) for c in plan.chunks
@@ -606,7 +607,7 @@ class OfflineClaude:
             await response.write(_sse(stop))
         closing = types.RawMessageDeltaEvent(
             type="message_delta",
-            delta=Delta(stop_reason=plan.stop_reason, stop_sequence=None),  # type: ignore[arg-type]
+            delta=Delta(stop_reason=plan.stop_reason, stop_sequence=None),
             usage=types.MessageDeltaUsage(output_tokens=plan.size),
         )
         await response.write(_sse(closing, types.RawMessageStopEvent(type="message_stop")))

@@ -34,7 +34,9 @@ MAX_BREAKPOINTS = 4
 
 def cached_system(system: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The system prompt as text blocks, its last block marked for caching."""
-    blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
+    blocks: list[dict[str, Any]] = (
+        [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
+    )
     if blocks:
         blocks[-1] = {**blocks[-1], "cache_control": dict(EPHEMERAL)}
     return blocks

@@ -32,7 +32,8 @@ def is_model_error(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A short, plain description of why a reply failed."""
-    error = exc.body.get("error", {}) if isinstance(getattr(exc, "body", None), dict) else {}
+    body = getattr(exc, "body", None)
+    error = body.get("error", {}) if isinstance(body, dict) else {}
     kind = error.get("type") if isinstance(error, dict) else None
     if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
         return f"Claude answered HTTP {exc.status_code}" + (f" {kind}" if kind else "")

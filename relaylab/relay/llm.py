@@ -163,6 +163,7 @@ def make_llm(
             max_retries=max_retries, timeout=timeout, http_client=_http_client(timeout, aiohttp)
         )
         return LLM(client=client, model=provider_model(backend.kind, chosen), fast_stream=aiohttp)
+    base_url: str | None
     if backend.kind == "offline":
         if offline_url is None:
             raise ValueError("the offline backend needs the stand-in's URL")

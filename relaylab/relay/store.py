@@ -23,8 +23,9 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar, TypeVarTuple
 from urllib.parse import urlsplit
 
 from relaylab.core.protocol import loggable
@@ -33,6 +34,8 @@ MEMORY_KEYS_LIMIT = 100_000
 """At most this many keys in a MemoryStore; past it the oldest go first."""
 _SWEEP_EVERY = 256  # writes between two sweeps of expired keys
 _PREFIX = "relaylab:"
+_Args = TypeVarTuple("_Args")
+_Result = TypeVar("_Result")
 
 
 class StoreError(RuntimeError):
@@ -142,15 +145,20 @@ class SqliteStore:
         )
         self._db = db
 
-    async def _run(self, work, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, work: Callable[[*_Args], _Result], *args: *_Args) -> _Result:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, work, *args)
 
     async def get(self, key: str) -> str | None:
         return await self._run(self._get, key)
 
+    @property
+    def _open_db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the session store is not open"
+        return self._db
+
     def _get(self, key: str) -> str | None:
-        row = self._db.execute(  # type: ignore[union-attr]
+        row = self._open_db.execute(
             "SELECT value FROM relaylab_kv WHERE key = ? AND expires > ?", (key, time.time())
         ).fetchone()
         return row[0] if row else None
@@ -159,7 +167,7 @@ class SqliteStore:
         await self._run(self._put, key, value, ttl)
 
     def _put(self, key: str, value: str, ttl: float) -> None:
-        self._db.execute(  # type: ignore[union-attr]
+        self._open_db.execute(
             "INSERT OR REPLACE INTO relaylab_kv VALUES (?, ?, ?)", (key, value, time.time() + ttl)
         )
         self._sweep()
@@ -187,12 +195,12 @@ class SqliteStore:
         await self._run(self._delete, key)
 
     def _delete(self, key: str) -> None:
-        self._db.execute("DELETE FROM relaylab_kv WHERE key = ?", (key,))  # type: ignore[union-attr]
+        self._open_db.execute("DELETE FROM relaylab_kv WHERE key = ?", (key,))
 
     def _sweep(self) -> None:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            self._db.execute("DELETE FROM relaylab_kv WHERE expires <= ?", (time.time(),))  # type: ignore[union-attr]
+            self._open_db.execute("DELETE FROM relaylab_kv WHERE expires <= ?", (time.time(),))
 
     async def close(self) -> None:
         if self._db is not None:
@@ -225,7 +233,9 @@ class RedisStore:
         return self
 
     async def get(self, key: str) -> str | None:
-        return await self._redis.get(_PREFIX + key)
+        value = await self._redis.get(_PREFIX + key)
+        assert not isinstance(value, bytes)  # decode_responses=True: Redis answers in str
+        return value
 
     async def put(self, key: str, value: str, ttl: float) -> None:
         await self._redis.set(_PREFIX + key, value, px=max(int(ttl * 1000), 1))

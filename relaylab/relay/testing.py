@@ -248,9 +248,12 @@ def _message_start() -> RawMessageStartEvent:
 
 
 class _ToolCallStream(_Stream):
+    def __init__(self, claude: ScriptedClaude, call: ToolCall) -> None:
+        super().__init__(claude, "")
+        self._call = call
+
     async def _events(self) -> AsyncIterator[Any]:
-        claude, call = self._claude, self._reply
-        assert isinstance(call, ToolCall)
+        claude, call = self._claude, self._call
         call.chunks_sent = 0
         yield _message_start()
         await asyncio.sleep(claude.first_token_delay)
@@ -328,6 +331,7 @@ async def run_step(
                 reached.set_result(None)
         await asyncio.sleep(0)  # a socket write lets the loop run, like the real one may
 
+    # ScriptedClaude answers like AsyncAnthropic without being one.
     llm = LLM(client=claude or ScriptedClaude(), model="scripted")  # type: ignore[arg-type]
     session = CallSession(
         send,

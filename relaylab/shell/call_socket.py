@@ -22,13 +22,14 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import BytesLike
 
 from relaylab.core.protocol import loggable
 from relaylab.relay.session import CallSession, HungUp, Send
@@ -73,7 +74,7 @@ class CallSocket(asyncio.Protocol):
         self.ws = ServerProtocol(max_size=limits.max_message_bytes, logger=_WEBSOCKETS_LOG)
         self.session: CallSession | None = None
         self.transport: asyncio.Transport | None = None
-        self._message: list[bytes] = []  # fragments of a message still arriving
+        self._message: list[BytesLike] = []  # fragments of a message still arriving
         self._message_opcode = Opcode.TEXT
         self._drained: asyncio.Future[None] | None = None  # set while writing is paused
         self._reading_deadline: asyncio.TimerHandle | None = None  # while writing is paused
@@ -86,12 +87,19 @@ class CallSocket(asyncio.Protocol):
         self._relay_closed = False  # the relay closed the socket (shutting down)
         self.closed = asyncio.get_running_loop().create_future()
 
+    @property
+    def _connected(self) -> asyncio.Transport:
+        """The transport, set once the connection is made (and never unset)."""
+        assert self.transport is not None, "no connection yet"
+        return self.transport
+
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream protocol is always given a full Transport (asyncio's, or uvloop's).
+        self.transport = cast(asyncio.Transport, transport)
         limit = self.server.settings.socket.write_buffer_bytes
-        self.transport.set_write_buffer_limits(high=limit)  # type: ignore[union-attr]
+        self.transport.set_write_buffer_limits(high=limit)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -155,7 +163,7 @@ class CallSocket(asyncio.Protocol):
             return
         admission = self.server.admit(request)
         if inspect.isawaitable(admission):
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._connected.pause_reading()
             self._admitting = asyncio.get_running_loop().create_task(
                 self._admit(request, admission)
             )
@@ -233,10 +241,10 @@ class CallSocket(asyncio.Protocol):
     def _flush(self) -> None:
         for chunk in self.ws.data_to_send():
             if chunk:
-                self.transport.write(chunk)  # type: ignore[union-attr]
+                self._connected.write(chunk)
             else:  # the end of the stream: the close handshake is over
                 self._answer_unreadable_request()
-                self.transport.close()  # type: ignore[union-attr]
+                self._connected.close()
                 return
         if self.ws.close_expected():
             asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self._abort)
@@ -250,7 +258,7 @@ class CallSocket(asyncio.Protocol):
                 "refused a WebSocket request that is not valid HTTP: %s",
                 loggable(problem.__cause__ or problem),
             )
-            self.transport.write(_BAD_REQUEST)  # type: ignore[union-attr]
+            self._connected.write(_BAD_REQUEST)
 
     def _abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -261,7 +269,7 @@ class CallSocket(asyncio.Protocol):
         self._check_open()
         self.ws.send_text(frame.encode())
         for chunk in self.ws.data_to_send():
-            self.transport.write(chunk)  # type: ignore[union-attr]
+            self._connected.write(chunk)
         if self._drained is not None:
             await asyncio.shield(self._drained)
             self._check_open()

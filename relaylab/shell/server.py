@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
@@ -115,7 +116,7 @@ class RelayServer:
             )
 
     async def stop(self) -> None:
-        if self._listener is None:
+        if self._listener is None or self._http is None:  # never started
             return
         self._listener.close()
         for socket in list(self._sockets):
@@ -129,7 +130,7 @@ class RelayServer:
                 )
                 for socket in list(self._sockets):
                     socket._abort()
-        await self._http.shutdown(STOP_WAIT)  # type: ignore[union-attr]
+        await self._http.shutdown(STOP_WAIT)
         self._listener = None
         if self.saved_calls is not None:
             await self.saved_calls.stop()
@@ -159,7 +160,8 @@ class RelayServer:
         return socket
 
     def http_protocol(self) -> asyncio.Protocol:
-        return self._http()  # type: ignore[misc]  # aiohttp's protocol factory
+        assert self._http is not None, "connections arrive only once start() has run"
+        return self._http()
 
     def open_session(self, send: Send, admission: Admission | None = None) -> CallSession:
         session = CallSession(
@@ -282,8 +284,15 @@ class _FirstRequest(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
+    @property
+    def _connected(self) -> asyncio.Transport:
+        """The transport, set once the connection is made (and never unset)."""
+        assert self.transport is not None, "no connection yet"
+        return self.transport
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream protocol is always given a full Transport (asyncio's, or uvloop's).
+        self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(
             self.server.settings.socket.request_head_timeout, self._too_slow
@@ -304,8 +313,8 @@ class _FirstRequest(asyncio.Protocol):
             protocol: asyncio.Protocol = self.server.call_socket()
         else:
             protocol = self.server.http_protocol()
-        self.transport.set_protocol(protocol)  # type: ignore[union-attr]
-        protocol.connection_made(self.transport)  # type: ignore[arg-type]
+        self._connected.set_protocol(protocol)
+        protocol.connection_made(self._connected)
         protocol.data_received(bytes(self.head))
 
     def _too_slow(self) -> None:
@@ -319,10 +328,10 @@ class _FirstRequest(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self.transport.write(  # type: ignore[union-attr]
+        self._connected.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
-        self.transport.close()  # type: ignore[union-attr]
+        self._connected.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:  # closed before a whole request head arrived

@@ -368,7 +368,7 @@ def _check_voices(relay: Mapping[str, object], children: list[dict[str, object]]
     """ValueError for a language and voice Twilio would refuse (it fails the call, 64106)."""
     provider, voice = relay.get("ttsProvider"), relay.get("voice")
     general = str(relay.get("ttsLanguage") or relay.get("language") or "en-US")
-    checks = [(general, provider, voice)]
+    checks: list[tuple[object, object, object]] = [(general, provider, voice)]
     checks += [(c["code"], c.get("ttsProvider", provider), c.get("voice")) for c in children]
     for language, tts_provider, tts_voice in checks:
         problem = voice_problem(

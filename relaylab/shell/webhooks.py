@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -192,6 +193,16 @@ class Webhooks:
         return web.Response(text=twiml.relay_twiml(ws_url, **options), content_type=_XML)
 
 
+# What logging's ``exc_info=`` takes.
+_ExcInfo = (
+    bool
+    | BaseException
+    | tuple[type[BaseException], BaseException, TracebackType | None]
+    | tuple[None, None, None]
+    | None
+)
+
+
 class HttpLog(logging.LoggerAdapter):
     """The logger handed to aiohttp's server. aiohttp reports a malformed request (two Host
     headers, a broken request line) as an exception with a traceback; a relay on a public
@@ -200,11 +211,28 @@ class HttpLog(logging.LoggerAdapter):
     def __init__(self) -> None:
         super().__init__(log, {})
 
-    def exception(self, msg: object, *args: object, exc_info: object = True, **kw: object) -> None:
+    def exception(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: _ExcInfo = True,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+        **kw: object,
+    ) -> None:
         if isinstance(exc_info, HttpProcessingError):
             self.warning("refused a malformed HTTP request: %s", loggable(exc_info.message))
         else:
-            super().exception(msg, *args, exc_info=exc_info, **kw)  # type: ignore[arg-type]
+            super().exception(
+                msg,
+                *args,
+                exc_info=exc_info,
+                stack_info=stack_info,
+                stacklevel=stacklevel,
+                extra=extra,
+                **kw,
+            )
 
 
 def _check_form_type(content_type: str) -> None:

@@ -222,7 +222,7 @@ class TwilioBehaviour:
 
     @property
     def info_frames(self) -> bool:
-        return self.speaker_events or self.tokens_played
+        return self.speaker_events or bool(self.tokens_played)
 
     def with_twiml(self, relay: RelayTwiml) -> TwilioBehaviour:
         """This behaviour plus what the TwiML turns on (events, partial prompts) and the
@@ -329,7 +329,7 @@ def interrupt_mode(name: str, value: object) -> InterruptMode:
             f"{name} must be one of {', '.join(map(repr, INTERRUPT_MODES))} (or true/false, "
             f"the older spelling of 'any'/'none'), got {value!r}"
         )
-    return word  # type: ignore[return-value]  # checked above
+    return word
 
 
 def allows(mode: InterruptMode, kind: InputKind) -> bool:
@@ -520,10 +520,11 @@ def read_setting(name: str, value: object) -> Any:
 
 
 def _hint_list(value: object) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(item, str) for item in items):
+    items: list[object] = value if isinstance(value, list) else [value]
+    texts = [item for item in items if isinstance(item, str)]
+    if not items or len(texts) != len(items):
         raise ValueError(f"hints takes comma-separated words, got {protocol.loggable(value)}")
-    words = [word.strip() for item in items for word in item.split(",") if word.strip()]
+    words = [word.strip() for item in texts for word in item.split(",") if word.strip()]
     if not words:
         raise ValueError("hints has no words in it")
     return words
@@ -600,7 +601,7 @@ class PlaybackReporter:
     joined are exactly the text the caller heard. Clocks are played in the order added.
     """
 
-    def __init__(self, *, speaker_events: bool, tokens_played: bool) -> None:
+    def __init__(self, *, speaker_events: bool, tokens_played: TokensPlayed) -> None:
         self.speaker_events = speaker_events
         self.tokens_played = tokens_played
         self.agent_speaking = False
@@ -796,6 +797,6 @@ def read_twiml(document: str, base_url: str) -> RelayTwiml:
         attributes={name: value for name, value in relay.attrib.items() if name != "url"},
         parameters={p.get("name", ""): p.get("value", "") for p in relay.iter("Parameter")},
         action_url=urljoin(base_url, action) if action else None,
-        action_method=method,  # type: ignore[arg-type]  # checked above
+        action_method=method,
         languages=tuple(dict(child.attrib) for child in relay.iter("Language")),
     )

@@ -35,9 +35,12 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relaylab.core.protocol import loggable
+
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
 
 log = logging.getLogger("relaylab.steps.restaurant")
 
@@ -87,7 +90,7 @@ class Tool:
     """True when running it changes something: such a tool is never cancelled midway."""
 
     @property
-    def definition(self) -> dict[str, Any]:
+    def definition(self) -> ToolParam:
         """The tool as the Messages API's ``tools`` parameter takes it."""
         return {
             "name": self.name,
@@ -122,7 +125,7 @@ class Toolbox:
         return name in self.tools
 
     @property
-    def definitions(self) -> list[dict[str, Any]]:
+    def definitions(self) -> list[ToolParam]:
         """Every tool's definition, for ``messages.create(tools=...)``."""
         return [tool.definition for tool in self.tools.values()]
 

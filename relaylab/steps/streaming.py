@@ -38,6 +38,7 @@ async def forward(
     if call.prompt_caching:  # lesson 7: Claude reads the unchanged prefix from its cache
         settings["system"] = cached_system(settings["system"])
         messages = cached_messages(list(messages))
+    reply: ReplyStream | SDKReplyStream
     if call.fast_stream:  # relaylab serve: the same events, read for less CPU
         reply = stream_reply(call.claude, messages=messages, **settings)
     else:

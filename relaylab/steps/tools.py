@@ -56,7 +56,23 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
+
+from anthropic.types import (
+    AssistantMessageParam,
+    ContentBlock,
+    ContentBlockParam,
+    MessageContentParam,
+    MessageParam,
+    TextBlockParam,
+    ToolChoiceNoneParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+    ToolUseBlockParam,
+    UserMessageParam,
+)
 
 from relaylab.core.conversation import Conversation
 from relaylab.core.protocol import Interrupt, Prompt, loggable
@@ -111,12 +127,22 @@ class ToolSettings:
     """Added to the system prompt."""
 
 
+class ToolState(StrEnum):
+    """How a tool call stands (a ``str``: ``run.state == "done"`` holds)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    """The tool reported an error."""
+    CANCELLED = "cancelled"
+    """A read-only tool the caller interrupted."""
+
+
 @dataclass
 class ToolRun:
     """One tool call the relay ran: what, for how long, and how it ended.
 
-    ``state``: running, done, failed (the tool reported an error), cancelled (a read-only
-    tool the caller interrupted). ``interrupted``: the caller interrupted while it ran.
+    ``state``: see ``ToolState``. ``interrupted``: the caller interrupted while it ran.
     """
 
     id: str
@@ -125,7 +151,7 @@ class ToolRun:
     side_effects: bool
     started_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
-    state: str = "running"
+    state: ToolState = ToolState.RUNNING
     result: str | None = None
     interrupted: bool = False
 
@@ -151,17 +177,31 @@ class _Text:
 class _Round:
     """One request to Claude: its words and tool calls in order, then the tool results."""
 
-    content: list[_Text | dict[str, Any]] = field(default_factory=list)
-    results: list[dict[str, Any]] | None = None  # set when its tools start
+    content: list[_Text | ToolUseBlockParam] = field(default_factory=list)
+    results: list[ToolResultBlockParam] | None = None  # set when its tools start
     tasks: list[tuple[asyncio.Task[ToolOutcome], ToolRun]] = field(default_factory=list)
     aborted: bool = False  # the request's tool input grew past MAX_TOOL_INPUT_CHARS
+
+
+_Turn = UserMessageParam | AssistantMessageParam
 
 
 @dataclass
 class _Record:
     rounds: list[_Round] = field(default_factory=list)
-    turns: list[dict[str, Any]] = field(default_factory=list)  # as stored in the history
+    turns: list[_Turn] = field(default_factory=list)  # as stored in the history
     runs: list[ToolRun] = field(default_factory=list)
+
+
+class _Request(TypedDict):
+    """The arguments of one streamed ``messages.create`` call, besides ``stream``."""
+
+    model: str
+    max_tokens: int
+    system: str
+    messages: list[MessageParam]
+    tools: list[ToolParam]
+    tool_choice: NotRequired[ToolChoiceNoneParam]
 
 
 DEFAULT_SETTINGS = ToolSettings()
@@ -226,7 +266,10 @@ async def _converse(
     call: CallSession, reply: Reply, record: _Record, settings: ToolSettings
 ) -> None:
     for number in range(settings.max_rounds + 1):
-        messages = [*call.conversation, *_turns(record.rounds, reply.sent, None)]
+        messages: list[MessageParam] = [
+            *call.conversation,
+            *_turns(record.rounds, reply.sent, None),
+        ]
         round_ = _Round()
         record.rounds.append(round_)
         last_chance = number == settings.max_rounds
@@ -247,22 +290,23 @@ async def _stream(
     call: CallSession,
     reply: Reply,
     round_: _Round,
-    messages: list[dict[str, Any]],
+    messages: list[MessageParam],
     settings: ToolSettings,
     last_chance: bool,
 ) -> str | None:
     """Stream one request: forward words, collect tool calls; return the stop reason."""
-    extra: dict[str, Any] = {"tool_choice": {"type": "none"}} if last_chance else {}
-    stream = await call.claude.messages.create(
-        model=call.model,
-        max_tokens=call.max_tokens,
-        system=(call.system or "") + settings.guidance,
-        messages=messages,
-        tools=settings.toolbox.definitions,  # always: the history may hold tool blocks
-        stream=True,
-        **extra,
-    )
-    tool_inputs: dict[int, tuple[Any, list[str]]] = {}  # block index -> (block, JSON so far)
+    request: _Request = {
+        "model": call.model,
+        "max_tokens": call.max_tokens,
+        "system": (call.system or "") + settings.guidance,
+        "messages": messages,
+        "tools": settings.toolbox.definitions,  # always: the history may hold tool blocks
+    }
+    if last_chance:
+        request["tool_choice"] = {"type": "none"}
+    stream = await call.claude.messages.create(**request, stream=True)
+    # block index -> (block, JSON so far)
+    tool_inputs: dict[int, tuple[ToolUseBlock, list[str]]] = {}
     input_size = 0  # characters of tool input JSON in this request, all its calls together
     too_many = 0  # tool calls dropped past MAX_TOOL_CALLS
     seen_ids = _tool_use_ids(messages)
@@ -313,8 +357,8 @@ async def _stream(
 
 
 def _tool_use(
-    call: CallSession, block: Any, json_parts: list[str], seen_ids: set[str]
-) -> dict[str, Any] | None:
+    call: CallSession, block: ToolUseBlock, json_parts: list[str], seen_ids: set[str]
+) -> ToolUseBlockParam | None:
     """The finished tool call as a history block; None (logged) for one the Messages API
     would reject in the history: no name, no id, or an id already used."""
     name, tool_id = block.name, block.id
@@ -372,7 +416,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _tool_use_ids(messages: list[dict[str, Any]]) -> set[str]:
+def _tool_use_ids(messages: list[MessageParam]) -> set[str]:
     """Every tool_use id in the history about to be sent."""
     ids = set()
     for turn in messages:
@@ -384,8 +428,8 @@ def _tool_use_ids(messages: list[dict[str, Any]]) -> set[str]:
     return ids
 
 
-def _tool_uses(round_: _Round) -> list[dict[str, Any]]:
-    return [item for item in round_.content if isinstance(item, dict)]
+def _tool_uses(round_: _Round) -> list[ToolUseBlockParam]:
+    return [item for item in round_.content if not isinstance(item, _Text)]
 
 
 async def _say(call: CallSession, reply: Reply, round_: _Round, token: str) -> None:
@@ -445,7 +489,11 @@ async def _run_tools(
     for use in _tool_uses(round_):
         run = ToolRun(use["id"], use["name"], use["input"], toolbox.has_side_effects(use["name"]))
         note = STILL_RUNNING_NOTE if run.side_effects else INTERRUPTED_NOTE
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": run.id, "content": note}
+        result: ToolResultBlockParam = {
+            "type": "tool_result",
+            "tool_use_id": run.id,
+            "content": note,
+        }
         if not run.side_effects:
             result["is_error"] = True
         round_.results.append(result)
@@ -468,12 +516,12 @@ async def _run_tools(
 
 
 def _tool_done(
-    call: CallSession, run: ToolRun, result: dict[str, Any], task: asyncio.Task[ToolOutcome]
+    call: CallSession, run: ToolRun, result: ToolResultBlockParam, task: asyncio.Task[ToolOutcome]
 ) -> None:
     """Put a finished tool's outcome into its tool_result block (in the history, if stored)."""
     run.ended_at = time.monotonic()
     if task.cancelled():
-        run.state = "cancelled"
+        run.state = ToolState.CANCELLED
     else:
         outcome = task.result()  # Toolbox.call never raises
         result["content"] = outcome.content
@@ -481,7 +529,8 @@ def _tool_done(
             result["is_error"] = True
         else:
             result.pop("is_error", None)
-        run.state, run.result = ("failed" if outcome.is_error else "done"), outcome.content
+        run.state = ToolState.FAILED if outcome.is_error else ToolState.DONE
+        run.result = outcome.content
         if run.interrupted:
             log.info(
                 "Call %s: %s finished after the caller interrupted; its result replaced the "
@@ -548,17 +597,17 @@ def _cut(sent: str, text: _Text, heard: int | None) -> str:
     return sent[text.start : end].strip() if end > text.start else ""
 
 
-def _turns(rounds: list[_Round], sent: str, heard: int | None) -> list[dict[str, Any]]:
+def _turns(rounds: list[_Round], sent: str, heard: int | None) -> list[_Turn]:
     """The history turns for these rounds, keeping only words within the first ``heard``
     characters of ``sent`` (``None``: all of them)."""
-    turns: list[dict[str, Any]] = []
+    turns: list[_Turn] = []
     for round_ in rounds:
         if round_.results is None:  # no tool ran: only the words, as a plain text turn
             words = [_cut(sent, i, heard) for i in round_.content if isinstance(i, _Text)]
             if text := " ".join(w for w in words if w):
                 turns.append({"role": "assistant", "content": text})
             continue
-        blocks: list[dict[str, Any]] = []
+        blocks: list[TextBlockParam | ToolUseBlockParam] = []
         for item in round_.content:
             if isinstance(item, _Text):
                 if text := _cut(sent, item, heard):
@@ -583,7 +632,7 @@ def _store(conversation: Conversation, record: _Record, reply: Reply) -> None:
             conversation.append(turn)
 
 
-def _blocks(content: Any) -> list[dict[str, Any]]:
+def _blocks(content: MessageContentParam) -> list[ContentBlockParam | ContentBlock]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 

@@ -40,7 +40,7 @@ from relaylab.core import endings, protocol
 from relaylab.core.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
 from relaylab.core.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
 from relaylab.core.turn_taking import without_cut_mark as without_cut_mark
-from relaylab.relay.llm import SDKReplyStream, stream_reply
+from relaylab.relay.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.relay.session import CallSession, HungUp, Reply
 from relaylab.relay.step import Step
 
@@ -172,11 +172,14 @@ def _turns(call: CallSession) -> _Turns:
 def turns_step(**settings: Any) -> Step:
     """The turns step with other settings, e.g. ``turns_step(resume_wait=1.0)``."""
     chosen = TurnSettings(**settings)
-    hooks = {
-        hook: functools.partial(globals()[hook], settings=chosen)
-        for hook in ("on_setup", "on_prompt", "on_interrupt", "on_dtmf", "on_close")
-    }
-    return Step(**hooks, name=name)
+    return Step(
+        on_setup=functools.partial(on_setup, settings=chosen),
+        on_prompt=functools.partial(on_prompt, settings=chosen),
+        on_interrupt=functools.partial(on_interrupt, settings=chosen),
+        on_dtmf=functools.partial(on_dtmf, settings=chosen),
+        on_close=functools.partial(on_close, settings=chosen),
+        name=name,
+    )
 
 
 # -- the hooks --------------------------------------------------------------------------------
@@ -389,21 +392,30 @@ async def _close_cut_cycle(call: CallSession) -> None:
 # -- resuming, and listening for silence -------------------------------------------------------
 
 
-def _open_stream(call: CallSession, messages: list[Any]) -> Any:
+def _open_stream(call: CallSession, messages: list[Any]) -> ReplyStream | SDKReplyStream:
     """Claude's streamed reply to ``messages``, read as the tracking step reads it."""
-    request = {"model": call.model, "max_tokens": call.max_tokens, "system": call.system}
     if call.fast_stream:  # relaylab serve: the same events, read for less CPU
-        return stream_reply(call.claude, messages=messages, **request)
-    return SDKReplyStream(call.claude.messages.stream(messages=messages, **request))
+        return stream_reply(
+            call.claude,
+            messages=messages,
+            model=call.model,
+            max_tokens=call.max_tokens,
+            system=call.system,
+        )
+    return SDKReplyStream(
+        call.claude.messages.stream(
+            messages=messages, model=call.model, max_tokens=call.max_tokens, system=call.system
+        )
+    )
 
 
 def _cut_reply(call: CallSession) -> Reply | None:
     """The reply the latest interrupt cut: the oldest of those it stopped."""
-    stopped = [r for r in call.replies if r.interrupted_at is not None]
+    stopped = [(r.interrupted_at, r) for r in call.replies if r.interrupted_at is not None]
     if not stopped:
         return None
-    at = max(r.interrupted_at for r in stopped)  # type: ignore[type-var]
-    return next(r for r in stopped if r.interrupted_at == at)
+    at = max(when for when, _ in stopped)
+    return next(r for when, r in stopped if when == at)
 
 
 def _take_resume(state: _Turns) -> _Resume:

@@ -5,8 +5,8 @@ per lesson, with the prompts their callers say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any
 
 from relaylab.notebook.exercises.actions import (
     _ACTIONS,
@@ -39,6 +39,9 @@ from relaylab.notebook.exercises.expectations import (
     Streams,
     ValidHistory,
 )
+
+if TYPE_CHECKING:
+    from relaylab.notebook.lab import Pacing
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,12 @@ def _expectation(item: Any) -> Expectation:
         raise ValueError(f"unknown expectation {item!r}: use one of {', '.join(_EXPECTATIONS)}")
     if value is None:
         return cls()
-    own = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    own: list[str] = [f.name for f in fields(cls)] if is_dataclass(cls) else []
     return cls(**{own[0]: value}) if own else cls()
+
+
+def _no_pacing() -> Pacing:
+    return {}
 
 
 @dataclass
@@ -120,7 +127,7 @@ class Exercise:
     task: str
     reference: str
     scenarios: list[Scenario]
-    pacing: dict[str, float] = field(default_factory=dict)
+    pacing: Pacing = field(default_factory=_no_pacing)
 
 
 HELLO = "Hello"

@@ -17,7 +17,7 @@ from typing import Any
 
 from relaylab.relay import failures
 from relaylab.relay.session import HungUp
-from relaylab.relay.step import HOOKS, Step
+from relaylab.relay.step import Step
 
 _PACKAGE = str(Path(__file__).resolve().parents[2])
 _LIBRARIES = tuple(
@@ -47,8 +47,15 @@ class Watched:
     errors: list[LearnerError] = field(default_factory=list)
 
     def watched_step(self) -> Step:
-        hooks = {hook: self._watch(hook, getattr(self.step, hook)) for hook in HOOKS}
-        return Step(**hooks, name=self.step.name)
+        step = self.step
+        return Step(
+            on_setup=self._watch("on_setup", step.on_setup),
+            on_prompt=self._watch("on_prompt", step.on_prompt),
+            on_interrupt=self._watch("on_interrupt", step.on_interrupt),
+            on_dtmf=self._watch("on_dtmf", step.on_dtmf),
+            on_close=self._watch("on_close", step.on_close),
+            name=step.name,
+        )
 
     def clear(self) -> None:
         self.errors.clear()

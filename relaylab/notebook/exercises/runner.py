@@ -111,7 +111,14 @@ def _learner_step(step: object, hooks: dict[str, Callable[..., Any]]) -> Step:
     if step is None:
         if not hooks:
             raise TypeError("check() needs your step: check('tracking', my_step) or on_prompt=...")
-        return Step(**hooks, name="your step")  # type: ignore[arg-type]
+        return Step(
+            on_setup=hooks.get("on_setup"),
+            on_prompt=hooks.get("on_prompt"),
+            on_interrupt=hooks.get("on_interrupt"),
+            on_dtmf=hooks.get("on_dtmf"),
+            on_close=hooks.get("on_close"),
+            name="your step",
+        )
     if isinstance(step, FunctionType):
         if step.__name__ in HOOKS and step.__name__ != "on_prompt":
             raise TypeError(f"pass {step.__name__} by name: check(..., {step.__name__}=...)")
@@ -141,8 +148,8 @@ async def _run_scenario(
             notes.append(f"a reply was still running {SETTLE:.0f} s after the last action")
         if live is not None:
             malformed = malformed_turns(live.session.conversation)
-        if malformed:
-            history = [t for t in live.session.conversation if isinstance(t, dict)]  # type: ignore[union-attr]
+        if live is not None and malformed:
+            history = [t for t in live.session.conversation if isinstance(t, dict)]
         else:
             history = await call.history_async()
     except (ConnectionError, TimeoutError, LookupError, RuntimeError) as exc:

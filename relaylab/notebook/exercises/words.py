@@ -30,7 +30,7 @@ def _request_for(run: Run, reply: Reply) -> RecordedRequest | None:
     """The request to Claude made for this reply (the first one after its prompt)."""
     after = [r for r in run.requests if r.received_at >= reply.sent_at - 0.05]
     mine = [r for r in after if reply.prompt in last_user_text(r.body.get("messages", []))]
-    return (mine or after or [None])[0]
+    return next(iter(mine or after), None)
 
 
 def _history_text(history: Sequence[dict[str, Any]]) -> str:

@@ -51,9 +51,8 @@ class VoicePhone(anywidget.AnyWidget):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         super().__init__(mode=mode)
         self.lab = lab
-        self._identity = dict(
-            from_number=from_number, to_number=to_number, custom_parameters=custom_parameters
-        )
+        self._from_number, self._to_number = from_number, to_number
+        self._custom_parameters = custom_parameters
         self.bridge = self._new_bridge()
         # The relay's sessions opened since, to find this phone's call after it ended
         # (a session learns its CallSid from `setup`, after the listener runs).
@@ -62,11 +61,10 @@ class VoicePhone(anywidget.AnyWidget):
         self.on_msg(self._on_browser)
 
     def _new_bridge(self) -> RelayBridge:
-        who = self._identity
-        identity = CallIdentity(
-            from_number=who["from_number"],
-            to_number=who["to_number"],
-            custom_parameters=dict(who["custom_parameters"] or {}),
+        identity = CallIdentity(  # a new CallSid for each call
+            from_number=self._from_number,
+            to_number=self._to_number,
+            custom_parameters=dict(self._custom_parameters or {}),
         )
         return RelayBridge(
             f"{self.lab.http_url}/twiml",

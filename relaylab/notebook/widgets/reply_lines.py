@@ -146,8 +146,8 @@ def _notes(
         notes.append(f"Twilio reports {plural(len(played.split()), 'word')} played")
     if reply.error:
         notes.append(reply.error)
-    if (words := _words_sent(reply)) is not None:
-        notes.append(words)
+    if (sending := _words_sent(reply)) is not None:
+        notes.append(sending)
     notes.append(plural(reply.frames, "text frame"))
     return notes
 
