@@ -22,8 +22,7 @@ from typing import Any
 
 import anthropic
 import httpx2
-import pydantic
-from anthropic.types import ContentBlock, Message, TextBlock
+from anthropic.types import Message, TextBlock
 
 from relaylab.core.sse import SSEParser
 
@@ -77,15 +76,15 @@ DELTA_USAGE = (
     "server_tool_use",
     "output_tokens_details",
 )
-_CONTENT_BLOCK: pydantic.TypeAdapter[ContentBlock] = pydantic.TypeAdapter(ContentBlock)
 
 
-def _typed(block: dict[str, Any]) -> Any:
-    """A content block as its SDK type; one of a type the SDK does not know is kept as
-    the SDK's stream helper keeps it: a TextBlock built unvalidated, its fields as sent."""
+def _typed(message: dict[str, Any], block: dict[str, Any]) -> Any:
+    """A content block of ``message`` as its SDK type; one of a type the SDK does not know
+    is kept as the SDK's stream helper keeps it: a TextBlock built unvalidated (pydantic's
+    ``model_construct``), its fields as sent."""
     try:
-        return _CONTENT_BLOCK.validate_python(block)
-    except pydantic.ValidationError:
+        return Message.model_validate({**message, "content": [block]}).content[0]
+    except ValueError:  # pydantic's ValidationError
         return TextBlock.model_construct(**block)
 
 
@@ -171,7 +170,7 @@ class ReplyStream:
 
     async def _read_texts(self) -> AsyncIterator[str]:
         events = SSEParser()
-        http = getattr(self._response, "http_response", None)
+        http: Any = getattr(self._response, "http_response", None)  # None: a stand-in's
         try:
             async for chunk in self._response.iter_bytes():
                 text = self._read(events.feed(chunk))
@@ -182,9 +181,8 @@ class ReplyStream:
         except httpx2.TimeoutException as exc:  # as the SDK's stream reports a failed read
             raise anthropic.APITimeoutError(http.request) from exc
         except httpx2.TransportError as exc:
-            raise anthropic.APIConnectionError(
-                message=f"Connection failed: {exc}", request=http.request
-            ) from exc
+            message = f"Connection failed: {exc}"
+            raise anthropic.APIConnectionError(message=message, request=http.request) from exc
         text = self._read(events.close())
         if text:
             yield text
@@ -283,9 +281,9 @@ class ReplyStream:
         message = {**self._start, **self._end, "content": blocks, "usage": usage}
         try:
             return Message.model_validate(message)
-        except pydantic.ValidationError:  # a block type newer than this SDK (see _typed)
+        except ValueError:  # pydantic's ValidationError: a block type newer than this SDK
             final = Message.model_validate({**message, "content": []})
-            final.content = [_typed(block) for block in blocks]
+            final.content = [_typed(message, block) for block in blocks]
             return final
 
     def _message_delta(self, event: dict[str, Any]) -> None:
