@@ -11,6 +11,7 @@ than about the relay (see ``Cores``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -255,6 +256,24 @@ def start_standin(procs: Processes, *, first_token_delay: float, tokens_per_seco
     )
 
 
+def add_reader_option(parser: argparse.ArgumentParser) -> None:
+    """``--sdk-stream``: measure the relay as the lessons teach it (the SDK's
+    ``messages.stream()``) rather than with ``relaylab serve --fast-stream``."""
+    parser.add_argument(
+        "--sdk-stream",
+        action="store_true",
+        help="run relaylab serve without --fast-stream: the SDK's messages.stream(), as the "
+        "lessons teach it (default: --fast-stream, the lean reader)",
+    )
+
+
+def reader(sdk_stream: bool = False) -> str:
+    """How a benchmark's relay reads Claude's streams, for its printed header."""
+    if sdk_stream:
+        return "relaylab serve without --fast-stream (the SDK's messages.stream())"
+    return "relaylab serve --fast-stream (the lean stream reader)"
+
+
 def start_relay(
     procs: Processes,
     *,
@@ -263,8 +282,10 @@ def start_relay(
     name: str = "relay",
     extra: Sequence[str] = (),
     cpus: frozenset[int] | None = None,
+    fast_stream: bool = True,
 ) -> Child:
-    """``relaylab serve`` on a free port, talking to the stand-in through the anthropic SDK.
+    """``relaylab serve`` on a free port, talking to the stand-in through the anthropic SDK;
+    with ``--fast-stream`` (the lean stream reader) unless ``fast_stream`` is False.
 
     RELAYLAB_SRC=DIR runs the relay from another checkout (e.g. a scratch copy with a
     proposed change) while the stand-in and the load generator stay the same. It runs on
@@ -279,6 +300,7 @@ def start_relay(
     src = os.environ.get("RELAYLAB_SRC") or str(REPO_DIR)
     env["PYTHONPATH"] = src  # `python -m` also puts the working directory first on sys.path
     argv = [PYTHON, "-m", "relaylab", "serve", "--step", step, "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--fast-stream"] if fast_stream else []
     argv += extra
     if cpus is None and procs.cores:
         cpus = procs.cores.relay

@@ -13,15 +13,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _common import Processes, percentile, start_relay, start_standin, table
+from _common import (
+    Processes,
+    add_reader_option,
+    percentile,
+    reader,
+    start_relay,
+    start_standin,
+    table,
+)
 from _load import conversation, no_gc_pauses
 
 HEADERS = ("step", "replies", "failed", "first token p50 ms", "p99 ms", "whole reply p50 ms")
 PROMPT = "Name ten things that happened in 1999"
 
 
-async def one_step(procs: Processes, model_port: int, step: str, calls: int, turns: int) -> list:
-    relay = start_relay(procs, step=step, model_port=model_port, name=f"relay ({step})")
+async def one_step(procs: Processes, model_port: int, step: str, args: argparse.Namespace) -> list:
+    calls, turns = args.calls, args.turns
+    relay = start_relay(
+        procs,
+        step=step,
+        model_port=model_port,
+        name=f"relay ({step})",
+        fast_stream=not args.sdk_stream,
+    )
     try:
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
         with no_gc_pauses():
@@ -50,20 +65,22 @@ async def scenario(args: argparse.Namespace) -> list[list]:
     with Processes() as procs:
         standin = start_standin(procs, first_token_delay=0.4, tokens_per_second=60.0)
         port = standin.ports["model"]
-        return [
-            await one_step(procs, port, s, args.calls, args.turns) for s in ("basic", "streaming")
-        ]
+        return [await one_step(procs, port, s, args) for s in ("basic", "streaming")]
 
 
 def run(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--turns", type=int, default=2)
+    add_reader_option(parser)
     args = parser.parse_args(argv)
     rows = asyncio.run(scenario(args))
     basic, streaming = rows[0][3], rows[1][3]
     rows.append(["basic / streaming", "", "", f"{basic / streaming:.1f}x", "", ""])
-    title = "3. Time to first token, long answer (154 tokens, 0.4 s to first token, 60 tokens/s)"
+    title = (
+        "3. Time to first token, long answer (154 tokens, 0.4 s to first token, 60 tokens/s; "
+        f"{reader(args.sdk_stream)})"
+    )
     return table(title, HEADERS, rows)
 
 

@@ -22,7 +22,15 @@ import random
 import time
 from dataclasses import dataclass
 
-from _common import Processes, percentile, start_relay, start_standin, table
+from _common import (
+    Processes,
+    add_reader_option,
+    percentile,
+    reader,
+    start_relay,
+    start_standin,
+    table,
+)
 from _load import PONG, TwilioSide, dump_standin, no_gc_pauses, open_call, texts_since
 
 from relaylab.core.protocol import interrupt_frame, is_cycle_close, prompt_frame
@@ -124,7 +132,12 @@ async def measure(ws_url: str, control: int, calls: int, turns: int) -> list:
 async def scenario(args: argparse.Namespace) -> list[list]:
     with Processes() as procs:
         standin = start_standin(procs, first_token_delay=0.2, tokens_per_second=50.0)
-        relay = start_relay(procs, step="tracking", model_port=standin.ports["model"])
+        relay = start_relay(
+            procs,
+            step="tracking",
+            model_port=standin.ports["model"],
+            fast_stream=not args.sdk_stream,
+        )
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
         control = standin.ports["control"]
         rows = []
@@ -138,9 +151,13 @@ def run(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="1,50,200", help="comma-separated concurrency levels")
     parser.add_argument("--turns", type=int, default=3)
+    add_reader_option(parser)
     args = parser.parse_args(argv)
     rows = asyncio.run(scenario(args))
-    title = "4. Interrupt reaction (step tracking, 0.2 s to first token, 50 tokens/s)"
+    title = (
+        "4. Interrupt reaction (step tracking, 0.2 s to first token, 50 tokens/s; "
+        f"{reader(args.sdk_stream)})"
+    )
     return table(title, HEADERS, rows)
 
 

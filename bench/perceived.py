@@ -69,6 +69,7 @@ def one_call(turns: int, speed: float, **technique: bool) -> tuple[list[float], 
         connect_delay=CONNECT_MS / 1000 / speed,
         clock_speed=speed,
         speculate_after_ms=150 / speed,
+        fast_stream=True,  # as relaylab serve --fast-stream, like the other benchmarks
         **technique,
     )
     try:
@@ -104,7 +105,8 @@ def run(argv: list[str] | None = None) -> str:
     title = (
         f"perceived latency: last word to first audio ({args.turns} turns a call; endpointing "
         f"{ENDPOINTING_MS} ms, first token {FIRST_TOKEN_MS} ms, new connection {CONNECT_MS} ms, "
-        f"TTS start 200 ms: simulated legs, see bench/perceived.py)"
+        f"TTS start 200 ms: simulated legs, see bench/perceived.py; a Lab with fast_stream=True, "
+        "as relaylab serve --fast-stream)"
     )
     lines = table(title, HEADERS, rows).splitlines()
     lines[2] = "cores: not pinned (caller, relay and stand-in share this one process, a Lab)"

@@ -4,7 +4,9 @@ CPU: utime + stime of the relay process (/proc/PID/stat) before and after a stre
 load, divided by the tokens the callers received. Memory: the relay's RSS with N idle
 calls open (setup sent, no prompt) minus its RSS before, divided by N.
 
-    python bench/relay_cost.py [--calls 1,50,200] [--turns 2] [--idle 200]
+    python bench/relay_cost.py [--calls 1,50,200] [--turns 2] [--idle 200] [--sdk-stream]
+
+The relay is ``relaylab serve --fast-stream``; ``--sdk-stream`` measures it without.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import asyncio
 import random
 import time
 
-from _common import Processes, cpu_seconds, rss_bytes, start_relay, start_standin, table
+from _common import (
+    Processes,
+    add_reader_option,
+    cpu_seconds,
+    reader,
+    rss_bytes,
+    start_relay,
+    start_standin,
+    table,
+)
 from _load import conversation, dump_standin, no_gc_pauses, open_call
 
 HEADERS = ("measure", "calls", "tokens", "relay CPU s", "CPU s / 1k tokens", "RSS KiB / call")
@@ -60,7 +71,12 @@ async def memory_row(ws_url: str, pid: int, idle: int) -> list:
 async def scenario(args: argparse.Namespace) -> list[list]:
     with Processes() as procs:
         standin = start_standin(procs, first_token_delay=0.2, tokens_per_second=args.tps)
-        relay = start_relay(procs, step="streaming", model_port=standin.ports["model"])
+        relay = start_relay(
+            procs,
+            step="streaming",
+            model_port=standin.ports["model"],
+            fast_stream=not args.sdk_stream,
+        )
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
         control = standin.ports["control"]
         rows = [await memory_row(ws_url, relay.pid, args.idle)]
@@ -78,9 +94,13 @@ def run(argv: list[str] | None = None) -> str:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--idle", type=int, default=200, help="idle calls for the memory figure")
     parser.add_argument("--tps", type=float, default=50.0, help="model tokens per second")
+    add_reader_option(parser)
     args = parser.parse_args(argv)
     rows = asyncio.run(scenario(args))
-    title = f"2. Relay cost (step streaming, {args.tps:g} tokens/s, {args.turns} turns per call)"
+    title = (
+        f"2. Relay cost (step streaming, {args.tps:g} tokens/s, {args.turns} turns per call; "
+        f"{reader(args.sdk_stream)})"
+    )
     return table(title, HEADERS, rows)
 
 

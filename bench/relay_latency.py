@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import random
 
-from _common import Processes, start_relay, start_standin, table
+from _common import Processes, add_reader_option, reader, start_relay, start_standin, table
 from _load import conversation, dump_standin, match_tokens, no_gc_pauses, summary
 
 HEADERS = (
@@ -56,7 +56,12 @@ async def scenario(args: argparse.Namespace, levels: list[int]) -> list[list]:
         standin = start_standin(
             procs, first_token_delay=args.first_token_delay, tokens_per_second=args.tps
         )
-        relay = start_relay(procs, step=args.step, model_port=standin.ports["model"])
+        relay = start_relay(
+            procs,
+            step=args.step,
+            model_port=standin.ports["model"],
+            fast_stream=not args.sdk_stream,
+        )
         ws_url = f"ws://127.0.0.1:{relay.ports['ws']}/ws"
         control = standin.ports["control"]
         await conversation(ws_url, ["Warm up please"])  # imports, connection pool
@@ -72,12 +77,14 @@ def run(argv: list[str] | None = None) -> str:
     parser.add_argument("--tps", type=float, default=50.0, help="model tokens per second")
     parser.add_argument("--first-token-delay", type=float, default=0.2)
     parser.add_argument("--spread", type=float, default=1.0, help="seconds over which calls start")
+    add_reader_option(parser)
     args = parser.parse_args(argv)
     levels = [int(n) for n in args.calls.split(",")]
     rows = asyncio.run(scenario(args, levels))
     title = (
         f"1. Relay overhead per token (step {args.step}, {args.first_token_delay} s to first "
-        f"token, {args.tps:g} tokens/s, calls start over {args.spread:g} s)"
+        f"token, {args.tps:g} tokens/s, calls start over {args.spread:g} s; "
+        f"{reader(args.sdk_stream)})"
     )
     return table(title, HEADERS, rows)
 

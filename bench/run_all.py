@@ -1,6 +1,8 @@
 """Run every benchmark in sequence; print each table and write bench/results/latest.md.
 
     make bench            (or: .venv/bin/python bench/run_all.py)
+
+Every relay runs as ``relaylab serve --fast-stream`` (each table's title says so).
     RELAYLAB_SRC=/tmp/relaylab-perf make bench    runs the relay from another checkout
 
 One failing benchmark (a process that does not start, a crash) is reported in its
@@ -21,7 +23,7 @@ import interrupt
 import perceived
 import relay_cost
 import relay_latency
-from _common import BENCH_DIR, StartError, machine
+from _common import BENCH_DIR, StartError, machine, reader
 
 BENCHMARKS: list[tuple[str, Callable[[list[str] | None], str]]] = [
     ("relay_latency", relay_latency.run),
@@ -53,7 +55,8 @@ def main() -> int:
     source = os.environ.get("RELAYLAB_SRC") or str(BENCH_DIR.parent)
     header = (
         f"# relaylab benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"{machine()}\nrelay source: {source}\ntotal time: {total:.0f} s\n"
+        f"{machine()}\nrelay source: {source}\nrelay: {reader()} in every benchmark\n"
+        f"total time: {total:.0f} s\n"
     )
     report = header + "".join(f"\n```\n{s}\n```\n" for s in sections)
     out = BENCH_DIR / "results" / "latest.md"

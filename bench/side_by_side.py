@@ -4,8 +4,9 @@ One model stand-in (bench/standin.py) serves every run. For each number of concu
 calls, the two relays take turns, relaylab then Node, for ``--rounds`` rounds, each run
 on a freshly started relay process:
 
-- relaylab: ``python -m relaylab serve --step tracking`` (RELAYLAB_SRC=DIR runs another
-  checkout), talking to the stand-in through the anthropic SDK;
+- relaylab: ``python -m relaylab serve --step tracking --fast-stream`` (``--sdk-stream``:
+  without it; RELAYLAB_SRC=DIR runs another checkout), talking to the stand-in through the
+  anthropic SDK;
 - Node: the seed's step-3 relay, ``node server.js``, unchanged, in its own folder
   (../shared/peers/cr-anthropic-demo-step3, or --node-dir), through the Node SDK.
 
@@ -49,9 +50,11 @@ from _common import (
     Cores,
     Processes,
     StartError,
+    add_reader_option,
     describe_cores,
     fmt,
     machine,
+    reader,
     start_relay,
     start_standin,
     table,
@@ -310,8 +313,12 @@ async def all_runs(
             procs, first_token_delay=args.first_token_delay, tokens_per_second=args.tps
         )
         model, control = standin.ports["model"], standin.ports["control"]
+        fast = not args.sdk_stream
         starters: list[tuple[str, Callable[[], Child]]] = [
-            (RELAYLAB, lambda: start_relay(procs, step="tracking", model_port=model))
+            (
+                RELAYLAB,
+                lambda: start_relay(procs, step="tracking", model_port=model, fast_stream=fast),
+            )
         ]
         if args.workers > 1:
             extra = ["--workers", str(args.workers)]
@@ -320,7 +327,12 @@ async def all_runs(
                 (
                     workers_name(args.workers),
                     lambda: start_relay(
-                        procs, step="tracking", model_port=model, extra=extra, cpus=cpus
+                        procs,
+                        step="tracking",
+                        model_port=model,
+                        extra=extra,
+                        cpus=cpus,
+                        fast_stream=fast,
                     ),
                 )
             )
@@ -445,6 +457,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Path(os.environ.get("NODE_RELAY_DIR") or NODE_DIR),
         help="the Node relay's folder (default: $NODE_RELAY_DIR or %(default)s)",
     )
+    add_reader_option(parser)
     args = parser.parse_args(argv)
     args.levels = [int(n) for n in args.calls.split(",")]
     if args.rounds < 1 or args.turns < 1 or any(n < 1 for n in args.levels):
@@ -464,7 +477,8 @@ def run(argv: list[str] | None = None) -> str:
     source = os.environ.get("RELAYLAB_SRC") or str(REPO_DIR)
     against = f"the Node relay ({args.node_dir})" if with_node else "no Node relay"
     title = (
-        f"Side by side: relaylab (step tracking, {source}) vs {against}; "
+        f"Side by side: relaylab (step tracking, {source}; {reader(args.sdk_stream)}) vs "
+        f"{against}; "
         f"{args.turns} turns per call, {args.first_token_delay:g} s to first token, "
         f"{args.tps:g} tokens/s, calls start over {args.spread:g} s"
     )

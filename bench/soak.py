@@ -253,12 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run the stand-in in its own process (bench/standin.py, same pacing), so the "
         "relay's figures leave out the stand-in's record of every request it served",
     )
+    parser.add_argument(
+        "--fast-stream",
+        action="store_true",
+        help="soak relaylab serve --fast-stream (the lean stream reader); default: the SDK's "
+        "messages.stream(), as the lessons teach",
+    )
     args = parser.parse_args(argv)
     if args.every % args.wave:
         parser.error("--every must be a multiple of --wave")
     with Processes() as procs, tempfile.TemporaryDirectory(prefix="relaylab-soak-") as tmp:
         report = Path(tmp) / "tasks"
         serve = ["serve", "--step", "tracking", "--host", "127.0.0.1", "--port", "0"]
+        serve += ["--fast-stream"] if args.fast_stream else []
         env = {
             "PYTHONPATH": str(REPO_DIR),
             "PYTHONUNBUFFERED": "1",
@@ -292,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         table(
-            "relaylab serve --step tracking under a soak"
+            "relaylab serve --step tracking"
+            + (" --fast-stream" if args.fast_stream else " (the SDK's messages.stream())")
+            + " under a soak"
             + (" (stand-in in its own process)" if args.separate_standin else " (--offline)"),
             ["calls", "seconds", "RSS MB", "fds", "threads", "tasks", "failed"],
             [[r.calls, r.seconds, r.rss_mb, r.fds, r.threads, r.tasks, r.failed] for r in readings],

@@ -185,6 +185,23 @@ def test_one_call_through_relay_and_stand_in_matches_every_token():
     calls, turns, failed, tokens, unmatched = row[0], row[1], row[2], row[3], row[-1]
     assert (calls, turns, failed, unmatched) == ("1", "1", "0", "0")
     assert int(tokens) > 50
+    assert "relaylab serve --fast-stream" in text.splitlines()[0]  # the title names it
+
+
+@pytest.mark.parametrize("fast_stream", [True, False], ids=["default", "sdk-stream"])
+def test_benchmarks_run_the_relay_with_fast_stream_unless_told_not_to(fast_stream):
+    with _common.Processes() as procs:
+        standin = _common.start_standin(procs, first_token_delay=0.01, tokens_per_second=200)
+        relay = _common.start_relay(
+            procs, step="streaming", model_port=standin.ports["model"], fast_stream=fast_stream
+        )
+        # Ready is its log line "relay ready at ws://..."; the banner comes just after.
+        deadline = time.monotonic() + 20
+        while "Ctrl-C to stop" not in (banner := relay.log_path.read_text()):
+            assert time.monotonic() < deadline, banner
+            time.sleep(0.05)
+    streams = next(line for line in banner.splitlines() if "streams:" in line)
+    assert ("lean reader (--fast-stream)" in streams) is fast_stream, streams
 
 
 def _table_rows(report: str, title_start: str) -> tuple[list[str], list[list[str]]]:
@@ -224,6 +241,7 @@ def test_side_by_side_relaylab_only_prints_one_sane_run_and_its_median():
     assert " ".join(header) == " ".join(side_by_side.SUMMARY_HEADERS)
     assert [_cells(r)[:4] for r in rows] == [["1", "relaylab", "1", p50]]
     assert "load average (1, 5, 15 min) at start" in report
+    assert "relaylab serve --fast-stream" in report.splitlines()[0]
 
 
 @pytest.mark.skipif(

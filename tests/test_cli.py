@@ -532,3 +532,139 @@ def test_a_sigint_sent_as_the_port_opens_stops_serve():
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+# -- which reader serve's steps stream with: the SDK's messages.stream() unless --fast-stream --
+
+_HELLO_STREAM = "".join(
+    f"event: {name}\ndata: {json.dumps(data)}\n\n"
+    for name, data in [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "m",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 3, "output_tokens": 0},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        *[
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": t},
+                },
+            )
+            for t in ("Hello", " from", " the", " model.")
+        ],
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 4},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+).encode()
+
+
+@pytest.fixture
+def header_recorder():
+    """A Messages API server that answers every request with one short streamed reply and
+    keeps each request's headers (the SDK's ``messages.stream()`` names itself in one)."""
+    from aiohttp import web
+
+    headers: list[dict[str, str]] = []
+
+    async def model(request):
+        name = request.match_info["name"]
+        return web.json_response(
+            {
+                "type": "model",
+                "id": name,
+                "display_name": name,
+                "created_at": "2026-01-01T00:00:00Z",
+            }
+        )
+
+    async def messages(request):
+        await request.read()
+        headers.append({k.lower(): v for k, v in request.headers.items()})
+        return web.Response(body=_HELLO_STREAM, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get("/v1/models/{name}", model)
+    app.router.add_post("/v1/messages", messages)
+    runner = web.AppRunner(app, access_log=None)
+    loop = LoopThread("header-recorder")
+
+    async def start():
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    base_url = loop.run(start())
+    yield base_url, headers
+    loop.run(runner.cleanup())
+    loop.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "helper", "banner"),
+    [([], "stream", "the SDK's messages.stream()"), (["--fast-stream"], None, "lean reader")],
+    ids=["default", "fast-stream"],
+)
+def test_serve_streams_with_the_sdk_unless_told_fast_stream(header_recorder, flags, helper, banner):
+    base_url, headers = header_recorder
+    env = _offline_env(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY="test-key")
+    process = subprocess.Popen(
+        [*RELAYLAB, "serve", "--step", "streaming", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = []
+        while not lines or "signatures" not in lines[-1]:
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+        ws_url = re.search(r"(ws://\S+/ws)", "".join(lines)).group(1)
+        streams = next(line for line in lines if "streams:" in line)
+        assert banner in streams.split(" (--")[0]
+
+        async def call():
+            async with connect(ws_url) as ws:
+                await ws.send(SETUP)
+                await ws.send(json.dumps({"type": "prompt", "voicePrompt": "Hi", "last": True}))
+                frames = await _frames_until(ws, lambda f: f[-1].get("last") is True)
+                return "".join(x["token"] for x in frames)
+
+        assert asyncio.run(call()) == "Hello from the model."
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    # The SDK's messages.stream() sends x-stainless-helper-method: stream; the lean reader,
+    # a plain streamed messages.create, does not.
+    assert [h.get("x-stainless-helper-method") for h in headers] == [helper]

@@ -18,6 +18,7 @@ from relaylab.core.endings import CUT_MARK
 from relaylab.core.protocol import prompt_frame
 from relaylab.offline_claude import REPLIES, OfflineClaude, validate
 from relaylab.relay.session import Limits
+from relaylab.relay.streams import FastStreamClient
 from relaylab.relay.testing import Pause, WaitFor, run_step
 
 DOGS = "Tell me about dogs"
@@ -268,7 +269,7 @@ def test_an_interrupt_during_a_refusal_leaves_the_earlier_turns_alone(make_lab):
     next_turn_is_real(call)
 
 
-# -- relaylab serve's fast reader (llm.stream_reply) ends replies the same way --------------
+# -- relaylab serve --fast-stream's reader ends replies as the SDK's messages.stream() ------
 
 LINES = {
     "empty": endings.EMPTY_LINE,
@@ -277,16 +278,16 @@ LINES = {
     "max_tokens": endings.WRAP_UP_LINE,
     "context_window": endings.CONTEXT_LINE,
     "error_event": endings.APOLOGY,
+    "cut": endings.APOLOGY,
     "pause_turn": "",
     "thinking": "",
 }
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", list(LINES))
-async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
-    # run_step with a real SDK client: relaylab serve's reader (call.fast_stream), real
-    # sockets to the stand-in; the Lab tests above run the SDK's messages.stream().
+async def _two_turns(kind: str, fast_stream: bool) -> tuple[list[str], list, list[str]]:
+    """The tracking step through real sockets and the real SDK (the SDK's messages.stream(),
+    or the lean reader behind FastStreamClient), the first reply ending as ``kind``: the
+    talk cycles spoken, the stored history, and the stand-in's outcome per request."""
     async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
         claude.thinking_seconds = 0.3
         client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x", max_retries=0)
@@ -295,16 +296,24 @@ async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
             result = await run_step(
                 "tracking",
                 [prompt_frame(DOGS), WaitFor(1, timeout=5), Pause(0.5), prompt_frame(HELLO)],
-                claude=client,  # type: ignore[arg-type]
+                claude=FastStreamClient(client) if fast_stream else client,  # type: ignore[arg-type]
             )
-    assert result.session.fast_stream
     cycles, tokens = [], []
     for frame in result.frames_out:
         tokens.append(frame["token"])
         if frame["last"]:
             cycles.append("".join(tokens))
             tokens = []
-    first, second = cycles
+    return cycles, result.history, [r.outcome for r in claude.requests]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(LINES))
+async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
+    sdk = await _two_turns(kind, fast_stream=False)
+    fast = await _two_turns(kind, fast_stream=True)
+    assert fast == sdk  # the same words spoken, the same turns stored, the same requests
+    (first, second), history, _ = sdk
     if LINES[kind]:
         assert first.endswith(LINES[kind]), first
     else:
@@ -313,8 +322,8 @@ async def test_the_fast_reader_ends_each_case_as_the_sdk_path_does(kind):
     # one ("Tell me about dogs Hello"), which the stand-in answers about dogs.
     answer = REPLIES["dogs"] if kind == "empty" else REPLIES["greeting"]
     assert second == answer
-    history_valid(result.history)
-    assert result.history[-1] == {"role": "assistant", "content": answer}
+    history_valid(history)
+    assert history[-1] == {"role": "assistant", "content": answer}
 
 
 def test_extended_thinking_per_step_holds_the_line_while_claude_thinks(make_lab):
@@ -354,12 +363,19 @@ def test_the_stand_in_checks_a_thinking_budget_as_the_api_does():
 
 
 @pytest.mark.anyio
-async def test_serves_client_reports_a_retry_after_as_a_live_model():
-    # The client relaylab serve builds (aiohttp transport, the retry hook) and its reader.
+@pytest.mark.parametrize("fast_stream", [False, True], ids=["sdk", "fast"])
+async def test_serves_client_reports_a_retry_after_as_a_live_model(fast_stream):
+    # The client relaylab serve builds (aiohttp transport, the retry hook), either reader.
     from relaylab.relay.llm import Backend, make_llm
 
     async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
-        llm = make_llm(Backend("custom", claude.base_url, "x"), aiohttp=True, max_retries=1)
+        llm = make_llm(
+            Backend("custom", claude.base_url, "x"),
+            aiohttp=True,
+            max_retries=1,
+            fast_stream=fast_stream,
+        )
+        assert isinstance(llm.client, FastStreamClient) is fast_stream
         claude.retry_after = 1.2
         claude.fail_next("rate_limit")
         try:
@@ -371,3 +387,27 @@ async def test_serves_client_reports_a_retry_after_as_a_live_model():
     spoken = "".join(f["token"] for f in result.frames_out)
     assert spoken == endings.HOLD_LINE + " " + REPLIES["greeting"]
     assert [r.status for r in claude.requests] == [429, 200]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fast_stream", [False, True], ids=["sdk", "fast"])
+async def test_serves_client_counts_thinking_as_a_live_model(fast_stream):
+    # Signs of life come from the HTTP client (each piece of the body), so either reader
+    # holds the line while Claude thinks past the first-token budget.
+    from relaylab.relay.llm import Backend, make_llm
+
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=400) as claude:
+        llm = make_llm(
+            Backend("custom", claude.base_url, "x"), aiohttp=True, fast_stream=fast_stream
+        )
+        claude.thinking_seconds = 1.5
+        claude.fail_next("thinking")
+        try:
+            result = await run_step(
+                "tracking", [prompt_frame(HELLO)], claude=llm.client, limits=BUDGET
+            )
+        finally:
+            await llm.client.close()
+    spoken = "".join(f["token"] for f in result.frames_out)
+    assert spoken == endings.HOLD_LINE + " " + REPLIES["greeting"]
+    assert result.history[-1] == {"role": "assistant", "content": REPLIES["greeting"]}

@@ -103,3 +103,29 @@ def test_bedrock_and_vertex_are_chosen_by_environment_with_the_sdks_own_clients(
     assert choose_backend(env={"RELAYLAB_PROVIDER": "anthropic"}).kind == "offline"
     with pytest.raises(ValueError, match="RELAYLAB_PROVIDER"):
         choose_backend(env={"RELAYLAB_PROVIDER": "azure"})
+
+
+async def test_the_fast_client_is_the_sdk_client_but_for_messages_stream():
+    from relaylab.relay.llm import FastStreamClient, ReplyStream
+
+    async with OfflineClaude(first_token_delay=0.01, tokens_per_second=100) as claude:
+        client = anthropic.AsyncAnthropic(base_url=claude.base_url, api_key="x")
+        async with FastStreamClient(client) as fast:
+            assert fast.messages.create == client.messages.create  # delegated, as is the rest
+            assert fast.models is client.models and fast.base_url == client.base_url
+            manager = fast.messages.stream(model="m", max_tokens=400, messages=DOGS)
+            assert isinstance(manager, ReplyStream)
+            async with manager as stream:
+                async for _ in stream.text_stream:
+                    break
+                with pytest.raises(TypeError, match="text_stream"):
+                    async for _ in stream:  # the SDK's typed events are not here
+                        pass
+                await stream.close()  # closes the HTTP response at once
+                await asyncio.wait_for(_closed(claude), 5)
+        assert client.is_closed()
+
+
+async def _closed(claude):
+    while claude.requests[-1].outcome != "client_closed":
+        await asyncio.sleep(0.01)

@@ -4,8 +4,10 @@ The streams are the ``anthropic`` SDK's own test fixtures, read from
 ``../shared/fixtures/anthropic-sdk-sse/`` (never copied into this repository). Each is
 read whole and in small chunks, as recorded and re-framed (CRLF or CR line ends,
 ``data:`` without its space, comments added), first by ``relaylab.core.sse.SSEParser``
-against the SDK's own ``SSEDecoder``, then over a real local HTTP server by
-``relaylab.relay.llm.stream_reply`` against the SDK's ``messages.stream()``.
+against the SDK's own ``SSEDecoder``, then over a real local HTTP server by the lean
+reader (``FastStreamClient(client).messages.stream()``, ``relaylab serve --fast-stream``)
+against the SDK's own ``messages.stream()``: the same text, piece by piece, and the same
+final message, field for field.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import anthropic
 import pytest
 from aiohttp import web
 from anthropic._streaming import SSEDecoder
+from anthropic.types import Message
 
 from relaylab.core.sse import SSEParser
-from relaylab.relay.llm import SDKReplyStream, stream_reply
-from relaylab.relay.streams import partial_json
+from relaylab.relay.streams import FastStreamClient, ReplyStream, partial_json
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "anthropic-sdk-sse"
 if not FIXTURES.is_dir():  # a worktree sits one level deeper than the main checkout
@@ -89,7 +91,7 @@ def test_multi_line_data_is_joined_with_line_feeds() -> None:
     assert events == [("x", "one\ntwo"), ("y", "")]
 
 
-# -- through real sockets: stream_reply against the SDK's messages.stream() ------------------
+# -- through real sockets: the lean reader against the SDK's messages.stream() ----------------
 
 
 async def _serve(body: bytes, size: int) -> tuple[web.AppRunner, str]:
@@ -120,32 +122,29 @@ REQUEST: dict[str, Any] = {
 }
 
 
-def _blocks(content: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """What a relay uses of each block."""
-    return [
-        (b.get("type"), b.get("text"), b.get("thinking"), b.get("signature"), b.get("input"))
-        for b in content
-    ]
+async def _read(manager: Any) -> tuple[list[str], Any]:
+    """A stream read as the steps read it: its text as it arrives, then its final message."""
+    async with manager as stream:
+        pieces = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    return pieces, final
 
 
 async def _read_both(data: bytes, size: int) -> tuple[Any, Any]:
+    """(text, final message as a dict) read by the SDK's messages.stream(), then by the
+    lean reader, from the same bytes over real sockets."""
     runner, url = await _serve(data, size)
     try:
         async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as client:
-            async with client.messages.stream(**REQUEST) as stream:
-                sdk_text = "".join([t async for t in stream.text_stream])
-                final = await stream.get_final_message()
-            sdk = (sdk_text, final.stop_reason, _blocks([b.model_dump() for b in final.content]))
-            async with stream_reply(client, **REQUEST) as reply:
-                pieces = [t async for t in reply]
-            ours = ("".join(pieces), reply.stop_reason, _blocks(reply.content))
-            assert reply.text == ours[0]
-            # The Lab's path: the SDK's messages.stream() behind the same interface.
-            async with SDKReplyStream(client.messages.stream(**REQUEST)) as wrapped:
-                texts = [t async for t in wrapped]
-            lab = ("".join(texts), wrapped.stop_reason, _blocks(wrapped.content))
-            assert lab == sdk
-            return sdk, ours
+            sdk_pieces, sdk_final = await _read(client.messages.stream(**REQUEST))
+            fast = FastStreamClient(client).messages.stream(**REQUEST)
+            assert isinstance(fast, ReplyStream)
+            pieces, final = await _read(fast)
+        assert type(final) is Message  # a real Message, as the steps' code expects
+        assert await fast.get_final_message() is final  # built once
+        # Unknown block types dump with pydantic's warnings, on either path alike.
+        sdk = ("".join(sdk_pieces), sdk_final.model_dump(warnings=False))
+        return sdk, ("".join(pieces), final.model_dump(warnings=False))
     finally:
         await runner.cleanup()
 
@@ -154,11 +153,12 @@ async def _read_both(data: bytes, size: int) -> tuple[Any, Any]:
 @pytest.mark.parametrize("size", [0, 5])
 @pytest.mark.parametrize("framing", ["as recorded", "CRLF", "no space", "CRLF, no space"])
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.name)
-async def test_stream_reply_reads_what_messages_stream_reads(
+async def test_the_lean_reader_reads_what_messages_stream_reads(
     path: Path, framing: str, size: int
 ) -> None:
     sdk, ours = await _read_both(FRAMINGS[framing](path.read_bytes()), size)
     assert ours == sdk
+    assert sdk[1]["content"], "every recording has content"
 
 
 @pytest.mark.anyio
@@ -174,19 +174,29 @@ async def test_an_error_event_mid_stream_raises_after_the_same_text(framing: str
     runner, url = await _serve(data, 0)
     try:
         async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as client:
-            sdk_text: list[str] = []
-            with pytest.raises(anthropic.APIError):
-                async with client.messages.stream(**REQUEST) as stream:
-                    async for text in stream.text_stream:
-                        sdk_text.append(text)
-            ours: list[str] = []
-            with pytest.raises(anthropic.APIError, match="Overloaded"):
-                async with stream_reply(client, **REQUEST) as reply:
-                    async for text in reply:
-                        ours.append(text)
-        assert "".join(ours) == "".join(sdk_text) != ""
+            texts: dict[str, list[str]] = {"sdk": [], "fast": []}
+            errors: dict[str, anthropic.APIStatusError] = {}
+            for name, messages in (
+                ("sdk", client.messages),
+                ("fast", FastStreamClient(client).messages),
+            ):
+                with pytest.raises(anthropic.APIStatusError) as raised:
+                    async with messages.stream(**REQUEST) as stream:
+                        async for text in stream.text_stream:
+                            texts[name].append(text)
+                errors[name] = raised.value
+        assert "".join(texts["fast"]) == "".join(texts["sdk"]) != ""
+        assert type(errors["fast"]) is type(errors["sdk"])
+        for error in errors.values():
+            assert error.body == json.loads(error_body(data))
+            assert error.type == "overloaded_error" and "Overloaded" in str(error)
     finally:
         await runner.cleanup()
+
+
+def error_body(data: bytes) -> str:
+    """The data of the stream's error event."""
+    return next(d for n, d in SSEParser().feed(data) if n == "error")
 
 
 def _tool_inputs() -> list[str]:

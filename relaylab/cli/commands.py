@@ -114,6 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="mark the system prompt and the conversation with cache_control (prompt caching)",
     )
+    serve.add_argument(
+        "--fast-stream",
+        action="store_true",
+        help="read Claude's streamed replies with relaylab's lean reader instead of the SDK's "
+        "messages.stream() (same text and final message, less CPU per token: see bench/); "
+        "off by default, so the relay runs the code the lessons teach",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every frame")
 
     demo = commands.add_parser("demo", help="run lessons 1-3 and 5 offline and print a transcript")
@@ -146,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TunnelError, NumberSetupError, store.StoreError, ValueError) as exc:
         print(f"relaylab {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def describe_streams(fast_stream: bool) -> str:
+    """The banner's line on how replies are read."""
+    if fast_stream:
+        return "relaylab's lean reader (--fast-stream)"
+    return "the SDK's messages.stream(), as the lessons teach (--fast-stream: the lean reader)"
 
 
 def run_fast(main: Coroutine[Any, Any, int]) -> int:
@@ -187,7 +201,9 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         prewarm=args.prewarm,
         prompt_caching=args.prompt_caching,
     )
-    relay = Relay(backend, step=args.step, aiohttp=True, settings=settings)
+    relay = Relay(
+        backend, step=args.step, aiohttp=True, fast_stream=args.fast_stream, settings=settings
+    )
     server = await signals.guard(relay.start())
     if needs_model_check(backend) and not args.worker:
         assert relay.llm is not None  # start() made the client
@@ -218,6 +234,7 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
             workers.append(start_worker(args, server.port, public_url))
             await signals.guard(until_ready(workers[-1]))
         print(f"relaylab: step {args.step!r}; model: {backend.describe()}")
+        print(f"  streams: {describe_streams(args.fast_stream)}")
         print(f"  local:   {server.http_url}/twiml   {server.ws_url}")
         if server.public:
             print(f"  public:  {server.public.twiml_url}   {server.public.ws_url}")

@@ -1,6 +1,7 @@
 """Server-sent events from bytes, as the SSE spec (and the anthropic SDK's decoder) reads
-them. Pure: no I/O, no third-party imports. ``relaylab.relay.llm.stream_reply`` reads Claude's
-stream with it; ``tests/test_sse.py`` checks it against the SDK's own decoder.
+them. Pure: no I/O, no third-party imports. ``relaylab.relay.streams.ReplyStream`` (``relaylab
+serve --fast-stream``) reads Claude's stream with it; ``tests/test_sse.py`` checks it against
+the SDK's own decoder.
 """
 
 from __future__ import annotations

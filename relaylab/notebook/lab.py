@@ -90,10 +90,13 @@ class Lab:
         words_per_minute: float = DEFAULT_WORDS_PER_MINUTE,
         clock_speed: float = 1.0,
         twiml_options: dict[str, Any] | None = None,
+        fast_stream: bool = False,
         **settings: Any,
     ) -> None:
         """``settings`` are RelaySettings fields: host, port, auth_token, public_url,
-        debug_events, dial_number, call (Limits), socket (SocketLimits)."""
+        debug_events, dial_number, call (Limits), socket (SocketLimits). ``fast_stream``:
+        the steps' ``messages.stream()`` is relaylab's lean reader, as with ``relaylab
+        serve --fast-stream`` (off: the SDK's own, as the lessons teach)."""
         self.backend: Backend = choose_backend(offline)
         self.settings = RelaySettings(twiml=twiml_options or {}, **settings)
         self.words_per_minute = words_per_minute
@@ -107,6 +110,7 @@ class Lab:
             first_token_delay=first_token_delay,
             tokens_per_second=tokens_per_second,
             connect_delay=connect_delay,
+            fast_stream=fast_stream,
             settings=self.settings,
         )
         self._sessions: deque[CallSession] = deque(maxlen=1000)  # for history after hang-up
@@ -286,8 +290,8 @@ def start(step: object = "tracking", **options: Any) -> Lab:
     Keys come from the environment, or from a ``.env`` file in this folder or above it.
     Options are Lab's: host, port, offline, auth_token, public_url, first_token_delay,
     tokens_per_second, connect_delay (the stand-in's cost of a new connection),
-    words_per_minute, clock_speed, twiml_options, and latency techniques: speculate,
-    prewarm. ``auth_token``
+    words_per_minute, clock_speed, twiml_options, fast_stream (``relaylab serve
+    --fast-stream``'s reader), and latency techniques: speculate, prewarm. ``auth_token``
     defaults to TWILIO_AUTH_TOKEN when set, so local calls are signed and checked.
     """
     with _running_lock:

@@ -26,14 +26,15 @@ from relaylab.core.protocol import loggable
 from relaylab.relay import speculation
 from relaylab.relay.streams import (
     AliveListener,
+    FastStreamClient,
     ReplyStream,
-    SDKReplyStream,
     alive_listener,
     report_retry_wait,
     retry_after,
     signal_alive,
     stream_reply,
     stream_text,
+    watch_body,
 )
 
 __all__ = [
@@ -43,9 +44,9 @@ __all__ = [
     "SYSTEM_PROMPT",
     "AliveListener",
     "Backend",
+    "FastStreamClient",
     "ModelUnavailable",
     "ReplyStream",
-    "SDKReplyStream",
     "alive_listener",
     "check_model",
     "choose_backend",
@@ -135,9 +136,9 @@ class LLM:
     model: str = DEFAULT_MODEL
     system: str = SYSTEM_PROMPT
     max_tokens: int = DEFAULT_MAX_TOKENS
-    fast_stream: bool = True
-    """Read streamed replies with ``stream_reply`` (``relaylab serve``: measured faster)
-    rather than the SDK's ``messages.stream()`` (a Lab, as the lessons teach it)."""
+    fast_stream: bool = False
+    """``client`` is a ``FastStreamClient`` (``relaylab serve --fast-stream``): its
+    ``messages.stream()`` is the lean ``ReplyStream``, not the SDK's own."""
 
 
 def make_llm(
@@ -148,6 +149,7 @@ def make_llm(
     max_retries: int = 1,
     timeout: float = 30.0,
     aiohttp: bool = False,
+    fast_stream: bool = False,
 ) -> LLM:
     """Build the client for ``backend``; ``offline_url`` is the running stand-in's base URL.
 
@@ -155,6 +157,10 @@ def make_llm(
     a fifth less CPU than the default (see bench/). Its session belongs to the first event
     loop that uses it, so it suits ``relaylab serve`` (one loop), not a Lab whose client a
     notebook may also await from its own loop.
+
+    ``fast_stream=True`` (``relaylab serve --fast-stream``) wraps the client in a
+    ``FastStreamClient``: ``messages.stream()`` reads the events lean (``ReplyStream``);
+    off, the steps run the SDK's own ``messages.stream()``, as the lessons teach it.
     """
     chosen = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL
     if backend.kind in PROVIDERS:
@@ -162,7 +168,8 @@ def make_llm(
         client: Any = (cloud or anthropic.AsyncAnthropicVertex)(
             max_retries=max_retries, timeout=timeout, http_client=_http_client(timeout, aiohttp)
         )
-        return LLM(client=client, model=provider_model(backend.kind, chosen), fast_stream=aiohttp)
+        model_id = provider_model(backend.kind, chosen)
+        return _llm(client, model_id, fast_stream)
     base_url: str | None
     if backend.kind == "offline":
         if offline_url is None:
@@ -177,13 +184,20 @@ def make_llm(
         timeout=timeout,
         http_client=_http_client(timeout, aiohttp),
     )
-    return LLM(client=client, model=chosen, fast_stream=aiohttp)
+    return _llm(client, chosen, fast_stream)
+
+
+def _llm(client: anthropic.AsyncAnthropic, model: str, fast_stream: bool) -> LLM:
+    if fast_stream:  # a drop-in with the SDK's surface, so the steps need not know
+        client = FastStreamClient(client)  # type: ignore[assignment]
+    return LLM(client=client, model=model, fast_stream=fast_stream)
 
 
 def _http_client(timeout: float, aiohttp: bool) -> Any:
-    """The SDK's own HTTP client, with a hook that reports retry waits as signs of life,
-    in front of a transport that hands speculative replies over (relaylab.relay.speculation)."""
-    hooks = {"response": [report_retry_wait]}
+    """The SDK's own HTTP client, with hooks that report retry waits and each piece of a
+    response body as signs of life, in front of a transport that hands speculative replies
+    over (relaylab.relay.speculation)."""
+    hooks = {"response": [report_retry_wait, watch_body]}
     if aiohttp:
         client = anthropic.DefaultAioHttpClient(timeout=timeout, event_hooks=hooks)
     else:

@@ -1,11 +1,15 @@
-"""Claude's streamed reply as a relay reads it, and the model's signs of life.
+"""Claude's streamed reply, read lean for ``relaylab serve --fast-stream``, and the model's
+signs of life.
 
-``stream_reply`` reads the server-sent events itself (``relaylab serve``: no typed SDK
-object per token); ``SDKReplyStream`` puts the SDK's own ``messages.stream()`` behind
-the same interface (a Lab, as the lessons teach it). Both report every event as a sign
-of life to the running reply's ``alive_listener``, as the HTTP client's hook does for a
-retry the SDK waits out. ``tests/test_sse.py`` checks both read the SDK's recorded
-streams alike.
+The lessons' steps stream with the SDK's own ``client.messages.stream(...)``. With
+``--fast-stream`` the client a step gets is a ``FastStreamClient``: the same client, whose
+``messages.stream(...)`` is a ``ReplyStream`` with the surface the steps use (``async
+with``, ``text_stream``, ``get_final_message()``), reading the server-sent events itself
+rather than building a typed SDK object per token. ``tests/test_sse.py`` checks that it
+reads the SDK's recorded streams as ``messages.stream()`` does.
+
+Signs of life come from the HTTP client (``watch_body`` and ``report_retry_wait``, hooks
+``make_llm`` installs), so either reader counts them alike.
 """
 
 from __future__ import annotations
@@ -17,74 +21,175 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anthropic
+import httpx2
+from anthropic.types import Message, TextBlock
 
 from relaylab.core.sse import SSEParser
 
 
-def stream_reply(client: anthropic.AsyncAnthropic, **request: Any) -> ReplyStream:
-    """Open a streamed reply: ``async with stream_reply(client, ...) as reply``, then
-    ``async for text in reply`` gives the text as it arrives; afterwards
-    ``reply.stop_reason`` says how it ended and ``reply.content`` holds its blocks."""
-    return ReplyStream(client, request)
+class FastStreamClient:
+    """An ``AsyncAnthropic`` whose ``messages.stream(...)`` is a ``ReplyStream``; everything
+    else (``messages.create``, ``models``, ``with_options``, ``close``...) is the wrapped
+    client's own. A drop-in for the steps: they run unchanged on either."""
+
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+        self.client = client
+        self.messages = FastMessages(client.messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    async def __aenter__(self) -> FastStreamClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.client.close()
+
+
+class FastMessages:
+    """``client.messages`` with ``stream(...)`` read by ``ReplyStream``; the rest delegates."""
+
+    def __init__(self, messages: Any) -> None:
+        self._messages = messages
+
+    def stream(self, **request: Any) -> ReplyStream:
+        """Like the SDK's ``messages.stream(**request)``: ``async with`` it for the stream."""
+        return ReplyStream(self._messages, request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._messages, name)
+
+
+def stream_reply(client: Any, **request: Any) -> ReplyStream:
+    """The lean reader on any client: ``async with stream_reply(client, ...) as stream``,
+    then ``stream.text_stream`` and ``await stream.get_final_message()``."""
+    return ReplyStream(client.messages, request)
+
+
+TOOL_INPUT_BLOCKS = ("tool_use", "server_tool_use")  # blocks whose input streams as JSON
+# What a message_delta's usage may change besides output_tokens (the SDK's list; it keeps
+# no other field of it).
+DELTA_USAGE = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "server_tool_use",
+    "output_tokens_details",
+)
+
+
+def _typed(message: dict[str, Any], block: dict[str, Any]) -> Any:
+    """A content block of ``message`` as its SDK type; one of a type the SDK does not know
+    is kept as the SDK's stream helper keeps it: a TextBlock built unvalidated (pydantic's
+    ``model_construct``), its fields as sent."""
+    try:
+        return Message.model_validate({**message, "content": [block]}).content[0]
+    except ValueError:  # pydantic's ValidationError
+        return TextBlock.model_construct(**block)
 
 
 class ReplyStream:
     """Claude's streamed reply, read from the server-sent events as they arrive.
 
-    The same request as ``client.messages.stream(...)``, read differently: the SDK builds
-    a typed event object for every token, which at a few hundred calls is most of a
-    relay's CPU (see bench/). This reads the event stream as the SSE spec (and the SDK's
-    own decoder) does: CR, LF or CRLF line ends, ``data:`` with or without its space,
-    data over several lines, comments, ``ping`` and unknown events ignored. Only text is
-    handed out; when the transport hands over several tokens at once (the aiohttp one
-    does, when the relay fell behind) they come out as one piece, so the caller gets
-    one frame, not several. ``tests/test_sse.py`` checks it reads every recorded SDK
-    stream as ``messages.stream()`` does.
+    The same request as ``client.messages.stream(...)``, with the surface the steps use:
+    ``async with`` (leaving it closes the HTTP response), ``text_stream`` (the text as it
+    arrives), ``get_final_message()`` (an ``anthropic.types.Message``, built once, when
+    asked), ``get_final_text()``, ``until_done()`` and ``close()``. Not the SDK's typed
+    events: ``async for event in stream`` is the SDK's alone.
 
-    Every event is also a sign that the model is alive (see ``alive_listener``), which a
-    relay's voice budget counts while Claude thinks before speaking. Leaving the
-    ``async with`` closes the HTTP request. HTTP errors are the SDK's own; an ``error``
-    event mid-stream raises ``anthropic.APIError``.
+    The SDK builds a typed event object for every token, which at a few hundred calls is
+    most of a relay's CPU (see bench/). This reads the events as the SSE spec (and the
+    SDK's own decoder) does: CR, LF or CRLF line ends, ``data:`` with or without its
+    space, data over several lines, comments, ``ping`` and unknown events ignored, and
+    accumulates the message as the SDK's stream helper does. When the transport hands
+    over several tokens at once (the aiohttp one does, when the relay fell behind) they
+    come out as one piece. HTTP errors are the SDK's own; an ``error`` event mid-stream
+    raises ``anthropic.APIStatusError`` and a dropped connection
+    ``anthropic.APIConnectionError``, as the SDK's stream does.
     """
 
-    def __init__(self, client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> None:
-        self._client = client
+    def __init__(self, messages: Any, request: dict[str, Any]) -> None:
+        self._messages = messages
         self._request = request
         self._manager: Any = None
         self._response: Any = None
-        self.stop_reason: str | None = None
+        self._texts: AsyncIterator[str] | None = None
+        self._start: dict[str, Any] | None = None  # message_start's message
+        self._end: dict[str, Any] = {}  # what message_delta events change in the message
+        self._usage: dict[str, Any] = {}  # and in its usage
         self._content: list[dict[str, Any]] = []
         self._texts_of: dict[tuple[int, str], list[str]] = {}  # joined once, when asked
         self._json: dict[int, str] = {}
         self._error: anthropic.APIError | None = None
+        self._final: Message | None = None
 
     async def __aenter__(self) -> ReplyStream:
-        streaming = self._client.messages.with_streaming_response
+        streaming = self._messages.with_streaming_response
         self._manager = streaming.create(stream=True, **self._request)
         self._response = await self._manager.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._manager.__aexit__(*exc_info)
+        await self.close()
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._texts()
+    async def close(self) -> None:
+        """Close the HTTP response (at once, whatever was read of it)."""
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            await manager.__aexit__(None, None, None)
 
-    async def _texts(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> Any:
+        raise TypeError(
+            "the fast reader (relaylab serve --fast-stream) gives stream.text_stream and "
+            "get_final_message(), not the SDK's typed events: run without --fast-stream"
+        )
+
+    @property
+    def text_stream(self) -> AsyncIterator[str]:
+        """The reply's text as it arrives (one iterator per stream, as the SDK's)."""
+        if self._texts is None:
+            self._texts = self._read_texts()
+        return self._texts
+
+    async def until_done(self) -> None:
+        """Read the stream to its end."""
+        async for _ in self.text_stream:
+            pass
+
+    async def get_final_message(self) -> Message:
+        """Read the stream to its end; the message it made, as the SDK's would be."""
+        await self.until_done()
+        if self._final is None:
+            self._final = self._message()
+        return self._final
+
+    async def get_final_text(self) -> str:
+        """The text blocks of the final message, joined."""
+        message = await self.get_final_message()
+        return "".join(block.text for block in message.content if block.type == "text")
+
+    async def _read_texts(self) -> AsyncIterator[str]:
         events = SSEParser()
-        async for chunk in self._response.iter_bytes():
-            text = self._read(events.feed(chunk))
-            if text:
-                yield text
-            if self._error is not None:
-                raise self._error
+        http: Any = getattr(self._response, "http_response", None)  # None: a stand-in's
+        try:
+            async for chunk in self._response.iter_bytes():
+                text = self._read(events.feed(chunk))
+                if text:
+                    yield text
+                if self._error is not None:
+                    raise self._error
+        except httpx2.TimeoutException as exc:  # as the SDK's stream reports a failed read
+            raise anthropic.APITimeoutError(http.request) from exc
+        except httpx2.TransportError as exc:
+            message = f"Connection failed: {exc}"
+            raise anthropic.APIConnectionError(message=message, request=http.request) from exc
         text = self._read(events.close())
         if text:
             yield text
 
     def _read(self, events: list[tuple[str | None, str]]) -> str:
         """The text these events add; an ``error`` event raises once the text before it
-        has been handed out (it is in ``self.text``; ``_texts`` yields it first)."""
+        has been handed out (``_read_texts`` yields it first)."""
         text = ""
         for name, data in events:
             try:
@@ -98,7 +203,6 @@ class ReplyStream:
 
     def _take(self, name: str | None, data: str) -> str:
         """Read one event; return the text it adds to the reply ("" for most events)."""
-        signal_alive()
         if name in (None, "ping") or not data:
             return ""  # as the SDK: an event needs a name and data
         if name == "content_block_delta":
@@ -107,107 +211,102 @@ class ReplyStream:
             kind = delta.get("type")
             if kind == "text_delta":
                 self._add(event, "text", delta["text"])
-                return delta["text"]
+                return delta["text"]  # as the SDK's text_stream: every text delta
             if kind == "thinking_delta":
                 self._add(event, "thinking", delta["thinking"])
             elif kind == "signature_delta":
-                self._block(event)["signature"] = delta["signature"]
+                block = self._block(event)
+                if block.get("type") == "thinking":
+                    block["signature"] = delta["signature"]
             elif kind == "input_json_delta":
                 # Read as far as it goes, as the SDK does: a cut-off input keeps its start.
-                index = event.get("index", 0)
-                self._json[index] = self._json.get(index, "") + delta["partial_json"]
-                if self._json[index]:
-                    self._block(event)["input"] = partial_json(self._json[index])
+                block = self._block(event)
+                if block.get("type") in TOOL_INPUT_BLOCKS:
+                    index = event.get("index", 0)
+                    self._json[index] = self._json.get(index, "") + delta["partial_json"]
+                    if self._json[index]:
+                        block["input"] = partial_json(self._json[index])
             elif kind == "citations_delta":
                 block = self._block(event)
-                block["citations"] = [*(block.get("citations") or []), delta["citation"]]
+                if block.get("type") == "text":
+                    block["citations"] = [*(block.get("citations") or []), delta["citation"]]
             return ""
         if name == "content_block_start":
-            event = json.loads(data)
-            self._content.append(dict(event["content_block"]))
+            self._content.append(dict(json.loads(data)["content_block"]))
+        elif name == "message_start":
+            self._start = json.loads(data)["message"]
         elif name == "message_delta":
-            self.stop_reason = json.loads(data).get("delta", {}).get("stop_reason")
+            self._message_delta(json.loads(data))
         elif name == "error":
-            body = json.loads(data)
-            message = body.get("error", {}).get("message", "the stream reported an error")
-            raise anthropic.APIError(message, self._response.http_request, body=body)
+            self._raise(data)
         return ""
+
+    def _raise(self, data: str) -> None:
+        """An ``error`` event: the SDK's error for it (APIStatusError, on the 200 response)."""
+        try:
+            body: Any = json.loads(data)
+        except ValueError:
+            body = data
+        error = body.get("error") if isinstance(body, dict) else None
+        message = (error or {}).get("message") if isinstance(error, dict) else None
+        message = message or str(body) or "the stream reported an error"
+        http = getattr(self._response, "http_response", None)
+        if http is None:  # a stand-in response with no HTTP behind it
+            raise anthropic.APIError(message, None, body=body)  # type: ignore[arg-type]
+        raise anthropic.APIStatusError(message, response=http, body=body)
 
     def _block(self, event: dict[str, Any]) -> dict[str, Any]:
         index = event.get("index", 0)
         return self._content[index] if index < len(self._content) else {}
 
-    def _add(self, event: dict[str, Any], field: str, text: str) -> None:
+    def _add(self, event: dict[str, Any], field: str, text: str) -> bool:
+        """Add ``text`` to the block's ``field``, if the block is of that kind."""
         key = (event.get("index", 0), field)
         if key in self._texts_of:
             self._texts_of[key].append(text)
-        elif field in self._block(event):
+            return True
+        if self._block(event).get("type") == field:  # "text" or "thinking"
             self._texts_of[key] = [text]
+            return True
+        return False
 
-    @property
-    def content(self) -> list[dict[str, Any]]:
-        """The reply's content blocks so far, as the API sent them (text, thinking,
-        tool_use...): what ``messages.stream()`` would have in its final message."""
+    def _message(self) -> Message:
+        """The final message, from the events read: as the SDK's stream helper builds it."""
+        if self._start is None:
+            raise RuntimeError("the stream ended before its message_start event")
         blocks = [dict(block) for block in self._content]
         for (index, field), pieces in self._texts_of.items():
             blocks[index][field] += "".join(pieces)
-        return blocks
+        usage = {**(self._start.get("usage") or {}), **self._usage}
+        message = {**self._start, **self._end, "content": blocks, "usage": usage}
+        try:
+            return Message.model_validate(message)
+        except ValueError:  # pydantic's ValidationError: a block type newer than this SDK
+            final = Message.model_validate({**message, "content": []})
+            final.content = [_typed(message, block) for block in blocks]
+            return final
 
-    @property
-    def text(self) -> str:
-        """The reply's text so far."""
-        return "".join(b["text"] for b in self.content if b.get("type") == "text")
-
-
-class SDKReplyStream:
-    """The SDK's own ``messages.stream()`` behind ``ReplyStream``'s interface: ``async with
-    SDKReplyStream(client.messages.stream(...)) as reply``, ``async for text in reply``,
-    then ``reply.stop_reason`` and ``reply.content``. Each event is a sign of life."""
-
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
-        self._stream: Any = None
-
-    async def __aenter__(self) -> SDKReplyStream:
-        self._stream = await self._manager.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self._manager.__aexit__(*exc_info)
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._texts()
-
-    async def _texts(self) -> AsyncIterator[str]:
-        async for event in self._stream:
-            signal_alive()
-            if event.type == "text":
-                yield event.text
-
-    @property
-    def _message(self) -> Any:
-        return self._stream.current_message_snapshot
-
-    @property
-    def stop_reason(self) -> str | None:
-        return self._message.stop_reason
-
-    @property
-    def content(self) -> list[dict[str, Any]]:
-        return [block.model_dump(exclude_none=True) for block in self._message.content]
-
-    @property
-    def text(self) -> str:
-        return "".join(b.text for b in self._message.content if b.type == "text")
+    def _message_delta(self, event: dict[str, Any]) -> None:
+        """Apply a message_delta as the SDK does: the stop fields are replaced, the
+        container only when given; usage counts are totals, and an optional one left out
+        keeps the value before it."""
+        delta = event.get("delta") or {}
+        for key in ("stop_reason", "stop_sequence", "stop_details"):
+            self._end[key] = delta.get(key)
+        if delta.get("container") is not None:
+            self._end["container"] = delta["container"]
+        usage = event.get("usage") or {}
+        self._usage["output_tokens"] = usage.get("output_tokens")
+        for key in DELTA_USAGE:
+            if usage.get(key) is not None:
+                self._usage[key] = usage[key]
 
 
 async def stream_text(client: anthropic.AsyncAnthropic, **request: Any) -> AsyncIterator[str]:
-    """Claude's reply as text, piece by piece as it arrives: what a relay forwards.
-
-    ``stream_reply`` without the ending; leaving the loop early closes the HTTP request.
-    """
-    async with stream_reply(client, **request) as reply:
-        async for text in reply:
+    """Claude's reply as text, piece by piece as it arrives, read by ``ReplyStream``;
+    leaving the loop early closes the HTTP request."""
+    async with stream_reply(client, **request) as stream:
+        async for text in stream.text_stream:
             yield text
 
 
@@ -253,8 +352,9 @@ alive_listener: contextvars.ContextVar[AliveListener | None] = contextvars.Conte
     "relaylab_alive_listener", default=None
 )
 """Called, in the task that made the request, as ``listener(wait)`` whenever the model
-shows it is alive: each server-sent event (``wait`` 0), and each retryable HTTP answer
-the SDK will wait out (``wait``: its ``retry-after`` seconds). A relay sets it per reply."""
+shows it is alive: each piece of a response body as it arrives (server-sent events,
+pings included: ``wait`` 0), and each retryable HTTP answer the SDK will wait out
+(``wait``: its ``retry-after`` seconds). A relay sets it per reply."""
 
 
 def signal_alive(wait: float = 0.0) -> None:
@@ -269,6 +369,30 @@ async def report_retry_wait(response: Any) -> None:
     model that is busy, not dead."""
     if response.status_code in (408, 409, 429) or response.status_code >= 500:
         signal_alive(retry_after(response.headers))
+
+
+async def watch_body(response: httpx2.Response) -> None:
+    """An httpx event hook: each piece of the response body, as it is read, is a sign of
+    life (while Claude thinks before its first word, the events keep coming)."""
+    response.stream = AliveBody(response.stream)
+
+
+class AliveBody(httpx2.AsyncByteStream):
+    """A response body that reports each piece read to the reading task's listener."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def __getattr__(self, name: str) -> Any:  # what the SDK looks up on a body (its tracing)
+        return getattr(self._body, name)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._body:
+            signal_alive()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
 
 def retry_after(headers: Mapping[str, str]) -> float:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from anthropic.lib.streaming import AsyncMessageStreamManager
 from anthropic.types import (
     InputJSONDelta,
     Message,
@@ -119,10 +120,14 @@ class ScriptedClaude:
             usage=Usage(input_tokens=1, output_tokens=len(_words(reply))),
         )
 
+    def stream(self, **request: Any) -> AsyncMessageStreamManager[Any]:
+        """Like ``client.messages.stream``: the SDK's own stream helper over the events."""
+        return AsyncMessageStreamManager(self.create(stream=True, **request))
+
 
 class _RawResponses:
     """``client.messages.with_streaming_response``: the same stream, as the server-sent
-    event bytes the API would send (what ``relaylab.relay.llm.stream_text`` reads)."""
+    event bytes the API would send (what ``relaylab.relay.streams.ReplyStream`` reads)."""
 
     def __init__(self, claude: ScriptedClaude) -> None:
         self._claude = claude
@@ -160,6 +165,9 @@ class _Stream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         self._claude.closed_streams += 1
 
     def __aiter__(self) -> AsyncIterator[Any]:

@@ -27,10 +27,12 @@ class Relay:
         tokens_per_second: float = 60.0,
         connect_delay: float = 0.0,
         aiohttp: bool = False,
+        fast_stream: bool = False,
         settings: RelaySettings | None = None,
     ) -> None:
         self.backend = backend
         self.aiohttp = aiohttp
+        self.fast_stream = fast_stream  # messages.stream() read lean (see make_llm)
         self.step = step
         self.settings = settings or RelaySettings()
         self.offline_claude = (
@@ -50,7 +52,12 @@ class Relay:
             if self.offline_claude is not None:
                 await self.offline_claude.start()
             offline_url = self.offline_claude.base_url if self.offline_claude else None
-            self.llm = make_llm(self.backend, offline_url=offline_url, aiohttp=self.aiohttp)
+            self.llm = make_llm(
+                self.backend,
+                offline_url=offline_url,
+                aiohttp=self.aiohttp,
+                fast_stream=self.fast_stream,
+            )
             self.server = RelayServer(step=self.step, llm=self.llm, settings=self.settings)
             await self.server.start()
         except BaseException:

@@ -26,7 +26,7 @@ from relaylab.core.endings import Ending
 from relaylab.core.protocol import Interrupt, Prompt
 from relaylab.relay.session import CallSession
 from relaylab.relay.step import Step
-from relaylab.steps.streaming import forward
+from relaylab.steps.streaming import blocks_of, forward, text_of
 
 name = "tracking"
 
@@ -56,12 +56,12 @@ async def speak_reply(call: CallSession, thinking_budget: int | None = None) -> 
         options["max_tokens"] = call.max_tokens + thinking_budget
     continuations = 0
     while True:
-        stream = await forward(call, messages, **options)
-        sent = call.reply.sent if call.reply else stream.text
-        ending = endings.ending(stream.stop_reason, sent, continuations=continuations)
+        message = await forward(call, messages, **options)
+        sent = call.reply.sent if call.reply else text_of(message)
+        ending = endings.ending(message.stop_reason, sent, continuations=continuations)
         if not ending.continue_turn:
             break
-        messages = endings.continuation(messages, stream.content)
+        messages = endings.continuation(messages, blocks_of(message))
         continuations += 1
     if sent and not ending.say:
         await call.send_text("", last=True)  # the end of the talk cycle

@@ -36,13 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from anthropic.lib.streaming import AsyncMessageStreamManager
+
 from relaylab.core import endings, protocol
 from relaylab.core.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
 from relaylab.core.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
 from relaylab.core.turn_taking import without_cut_mark as without_cut_mark
-from relaylab.relay.llm import ReplyStream, SDKReplyStream, stream_reply
 from relaylab.relay.session import CallSession, HungUp, Reply
 from relaylab.relay.step import Step
+from relaylab.steps.streaming import blocks_of
 
 name = "turns"
 __all__ = [
@@ -107,14 +109,15 @@ class Answer:
         try:
             while True:
                 async with _open_stream(call, messages) as stream:
-                    async for text in stream:
+                    async for text in stream.text_stream:
                         self.text += text
                         self._changed.set()
-                ending = endings.ending(stream.stop_reason, self.text, continuations=continuations)
+                    message = await stream.get_final_message()
+                ending = endings.ending(message.stop_reason, self.text, continuations=continuations)
                 if not ending.continue_turn:
                     self.ending = ending
                     break
-                messages = endings.continuation(messages, stream.content)
+                messages = endings.continuation(messages, blocks_of(message))
                 continuations += 1
         except asyncio.CancelledError:
             self.error = asyncio.CancelledError()
@@ -392,20 +395,10 @@ async def _close_cut_cycle(call: CallSession) -> None:
 # -- resuming, and listening for silence -------------------------------------------------------
 
 
-def _open_stream(call: CallSession, messages: list[Any]) -> ReplyStream | SDKReplyStream:
-    """Claude's streamed reply to ``messages``, read as the tracking step reads it."""
-    if call.fast_stream:  # relaylab serve: the same events, read for less CPU
-        return stream_reply(
-            call.claude,
-            messages=messages,
-            model=call.model,
-            max_tokens=call.max_tokens,
-            system=call.system,
-        )
-    return SDKReplyStream(
-        call.claude.messages.stream(
-            messages=messages, model=call.model, max_tokens=call.max_tokens, system=call.system
-        )
+def _open_stream(call: CallSession, messages: list[Any]) -> AsyncMessageStreamManager:
+    """Claude's streamed reply to ``messages``, as the tracking step asks for it."""
+    return call.claude.messages.stream(
+        messages=messages, model=call.model, max_tokens=call.max_tokens, system=call.system
     )
 
 
