@@ -39,6 +39,7 @@ from IPython.display import HTML
 
 from relaylab.core import protocol
 from relaylab.notebook.loop import LoopThread
+from relaylab.relay.events import Event, EventKind
 
 log = logging.getLogger("relaylab.notebook.widgets")
 
@@ -49,7 +50,14 @@ KEYS = "123456789*0#"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _URGENT = frozenset(
-    {"reply_started", "reply_ended", "interrupt", "tool_started", "tool_ended", "closed"}
+    {
+        EventKind.REPLY_STARTED,
+        EventKind.REPLY_ENDED,
+        EventKind.INTERRUPT,
+        EventKind.TOOL_STARTED,
+        EventKind.TOOL_ENDED,
+        EventKind.CLOSED,
+    }
 )
 
 _STYLE = """<style>
@@ -104,7 +112,7 @@ def spoken_html(sent: str, heard: str | None) -> str:
     """``sent`` as HTML: the heard part plain, the rest struck through (<del>).
 
     ``heard`` is what the relay or the caller already worked out (the relay's
-    ``Reply.heard``, the caller's ``Reply.heard``): a prefix of ``sent``. None means
+    ``RelayReply.heard``, the caller's ``Reply.heard``): a prefix of ``sent``. None means
     the caller heard all of it (or will: the reply was not interrupted).
     """
     if heard is None:
@@ -204,7 +212,7 @@ def frames_text(frames: Sequence[tuple[str, str]], limit: int = FRAMES_SHOWN) ->
 
 @dataclass(frozen=True)
 class ReplyLines:
-    """What the view says about one of the relay's replies (``relaylab.relay.session.Reply``)."""
+    """What the view says about one of the relay's replies (a ``RelayReply``)."""
 
     prompt: str
     sent: str
@@ -472,16 +480,16 @@ class ConversationView:
         self._tools = _tool_runs_so_far(session)
         self._unsubscribe = session.subscribe(self._on_event)
 
-    def _on_event(self, event: Any) -> None:
-        if event.kind == "frame_in" and '"interrupt"' in event.data.get("frame", ""):
-            self._pending_speech_ms = _speech_ms(event.data["frame"])
-        elif event.kind == "interrupt":
-            reply = event.data.get("reply")
+    def _on_event(self, event: Event) -> None:
+        reply = event.reply
+        if event.kind is EventKind.FRAME_IN and '"interrupt"' in event.frame:
+            self._pending_speech_ms = _speech_ms(event.frame)
+        elif event.kind is EventKind.INTERRUPT:
             if reply is not None and self._pending_speech_ms is not None:
                 self._speech_ms.setdefault(reply.id, self._pending_speech_ms)
             self._pending_speech_ms = None
-        elif event.kind == "tool_started":
-            reply, run = event.data.get("reply"), event.data.get("run")
+        elif event.kind is EventKind.TOOL_STARTED:
+            run = event.run
             if reply is not None and run is not None:
                 runs = self._tools.setdefault(reply.id, [])
                 if not any(known is run for known in runs):
