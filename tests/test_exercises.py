@@ -172,7 +172,9 @@ def test_lesson_3_first_attempt_runs_two_replies_at_once_on_barge_in():
     )
     found = problems(report, name)
     assert "the old reply still sent" in found and "two answers at once" in found
-    assert "roles must alternate" in found
+    # Two user turns, then two replies: the API combines each pair, so that history is
+    # valid (relaylab.core.message_rules); the check blames the replies, not the roles.
+    assert "the Messages API would reject" not in found
 
 
 def test_lesson_5_first_attempt_loses_tool_results_and_the_booking():

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relaylab.core.message_rules import message_problems
 from relaylab.core.spoken import (
     comparable_words,
     edit_distance,
@@ -788,27 +789,10 @@ class Conversation(list):
         self[:] = kept
 
     def problems(self) -> list[str]:
-        """Reasons the Messages API would reject this history, in plain words ([] if none)."""
-        if not self:
-            return ["the conversation is empty: the Messages API needs at least one turn"]
-        found = []
-        previous: dict[str, Any] | None = None
-        for index, turn in enumerate(self):
-            where = f"conversation[{index}]"
-            if not isinstance(turn, dict):
-                found.append(f"{where} is a {type(turn).__name__}, not a dict")
-                previous = None
-                continue
-            found += _role_problems(where, index, turn, previous)
-            found += _content_problems(where, turn)
-            found += _tool_problems(index, turn, previous, self[index + 1 : index + 2])
-            unexpected = sorted(str(key) for key in turn if key not in ("role", "content"))
-            if unexpected:
-                found.append(f"{where} has unexpected keys: {', '.join(unexpected)}")
-            previous = turn
-        if _ends_with_whitespace(self[-1]):
-            found.append("the final assistant turn ends with whitespace, which the API rejects")
-        return found
+        """Reasons the Messages API would reject this history, in plain words ([] if none).
+        The rules are ``relaylab.core.message_rules``, which the offline stand-in for Claude
+        checks requests with too."""
+        return [problem.plain for problem in message_problems(list(self))]
 
     def trim_to(self, max_chars: int) -> int:
         """Drop the oldest turns until the history holds at most `max_chars` characters of
@@ -944,125 +928,11 @@ def _text_of(turn: dict[str, Any], where: str) -> str:
     return content
 
 
-def _role_problems(
-    where: str, index: int, turn: dict[str, Any], previous: dict[str, Any] | None
-) -> list[str]:
-    role = turn.get("role")
-    if role not in ("user", "assistant"):
-        return [
-            f"{where} has role {role!r}; only 'user' and 'assistant' are allowed"
-            " (a system prompt goes in the separate `system` parameter)"
-        ]
-    if index == 0 and role != "user":
-        return [f"{where} is an {role!r} turn; the first turn must be 'user'"]
-    if previous is not None and previous.get("role") == role:
-        return [
-            f"{where} and conversation[{index - 1}] are both {role!r} turns; roles must alternate"
-        ]
-    return []
-
-
-def _content_problems(where: str, turn: dict[str, Any]) -> list[str]:
-    if "content" not in turn:
-        return [f"{where} has no 'content'"]
-    content = turn["content"]
-    if isinstance(content, str):
-        return [] if content.strip() else [f"{where} has empty content"]
-    if not isinstance(content, list):
-        return [
-            f"{where} has content of type {type(content).__name__}, not a string or a list"
-            " of content blocks"
-        ]
-    if not content:
-        return [f"{where} has empty content (an empty list of blocks)"]
-    found = []
-    for number, block in enumerate(content):
-        found += _block_problems(f"{where}.content[{number}]", block, turn.get("role"))
-    return found
-
-
-def _block_problems(where: str, block: object, role: object) -> list[str]:
-    if not isinstance(block, dict):
-        return [f"{where} is a {type(block).__name__}, not a content block dict"]
-    kind = block.get("type")
-    if not isinstance(kind, str):
-        return [f"{where} has no 'type' (e.g. 'text', 'tool_use', 'tool_result')"]
-    if kind == "text":
-        text = block.get("text")
-        if not isinstance(text, str):
-            return [f"{where} is a text block whose 'text' is not a string"]
-        return [] if text.strip() else [f"{where} is an empty text block, which the API rejects"]
-    if kind == "tool_use":
-        found = [] if role == "assistant" else [f"{where}: tool_use belongs in assistant turns"]
-        for key, kind_needed in (("id", str), ("name", str), ("input", dict)):
-            value = block.get(key)
-            if not isinstance(value, kind_needed) or value == "":
-                found.append(f"{where} is a tool_use block without a valid {key!r}")
-        return found
-    if kind == "tool_result":
-        found = [] if role == "user" else [f"{where}: tool_result belongs in user turns"]
-        if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
-            found.append(f"{where} is a tool_result block without a 'tool_use_id'")
-        if "content" in block and not isinstance(block["content"], str | list):
-            found.append(f"{where} is a tool_result whose 'content' is not a string or a list")
-        return found
-    return []  # images, documents, thinking...: the API checks those itself
-
-
 def _blocks(turn: object, kind: str) -> list[dict[str, Any]]:
     content = turn.get("content") if isinstance(turn, dict) else None
     if not isinstance(content, list):
         return []
     return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
-
-
-def _tool_problems(
-    index: int,
-    turn: dict[str, Any],
-    previous: dict[str, Any] | None,
-    following: list[Any],
-) -> list[str]:
-    """The Messages API's tool rules: each tool_use is answered by a tool_result with its
-    id in the very next (user) turn, ahead of any other block there; each tool_result
-    answers a tool_use of the turn just before."""
-    where = f"conversation[{index}]"
-    found = []
-    if turn.get("role") == "assistant":
-        next_turn = following[0] if following else None
-        answered = {b.get("tool_use_id") for b in _blocks(next_turn, "tool_result")}
-        for block in _blocks(turn, "tool_use"):
-            if block.get("id") not in answered:
-                found.append(
-                    f"{where} calls tool {block.get('name')!r} (id {block.get('id')!r}) but"
-                    f" conversation[{index + 1}] has no tool_result for it; every tool_use"
-                    " needs one in the very next turn"
-                )
-    if turn.get("role") == "user":
-        asked = {b.get("id") for b in _blocks(previous, "tool_use")}
-        before = f"conversation[{index - 1}]" if index else "the turn before it (there is none)"
-        for block in _blocks(turn, "tool_result"):
-            if block.get("tool_use_id") not in asked:
-                found.append(
-                    f"{where} has a tool_result for {block.get('tool_use_id')!r}, but"
-                    f" {before} has no tool_use with that id"
-                )
-        content = turn.get("content")
-        if isinstance(content, list):
-            kinds = [b.get("type") if isinstance(b, dict) else None for b in content]
-            first_other = next((n for n, k in enumerate(kinds) if k != "tool_result"), len(kinds))
-            if "tool_result" in kinds[first_other:]:
-                found.append(f"{where}: tool_result blocks must come before any other block")
-    return found
-
-
-def _ends_with_whitespace(turn: object) -> bool:
-    """Is this, as the final turn, an assistant turn whose text ends in whitespace?"""
-    if not isinstance(turn, dict) or turn.get("role") != "assistant":
-        return False
-    content = turn.get("content")
-    if isinstance(content, list) and content and isinstance(content[-1], dict):
-        content = content[-1].get("text") if content[-1].get("type") == "text" else None
-    return isinstance(content, str) and bool(content.strip()) and content != content.rstrip()
 
 
 def _can_open_history(turn: object) -> bool:

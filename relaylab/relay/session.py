@@ -337,9 +337,8 @@ class CallSession:
     async def _wait_for_stop(self, replies: list[RelayReply]) -> None:
         # A handler that ignores the cancel must not stall the call: wait a little,
         # then go on (send_text keeps a cancelled reply silent anyway).
-        waiting = asyncio.ensure_future(
-            asyncio.wait([r.task for r in replies], timeout=self.limits.cancel_wait)  # type: ignore[misc]
-        )
+        tasks = [r.task for r in replies if r.task is not None]
+        waiting = asyncio.ensure_future(asyncio.wait(tasks, timeout=self.limits.cancel_wait))
         try:
             _, stuck = await asyncio.shield(waiting)
         except asyncio.CancelledError:
