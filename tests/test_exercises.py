@@ -216,7 +216,7 @@ def test_a_teachers_scenario_from_a_dict_passes_and_fails_like_the_built_in_ones
     assert "after the interrupt the relay sent" in problems(report, "talks over a long answer")
     # The evidence names the mistakes, so the hints are the expectations' own advice...
     assert "Hint: in on_interrupt, await call.cancel_reply()" in str(report)
-    assert "keep_heard(call.heard)" in str(report)
+    assert "keep_heard(interrupt.heard)" in str(report)
     # ...and the teacher's hint is the fallback when no expectation names one.
     assert "Hint: cancel the reply in on_interrupt" not in str(report)
 
@@ -388,7 +388,7 @@ def lesson_3_solution(*left_out):
         if "1a" not in left_out:
             await call.cancel_reply()
         if "1b" not in left_out:
-            call.conversation.keep_heard(call.heard)
+            call.conversation.keep_heard(interrupt.heard)
 
     return {"on_prompt": on_prompt, "on_interrupt": on_interrupt}
 
@@ -401,7 +401,7 @@ def lesson_3_solution(*left_out):
             "stops at once after an interrupt",
             "in on_interrupt, await call.cancel_reply()",
         ),
-        (("1b",), "keeps only the heard words, and tells Claude so", "keep_heard(call.heard)"),
+        (("1b",), "keeps only the heard words, and tells Claude so", "keep_heard(interrupt.heard)"),
         (("2",), "keeps only the heard words, and tells Claude so", "has no assistant turn"),
         (("3a",), "a new question stops the old reply (barge-in)", "start on_prompt with await"),
     ],

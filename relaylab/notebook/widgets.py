@@ -40,6 +40,7 @@ from IPython.display import HTML
 from relaylab.core import protocol
 from relaylab.notebook.loop import LoopThread
 from relaylab.relay.events import Event, EventKind
+from relaylab.relay.session import ReplyState
 
 log = logging.getLogger("relaylab.notebook.widgets")
 
@@ -234,7 +235,7 @@ class ReplyLines:
         ``tools`` the tool calls it ran (``relaylab.steps.tools.ToolRun``), ``clock_speed``
         how much faster than real time the simulated voice spoke (a lab's clock_speed)."""
         heard = _heard(reply)
-        running = reply.state == "running"
+        running = reply.state == ReplyState.RUNNING
         placeholder = "waiting for Claude's first word…" if running else "(nothing sent)"
         return cls(
             prompt=reply.prompt,
@@ -297,7 +298,7 @@ def _heard(reply: Any) -> str | None:
     if reply.heard is not None:
         return reply.heard
     played = getattr(reply, "played", "")
-    if reply.state != "running" and played and reply.sent.startswith(played):
+    if reply.state != ReplyState.RUNNING and played and reply.sent.startswith(played):
         return played.rstrip()  # Twilio's own report (tokensPlayed) of what it played
     return None
 
@@ -306,16 +307,21 @@ def _notes(
     reply: Any, heard: str | None, speech_ms: float | None, clock_speed: float = 1.0
 ) -> list[str]:
     timings = reply.timings
-    if reply.state == "running" and not reply.sent and not reply.frames and not reply.interrupted:
+    if (
+        reply.state == ReplyState.RUNNING
+        and not reply.sent
+        and not reply.frames
+        and not reply.interrupted
+    ):
         return ["waiting for Claude: nothing sent yet"]  # a basic step waits for the whole reply
     notes = [
         {
-            "running": "streaming",
-            "done": "done",
-            "cancelled": "stopped",
-            "failed": "failed",
-            "timed_out": "timed out",
-        }.get(reply.state, reply.state)
+            ReplyState.RUNNING: "streaming",
+            ReplyState.DONE: "done",
+            ReplyState.CANCELLED: "stopped",
+            ReplyState.FAILED: "failed",
+            ReplyState.TIMED_OUT: "timed out",
+        }.get(reply.state, str(reply.state))
     ]
     if getattr(reply, "cut_off", False):  # preemptible: no interrupt, Twilio's reports say
         words = _plural(len(reply.heard.split()), "word")
@@ -328,13 +334,13 @@ def _notes(
         if speech_ms is not None:
             notes.append(_speech_played(speech_ms, clock_speed))
         last = timings.get("last_token_ms")
-        if reply.state == "running":
+        if reply.state == ReplyState.RUNNING:
             notes.append(
                 "still streaming after the interrupt" if reply.sent else "Claude is still writing"
             )
         elif at is not None and last is not None and last > at:
             notes.append(f"the relay kept sending for {_seconds(last - at)} after the interrupt")
-    elif reply.state == "cancelled":
+    elif reply.state == ReplyState.CANCELLED:
         notes.append("cancelled by the caller's next prompt")
         if heard is None:
             notes.append("no interrupt came, so what was heard is unknown")
@@ -343,8 +349,8 @@ def _notes(
         notes.append(f"Twilio reports {_plural(len(played.split()), 'word')} played")
     if reply.error:
         notes.append(reply.error)
-    if (words := _words_sent(reply)) is not None:
-        notes.append(words)
+    if (sent_words := _words_sent(reply)) is not None:
+        notes.append(sent_words)
     notes.append(_plural(reply.frames, "text frame"))
     return notes
 
@@ -364,13 +370,13 @@ def _words_sent(reply: Any) -> str | None:
     first, last = timings.get("first_token_ms"), timings.get("last_token_ms")
     ended = timings.get("ended_ms")
     if first is None:
-        return None if reply.state == "running" else "no words sent"
-    if reply.state == "done" and last is not None:
+        return None if reply.state == ReplyState.RUNNING else "no words sent"
+    if reply.state == ReplyState.DONE and last is not None:
         if last - first < 1.0:
             return f"the whole reply sent at once, {_seconds(first)} after the prompt"
         return f"words sent from {_seconds(first)} to {_seconds(last)} after the prompt"
     said = f"first word sent {_seconds(first)} after the prompt"
-    if reply.state != "running" and ended is not None:
+    if reply.state != ReplyState.RUNNING and ended is not None:
         said += f", stopped at {_seconds(ended)}"
     return said
 
