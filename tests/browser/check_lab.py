@@ -225,9 +225,10 @@ CHECKS: list[Check] = [
         ("store the tool_result turn before", "add_user"),
     ),
     (
+        # A second user turn after a tool_result turn is valid: the API combines the two.
         'exercises.check("tools", **lesson_5("3"))',
-        ("FAIL", "call.conversation.add_user(prompt.voice_prompt)"),
-        ("asyncio.shield", "store the tool_result turn before"),
+        ("PASS", "All 3 passed"),
+        ("FAIL",),
     ),
 ]
 SHOTS = Path(os.environ.get("BROWSER_CHECK_SHOTS", tempfile.gettempdir()))
