@@ -943,6 +943,12 @@ class HookCall(CallSession):
       per interrupt.
     """
 
+    _session: CallSession
+    _own_reply: RelayReply | None
+    _replies_before: int | None
+    _interruption: Interruption | None
+    _cycle_closed: bool
+
     def __init__(
         self,
         session: CallSession,
@@ -978,25 +984,25 @@ class HookCall(CallSession):
 
     @property
     def session(self) -> CallSession:
-        return self._session  # type: ignore[no-any-return]
+        return self._session
 
     @property
     def reply(self) -> RelayReply | None:
-        return self._own_reply or self._session.last_reply  # type: ignore[no-any-return]
+        return self._own_reply or self._session.last_reply
 
     @property
     def heard(self) -> str:
         if self._interruption is not None:
-            return self._interruption.heard  # type: ignore[no-any-return]
-        return self._session._heard_before(self._replies_before)  # type: ignore[no-any-return]
+            return self._interruption.heard
+        return self._session._heard_before(self._replies_before)
 
     def _sending_reply(self) -> RelayReply | None:
-        return self._own_reply  # type: ignore[no-any-return]
+        return self._own_reply
 
     def _cancel_limit(self) -> int | None:
         if self._own_reply is not None:
-            return self._own_reply.id - 1  # type: ignore[no-any-return]
-        return self._replies_before  # type: ignore[no-any-return]
+            return self._own_reply.id - 1
+        return self._replies_before
 
     def _must_close_cycle(self, open_cycle: bool) -> bool:
         if self._interruption is None:
