@@ -46,7 +46,7 @@ class FrameLog(list):
 
     def _on_event(self, event):
         if event.kind in ("frame_in", "frame_out"):
-            self.append((event.kind[6:], event.data["frame"]))
+            self.append((event.kind[6:], event.frame))
 
     def out_after(self, marker):
         """Frames sent after the first inbound frame containing ``marker``."""

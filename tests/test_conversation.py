@@ -17,7 +17,12 @@ from relaylab.core.conversation import (
     heard_prefix,
     locate_heard,
 )
+from relaylab.core.message_rules import message_problems
 from relaylab.core.spoken import comparable_words, number_words, speak, split_words
+from relaylab.offline_claude.validation import InvalidRequest, validate
+
+_CALL = {"type": "tool_use", "id": "toolu_1", "name": "hours", "input": {}}
+_RESULT_FIRST = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "9 to 5"}
 
 # --- heard_prefix -------------------------------------------------------------------------
 
@@ -780,18 +785,6 @@ def test_valid_history_has_no_problems():
         ([{"role": "user", "content": "Hi", "name": "Ann"}], "unexpected keys: name"),
         (["Hi"], "is a str, not a dict"),
         (
-            [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Again"}],
-            "both 'user' turns",
-        ),
-        (
-            [
-                {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello"},
-                {"role": "assistant", "content": "Hello?"},
-            ],
-            "conversation[2] and conversation[1] are both 'assistant' turns",
-        ),
-        (
             [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello "}],
             "ends with whitespace",
         ),
@@ -801,6 +794,37 @@ def test_problems_explains_each_invalid_history(turns, expected):
     problems = Conversation(turns).problems()
     assert len(problems) == 1, problems
     assert expected in problems[0]
+
+
+def test_same_role_turns_are_valid_as_the_api_combines_them():
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "assistant", "content": "Hello?"},
+    ]
+    assert Conversation(turns).problems() == []
+    validate({"model": "m", "max_tokens": 10, "messages": turns})  # the stand-in agrees
+
+
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [{"role": "assistant", "content": "Hi"}],
+        [{"role": "user", "content": "Hi", "name": "Ann"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello "}],
+        [{"role": "user", "content": [{"type": "text", "text": "Hi"}, _RESULT_FIRST]}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [_CALL]}],
+    ],
+    ids=["assistant-first", "extra-key", "trailing-space", "result-after-text", "no-result"],
+)
+def test_the_relay_and_the_stand_in_judge_a_history_alike(turns):
+    plain = Conversation(turns).problems()
+    assert plain
+    with pytest.raises(InvalidRequest) as rejected:
+        validate({"model": "m", "max_tokens": 10, "messages": turns})
+    assert str(rejected.value) == message_problems(turns)[0].api
+    assert plain[0] == message_problems(turns)[0].plain
 
 
 def test_problems_lists_every_problem():

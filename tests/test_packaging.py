@@ -213,14 +213,6 @@ def test_every_module_lives_in_a_layer_and_imports_only_downwards():
     assert upward == []
 
 
-# The relay's Reply (relay/session.py) and the caller's (simulation/talk_cycles.py, which
-# relaylab.Reply is) still share a name here: the facts branch renames the relay's to
-# RelayReply, and then this allowance goes.
-SHARED_CLASS_NAMES_ALLOWED = {
-    "Reply": {"relaylab/relay/session.py", "relaylab/simulation/talk_cycles.py"}
-}
-
-
 def test_no_two_classes_of_the_package_share_a_name():
     """One name, one meaning: a class name (private ones too) is defined once in relaylab."""
     defined: dict[str, list[str]] = {}
@@ -228,9 +220,5 @@ def test_no_two_classes_of_the_package_share_a_name():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
                 defined.setdefault(node.name, []).append(path.relative_to(ROOT).as_posix())
-    shared = {
-        name: paths
-        for name, paths in defined.items()
-        if len(paths) > 1 and sorted(paths) != sorted(SHARED_CLASS_NAMES_ALLOWED.get(name, ()))
-    }
+    shared = {name: paths for name, paths in defined.items() if len(paths) > 1}
     assert shared == {}

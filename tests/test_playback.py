@@ -2,14 +2,16 @@
 
 from relaylab.core.conversation import Conversation
 from relaylab.core.playback import credit_played, heard_as_reported, played_out, still_playing
-from relaylab.relay.session import Reply
+from relaylab.relay.session import RelayReply, ReplyState
 
 FIRST = "Here are ten things. One, the euro was launched. Two, a new browser."
 SECOND = "Dogs were the first animals people tamed."
 
 
-def sent(text: str, id: int = 1, *, running: bool = False) -> Reply:
-    return Reply(prompt="?", id=id, sent=text, state="running" if running else "done")
+def sent(text: str, id: int = 1, *, running: bool = False) -> RelayReply:
+    return RelayReply(
+        prompt="?", id=id, sent=text, state=ReplyState.RUNNING if running else ReplyState.DONE
+    )
 
 
 def test_reports_continue_the_reply_playing_chunk_by_chunk():

@@ -47,7 +47,7 @@ from relaylab.offline_claude import REPLIES, OfflineClaude, reply_for
 from relaylab.offline_claude.replies import content_text
 from relaylab.relay import failures
 from relaylab.relay.llm import Backend, choose_backend
-from relaylab.relay.session import CallSession, Limits, Reply
+from relaylab.relay.session import CallSession, Limits, RelayReply
 from relaylab.relay.settings import RelaySettings, SocketLimits
 from relaylab.shell.stack import Relay
 from relaylab.steps.restaurant import demo_toolbox
@@ -925,13 +925,13 @@ def test_a_caller_that_keeps_talking_but_never_reads_is_closed_too(make_lab, cap
 # -- memory ------------------------------------------------------------------------------------
 
 
-def track_replies(lab_server, replies: list[weakref.ref[Reply]], calls: list) -> None:
+def track_replies(lab_server, replies: list[weakref.ref[RelayReply]], calls: list) -> None:
     def on_session(session: CallSession) -> None:
         calls.append(weakref.ref(session))
 
         def on_event(event) -> None:
             if event.kind == "reply_started":
-                replies.append(weakref.ref(event.data["reply"]))
+                replies.append(weakref.ref(event.reply))
 
         session.subscribe(on_event)
 
@@ -996,7 +996,7 @@ async def test_replies_and_sessions_are_freed_when_calls_end(aiohttp):
         settings=RelaySettings(),
     )
     server = await relay.start()
-    replies: list[weakref.ref[Reply]] = []
+    replies: list[weakref.ref[RelayReply]] = []
     calls: list[weakref.ref[CallSession]] = []
     track_replies(server, replies, calls)
     try:

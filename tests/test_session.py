@@ -7,9 +7,16 @@ import httpx2
 import pytest
 from conftest import assert_valid_history
 
-from relaylab.core.protocol import dtmf_frame, info_frame, interrupt_frame, prompt_frame
+from relaylab.core import conversation
+from relaylab.core.protocol import (
+    Interrupt,
+    dtmf_frame,
+    info_frame,
+    interrupt_frame,
+    prompt_frame,
+)
 from relaylab.relay import failures
-from relaylab.relay.session import Limits
+from relaylab.relay.session import Interruption, Limits, ReplyState
 from relaylab.relay.step import Step
 from relaylab.relay.testing import Pause, ScriptedClaude, WaitFor, run_step
 
@@ -378,3 +385,115 @@ async def test_an_interrupt_followed_at_once_by_a_prompt_keeps_the_new_reply():
         {"role": "user", "content": "cats"},
         {"role": "assistant", "content": "Sure, cats."},
     ]
+
+
+# -- what a hook receives: its facts as arguments ------------------------------------------------
+
+
+def tracking_with(on_interrupt):
+    """The tracking step with another on_interrupt."""
+    from relaylab.steps import tracking
+
+    return Step(on_prompt=tracking.on_prompt, on_interrupt=on_interrupt, name="tracking")
+
+
+async def test_on_interrupt_receives_the_reply_it_cut_and_what_was_heard():
+    seen = []
+
+    async def on_interrupt(call, interrupt):
+        seen.append(interrupt)
+        await call.cancel_reply()
+        call.conversation.keep_heard(interrupt.heard)
+
+    result = await run_step(
+        tracking_with(on_interrupt),
+        [prompt_frame("dogs"), WaitFor(6), interrupt_frame("Dogs were the first", 1200)],
+        claude=ScriptedClaude(DOGS),
+    )
+    (interrupt,) = seen
+    cut = result.session.replies[0]
+    assert isinstance(interrupt, Interruption) and isinstance(interrupt, Interrupt)
+    assert interrupt.reply is cut and interrupt.heard == cut.heard == "Dogs were the first"
+    # Twilio's own fields are still there, as the first attempt in lesson 3 reads them.
+    assert interrupt.utterance_until_interrupt == "Dogs were the first"
+    assert interrupt.duration_until_interrupt_ms == 1200
+    assert result.history[-1] == {"role": "assistant", "content": "Dogs were the first"}
+
+
+async def test_an_interrupt_before_any_reply_has_no_reply_and_nothing_heard():
+    seen = []
+    result = await run_step(
+        tracking_with(lambda call, interrupt: seen.append(interrupt)),
+        [interrupt_frame("Welcome to the dog")],
+        greeting="Welcome to the dog line, ask me anything about dogs at all.",
+    )
+    assert [(i.reply, i.heard) for i in seen] == [(None, "")]
+    assert result.session.replies == []
+
+
+async def test_a_handler_written_for_call_heard_still_works():
+    async def on_interrupt(call, interrupt):
+        await call.cancel_reply()
+        call.conversation.keep_heard(call.heard)  # before the hook received interrupt.heard
+
+    result = await run_step(
+        tracking_with(on_interrupt),
+        [prompt_frame("dogs"), WaitFor(4), interrupt_frame("Dogs were the")],
+        claude=ScriptedClaude(DOGS),
+    )
+    assert result.history[-1] == {"role": "assistant", "content": "Dogs were the"}
+
+
+async def test_each_on_prompt_call_is_bound_to_its_own_reply():
+    replies = []
+
+    async def on_prompt(call, prompt):
+        replies.append((prompt.voice_prompt, call.reply))
+        await call.send_text(prompt.voice_prompt, last=True)
+
+    result = await run_step(
+        Step(on_prompt=on_prompt), [prompt_frame("one"), prompt_frame("two")], claude=None
+    )
+    first, second = result.session.replies
+    assert replies == [("one", first), ("two", second)]
+    assert (first.sent, second.sent) == ("one", "two")
+
+
+async def test_a_hooks_call_is_the_session_for_a_steps_own_state():
+    calls = []
+    result = await run_step(
+        Step(on_setup=lambda call, setup: calls.append(call), on_dtmf=lambda c, d: calls.append(c)),
+        [dtmf_frame("1")],
+    )
+    session = result.session
+    assert all(call == session and call.session is session for call in calls)
+    assert len({session, *calls}) == 1  # one key in a dict, whichever hook wrote it
+
+
+async def test_an_interrupt_is_lined_up_with_the_reply_once(monkeypatch):
+    alignments = []
+    align = conversation.align_heard
+
+    def counted(*args, **kwargs):
+        alignments.append(args[:2])
+        return align(*args, **kwargs)
+
+    monkeypatch.setattr(conversation, "align_heard", counted)
+    result = await run_step(
+        "tracking",
+        [prompt_frame("dogs"), WaitFor(6), interrupt_frame("Dogs were the first")],
+        claude=ScriptedClaude(DOGS),
+    )
+    assert result.history[-1] == {"role": "assistant", "content": "Dogs were the first"}
+    assert alignments == [(result.session.replies[0].sent, "Dogs were the first")]
+
+
+def test_reply_states_are_the_values_a_reply_takes():
+    assert [str(state) for state in ReplyState] == [
+        "running",
+        "done",
+        "cancelled",
+        "timed_out",
+        "failed",
+    ]
+    assert ReplyState.DONE == "done"  # recordings and the call store keep the plain value

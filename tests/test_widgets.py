@@ -22,7 +22,7 @@ from relaylab.notebook.widgets import (
     spoken_text,
     tool_line,
 )
-from relaylab.relay.session import Reply
+from relaylab.relay.session import RelayReply, ReplyState
 from relaylab.relay.step import Step
 from relaylab.simulation import TwilioBehaviour
 from relaylab.steps.restaurant import demo_toolbox
@@ -171,7 +171,9 @@ def test_view_pinned_to_something_that_is_not_a_call_gets_a_clear_error(make_lab
 
 
 def test_speech_played_is_put_in_real_time_when_the_voice_runs_fast():
-    cut = Reply(prompt="Hi", id=1, sent="one two three four", frames=4, state="cancelled")
+    cut = RelayReply(
+        prompt="Hi", id=1, sent="one two three four", frames=4, state=ReplyState.CANCELLED
+    )
     cut.heard = "one two"
     fast = ReplyLines.of(cut, speech_ms=2910, clock_speed=2.0)
     assert (
@@ -360,20 +362,22 @@ def test_tool_line_says_when_a_side_effecting_tool_was_not_stopped():
 
 
 def test_reply_lines_in_words():
-    cancelled = Reply(prompt="Hi", id=1, sent="one two three four", frames=4, state="cancelled")
+    cancelled = RelayReply(
+        prompt="Hi", id=1, sent="one two three four", frames=4, state=ReplyState.CANCELLED
+    )
     lines = ReplyLines.of(cancelled)
     assert "cancelled by the caller's next prompt" in lines.notes
     assert "no interrupt came, so what was heard is unknown" in lines.notes
     assert not any("last word" in note for note in lines.notes)
-    played = Reply(prompt="Hi", id=1, sent="one two three four", state="cancelled")
+    played = RelayReply(prompt="Hi", id=1, sent="one two three four", state=ReplyState.CANCELLED)
     played.played = "one two "
     lines = ReplyLines.of(played)
     assert lines.heard == "one two"
     assert "one two<del> three four</del>" in lines.html()
     assert "Twilio reports 2 words played" in lines.notes
-    running = Reply(prompt="Hi", id=2)
+    running = RelayReply(prompt="Hi", id=2)
     assert "waiting for Claude's first word" in ReplyLines.of(running).html()
-    cut_off = Reply(prompt="Hi", id=3, sent="one two three four", state="done")
+    cut_off = RelayReply(prompt="Hi", id=3, sent="one two three four", state=ReplyState.DONE)
     cut_off.played, cut_off.heard, cut_off.cut_off = "one two ", "one two", True
     lines = ReplyLines.of(cut_off)
     assert "cut off by the next reply's speech after 2 words" in lines.notes

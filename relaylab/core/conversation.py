@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relaylab.core.message_rules import message_problems
 from relaylab.core.spoken import (
     comparable_words,
     edit_distance,
@@ -47,8 +48,11 @@ __all__ = [
     "ALIGNMENT_STEPS_LIMIT",
     "HEARD_WORDS_LIMIT",
     "SEARCHED_WORDS_LIMIT",
+    "Alignment",
     "Conversation",
+    "align_heard",
     "heard_prefix",
+    "locate_heard",
 ]
 
 logger = logging.getLogger("relaylab.core.conversation")
@@ -137,6 +141,35 @@ def heard_prefix(
     >>> heard_prefix("Step one is easy, and step two is harder.", "and step two")
     'Step one is easy, and step two'
     """
+    return align_heard(sent, utterance, duration_ms, words_per_minute).heard
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The result of lining an utterance up with a sent text, once."""
+
+    heard: str
+    """The start of the sent text the caller heard (what ``heard_prefix`` returns)."""
+    placed: bool
+    """The utterance's words were found in the sent text (heard_prefix's rules 1 and 2);
+    False when they were estimated, or when no word was heard at all."""
+
+
+def align_heard(
+    sent: str,
+    utterance: str,
+    duration_ms: float | None = None,
+    words_per_minute: float = 165.0,
+    *,
+    estimate: bool = True,
+) -> Alignment:
+    """Line `utterance` up with `sent` (see heard_prefix, which is this function's
+    ``heard``), saying whether its words were found there. With ``estimate=False``,
+    words that cannot be placed give ``Alignment("", placed=False)`` at once (nothing is
+    estimated or logged): the caller was hearing other words.
+
+    Every alignment of heard words in relaylab goes through this one function, so a
+    relay works each interrupt out once and keeps the result (``RelayReply.heard``)."""
     if not isinstance(sent, str) or not isinstance(utterance, str):
         raise TypeError(
             "heard_prefix needs the sent text and the utterance as strings, not "
@@ -146,27 +179,27 @@ def heard_prefix(
         isinstance(words_per_minute, int | float) and 0 < words_per_minute < math.inf
     ):
         raise ValueError(f"words_per_minute must be a positive number, not {words_per_minute!r}")
-    reply = _analyse(sent)
-    if not reply.words:
-        return ""
+    text = _analyse(sent)
+    if not text.words:
+        return Alignment("", placed=False)
     spoken_estimate = _words_spoken_in(duration_ms, words_per_minute)
-    found = _find(reply, utterance, spoken_estimate)
+    found = _find(text, utterance, spoken_estimate)
+    if found.heard and found.count is not None:
+        return Alignment(text.cut(found.count), placed=True)
+    if not estimate:
+        return Alignment("", placed=False)
     if not found.heard:
-        return _nothing_placed_but_time(reply, utterance, spoken_estimate)
-    if found.count is None:
-        return _estimate(reply, utterance, found.heard, spoken_estimate, found.long)
-    return reply.cut(found.count)
+        return Alignment(_nothing_placed_but_time(text, utterance, spoken_estimate), placed=False)
+    heard = _estimate(text, utterance, found.heard, spoken_estimate, found.long)
+    return Alignment(heard, placed=False)
 
 
 def locate_heard(sent: str, utterance: str) -> str | None:
     """What heard_prefix would keep when the utterance's words are found in ``sent`` (its
     rules 1 and 2), else None: nothing is estimated, so None says the caller was hearing
     other words (another reply, or speech the relay never sent)."""
-    reply = _analyse(sent)
-    found = _find(reply, utterance, None) if reply.words else None
-    if found is None or not found.heard or found.count is None:
-        return None
-    return reply.cut(found.count)
+    found = align_heard(sent, utterance, estimate=False)
+    return found.heard if found.placed else None
 
 
 @dataclass
@@ -176,7 +209,7 @@ class _Found:
     count: int | None  # words of the reply heard, None when they could not be placed
 
 
-def _find(reply: _Reply, utterance: str, spoken_estimate: int | None) -> _Found:
+def _find(reply: _SentText, utterance: str, spoken_estimate: int | None) -> _Found:
     heard, utterance_was_long = _last_heard_words(utterance)
     heard, cut_off_word_dropped = _without_cut_off_word(heard, reply.vocabulary)
     if not heard:
@@ -195,7 +228,12 @@ def _find(reply: _Reply, utterance: str, spoken_estimate: int | None) -> _Found:
 
 
 def _place(
-    reply: _Reply, heard: list[str], *, try_start: bool, last_word_exact: bool, voice_at: int | None
+    reply: _SentText,
+    heard: list[str],
+    *,
+    try_start: bool,
+    last_word_exact: bool,
+    voice_at: int | None,
 ) -> int | None:
     """How many sent words the heard words cover (rules 1 and 2 of heard_prefix), or None
     if they cannot be placed."""
@@ -225,7 +263,7 @@ def _place(
 
 
 def _from_start(
-    reply: _Reply, heard: list[str], last_word_exact: bool, budget: _Budget
+    reply: _SentText, heard: list[str], last_word_exact: bool, budget: _Budget
 ) -> _Placement | None:
     """Rule 1: the heard words lined up with the start of the reply (None if they do not)."""
     said_exactly = _said_exactly(reply, heard)
@@ -254,7 +292,7 @@ class _Budget:
         return self.left >= 0
 
 
-class _Reply:
+class _SentText:
     """What `heard_prefix` needs to know about a sent text, worked out once: its first
     SEARCHED_WORDS_LIMIT words, the ways each may be said (forwards and backwards), and
     where each word's reading may end a run of heard words."""
@@ -291,7 +329,7 @@ class _Reply:
 
 
 # A burst of interrupts is usually about the same reply: work it out once.
-_analyse = functools.lru_cache(maxsize=4)(_Reply)
+_analyse = functools.lru_cache(maxsize=4)(_SentText)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -340,7 +378,7 @@ def _without_cut_off_word(heard: list[str], vocabulary: frozenset[str]) -> tuple
     return heard, False
 
 
-def _said_exactly(reply: _Reply, heard: list[str]) -> int | None:
+def _said_exactly(reply: _SentText, heard: list[str]) -> int | None:
     """How many sent words the heard words are, word for word from the start (taking the
     first reading that fits each sent word); None if they are not. The common case, and
     much quicker than _align_from_start."""
@@ -356,7 +394,7 @@ def _said_exactly(reply: _Reply, heard: list[str]) -> int | None:
 
 
 def _align_from_start(
-    reply: _Reply, heard: list[str], *, last_word_exact: bool, budget: _Budget
+    reply: _SentText, heard: list[str], *, last_word_exact: bool, budget: _Budget
 ) -> _Placement | None:
     """Line the heard words up with the start of the reply (None if they do not)."""
     # Enough sent words to say the heard words with room to spare.
@@ -389,7 +427,7 @@ class _RunEnd:
 
 
 def _locate(
-    reply: _Reply,
+    reply: _SentText,
     heard: list[str],
     good_enough: float,
     voice_at: int | None,
@@ -422,7 +460,7 @@ def _locate(
     return best
 
 
-def _run_ends(reply: _Reply, heard: list[str], words: list[int]) -> Iterator[_RunEnd]:
+def _run_ends(reply: _SentText, heard: list[str], words: list[int]) -> Iterator[_RunEnd]:
     """Places where a run of heard words can end, in sent `words` (in that order). The
     last heard word must be said in full there, exactly: as the last word of a reading of
     sent word i (then i + 1 words were heard), or partway through one ("twelve" of "$12"
@@ -447,7 +485,7 @@ def _run_ends(reply: _Reply, heard: list[str], words: list[int]) -> Iterator[_Ru
 
 
 def _cost_of_run_ending_at(
-    reply: _Reply, end: _RunEnd, heard: list[str], limit: float, budget: _Budget
+    reply: _SentText, end: _RunEnd, heard: list[str], limit: float, budget: _Budget
 ) -> float:
     """The cheapest explanation of all the heard words by a run of sent words that ends
     at `end` (math.inf if none costs at most `limit`, or the budget ran out).
@@ -588,7 +626,7 @@ def _close(expected: str, actual: str) -> bool:
     return edit_distance(expected, actual) <= allowed
 
 
-def _nothing_placed_but_time(reply: _Reply, utterance: str, spoken_estimate: int | None) -> str:
+def _nothing_placed_but_time(reply: _SentText, utterance: str, spoken_estimate: int | None) -> str:
     """No word was heard in full. Without a duration, that means nothing was heard. With
     one, the caller may have cut in as a new clause began (the utterance being the empty
     start of that clause): keep the clauses the duration says were finished."""
@@ -610,7 +648,7 @@ def _nothing_placed_but_time(reply: _Reply, utterance: str, spoken_estimate: int
 
 
 def _estimate(
-    reply: _Reply,
+    reply: _SentText,
     utterance: str,
     heard: list[str],
     spoken_estimate: int | None,
@@ -669,8 +707,10 @@ class Conversation(list):
         """Cut the reply the caller was hearing down to what they heard, and return that.
         If nothing was heard, the reply is removed. `utterance` and `duration_ms` are the
         interrupt's `utteranceUntilInterrupt` and `durationUntilInterruptMs` (see
-        heard_prefix), or `call.heard`. Does nothing (and returns "") if the last turn is
-        not Claude's.
+        heard_prefix), or what the relay already worked out from them (`interrupt.heard`
+        in an `on_interrupt` hook): a start of the last reply, word for word, is kept as
+        it is, without lining it up again. Does nothing (and returns "") if the last turn
+        is not Claude's.
 
         The reply being heard is the last one, unless the utterance is found only in an
         earlier one: Twilio can queue a reply behind speech still playing (see
@@ -679,9 +719,13 @@ class Conversation(list):
         """
         if not self or not isinstance(self[-1], dict) or self[-1].get("role") != "assistant":
             return ""
-        index = self._reply_being_heard(utterance)
+        if _is_start_of(utterance, _text_of(self[-1], "conversation[-1]")):
+            index, heard = len(self) - 1, utterance  # already worked out: kept as it is
+        else:
+            index = self._reply_being_heard(utterance)
+            text = _text_of(self[index], f"conversation[{index}]")
+            heard = heard_prefix(text, utterance, duration_ms)
         reply = self[index]
-        heard = heard_prefix(_text_of(reply, f"conversation[{index}]"), utterance, duration_ms)
         unplayed = [turn for turn in self[index + 1 :] if turn.get("role") == "assistant"]
         if heard:
             reply["content"] = heard
@@ -745,27 +789,10 @@ class Conversation(list):
         self[:] = kept
 
     def problems(self) -> list[str]:
-        """Reasons the Messages API would reject this history, in plain words ([] if none)."""
-        if not self:
-            return ["the conversation is empty: the Messages API needs at least one turn"]
-        found = []
-        previous: dict[str, Any] | None = None
-        for index, turn in enumerate(self):
-            where = f"conversation[{index}]"
-            if not isinstance(turn, dict):
-                found.append(f"{where} is a {type(turn).__name__}, not a dict")
-                previous = None
-                continue
-            found += _role_problems(where, index, turn, previous)
-            found += _content_problems(where, turn)
-            found += _tool_problems(index, turn, previous, self[index + 1 : index + 2])
-            unexpected = sorted(str(key) for key in turn if key not in ("role", "content"))
-            if unexpected:
-                found.append(f"{where} has unexpected keys: {', '.join(unexpected)}")
-            previous = turn
-        if _ends_with_whitespace(self[-1]):
-            found.append("the final assistant turn ends with whitespace, which the API rejects")
-        return found
+        """Reasons the Messages API would reject this history, in plain words ([] if none).
+        The rules are ``relaylab.core.message_rules``, which the offline stand-in for Claude
+        checks requests with too."""
+        return [problem.plain for problem in message_problems(list(self))]
 
     def trim_to(self, max_chars: int) -> int:
         """Drop the oldest turns until the history holds at most `max_chars` characters of
@@ -878,6 +905,16 @@ def last_user_text(messages: object) -> str:
     return ""
 
 
+def _is_start_of(heard: str, text: str) -> bool:
+    """Is ``heard`` a start of ``text`` that ends after a whole word (or is all of it)?
+    Such a start is what heard_prefix would keep of ``text`` for it, word for word."""
+    if not heard or not text.startswith(heard):
+        return False
+    if heard == text.rstrip():
+        return True
+    return heard[-1].isalnum() and not text[len(heard)].isalnum()
+
+
 def _holds(turn: object, utterance: str) -> bool:
     """Can the utterance's words be placed in this text turn?"""
     content = turn.get("content") if isinstance(turn, dict) else None
@@ -891,125 +928,11 @@ def _text_of(turn: dict[str, Any], where: str) -> str:
     return content
 
 
-def _role_problems(
-    where: str, index: int, turn: dict[str, Any], previous: dict[str, Any] | None
-) -> list[str]:
-    role = turn.get("role")
-    if role not in ("user", "assistant"):
-        return [
-            f"{where} has role {role!r}; only 'user' and 'assistant' are allowed"
-            " (a system prompt goes in the separate `system` parameter)"
-        ]
-    if index == 0 and role != "user":
-        return [f"{where} is an {role!r} turn; the first turn must be 'user'"]
-    if previous is not None and previous.get("role") == role:
-        return [
-            f"{where} and conversation[{index - 1}] are both {role!r} turns; roles must alternate"
-        ]
-    return []
-
-
-def _content_problems(where: str, turn: dict[str, Any]) -> list[str]:
-    if "content" not in turn:
-        return [f"{where} has no 'content'"]
-    content = turn["content"]
-    if isinstance(content, str):
-        return [] if content.strip() else [f"{where} has empty content"]
-    if not isinstance(content, list):
-        return [
-            f"{where} has content of type {type(content).__name__}, not a string or a list"
-            " of content blocks"
-        ]
-    if not content:
-        return [f"{where} has empty content (an empty list of blocks)"]
-    found = []
-    for number, block in enumerate(content):
-        found += _block_problems(f"{where}.content[{number}]", block, turn.get("role"))
-    return found
-
-
-def _block_problems(where: str, block: object, role: object) -> list[str]:
-    if not isinstance(block, dict):
-        return [f"{where} is a {type(block).__name__}, not a content block dict"]
-    kind = block.get("type")
-    if not isinstance(kind, str):
-        return [f"{where} has no 'type' (e.g. 'text', 'tool_use', 'tool_result')"]
-    if kind == "text":
-        text = block.get("text")
-        if not isinstance(text, str):
-            return [f"{where} is a text block whose 'text' is not a string"]
-        return [] if text.strip() else [f"{where} is an empty text block, which the API rejects"]
-    if kind == "tool_use":
-        found = [] if role == "assistant" else [f"{where}: tool_use belongs in assistant turns"]
-        for key, kind_needed in (("id", str), ("name", str), ("input", dict)):
-            value = block.get(key)
-            if not isinstance(value, kind_needed) or value == "":
-                found.append(f"{where} is a tool_use block without a valid {key!r}")
-        return found
-    if kind == "tool_result":
-        found = [] if role == "user" else [f"{where}: tool_result belongs in user turns"]
-        if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
-            found.append(f"{where} is a tool_result block without a 'tool_use_id'")
-        if "content" in block and not isinstance(block["content"], str | list):
-            found.append(f"{where} is a tool_result whose 'content' is not a string or a list")
-        return found
-    return []  # images, documents, thinking...: the API checks those itself
-
-
 def _blocks(turn: object, kind: str) -> list[dict[str, Any]]:
     content = turn.get("content") if isinstance(turn, dict) else None
     if not isinstance(content, list):
         return []
     return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
-
-
-def _tool_problems(
-    index: int,
-    turn: dict[str, Any],
-    previous: dict[str, Any] | None,
-    following: list[Any],
-) -> list[str]:
-    """The Messages API's tool rules: each tool_use is answered by a tool_result with its
-    id in the very next (user) turn, ahead of any other block there; each tool_result
-    answers a tool_use of the turn just before."""
-    where = f"conversation[{index}]"
-    found = []
-    if turn.get("role") == "assistant":
-        next_turn = following[0] if following else None
-        answered = {b.get("tool_use_id") for b in _blocks(next_turn, "tool_result")}
-        for block in _blocks(turn, "tool_use"):
-            if block.get("id") not in answered:
-                found.append(
-                    f"{where} calls tool {block.get('name')!r} (id {block.get('id')!r}) but"
-                    f" conversation[{index + 1}] has no tool_result for it; every tool_use"
-                    " needs one in the very next turn"
-                )
-    if turn.get("role") == "user":
-        asked = {b.get("id") for b in _blocks(previous, "tool_use")}
-        before = f"conversation[{index - 1}]" if index else "the turn before it (there is none)"
-        for block in _blocks(turn, "tool_result"):
-            if block.get("tool_use_id") not in asked:
-                found.append(
-                    f"{where} has a tool_result for {block.get('tool_use_id')!r}, but"
-                    f" {before} has no tool_use with that id"
-                )
-        content = turn.get("content")
-        if isinstance(content, list):
-            kinds = [b.get("type") if isinstance(b, dict) else None for b in content]
-            first_other = next((n for n, k in enumerate(kinds) if k != "tool_result"), len(kinds))
-            if "tool_result" in kinds[first_other:]:
-                found.append(f"{where}: tool_result blocks must come before any other block")
-    return found
-
-
-def _ends_with_whitespace(turn: object) -> bool:
-    """Is this, as the final turn, an assistant turn whose text ends in whitespace?"""
-    if not isinstance(turn, dict) or turn.get("role") != "assistant":
-        return False
-    content = turn.get("content")
-    if isinstance(content, list) and content and isinstance(content[-1], dict):
-        content = content[-1].get("text") if content[-1].get("type") == "text" else None
-    return isinstance(content, str) and bool(content.strip()) and content != content.rstrip()
 
 
 def _can_open_history(turn: object) -> bool:

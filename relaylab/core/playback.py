@@ -27,7 +27,7 @@ from typing import Generic, Protocol, TypeVar
 
 
 class Playable(Protocol):
-    """What this module reads and writes of a reply (``relaylab.relay.session.Reply``)."""
+    """What this module reads and writes of a reply (``relaylab.relay.session.RelayReply``)."""
 
     sent: str  # every token sent so far
     played: str  # what tokensPlayed reports credited to it so far

@@ -57,14 +57,13 @@ from typing import IO, TYPE_CHECKING, Any
 from relaylab.core.conversation import content_text, last_user_text, shorten
 from relaylab.core.protocol import MAX_FRAME_BYTES
 from relaylab.notebook.timeline import Timeline, timeline_of_recording
-from relaylab.relay.events import Event
+from relaylab.relay.events import Event, EventKind
 from relaylab.relay.polling import until
 
 if TYPE_CHECKING:
     from relaylab.notebook.lab import Lab
     from relaylab.offline_claude import RecordedRequest
-    from relaylab.relay.session import CallSession
-    from relaylab.relay.session import Reply as RelayReply
+    from relaylab.relay.session import CallSession, RelayReply
     from relaylab.shell.server import RelayServer
 
 log = logging.getLogger("relaylab.notebook.recording")
@@ -132,31 +131,28 @@ class CallRecorder:
             self._on_finish(self)
 
     def _on_event(self, event: Event) -> None:
-        data = event.data
-        if event.kind == "frame_in":
-            frame = _frame(data["frame"])
+        reply = event.reply
+        if event.kind is EventKind.FRAME_IN:
+            frame = _frame(event.frame)
             if not self.call_sid and frame.get("type") == "setup":
                 self._name(str(frame.get("callSid") or frame.get("sessionId") or ""))
             self._add("in", frame=frame)
-        elif event.kind == "frame_out":
-            reply = self.session.reply  # inside a reply's task: the reply sending this frame
-            self._add("out", frame=_frame(data["frame"]), reply=reply.id if reply else None)
-        elif event.kind == "interrupt":
-            reply = data.get("reply")
-            heard = reply.heard if reply is not None else None
+        elif event.kind is EventKind.FRAME_OUT:
+            self._add("out", frame=_frame(event.frame), reply=reply.id if reply else None)
+        elif event.kind is EventKind.INTERRUPT:
             self._add(
                 "interrupt",
                 reply=reply.id if reply else None,
-                heard=heard,
-                utterance=data.get("utterance"),
+                heard=reply.heard if reply is not None else None,
+                utterance=event.utterance,
             )
-        elif event.kind == "cut_off":
-            self._add("cut_off", reply=data["reply"].id, heard=data["reply"].heard)
-        elif event.kind == "reply_ended":
-            self._add("reply", reply=_reply_summary(data["reply"], self.opened_at))
-        elif event.kind == "error":
-            self._add("error", message=data.get("message"))
-        elif event.kind == "closed":
+        elif event.kind is EventKind.CUT_OFF and reply is not None:
+            self._add("cut_off", reply=reply.id, heard=reply.heard)
+        elif event.kind is EventKind.REPLY_ENDED and reply is not None:
+            self._add("reply", reply=_reply_summary(reply, self.opened_at))
+        elif event.kind is EventKind.ERROR:
+            self._add("error", message=event.message)
+        elif event.kind is EventKind.CLOSED:
             self.finish()
 
     def _add(self, kind: str, **fields: Any) -> None:

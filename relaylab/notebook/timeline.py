@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from relaylab.notebook.caller import SimulatedCall
     from relaylab.notebook.lab import Lab
     from relaylab.offline_claude import RecordedRequest
-    from relaylab.relay.session import CallSession
-    from relaylab.relay.session import Reply as RelayReply
+    from relaylab.relay.session import CallSession, RelayReply
 
 RAN_ON_MS = 50.0  # a stream closed within this of the interrupt was closed by it
 

@@ -3,16 +3,17 @@
 ``validate(body)`` raises ``InvalidRequest`` (answered with HTTP 400
 ``invalid_request_error``) for what the real API rejects: missing fields, empty
 content, blocks of the wrong shape, and ``tool_use`` / ``tool_result`` blocks that
-do not pair up. Consecutive turns with the same role are accepted: the real API
-combines them into one turn (the SDK's ``MessageCreateParams.messages`` says so).
+do not pair up. The rules for ``messages`` are ``relaylab.core.message_rules``, the
+same ones the relay checks its own history with; consecutive turns with the same role
+are accepted, as the real API combines them into one turn (that module quotes the API
+reference).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_EMPTY = "all messages must have non-empty content except for the optional final assistant message"
-_BLOCK_ROLES = {"tool_use": "assistant", "tool_result": "user"}
+from relaylab.core.message_rules import message_problems
 
 
 class InvalidRequest(Exception):
@@ -37,20 +38,9 @@ def validate(body: dict[str, Any]) -> None:
     _validate_thinking(body.get("thinking"), max_tokens)
     _validate_system(body.get("system"))
     _validate_tools(body.get("tools"))
-    messages = body["messages"]
-    if not isinstance(messages, list):
-        raise InvalidRequest("messages: Input should be a valid list")
-    if not messages:
-        raise InvalidRequest("messages: at least one message is required")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"messages.{i}: Input should be a valid dictionary")
-        if message.get("role") not in ("user", "assistant"):
-            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
-        if "content" not in message:
-            raise InvalidRequest(f"messages.{i}.content: Field required")
-        _validate_content(message["content"], message["role"], f"messages.{i}")
-    _validate_tool_pairs(messages)
+    problems = message_problems(body["messages"])
+    if problems:
+        raise InvalidRequest(problems[0].api)
     _validate_cache_marks(body)
 
 
@@ -113,39 +103,6 @@ def _validate_tools(tools: Any) -> None:
             raise InvalidRequest(f"tools.{i}.input_schema: Field required")
 
 
-def _validate_content(content: Any, role: str, where: str) -> None:
-    if isinstance(content, str):
-        if not content:
-            raise InvalidRequest(f"{where}: {_EMPTY}")
-        if not content.strip():
-            raise InvalidRequest(
-                f"{where}.content: text content blocks must contain non-whitespace text"
-            )
-        return
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where}.content: Input should be a valid string or list of blocks")
-    if not content:
-        raise InvalidRequest(f"{where}: {_EMPTY}")
-    for j, block in enumerate(content):
-        at = f"{where}.content.{j}"
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise InvalidRequest(f"{at}: Input should be a content block with a type")
-        kind = block["type"]
-        if kind == "text":
-            _validate_text(block.get("text"), f"{at}.text")
-        elif _BLOCK_ROLES.get(kind, role) != role:
-            raise InvalidRequest(
-                f"{at}: `{kind}` blocks can only be in `{_BLOCK_ROLES[kind]}` messages"
-            )
-        elif kind == "tool_use":
-            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
-                raise InvalidRequest(f"{at}.tool_use: `id` and `name` are required strings")
-            if not isinstance(block.get("input"), dict):
-                raise InvalidRequest(f"{at}.tool_use.input: Input should be a valid dictionary")
-        elif kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
-            raise InvalidRequest(f"{at}.tool_result.tool_use_id: Field required")
-
-
 def _validate_text(text: Any, where: str) -> None:
     if not isinstance(text, str):
         raise InvalidRequest(f"{where}: Field required (a string)")
@@ -153,31 +110,3 @@ def _validate_text(text: Any, where: str) -> None:
         raise InvalidRequest(f"{where}: text content blocks must be non-empty")
     if not text.strip():
         raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
-
-
-def _blocks(message: dict[str, Any], kind: str) -> list[tuple[int, dict[str, Any]]]:
-    content = message["content"]
-    blocks = content if isinstance(content, list) else []
-    return [(j, b) for j, b in enumerate(blocks) if b["type"] == kind]
-
-
-def _validate_tool_pairs(messages: list[dict[str, Any]]) -> None:
-    """Each tool_use needs its tool_result in the very next message, and the reverse."""
-    for i, message in enumerate(messages):
-        used = {b["id"] for _, b in _blocks(messages[i - 1], "tool_use")} if i else set()
-        for j, block in _blocks(message, "tool_result"):
-            if block["tool_use_id"] not in used:
-                raise InvalidRequest(
-                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
-                    f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` "
-                    "block must have a corresponding `tool_use` block in the previous message."
-                )
-        following = messages[i + 1] if i + 1 < len(messages) else {"content": ""}
-        answered = {b["tool_use_id"] for _, b in _blocks(following, "tool_result")}
-        missing = [b["id"] for _, b in _blocks(message, "tool_use") if b["id"] not in answered]
-        if missing:
-            raise InvalidRequest(
-                f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
-                f"immediately after: {', '.join(missing)}. Each `tool_use` block must have "
-                "a corresponding `tool_result` block in the next message."
-            )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaylab.core import playback, protocol
-from relaylab.relay.session import CallSession, Reply
+from relaylab.relay.session import CallSession, RelayReply, ReplyState
 
 VERSION = 1
 KEPT_REPLIES = 20
@@ -36,7 +36,7 @@ _CLAUSE_END = re.compile(r"[.,;:!?…]['\"’”)\]]*$")  # a word that ends a c
 class Dropped:
     """A reply the socket dropped while it may still have been playing."""
 
-    reply: Reply
+    reply: RelayReply
     played: str
 
 
@@ -125,7 +125,7 @@ def store_drop(session: CallSession, dropped: list[Dropped]) -> None:
             session.conversation.cut_reply(reply.sent, item.played)
 
 
-def _estimate(reply: Reply, now: float) -> str:
+def _estimate(reply: RelayReply, now: float) -> str:
     """What had played of ``reply`` by ``now`` at a typical voice's pace: the clauses the
     time covers (never a word the voice may have been cut off in)."""
     if reply.first_token_at is None:
@@ -140,7 +140,7 @@ def _estimate(reply: Reply, now: float) -> str:
     return _CLAUSE_END.sub("", reply.sent[: ends[-1].end()]).rstrip()
 
 
-def _reply(reply: Reply) -> dict[str, Any]:
+def _reply(reply: RelayReply) -> dict[str, Any]:
     return {
         "prompt": reply.prompt,
         "sent": reply.sent,
@@ -153,13 +153,15 @@ def _reply(reply: Reply) -> dict[str, Any]:
     }
 
 
-def _restored(index: int, data: dict[str, Any]) -> Reply:
-    state = data.get("state", "done")
-    return Reply(
+def _restored(index: int, data: dict[str, Any]) -> RelayReply:
+    state = str(data.get("state", ReplyState.DONE))
+    known = state in ReplyState.__members__.values() and state != ReplyState.RUNNING
+    return RelayReply(
         prompt=str(data.get("prompt", "")),
         id=index,
         sent=str(data.get("sent", "")),
-        state="cancelled" if state == "running" else str(state),
+        # A reply that was running when the socket dropped stopped with it.
+        state=ReplyState(state) if known else ReplyState.CANCELLED,
         heard=data.get("heard"),
         played=str(data.get("played") or ""),
         cut_off=bool(data.get("cut_off")),

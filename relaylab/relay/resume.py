@@ -39,7 +39,7 @@ from typing import Any
 
 from relaylab.core.protocol import loggable
 from relaylab.relay import call_state, call_tokens
-from relaylab.relay.events import Event
+from relaylab.relay.events import Event, EventKind
 from relaylab.relay.session import CallSession
 from relaylab.relay.store import SessionStore
 
@@ -53,6 +53,16 @@ HEARTBEAT = 5.0
 """Seconds between a relay's "still running" marks: a call held by a relay whose mark
 expired (after 3 heartbeats) is taken as dropped, so its reconnect can land elsewhere."""
 SAVE_DELAY = 0.05  # seconds changes are gathered before one save
+# The events after which the call's saved state is out of date.
+_STATE_CHANGES = frozenset(
+    {
+        EventKind.REPLY_STARTED,
+        EventKind.REPLY_ENDED,
+        EventKind.INTERRUPT,
+        EventKind.CUT_OFF,
+        EventKind.TOOL_ENDED,
+    }
+)
 TAKEOVER_WAIT = 3.0
 """Seconds a reconnect waits for the relay that held the call to record the drop (a
 reconnect can arrive before the old socket's end is noticed); then it is refused."""
@@ -224,7 +234,8 @@ class SavedCalls:
         self._schedule(watch, delay=0.0)  # marks the call live at once
 
     def _changed(self, watch: _Watch, event: Event) -> None:
-        if event.kind in ("reply_started", "reply_ended", "interrupt", "cut_off", "tool_ended"):
+        """Save the call's state soon after an event that changes it."""
+        if event.kind in _STATE_CHANGES:
             self._schedule(watch)
 
     def _schedule(self, watch: _Watch, delay: float = SAVE_DELAY) -> None:

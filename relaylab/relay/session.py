@@ -21,13 +21,14 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from relaylab.core import endings, playback, protocol
-from relaylab.core.conversation import Conversation, heard_prefix, locate_heard
+from relaylab.core import conversation, endings, playback, protocol
+from relaylab.core.conversation import Conversation
 from relaylab.core.protocol import loggable
 from relaylab.relay import caching, failures, speculation, streams
-from relaylab.relay.events import EventBus, Listener
+from relaylab.relay.events import EventBus, EventKind, Listener
 from relaylab.relay.llm import LLM
 from relaylab.relay.polling import until
 from relaylab.relay.prewarm import prewarm_soon
@@ -68,51 +69,38 @@ class Limits:
 
 Send = Callable[[str], Awaitable[None]]
 
-# A weak reference: every callback scheduled from inside a reply (an HTTP connection's
-# reader, a connection pool's cleanup timer) keeps a copy of the reply's context, and
-# some of those live as long as the pool. A strong reference would keep the reply, its
-# task and its text alive with them long after the call ended.
-_current_reply: contextvars.ContextVar[weakref.ref[Reply] | None] = contextvars.ContextVar(
-    "relaylab_current_reply", default=None
-)
-
-
-# For hooks other than on_prompt: the replies that existed when the hook's frame arrived.
-# An interrupt's handler must not cancel a reply to a prompt that came in after it.
-_replies_before: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "relaylab_replies_before", default=None
-)
-# For on_interrupt: the reply whose speech that interrupt cut (None: speech the relay never
-# sent, such as Twilio's welcome greeting; False: not in an interrupt's handler).
-_cut: contextvars.ContextVar[Reply | bool | None] = contextvars.ContextVar(
-    "relaylab_cut", default=False
-)
-# For on_interrupt: has this interrupt's talk cycle been closed yet (one empty last:true
-# per interrupt, however often the handler cancels)? None: not in an interrupt's handler.
-_cycle_closed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
-    "relaylab_cycle_closed", default=None
-)
-
-
-def _running_reply() -> Reply | None:
-    """The reply whose task is running this code, if any."""
-    ref = _current_reply.get()
-    return ref() if ref is not None else None
-
 
 class HungUp(ConnectionError):
     """The caller's socket closed while the relay was sending."""
 
 
+class ReplyState(StrEnum):
+    """Where a relay reply is in its life. It starts ``RUNNING`` and ends in one of
+    ``DONE``, ``CANCELLED`` or ``FAILED``; ``TIMED_OUT`` is the short step between
+    ``RUNNING`` and ``FAILED`` while the caller is told the model was too slow."""
+
+    RUNNING = "running"
+    """The reply's task is producing it."""
+    DONE = "done"
+    """Its hook returned: everything it had to say was sent."""
+    CANCELLED = "cancelled"
+    """An interrupt, a newer prompt or the hang-up stopped it (``cancel_reply``)."""
+    TIMED_OUT = "timed_out"
+    """The model stayed silent past the voice budget; the apology is on its way."""
+    FAILED = "failed"
+    """It raised, or timed out: the caller heard the apology (``error`` says why)."""
+
+
 @dataclass(eq=False)
-class Reply:
-    """One prompt's reply: the task producing it and everything it has sent."""
+class RelayReply:
+    """The relay's side of one reply: the task producing it and everything it has sent.
+    (The caller's side of the same reply is ``relaylab.Reply``.)"""
 
     prompt: str
     id: int  # 1 for the call's first reply, 2 for the next, ...
     sent: str = ""
     frames: int = 0  # text frames sent
-    state: str = "running"  # running, done, cancelled, failed
+    state: ReplyState = ReplyState.RUNNING
     heard: str | None = None  # set when the caller interrupts this reply, or it is cut off
     played: str = ""  # what Twilio reported as played (info tokensPlayed), when asked for
     cut_off: bool = False  # a newer reply's speech cut it off (preemptible); no interrupt
@@ -140,7 +128,7 @@ class Reply:
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        return self.state == ReplyState.RUNNING
 
     @property
     def timings(self) -> dict[str, float]:
@@ -163,8 +151,11 @@ def _may_still_play(text: str, began: float | None, at: float) -> bool:
     return at - began < len(text.split()) * 60 / SLOWEST_VOICE_WPM
 
 
-def _alive_listener(ref: weakref.ref[Reply]) -> streams.AliveListener:
-    """Record the model's signs of life on the reply (weakly held: see _current_reply)."""
+def _alive_listener(ref: weakref.ref[RelayReply]) -> streams.AliveListener:
+    """Record the model's signs of life on the reply. Weakly held: every callback scheduled
+    from inside a reply (an HTTP connection's reader, a pool's cleanup timer) keeps a copy
+    of the reply task's context, and some live as long as the pool; a strong reference
+    would keep the reply, its task and its text alive long after the call ended."""
 
     def alive(wait: float) -> None:
         reply = ref()
@@ -204,12 +195,11 @@ class CallSession:
         self.model = llm.model
         self.system = llm.system
         self.max_tokens = llm.max_tokens
-        self.fast_stream = llm.fast_stream  # read streams with llm.stream_reply (serve)
         self.limits = limits or Limits()
         self.call_sid = ""
         self.setup: protocol.Setup | None = None
         self.conversation = Conversation()
-        self.replies: list[Reply] = []
+        self.replies: list[RelayReply] = []
         self.frames: deque[tuple[str, str]] = deque(maxlen=FRAME_HISTORY)
         self.frames_received = 0
         self.closed = False
@@ -262,47 +252,59 @@ class CallSession:
     # -- replies -----------------------------------------------------------------
 
     @property
-    def reply(self) -> Reply | None:
-        """The reply the running handler belongs to, else the latest reply of the call."""
-        return _running_reply() or self.last_reply
+    def session(self) -> CallSession:
+        """The call itself, whichever hook's view of it this is (see ``HookCall``)."""
+        return self
 
     @property
-    def last_reply(self) -> Reply | None:
+    def reply(self) -> RelayReply | None:
+        """In ``on_prompt`` (and a reply started with ``start_reply``), the reply it
+        produces; elsewhere the latest reply of the call."""
+        return self.last_reply
+
+    @property
+    def last_reply(self) -> RelayReply | None:
         return self.replies[-1] if self.replies else None
 
     @property
     def heard(self) -> str:
-        """What the caller heard of the reply they talked over ("" if nothing). In a handler
-        of an interrupt, that is the reply whose speech the interrupt cut: the latest one
-        begun before it arrived, or an older one still playing (see ``_cut_reply``)."""
-        cut = _cut.get()
-        if cut is not False:
-            return (cut.heard or "") if isinstance(cut, Reply) else ""
-        limit = _replies_before.get()
+        """What the caller heard of the latest reply they talked over ("" if nothing). In
+        ``on_interrupt`` read ``interrupt.heard`` instead (``call.heard`` is the same there,
+        kept for handlers written before the hook received it)."""
+        return self._heard_before(None)
+
+    def _heard_before(self, limit: int | None) -> str:
         replies = self.replies if limit is None else self.replies[:limit]
         return (replies[-1].heard or "") if replies else ""
-
-    @property
-    def interrupted_reply(self) -> Reply | None:
-        """In a handler of an interrupt, the reply whose speech it cut (None for speech
-        the relay never sent, such as the welcome greeting); else the latest reply."""
-        cut = _cut.get()
-        if cut is not False:
-            return cut if isinstance(cut, Reply) else None
-        return self.last_reply
 
     @property
     def timings(self) -> dict[str, float]:
         """Timings of the latest reply, in milliseconds."""
         return self.last_reply.timings if self.last_reply else {}
 
-    async def cancel_reply(self) -> Reply | None:
+    # What a hook's view of the call is about (HookCall overrides these): the call itself
+    # sends for no reply, may cancel every reply, and closes any talk cycle it leaves open.
+
+    def _sending_reply(self) -> RelayReply | None:
+        """The reply whose words ``send_text`` sends here (None: not a reply's hook)."""
+        return None
+
+    def _cancel_limit(self) -> int | None:
+        """The newest reply ``cancel_reply`` may cancel, by id (None: every reply)."""
+        return None
+
+    def _must_close_cycle(self, open_cycle: bool) -> bool:
+        """Should ``cancel_reply`` now send the empty ``last: true``?"""
+        return open_cycle
+
+    async def cancel_reply(self) -> RelayReply | None:
         """Cancel every reply older than the caller's own, and wait until each has stopped.
 
         Cancelling closes the model stream inside the reply (``async with`` exits), which
         aborts the HTTP request. A newer reply is never cancelled by an older one, so two
         prompts in quick succession leave the newest one running; and a handler of another
         frame (an interrupt, a key press) cancels only replies that began before its frame.
+        (The ``call`` a hook receives knows which: see ``HookCall``.)
         Then the talk cycle is closed with exactly one empty ``last: true`` (Twilio's own
         SDK acknowledges an interrupt this way; a reading of Twilio keeps an interrupted
         cycle open until it comes): always in an interrupt's handler (once per interrupt),
@@ -310,19 +312,15 @@ class CallSession:
         No word of a cancelled reply can follow it (``send_text`` keeps them silent).
         Returns the most recent reply that was cancelled.
         """
-        current = _running_reply()
-        limit = current.id - 1 if current is not None else _replies_before.get()
+        limit = self._cancel_limit()
         running = [r for r in self.replies if r.running and (limit is None or r.id <= limit)]
         open_cycle = any(r.frames and r.last_token_at is None for r in running)
         for reply in running:
-            reply.state = "cancelled"
+            reply.state = ReplyState.CANCELLED
             reply.task.cancel()  # type: ignore[union-attr]
         if running:
             await self._wait_for_stop(running)
-        closed = _cycle_closed.get()
-        if closed is not None and current is None:  # an interrupt's handler
-            open_cycle, closed[0] = not closed[0], True
-        if open_cycle:
+        if self._must_close_cycle(open_cycle):
             await self._close_talk_cycle()
         return running[-1] if running else None
 
@@ -331,16 +329,15 @@ class CallSession:
         if self.closed:
             return
         try:
-            await self.send(protocol.text("", True))
+            await self._deliver(protocol.text("", True), self._frame_reply())
         except (HungUp, ConnectionError):
             log.info("%s: the caller hung up before the talk cycle was closed", self._name)
 
-    async def _wait_for_stop(self, replies: list[Reply]) -> None:
+    async def _wait_for_stop(self, replies: list[RelayReply]) -> None:
         # A handler that ignores the cancel must not stall the call: wait a little,
         # then go on (send_text keeps a cancelled reply silent anyway).
-        waiting = asyncio.ensure_future(
-            asyncio.wait([r.task for r in replies], timeout=self.limits.cancel_wait)  # type: ignore[misc]
-        )
+        tasks = [r.task for r in replies if r.task is not None]
+        waiting = asyncio.ensure_future(asyncio.wait(tasks, timeout=self.limits.cancel_wait))
         try:
             _, stuck = await asyncio.shield(waiting)
         except asyncio.CancelledError:
@@ -361,35 +358,41 @@ class CallSession:
     def _start_reply(self, prompt: protocol.Prompt) -> None:
         self._launch_reply(
             prompt.voice_prompt,
-            lambda: self.step.run("on_prompt", self, prompt),
+            lambda call: self.step.run("on_prompt", call, prompt),
             contextvars.copy_context(),
         )
 
-    def start_reply(self, speak: Callable[[CallSession], Awaitable[None]]) -> Reply:
+    def start_reply(self, speak: Callable[[CallSession], Awaitable[None]]) -> RelayReply:
         """Start a reply nobody prompted (a resumed answer, "Are you still there?"):
         ``speak(call)`` runs as a reply task, as ``on_prompt`` does, so ``send_text``,
         interrupts and ``cancel_reply`` treat it like any other reply. Its ``prompt`` is ""."""
-        return self._launch_reply("", lambda: speak(self), contextvars.Context())
+        return self._launch_reply("", speak, contextvars.Context())
 
     def _launch_reply(
-        self, prompt: str, run: Callable[[], Awaitable[None]], context: contextvars.Context
-    ) -> Reply:
+        self,
+        prompt: str,
+        run: Callable[[CallSession], Awaitable[None]],
+        context: contextvars.Context,
+    ) -> RelayReply:
+        """Run ``run(call)`` as a new reply's task, ``call`` being the view of the call
+        bound to that reply. (``context`` carries only the model client's own settings:
+        the speculator, and where the stream reports signs of life.)"""
         loop = asyncio.get_running_loop()
-        reply = Reply(prompt=prompt, id=len(self.replies) + 1)
+        reply = RelayReply(prompt=prompt, id=len(self.replies) + 1)
         reply._order = next(self._order)
         reply.started = loop.create_future()
         self._barriers.append((reply._order, reply.started))
         self.replies.append(reply)
         reply.alive_at = reply.started_at
-        context.run(_current_reply.set, weakref.ref(reply))
         context.run(speculation.current.set, self.speculator)
         context.run(streams.alive_listener.set, _alive_listener(weakref.ref(reply)))
-        reply.task = loop.create_task(self._run_reply(reply, run), context=context)
+        call = HookCall(self, reply=reply)
+        reply.task = loop.create_task(self._run_reply(reply, lambda: run(call)), context=context)
         self._watch(reply)
-        self.events.emit("reply_started", reply=reply)
+        self.events.emit(EventKind.REPLY_STARTED, reply=reply)
         return reply
 
-    async def _run_reply(self, reply: Reply, run: Callable[[], Awaitable[None]]) -> None:
+    async def _run_reply(self, reply: RelayReply, run: Callable[[], Awaitable[None]]) -> None:
         previous = self._last_handler
         try:
             if previous is not None and not previous.done():
@@ -398,22 +401,23 @@ class CallSession:
             self._forget_barrier(reply.started)
             await run()
         except asyncio.CancelledError:
-            if reply.state != "timed_out":
-                reply.state = "cancelled"
+            if reply.state != ReplyState.TIMED_OUT:
+                reply.state = ReplyState.CANCELLED
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we cancelled it
             await self._apologise(reply, reply.timeout_error)  # type: ignore[arg-type]
         except HungUp:
-            reply.state = "cancelled"
+            reply.state = ReplyState.CANCELLED
             log.info("%s: the caller hung up while the reply was being sent", self._name)
         except Exception as exc:
-            if reply.state == "cancelled":  # the handler turned the cancel into another error
+            # (the handler turned the cancel into another error)
+            if reply.state == ReplyState.CANCELLED:
                 log.info("%s: a cancelled reply raised %r; nothing more is sent", self._name, exc)
             else:
                 await self._apologise(reply, exc)
         else:
             if reply.running:
-                reply.state = "done"
+                reply.state = ReplyState.DONE
         finally:
             if not reply.started.done():  # type: ignore[union-attr]
                 reply.started.set_result(None)  # type: ignore[union-attr]
@@ -421,10 +425,10 @@ class CallSession:
             if reply.watchdog is not None:
                 reply.watchdog.cancel()  # drops its hold on the reply and the session now
             self._forget_barrier(reply.started)
-            self.events.emit("reply_ended", reply=reply)
+            self.events.emit(EventKind.REPLY_ENDED, reply=reply)
             self._check_history()
 
-    def _watch(self, reply: Reply) -> None:
+    def _watch(self, reply: RelayReply) -> None:
         """Keep the line from going silent. The voice budget counts silence, not lack of
         text: by ``first_token_timeout`` with no word yet, a model that is alive gets a
         holding line and more time; one that shows no sign of life for ``stall_timeout``
@@ -434,7 +438,7 @@ class CallSession:
         limits = self.limits
 
         def give_up(seconds: float, started: bool) -> None:
-            reply.state = "timed_out"
+            reply.state = ReplyState.TIMED_OUT
             reply.timeout_error = failures.ModelTooSlow(seconds, started=started)
             reply.task.cancel()  # type: ignore[union-attr]
 
@@ -470,7 +474,7 @@ class CallSession:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _hold(self, reply: Reply) -> None:
+    async def _hold(self, reply: RelayReply) -> None:
         """Say the holding line while a live model has not said its first word yet. Not
         part of Claude's reply (not in ``reply.sent``, never stored), and never sent once
         an interrupt or a newer prompt is being handled."""
@@ -479,7 +483,7 @@ class CallSession:
             return
         try:
             # The start of the reply's talk cycle: the answer follows in the same cycle.
-            await self.send(protocol.text(endings.HOLD_LINE + " ", False))
+            await self._deliver(protocol.text(endings.HOLD_LINE + " ", False), reply)
         except Exception:
             log.info("%s: could not send the holding line; the socket is gone", self._name)
             return
@@ -489,10 +493,10 @@ class CallSession:
             self.limits.first_token_timeout,
             endings.HOLD_LINE,
         )
-        self.events.emit("hold", reply=reply)
+        self.events.emit(EventKind.HOLD, reply=reply)
 
-    async def _apologise(self, reply: Reply, exc: BaseException) -> None:
-        reply.state = "failed"
+    async def _apologise(self, reply: RelayReply, exc: BaseException) -> None:
+        reply.state = ReplyState.FAILED
         reply.error = failures.describe(exc)
         log.warning(
             "%s: the reply to %s failed (%s). The caller hears a short apology and the call "
@@ -502,12 +506,13 @@ class CallSession:
             reply.error,
             exc_info=not failures.is_model_error(exc),
         )
-        self.events.emit("error", message=f"reply failed: {reply.error}")
+        self.events.emit(EventKind.ERROR, message=f"reply failed: {reply.error}")
         if self.closed:
             return
         ending = endings.failed(reply.sent)
         try:
-            await self.send(protocol.text(endings.spoken_after(reply.sent, ending.say), True))
+            line = endings.spoken_after(reply.sent, ending.say)
+            await self._deliver(protocol.text(line, True), reply)
         except Exception:
             log.warning("%s: could not send the apology; the socket is gone", self._name)
         # The relay's words are never stored as Claude's: a reply that had begun is
@@ -538,8 +543,10 @@ class CallSession:
     # -- sending -----------------------------------------------------------------
 
     async def send_text(self, token: str, last: bool = False, **options: Any) -> None:
-        """Send tokens for Twilio to speak; ``last=True`` ends this talk cycle."""
-        reply = _running_reply()
+        """Send tokens for Twilio to speak; ``last=True`` ends this talk cycle. In a reply's
+        hook the tokens are that reply's (``call.reply.sent`` grows), and stay silent once
+        it is cancelled."""
+        reply = self._sending_reply()
         if reply is not None:
             if self._barriers:
                 await self._wait_for_handlers(reply)
@@ -558,9 +565,9 @@ class CallSession:
                 reply.last_token_at = now
         if options.get("preemptible"):
             self.preemptible = True
-        await self.send(protocol.text(token, last, **options))
+        await self._deliver(protocol.text(token, last, **options), reply or self.last_reply)
         if reply is not None and token and self.events:
-            self.events.emit("token", reply=reply, token=token)
+            self.events.emit(EventKind.TOKEN, reply=reply, token=token)
 
     async def say(self, line: str) -> None:
         """Say the relay's own ``line`` (a wrap-up, a refusal's line) after Claude's words,
@@ -568,7 +575,7 @@ class CallSession:
         stored, and after Claude's words it follows a pause, a sentence of its own
         (``endings.spoken_after``). Silent once the reply is cancelled, as ``send_text``
         is."""
-        reply = _running_reply()
+        reply = self._sending_reply()
         sent = ""
         if reply is not None:
             if self._barriers:
@@ -577,9 +584,10 @@ class CallSession:
                 raise asyncio.CancelledError
             reply.last_sent_at = reply.last_token_at = time.monotonic()
             sent = reply.sent
-        await self.send(protocol.text(endings.spoken_after(sent, line), True))
+        frame = protocol.text(endings.spoken_after(sent, line), True)
+        await self._deliver(frame, reply or self.last_reply)
 
-    async def _wait_for_handlers(self, reply: Reply) -> None:
+    async def _wait_for_handlers(self, reply: RelayReply) -> None:
         """Wait while a frame that arrived during ``reply`` is still being handed to its
         handler: an interrupt's ``on_interrupt`` running, or a newer prompt's ``on_prompt``
         not yet started. This is what keeps a token from leaving after an interrupt."""
@@ -601,11 +609,19 @@ class CallSession:
     async def send(self, frame: str) -> None:
         """Send one frame built with relaylab.core.protocol (text, play, sendDigits, language,
         end)."""
+        await self._deliver(frame, self._frame_reply())
+
+    def _frame_reply(self) -> RelayReply | None:
+        """The reply a frame sent here goes with: this hook's reply, else the latest."""
+        return self._sending_reply() or self.last_reply
+
+    async def _deliver(self, frame: str, reply: RelayReply | None) -> None:
+        """Send ``frame``, which goes with ``reply`` (for the live view and recordings)."""
         if self.closed:
             raise HungUp(f"{self._name} has hung up; nothing more can be sent")
         await self._send(frame)
         self.frames.append(("out", frame))
-        self.events.emit("frame_out", frame=frame)
+        self.events.emit(EventKind.FRAME_OUT, frame=frame, reply=reply)
 
     # -- receiving ---------------------------------------------------------------
 
@@ -619,7 +635,7 @@ class CallSession:
         self.frames_received += 1
         shown = frame if isinstance(frame, str) else f"<binary frame, {len(frame)} bytes>"
         self.frames.append(("in", shown[:2000]))
-        self.events.emit("frame_in", frame=shown)
+        self.events.emit(EventKind.FRAME_IN, frame=shown)
         try:
             message = protocol.parse(frame)
         except protocol.ProtocolError as exc:
@@ -642,18 +658,18 @@ class CallSession:
                 if name in self.settings or len(self.settings) < MAX_SETTINGS:
                     self.settings[name] = value
             log.info("%s: Twilio applied %s", self._name, loggable(message.settings))
-            self.events.emit("config_updated", settings=message.settings)
+            self.events.emit(EventKind.CONFIG_UPDATED, settings=message.settings)
         elif isinstance(message, protocol.ErrorMessage):
             log.warning(
                 "%s: Twilio reported an error: %s", self._name, loggable(message.description)
             )
-            self.events.emit("error", message=f"Twilio: {message.description}")
+            self.events.emit(EventKind.ERROR, message=f"Twilio: {message.description}")
         else:
             log.info("%s: ignored a message of unknown type %s", self._name, loggable(message.type))
 
     def _reject(self, reason: str) -> None:
         log.warning("%s: %s", self._name, reason)
-        self.events.emit("error", message=reason)
+        self.events.emit(EventKind.ERROR, message=reason)
 
     def _on_setup(self, setup: protocol.Setup) -> None:
         bound = self.bound_call_sid
@@ -708,52 +724,68 @@ class CallSession:
         return any(r.running for r in self.replies)
 
     def _on_interrupt(self, interrupt: protocol.Interrupt) -> None:
-        reply = self._cut_reply(interrupt)
+        reply, found = self._cut_reply(interrupt)
         now = time.monotonic()
         if reply is not None and reply.heard is None:
             reply.interrupted_at = now
             reply.heard_ms = interrupt.duration_until_interrupt_ms
-            reply.heard = self._heard(reply, interrupt)
+            reply.heard = self._heard(reply, interrupt, found)
         # An interrupt stops all speech, so replies queued behind the one cut never played.
         after = reply.id if reply is not None else 0
         for queued in self.replies[after:]:
             if queued.heard is None:
                 queued.interrupted_at, queued.heard = now, ""
-        self.events.emit("interrupt", reply=reply, utterance=interrupt.utterance_until_interrupt)
-        self._run_handler("on_interrupt", interrupt, cut=reply)
+        self.events.emit(
+            EventKind.INTERRUPT, reply=reply, utterance=interrupt.utterance_until_interrupt
+        )
+        self._run_handler("on_interrupt", Interruption.of(interrupt, reply))
 
-    def _cut_reply(self, interrupt: protocol.Interrupt) -> Reply | None:
+    def _cut_reply(
+        self, interrupt: protocol.Interrupt
+    ) -> tuple[RelayReply | None, conversation.Alignment | None]:
         """The reply whose speech the interrupt cut: the latest, unless the caller was
         still hearing older speech when it was sent (Twilio queues a reply behind speech
         still playing): an older reply, or the welcome greeting (None), that alone holds
         the utterance's words; for an interrupt with no words, the reply Twilio's
-        tokensPlayed reports say is playing, when it sends them."""
+        tokensPlayed reports say is playing, when it sends them. With it, where the words
+        were found in that reply, when they were (so they are lined up only once)."""
         latest = self.last_reply
         utterance = interrupt.utterance_until_interrupt
         if latest is None or latest.heard is not None:
-            return latest  # (an earlier interrupt already stopped all speech)
+            return latest, None  # (an earlier interrupt already stopped all speech)
         if not utterance.strip():
-            return self._playing() or latest
-        if locate_heard(latest.sent, utterance) is not None:
-            return latest
+            return self._playing() or latest, None
+        duration = interrupt.duration_until_interrupt_ms
+        found = conversation.align_heard(latest.sent, utterance, duration, estimate=False)
+        if found.placed:
+            return latest, found
         for older in reversed(self.replies[-QUEUED_REPLIES - 1 : -1]):
             if older.heard is not None:
                 break  # an interrupt cut it: nothing before it was still playing
             if not _may_still_play(older.sent, older.first_token_at, latest.started_at):
                 break  # it had finished playing before the latest reply began
-            if locate_heard(older.sent, utterance) is not None:
-                return older
+            found = conversation.align_heard(older.sent, utterance, duration, estimate=False)
+            if found.placed:
+                return older, found
         greeting_may_play = _may_still_play(self.greeting, self._opened_at, latest.started_at)
-        if greeting_may_play and locate_heard(self.greeting, utterance) is not None:
-            return None
-        return latest
+        if greeting_may_play and conversation.locate_heard(self.greeting, utterance) is not None:
+            return None, None
+        return latest, None
 
-    def _heard(self, reply: Reply, interrupt: protocol.Interrupt) -> str:
+    def _heard(
+        self,
+        reply: RelayReply,
+        interrupt: protocol.Interrupt,
+        found: conversation.Alignment | None,
+    ) -> str:
         """What the caller heard of ``reply``: Twilio's own played-tokens report when it sent
-        one, else the interrupt's utterance lined up with what was sent."""
+        one, else the interrupt's utterance lined up with what was sent (``found``, when
+        ``_cut_reply`` already lined it up)."""
         if reply.played and reply.sent.startswith(reply.played):
             return reply.played.rstrip()
-        return heard_prefix(
+        if found is not None:
+            return found.heard
+        return conversation.heard_prefix(
             reply.sent,
             interrupt.utterance_until_interrupt,
             duration_ms=interrupt.duration_until_interrupt_ms,
@@ -764,16 +796,16 @@ class CallSession:
             self._credit_played(info.value)
         elif info.name == "agentSpeaking":
             self.agent_speaking = info.value == "on"
-        self.events.emit("info", name=info.name, value=info.value)
+        self.events.emit(EventKind.INFO, name=info.name, value=info.value)
 
-    def _playing(self) -> Reply | None:
+    def _playing(self) -> RelayReply | None:
         """The reply Twilio's tokensPlayed reports say is playing (the oldest not played
         through), or None without reports."""
         if not self._reports:
             return None
         return next((r for r in self._from_first_unplayed() if playback.still_playing(r)), None)
 
-    def _from_first_unplayed(self) -> list[Reply]:
+    def _from_first_unplayed(self) -> list[RelayReply]:
         """The replies from the oldest one that may still be playing on."""
         replies = self.replies
         while self._played_from < len(replies) and playback.played_out(replies[self._played_from]):
@@ -797,21 +829,18 @@ class CallSession:
                 loggable(reply.heard) if reply.heard else "no words",
                 "" if stored else " (its turn was not found in call.conversation)",
             )
-            self.events.emit("cut_off", reply=reply)
+            self.events.emit(EventKind.CUT_OFF, reply=reply)
 
-    def _run_handler(self, hook: str, *message: Any, cut: Reply | bool | None = False) -> None:
-        """Run a hook other than on_prompt as a task, after the hooks before it; ``cut``
-        is, for on_interrupt, the reply the interrupt cut."""
+    def _run_handler(self, hook: str, *message: Any) -> None:
+        """Run a hook other than on_prompt as a task, after the hooks before it. Its
+        ``call`` may cancel only the replies that existed when its frame arrived."""
         if getattr(self.step, hook) is None:
             return
         previous = self._last_handler
-        context = contextvars.Context()
-        context.run(_replies_before.set, len(self.replies))
-        context.run(_cut.set, cut)
-        if hook == "on_interrupt":
-            context.run(_cycle_closed.set, [False])
+        interruption = message[0] if hook == "on_interrupt" else None
+        call = HookCall(self, replies_before=len(self.replies), interruption=interruption)
         task = asyncio.get_running_loop().create_task(
-            self._handler(hook, previous, *message), context=context
+            self._handler(hook, previous, call, *message), context=contextvars.Context()
         )
         self._last_handler = task
         self._handlers.add(task)
@@ -820,14 +849,16 @@ class CallSession:
             self._barriers.append((next(self._order), task))
             task.add_done_callback(self._forget_barrier)
 
-    async def _handler(self, hook: str, previous: asyncio.Task[None] | None, *message: Any) -> None:
+    async def _handler(
+        self, hook: str, previous: asyncio.Task[None] | None, call: CallSession, *message: Any
+    ) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         try:
-            await self.step.run(hook, self, *message)
+            await self.step.run(hook, call, *message)
         except Exception:
             log.exception("%s: the step's %s handler failed; the call goes on", self._name, hook)
-            self.events.emit("error", message=f"{hook} failed")
+            self.events.emit(EventKind.ERROR, message=f"{hook} failed")
 
     def _forget_barrier(self, barrier: asyncio.Future[Any] | None) -> None:
         self._barriers = [(o, b) for o, b in self._barriers if b is not barrier]
@@ -869,5 +900,112 @@ class CallSession:
             await self.step.run("on_close", self)
         except Exception:
             log.exception("%s: the step's on_close handler failed", self._name)
-        self.events.emit("closed")
+        self.events.emit(EventKind.CLOSED)
         log.info("%s: closed", self._name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interruption(protocol.Interrupt):
+    """What ``on_interrupt`` receives: Twilio's ``interrupt`` message (its
+    ``utterance_until_interrupt`` and ``duration_until_interrupt_ms``) and what the relay
+    worked out from it, once, as the frame arrived."""
+
+    reply: RelayReply | None = None
+    """The reply whose speech it cut; None when the caller talked over speech the relay
+    never sent (Twilio's welcome greeting) or before any reply."""
+    heard: str = ""
+    """What the caller heard of that reply: a start of ``reply.sent`` in its own spelling
+    ("" if nothing, or no reply). The same text as ``reply.heard``."""
+
+    @classmethod
+    def of(cls, interrupt: protocol.Interrupt, reply: RelayReply | None) -> Interruption:
+        """``interrupt`` with the reply it cut, and what was heard of that reply."""
+        return cls(
+            utterance_until_interrupt=interrupt.utterance_until_interrupt,
+            duration_until_interrupt_ms=interrupt.duration_until_interrupt_ms,
+            truncated_from=interrupt.truncated_from,
+            reply=reply,
+            heard=(reply.heard or "") if reply is not None else "",
+        )
+
+
+class HookCall(CallSession):
+    """The ``call`` one hook run receives: the call itself (every attribute read or set is
+    the session's, and it compares equal to the session), told what this run is about, so
+    nothing depends on which task runs.
+
+    - In ``on_prompt`` (or ``start_reply``'s function), bound to the reply it produces:
+      ``call.reply`` is that reply, ``send_text`` sends its words, and ``cancel_reply``
+      cancels only older replies.
+    - In another hook, bound to the moment its frame arrived: ``cancel_reply`` cancels
+      only replies begun before it, and in ``on_interrupt`` closes the talk cycle once
+      per interrupt.
+    """
+
+    _session: CallSession
+    _own_reply: RelayReply | None
+    _replies_before: int | None
+    _interruption: Interruption | None
+    _cycle_closed: bool
+
+    def __init__(
+        self,
+        session: CallSession,
+        *,
+        reply: RelayReply | None = None,
+        replies_before: int | None = None,
+        interruption: Interruption | None = None,
+    ) -> None:
+        # Not CallSession.__init__: this view holds no state of the call's own.
+        object.__setattr__(self, "_session", session.session)
+        object.__setattr__(self, "_own_reply", reply)
+        object.__setattr__(self, "_replies_before", replies_before)
+        object.__setattr__(self, "_interruption", interruption)
+        object.__setattr__(self, "_cycle_closed", False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_session":  # (not set yet: a copy being made)
+            raise AttributeError(name)
+        return getattr(self._session, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._session, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._session)
+
+    # A view is its call: a step may key its own per-call state by ``call`` in any hook.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CallSession) and other.session is self._session
+
+    def __hash__(self) -> int:
+        return hash(self._session)
+
+    @property
+    def session(self) -> CallSession:
+        return self._session
+
+    @property
+    def reply(self) -> RelayReply | None:
+        return self._own_reply or self._session.last_reply
+
+    @property
+    def heard(self) -> str:
+        if self._interruption is not None:
+            return self._interruption.heard
+        return self._session._heard_before(self._replies_before)
+
+    def _sending_reply(self) -> RelayReply | None:
+        return self._own_reply
+
+    def _cancel_limit(self) -> int | None:
+        if self._own_reply is not None:
+            return self._own_reply.id - 1
+        return self._replies_before
+
+    def _must_close_cycle(self, open_cycle: bool) -> bool:
+        if self._interruption is None:
+            return open_cycle
+        first = not self._cycle_closed
+        object.__setattr__(self, "_cycle_closed", True)
+        return first

@@ -6,6 +6,11 @@ takes the call (a CallSession) first:
     on_setup(call, setup)      on_prompt(call, prompt)    on_interrupt(call, interrupt)
     on_dtmf(call, dtmf)        on_close(call)
 
+Each hook gets what it needs as arguments: ``call`` is bound to the hook's own run (in
+``on_prompt``, ``call.reply`` is its reply), and ``on_interrupt``'s ``interrupt`` is a
+``relaylab.relay.session.Interruption``: Twilio's message plus ``interrupt.reply`` (the
+reply it cut) and ``interrupt.heard`` (what the caller heard of it).
+
 ``Step(on_prompt=my_handler)`` builds one from functions, which is how a learner's
 notebook functions plug in; a module with those functions is one too (the lessons in
 ``relaylab.steps`` are modules). ``resolve`` turns either, or a lesson name, into a

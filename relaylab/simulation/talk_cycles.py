@@ -28,7 +28,7 @@ from relaylab.simulation.twilio_behaviour import (
     utterance_for,
 )
 
-__all__ = ["CutCycle", "CutOff", "Interruption", "Reply", "TalkCycle", "TalkCycles"]
+__all__ = ["CutCycle", "CutOff", "Reply", "StoppedSpeech", "TalkCycle", "TalkCycles"]
 
 
 @dataclass
@@ -95,7 +95,7 @@ class CutOff:
 
 
 @dataclass(frozen=True)
-class Interruption:
+class StoppedSpeech:
     """An interrupt stopped all speech ``at``, during ``cycle`` (``words`` of it heard)."""
 
     cycle: TalkCycle
@@ -331,7 +331,7 @@ class TalkCycles:
 
     def interrupt(
         self, playing: TalkCycle, now: float, kind: InputKind, behaviour: TwilioBehaviour
-    ) -> Interruption:
+    ) -> StoppedSpeech:
         """Twilio stops all speech at ``now``: ``playing`` keeps what was heard of it;
         cycles queued after it were not heard at all. Frames: ``interrupt_frames``."""
         for cycle in self.cycles:
@@ -350,7 +350,7 @@ class TalkCycles:
         reported = not playing.greeting or behaviour.greeting_interrupt_frame
         if reported:
             self.cut = self._cut_cycle(playing, behaviour)
-        return Interruption(playing, now, kind, words, played_ms, reported)
+        return StoppedSpeech(playing, now, kind, words, played_ms, reported)
 
     def _cut_cycle(self, playing: TalkCycle, behaviour: TwilioBehaviour) -> CutCycle:
         """The relay's talk cycle an interrupt of ``playing`` cuts: the latest one it sent
@@ -363,7 +363,7 @@ class TalkCycles:
             cycle, waiting=still_open or behaviour.interrupted_cycle == "open_until_last"
         )
 
-    def interrupt_frames(self, stop: Interruption, behaviour: TwilioBehaviour) -> list[str]:
+    def interrupt_frames(self, stop: StoppedSpeech, behaviour: TwilioBehaviour) -> list[str]:
         """The frames Twilio sends for ``stop``: speaker events when asked for, what played
         of the chunk cut short, then the ``interrupt``. Take them when they can be sent at
         once: they move the reporter on."""

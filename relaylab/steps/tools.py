@@ -75,9 +75,10 @@ from anthropic.types import (
 )
 
 from relaylab.core.conversation import Conversation
-from relaylab.core.protocol import Interrupt, Prompt, loggable
+from relaylab.core.protocol import Prompt, loggable
 from relaylab.relay import failures
-from relaylab.relay.session import CallSession, Reply
+from relaylab.relay.events import EventKind
+from relaylab.relay.session import CallSession, Interruption, RelayReply
 from relaylab.relay.step import Step
 from relaylab.steps.restaurant import Toolbox, ToolOutcome, current_caller, demo_toolbox
 
@@ -205,7 +206,7 @@ class _Request(TypedDict):
 
 
 DEFAULT_SETTINGS = ToolSettings()
-_records: weakref.WeakKeyDictionary[Reply, _Record] = weakref.WeakKeyDictionary()
+_records: weakref.WeakKeyDictionary[RelayReply, _Record] = weakref.WeakKeyDictionary()
 _running_tools: set[asyncio.Task[ToolOutcome]] = set()  # strong references while they run
 
 
@@ -219,7 +220,7 @@ def tools_step(**settings: Any) -> Step:
     )
 
 
-def tool_runs(reply: Reply | None) -> list[ToolRun]:
+def tool_runs(reply: RelayReply | None) -> list[ToolRun]:
     """The tool calls a reply ran, in order (for views and tests)."""
     record = _records.get(reply) if reply is not None else None
     return list(record.runs) if record else []
@@ -251,7 +252,7 @@ async def on_prompt(
             await _wait_for_side_effects(call, running, settings.shield_wait)
 
 
-async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
+async def on_interrupt(call: CallSession, interrupt: Interruption) -> None:
     await call.cancel_reply()  # its `finally` stores the heard part of every round
     reply = call.last_reply
     record = _records.get(reply) if reply is not None else None
@@ -263,7 +264,7 @@ async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
 
 
 async def _converse(
-    call: CallSession, reply: Reply, record: _Record, settings: ToolSettings
+    call: CallSession, reply: RelayReply, record: _Record, settings: ToolSettings
 ) -> None:
     for number in range(settings.max_rounds + 1):
         messages: list[MessageParam] = [
@@ -288,7 +289,7 @@ async def _converse(
 
 async def _stream(
     call: CallSession,
-    reply: Reply,
+    reply: RelayReply,
     round_: _Round,
     messages: list[MessageParam],
     settings: ToolSettings,
@@ -432,7 +433,7 @@ def _tool_uses(round_: _Round) -> list[ToolUseBlockParam]:
     return [item for item in round_.content if not isinstance(item, _Text)]
 
 
-async def _say(call: CallSession, reply: Reply, round_: _Round, token: str) -> None:
+async def _say(call: CallSession, reply: RelayReply, round_: _Round, token: str) -> None:
     """Send Claude's words, opening a new stretch of text when one is not open."""
     if _open_text(round_) is None:
         token = _spaced(reply, token)
@@ -440,12 +441,12 @@ async def _say(call: CallSession, reply: Reply, round_: _Round, token: str) -> N
     await call.send_text(token)
 
 
-async def _aside(call: CallSession, reply: Reply, line: str) -> None:
+async def _aside(call: CallSession, reply: RelayReply, line: str) -> None:
     """Send the relay's own words (the holding line): heard, but never stored."""
     await call.send_text(_spaced(reply, line))
 
 
-async def _end_words(call: CallSession, reply: Reply) -> None:
+async def _end_words(call: CallSession, reply: RelayReply) -> None:
     """Claude stops talking to write a tool call: end its last word with a space. A voice
     that streams text cannot tell "that." from the start of "that.com" until something
     follows, so without it the caller might hear nothing until the tool is done."""
@@ -453,7 +454,7 @@ async def _end_words(call: CallSession, reply: Reply) -> None:
         await call.send_text(" ")
 
 
-def _spaced(reply: Reply, token: str) -> str:
+def _spaced(reply: RelayReply, token: str) -> str:
     # A new stretch after earlier words: a space keeps the voice from running them together.
     if reply.sent and not reply.sent[-1].isspace() and not token[:1].isspace():
         return " " + token
@@ -466,12 +467,12 @@ def _open_text(round_: _Round) -> _Text | None:
     return last if isinstance(last, _Text) and last.end is None else None
 
 
-def _close_round_text(round_: _Round, reply: Reply) -> None:
+def _close_round_text(round_: _Round, reply: RelayReply) -> None:
     if (text := _open_text(round_)) is not None:
         text.end = len(reply.sent)
 
 
-def _close_text(record: _Record, reply: Reply) -> None:
+def _close_text(record: _Record, reply: RelayReply) -> None:
     if record.rounds:
         _close_round_text(record.rounds[-1], reply)
 
@@ -480,7 +481,7 @@ def _close_text(record: _Record, reply: Reply) -> None:
 
 
 async def _run_tools(
-    call: CallSession, reply: Reply, record: _Record, round_: _Round, settings: ToolSettings
+    call: CallSession, reply: RelayReply, record: _Record, round_: _Round, settings: ToolSettings
 ) -> None:
     """Start every tool of the round, with its tool_result ready as a note; wait for them,
     with a holding line while they take long."""
@@ -505,7 +506,7 @@ async def _run_tools(
         task.add_done_callback(functools.partial(_tool_done, call, run, result))
         round_.tasks.append((task, run))
         record.runs.append(run)
-        call.events.emit("tool_started", reply=reply, run=run)
+        call.events.emit(EventKind.TOOL_STARTED, reply=reply, run=run)
     pending = {task for task, _ in round_.tasks}
     wait = settings.hold_after
     while pending:
@@ -538,7 +539,7 @@ def _tool_done(
                 loggable(call.call_sid),
                 loggable(run.name),
             )
-    call.events.emit("tool_ended", run=run)
+    call.events.emit(EventKind.TOOL_ENDED, run=run)
 
 
 def _stop_read_only_tools(call: CallSession, record: _Record) -> list[asyncio.Task[ToolOutcome]]:
@@ -585,7 +586,7 @@ async def _wait_for_side_effects(
 # -- the history ----------------------------------------------------------------------------
 
 
-def _heard_length(reply: Reply) -> int | None:
+def _heard_length(reply: RelayReply) -> int | None:
     return None if reply.heard is None else len(reply.heard)
 
 
@@ -619,7 +620,7 @@ def _turns(rounds: list[_Round], sent: str, heard: int | None) -> list[_Turn]:
     return turns
 
 
-def _store(conversation: Conversation, record: _Record, reply: Reply) -> None:
+def _store(conversation: Conversation, record: _Record, reply: RelayReply) -> None:
     record.turns = _turns(record.rounds, reply.sent, _heard_length(reply))
     for turn in record.turns:
         last = conversation[-1] if conversation else None
@@ -636,7 +637,7 @@ def _blocks(content: MessageContentParam) -> list[ContentBlockParam | ContentBlo
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
-def _recut(conversation: Conversation, record: _Record, reply: Reply) -> None:
+def _recut(conversation: Conversation, record: _Record, reply: RelayReply) -> None:
     """Cut a finished reply's stored turns down to what the caller heard."""
     count = len(record.turns)
     if count == 0:

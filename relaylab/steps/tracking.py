@@ -23,8 +23,8 @@ from typing import Any
 
 from relaylab.core import endings
 from relaylab.core.endings import Ending
-from relaylab.core.protocol import Interrupt, Prompt
-from relaylab.relay.session import CallSession
+from relaylab.core.protocol import Prompt
+from relaylab.relay.session import CallSession, Interruption
 from relaylab.relay.step import Step
 from relaylab.steps.streaming import blocks_of, forward, text_of
 
@@ -102,11 +102,10 @@ async def on_prompt(call: CallSession, prompt: Prompt, thinking_budget: int | No
         await call.say(ending.say)  # the relay's own words: a sentence of their own
 
 
-async def on_interrupt(call: CallSession, interrupt: Interrupt) -> None:
+async def on_interrupt(call: CallSession, interrupt: Interruption) -> None:
     # Cancel first: the cancelled reply's `finally` above stores what it sent, and
-    # only then is there a turn to cut down to the heard words. `call.heard` is what
-    # the relay worked out from the interrupt (see relaylab.core.conversation.heard_prefix).
+    # only then is there a turn to cut down to the heard words. `interrupt.heard` is what
+    # the relay worked out, once, of `interrupt.reply` (see relaylab.heard_prefix).
     await call.cancel_reply()
-    cut = call.interrupted_reply
-    if cut is None or cut.stored:  # (a refused reply left nothing to cut down)
-        call.conversation.keep_heard(call.heard)
+    if interrupt.reply is None or interrupt.reply.stored:  # (a refusal left nothing to cut)
+        call.conversation.keep_heard(interrupt.heard)

@@ -39,10 +39,10 @@ from typing import Any
 from anthropic.lib.streaming import AsyncMessageStreamManager
 
 from relaylab.core import endings, protocol
-from relaylab.core.protocol import Dtmf, Interrupt, Prompt, Setup, loggable
+from relaylab.core.protocol import Dtmf, Prompt, Setup, loggable
 from relaylab.core.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
 from relaylab.core.turn_taking import without_cut_mark as without_cut_mark
-from relaylab.relay.session import CallSession, HungUp, Reply
+from relaylab.relay.session import CallSession, HungUp, Interruption, RelayReply
 from relaylab.relay.step import Step
 from relaylab.steps.streaming import blocks_of
 
@@ -156,19 +156,19 @@ class _Turns:
     quiet_until: float = 0.0  # (no speaker events) when the relay's speech should be over
     quiet_since: float | None = None  # since when the line has been quiet
     reprompted: int = 0
-    last_cut: weakref.ref[Reply] | None = None
+    last_cut: weakref.ref[RelayReply] | None = None
     answers: set[Answer] = field(default_factory=set)
 
 
 _calls: weakref.WeakKeyDictionary[CallSession, _Turns] = weakref.WeakKeyDictionary()
 # Each reply's answer and where in it the reply began (0, or where a resume picked up).
-_spoken: weakref.WeakKeyDictionary[Reply, tuple[Answer, int]] = weakref.WeakKeyDictionary()
+_spoken: weakref.WeakKeyDictionary[RelayReply, tuple[Answer, int]] = weakref.WeakKeyDictionary()
 
 
 def _turns(call: CallSession) -> _Turns:
-    state = _calls.get(call)
+    state = _calls.get(call.session)  # (each hook's `call` is a view of the session)
     if state is None:
-        state = _calls[call] = _Turns()
+        state = _calls[call.session] = _Turns()
     return state
 
 
@@ -227,7 +227,7 @@ async def on_prompt(
 
 
 async def on_interrupt(
-    call: CallSession, interrupt: Interrupt, settings: TurnSettings | None = None
+    call: CallSession, interrupt: Interruption, settings: TurnSettings | None = None
 ) -> None:
     settings = settings or DEFAULT_SETTINGS
     state = _turns(call)
@@ -239,7 +239,7 @@ async def on_interrupt(
     state.last_cut = weakref.ref(cut)
     heard = cut.heard or ""
     if not call.conversation.cut_reply(cut.sent, heard):
-        call.conversation.keep_heard(call.heard)
+        call.conversation.keep_heard(interrupt.heard)
     spoken = _spoken.get(cut)
     if spoken is None:
         return  # not a reply of this step's (a re-prompt, say)
@@ -402,7 +402,7 @@ def _open_stream(call: CallSession, messages: list[Any]) -> AsyncMessageStreamMa
     )
 
 
-def _cut_reply(call: CallSession) -> Reply | None:
+def _cut_reply(call: CallSession) -> RelayReply | None:
     """The reply the latest interrupt cut: the oldest of those it stopped."""
     stopped = [(r.interrupted_at, r) for r in call.replies if r.interrupted_at is not None]
     if not stopped:

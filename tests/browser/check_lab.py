@@ -116,7 +116,7 @@ def lesson_3(*left_out):
     async def my_on_interrupt(call, interrupt):
         if "1" not in left_out:
             await call.cancel_reply()
-            call.conversation.keep_heard(call.heard)
+            call.conversation.keep_heard(interrupt.heard)
 
     return {"on_prompt": my_on_prompt, "on_interrupt": my_on_interrupt}
 """
@@ -201,7 +201,7 @@ CHECKS: list[Check] = [
     ),
     (
         'exercises.check("tracking", **lesson_3("1"))',
-        ("FAIL", "in on_interrupt, await call.cancel_reply()", "keep_heard(call.heard)"),
+        ("FAIL", "in on_interrupt, await call.cancel_reply()", "keep_heard(interrupt.heard)"),
         ("try/finally",),
     ),
     (
@@ -225,9 +225,10 @@ CHECKS: list[Check] = [
         ("store the tool_result turn before", "add_user"),
     ),
     (
+        # A second user turn after a tool_result turn is valid: the API combines the two.
         'exercises.check("tools", **lesson_5("3"))',
-        ("FAIL", "call.conversation.add_user(prompt.voice_prompt)"),
-        ("asyncio.shield", "store the tool_result turn before"),
+        ("PASS", "All 3 passed"),
+        ("FAIL",),
     ),
 ]
 SHOTS = Path(os.environ.get("BROWSER_CHECK_SHOTS", tempfile.gettempdir()))

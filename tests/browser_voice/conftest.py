@@ -47,7 +47,7 @@ def make_lab():
 
         def record(event):
             if event.kind == "frame_in":
-                lab.frames_in.setdefault(event.session, []).append(json.loads(event.data["frame"]))
+                lab.frames_in.setdefault(event.session, []).append(json.loads(event.frame))
 
         lab.server.session_listeners.append(lambda session: session.subscribe(record))
         labs.append(lab)

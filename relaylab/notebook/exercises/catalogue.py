@@ -227,21 +227,21 @@ EXERCISES: dict[str, Exercise] = {
                 (StoresWhatWasHeard(), ClaudeToldWhatWasHeard(), ValidHistory()),
                 hint="store the reply even when it is cancelled (try/finally: "
                 "call.conversation.add_assistant(call.reply.sent)), then in on_interrupt, "
-                "after cancelling, call.conversation.keep_heard(call.heard)",
+                "after cancelling, call.conversation.keep_heard(interrupt.heard)",
             ),
             Scenario(
                 "keeps only the heard words when the reply had finished streaming",
                 (Say(HELLO, interrupt_after_words=14),),
                 (StoresWhatWasHeard(), ValidHistory()),
                 hint="the caller can interrupt while Twilio still speaks a reply the relay "
-                "finished sending: cut the stored turn to call.heard then too",
+                "finished sending: cut the stored turn to interrupt.heard then too",
             ),
             Scenario(
                 "cut off halfway through a number, with only the clause reported",
                 (Say(YEAR, interrupt_after_words=9),),
                 (StoresWhatWasHeard(), NothingAfterInterrupt()),
                 hint="Twilio may report only the clause being spoken, as the voice said it: "
-                "use call.heard (relaylab.heard_prefix lines it up), not a substring search",
+                "use interrupt.heard (relaylab.heard_prefix lines it up), not a substring search",
                 twilio={"utterance": "clause", "tts_normalise": True},
             ),
             Scenario(

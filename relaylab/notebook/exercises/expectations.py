@@ -217,7 +217,7 @@ def _wrong_reply_turn(run: Run, reply: Any, got: list[str], heard: list[str]) ->
     if reply.interrupted and len(got) > len(heard) and got[: len(heard) - 1] == heard[:-1]:
         return (
             "the history keeps more than the caller heard of the reply that was cut off: "
-            "in on_interrupt, after cancelling, call.conversation.keep_heard(call.heard)"
+            "in on_interrupt, after cancelling, call.conversation.keep_heard(interrupt.heard)"
         )
     if not reply.interrupted and wrote and got == wrote:
         return (

@@ -31,13 +31,21 @@ from relaylab.notebook.widgets.style import (
     esc,
     plural,
 )
+from relaylab.relay.events import Event, EventKind
 
 log = logging.getLogger(__name__)
 
 MAX_RATE = 15.0  # draws per second, at most, while tokens stream
 FRAME_CHARS = 110
 _URGENT = frozenset(
-    {"reply_started", "reply_ended", "interrupt", "tool_started", "tool_ended", "closed"}
+    {
+        EventKind.REPLY_STARTED,
+        EventKind.REPLY_ENDED,
+        EventKind.INTERRUPT,
+        EventKind.TOOL_STARTED,
+        EventKind.TOOL_ENDED,
+        EventKind.CLOSED,
+    }
 )
 
 
@@ -140,9 +148,9 @@ class ConversationView:
         self._tools = _tool_runs_so_far(session)
         self._unsubscribe = session.subscribe(self._on_event)
 
-    def _on_event(self, event: Any) -> None:
-        if event.kind == "tool_started":
-            reply, run = event.data.get("reply"), event.data.get("run")
+    def _on_event(self, event: Event) -> None:
+        if event.kind is EventKind.TOOL_STARTED:
+            reply, run = event.reply, event.run
             if reply is not None and run is not None:
                 runs = self._tools.setdefault(reply.id, [])
                 if not any(known is run for known in runs):

@@ -11,11 +11,12 @@ from typing import Any
 from relaylab.core import playback
 from relaylab.notebook.widgets.static_html import spoken_html, spoken_text
 from relaylab.notebook.widgets.style import esc, plural, seconds
+from relaylab.relay.session import ReplyState
 
 
 @dataclass(frozen=True)
 class ReplyLines:
-    """What the view says about one of the relay's replies (``relaylab.relay.session.Reply``)."""
+    """What the view says about one of the relay's replies (a ``RelayReply``)."""
 
     prompt: str
     sent: str
@@ -37,7 +38,7 @@ class ReplyLines:
         ``tools`` the tool calls it ran (``relaylab.steps.tools.ToolRun``), ``clock_speed``
         how much faster than real time the simulated voice spoke (a lab's clock_speed)."""
         heard = _heard(reply)
-        running = reply.state == "running"
+        running = reply.state == ReplyState.RUNNING
         placeholder = "waiting for Claude's first word…" if running else "(nothing sent)"
         return cls(
             prompt=reply.prompt,
@@ -100,7 +101,7 @@ def _heard(reply: Any) -> str | None:
     own ``heard``, else, once the reply has ended, what Twilio reports it played."""
     if reply.heard is not None:
         return reply.heard
-    if reply.state == "running":
+    if reply.state == ReplyState.RUNNING:
         return None  # still sending: what has not played yet may still play
     return playback.heard_as_reported(reply)
 
@@ -109,16 +110,21 @@ def _notes(
     reply: Any, heard: str | None, speech_ms: float | None, clock_speed: float = 1.0
 ) -> list[str]:
     timings = reply.timings
-    if reply.state == "running" and not reply.sent and not reply.frames and not reply.interrupted:
+    if (
+        reply.state == ReplyState.RUNNING
+        and not reply.sent
+        and not reply.frames
+        and not reply.interrupted
+    ):
         return ["waiting for Claude: nothing sent yet"]  # a basic step waits for the whole reply
     notes = [
         {
-            "running": "streaming",
-            "done": "done",
-            "cancelled": "stopped",
-            "failed": "failed",
-            "timed_out": "timed out",
-        }.get(reply.state, reply.state)
+            ReplyState.RUNNING: "streaming",
+            ReplyState.DONE: "done",
+            ReplyState.CANCELLED: "stopped",
+            ReplyState.FAILED: "failed",
+            ReplyState.TIMED_OUT: "timed out",
+        }.get(reply.state, str(reply.state))
     ]
     if getattr(reply, "cut_off", False):  # preemptible: no interrupt, Twilio's reports say
         words = plural(len(reply.heard.split()), "word")
@@ -131,13 +137,13 @@ def _notes(
         if speech_ms is not None:
             notes.append(_speech_played(speech_ms, clock_speed))
         last = timings.get("last_token_ms")
-        if reply.state == "running":
+        if reply.state == ReplyState.RUNNING:
             notes.append(
                 "still streaming after the interrupt" if reply.sent else "Claude is still writing"
             )
         elif at is not None and last is not None and last > at:
             notes.append(f"the relay kept sending for {seconds(last - at)} after the interrupt")
-    elif reply.state == "cancelled":
+    elif reply.state == ReplyState.CANCELLED:
         notes.append("cancelled by the caller's next prompt")
         if heard is None:
             notes.append("no interrupt came, so what was heard is unknown")
@@ -167,12 +173,12 @@ def _words_sent(reply: Any) -> str | None:
     first, last = timings.get("first_token_ms"), timings.get("last_token_ms")
     ended = timings.get("ended_ms")
     if first is None:
-        return None if reply.state == "running" else "no words sent"
-    if reply.state == "done" and last is not None:
+        return None if reply.state == ReplyState.RUNNING else "no words sent"
+    if reply.state == ReplyState.DONE and last is not None:
         if last - first < 1.0:
             return f"the whole reply sent at once, {seconds(first)} after the prompt"
         return f"words sent from {seconds(first)} to {seconds(last)} after the prompt"
     said = f"first word sent {seconds(first)} after the prompt"
-    if reply.state != "running" and ended is not None:
+    if reply.state != ReplyState.RUNNING and ended is not None:
         said += f", stopped at {seconds(ended)}"
     return said

@@ -22,7 +22,7 @@ def spoken_html(sent: str, heard: str | None) -> str:
     """``sent`` as HTML: the heard part plain, the rest struck through (<del>).
 
     ``heard`` is what the relay or the caller already worked out (the relay's
-    ``Reply.heard``, the caller's ``Reply.heard``): a prefix of ``sent``. None means
+    ``RelayReply.heard``, the caller's ``Reply.heard``): a prefix of ``sent``. None means
     the caller heard all of it (or will: the reply was not interrupted).
     """
     if heard is None:
