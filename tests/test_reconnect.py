@@ -475,11 +475,14 @@ async def test_workers_share_a_sqlite_file_by_default_so_every_reconnect_finds_i
                 SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
                 for _ in range(6)
             ]
-            for number, call in enumerate(calls):
+
+            async def first_turn(number, call):
                 await call.connect_async()
                 await call.say_async(f"{NAME} I am caller {number}.")
                 await heard_to_the_end(call)
                 await call.drop_async()
+
+            await asyncio.gather(*(first_turn(n, call) for n, call in enumerate(calls)))
             # The kernel spreads new sockets over both processes: without a shared store
             # about half of these would land where their call does not exist.
             for number, call in enumerate(calls):
