@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/relaylab demo
 
 # -n auto: two pytest-xdist workers per CPU; --dist loadgroup keeps each notebook on one
-# worker (tests/conftest.py draws the groups). RELAYLAB_TIME_SCALE=3 widens the time bounds.
+# worker (tests/conftest.py draws the groups). RELAYLAB_TIME_SCALE=4 widens the time bounds.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -113,3 +113,24 @@ def pytest_xdist_auto_num_workers(config):
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own hook reads it
     return 2 * len(os.sched_getaffinity(0))
+
+
+def _time_scale():
+    """RELAYLAB_TIME_SCALE if set; else, under pytest-xdist, workers per CPU (at least 1):
+    with four workers on two CPUs a test may get half a CPU, so its bounds double."""
+    if "RELAYLAB_TIME_SCALE" in os.environ:
+        return float(os.environ["RELAYLAB_TIME_SCALE"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1.0, workers / len(os.sched_getaffinity(0)))
+
+
+# Widens every wall-clock upper bound in the tests. Lower bounds are behaviour (a delay
+# that must pass) and stay put.
+TIME_SCALE = _time_scale()
+
+
+def within(seconds):
+    """An upper bound on elapsed wall-clock time: ``seconds`` on an idle machine, times
+    TIME_SCALE. Where the bound tells apart a configured delay (a tool that takes
+    1 s), scale that delay too, so the test can still fail."""
+    return seconds * TIME_SCALE

@@ -96,7 +96,7 @@ async def settled(server, call_sid, replies, timeout=15.0):
 async def heard_to_the_end(call):
     """Wait until the caller has heard every reply to the end (its speech clock), and the
     last tokensPlayed report has reached the relay: then a drop cuts nothing."""
-    assert await until(lambda: not call._talk.agent_busy(time.monotonic()), 30)
+    assert await until(lambda: not call.agent_speaking, 30)
     await call.listen_async(0.3)
 
 

@@ -25,7 +25,7 @@ from relaylab.notebook.loop import LoopThread
 from relaylab.notebook.voice.bridge import CallIdentity, RelayBridge
 
 CHROMIUM = os.environ.get("RELAYLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-WIDGET = Path(__file__).resolve().parents[2] / "relaylab" / "voice"
+WIDGET = Path(__file__).resolve().parents[2] / "relaylab" / "notebook" / "voice"
 STAND_INS = Path(__file__).with_name("speech_stand_ins.js")
 CHROMIUM_ARGS = [
     "--headless",
