@@ -489,7 +489,9 @@ def test_interrupt_reports_the_utterance_each_way_twilio_may(sent, words, uttera
     async def scenario():
         async with FakeRelay(prompt=replying(sent)) as relay:
             twilio = TwilioBehaviour(utterance=utterance, tts_normalise=tts)
-            call = new_call(relay, twilio=twilio)
+            # At 4x, not SPEED: the last words left after the interrupt point take ~0.2 s to
+            # play, so a busy CPU does not let the whole reply play before the caller cuts in.
+            call = new_call(relay, twilio=twilio, clock_speed=4.0)
             await call.connect_async()
             reply = await call.say_async("Go on", interrupt_after_words=words)
             await call.hang_up_async()
