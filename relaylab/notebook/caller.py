@@ -244,14 +244,14 @@ class SimulatedCall:
         """Every reply of the call in order, unprompted ones included (not the greeting)."""
         return self._talk.replies
 
+    @replies.setter
+    def replies(self, replies: list[Reply]) -> None:
+        self._talk.replies = replies
+
     @property
     def agent_speaking(self) -> bool:
         """Is Claude's speech still playing to the caller (or waiting its turn to play)?"""
         return self._talk.agent_busy(time.monotonic())
-
-    @replies.setter
-    def replies(self, replies: list[Reply]) -> None:
-        self._talk.replies = replies
 
     def _new_clock(self) -> SpeechClock:
         return SpeechClock(self.words_per_minute, self.clock_speed, chunking=self.twilio.chunking)
