@@ -502,9 +502,11 @@ def test_bad_input_gets_a_clear_error(call, error, words):
 
 
 def test_a_plain_on_prompt_function_and_a_step_are_both_accepted():
-    assert exercises._learner_step(forgetful_basic, {}).on_prompt is forgetful_basic
-    step = Step(on_prompt=forgetful_basic, name="mine")
-    assert exercises._learner_step(step, {}) is step
+    scenarios = only("basic", "stores both turns")
+    as_function = check("basic", forgetful_basic, scenarios=scenarios)
+    as_step = check("basic", Step(on_prompt=forgetful_basic, name="mine"), scenarios=scenarios)
+    for report in (as_function, as_step):
+        assert "has nothing" in problems(report, "stores both turns")
 
 
 def test_a_report_shows_as_an_html_table_with_its_hints_and_as_text():
