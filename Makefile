@@ -35,11 +35,13 @@ test-latest:
 demo: $(STAMP)
 	$(BIN)/relaylab demo
 
+# -n auto: two pytest-xdist workers per CPU; --dist loadgroup keeps each notebook on one
+# worker (tests/conftest.py draws the groups). RELAYLAB_TIME_SCALE=4 widens the time bounds.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest --nbval-lax --nbval-current-env tests notebooks
+	$(BIN)/pytest -n auto --dist loadgroup --nbval-lax --nbval-current-env tests notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -1,6 +1,7 @@
 import itertools
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -80,3 +81,56 @@ def assert_valid_history(history):
 def anyio_backend():
     """Async tests (``pytest.mark.anyio``) run on asyncio, the loop relaylab uses."""
     return "asyncio"
+
+
+def work_unit(nodeid):
+    """What ``make test`` (``pytest-xdist --dist loadgroup``) sends to one worker as a
+    whole: a notebook, whose cells share one kernel and run in order; else one test. (A
+    module-scoped fixture is then built once per worker that runs the module's tests.)"""
+    path = nodeid.split("::", 1)[0]
+    return path if path.endswith(".ipynb") else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with the groups ``work_unit`` draws, not xdist_group marks
+    (xdist 3.8 marks a grouped test by renaming its node id, which pytest 9 ignores)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: two workers per CPU, as most of a test's time is waiting (speech pacing,
+    sockets, subprocesses starting), not computing. PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return 2 * len(os.sched_getaffinity(0))
+
+
+def _time_scale():
+    """RELAYLAB_TIME_SCALE if set; else, under pytest-xdist, workers per CPU (at least 1):
+    with four workers on two CPUs a test may get half a CPU, so its bounds double."""
+    if "RELAYLAB_TIME_SCALE" in os.environ:
+        return float(os.environ["RELAYLAB_TIME_SCALE"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1.0, workers / len(os.sched_getaffinity(0)))
+
+
+# Widens every wall-clock upper bound in the tests. Lower bounds are behaviour (a delay
+# that must pass) and stay put.
+TIME_SCALE = _time_scale()
+
+
+def within(seconds):
+    """An upper bound on elapsed wall-clock time: ``seconds`` on an idle machine, times
+    TIME_SCALE. Where the bound tells apart a configured delay (a tool that takes
+    1 s), scale that delay too, so the test can still fail."""
+    return seconds * TIME_SCALE

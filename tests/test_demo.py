@@ -6,7 +6,9 @@ from relaylab.notebook.lab import Lab
 
 
 def test_lesson_3_of_the_demo_differs_where_tracking_does(capsys):
-    with Lab("streaming", offline=True, **demo.QUICK_INTERRUPT_PACING) as lab:
+    # Half the demo's token rate: the caller still cuts in mid-reply on a busy machine.
+    pacing = {**demo.QUICK_INTERRUPT_PACING, "tokens_per_second": 40.0}
+    with Lab("streaming", offline=True, **pacing) as lab:
         demo._interruption_lesson(lab, quick=True)
     out = " ".join(capsys.readouterr().out.split())  # the demo wraps its lines
     without, with_tracking = out.split("With tracking, the relay cancels")

@@ -6,7 +6,6 @@ SimulatedCall over a WebSocket) with the learner's step.
 """
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -110,24 +109,21 @@ def problems(report, name):
 # -- the reference steps pass ----------------------------------------------------------------
 
 
-def test_every_scenario_passes_with_the_reference_step():
-    # Two at a time (each check has its own lab): the calls mostly wait on pacing.
-    with ThreadPoolExecutor(2) as pool:
-        names = list(EXERCISES)
-        reports = dict(
-            zip(names, pool.map(lambda e: check(e, EXERCISES[e].reference), names), strict=True)
-        )
-    assert set(reports) == {"basic", "streaming", "tracking", "tools", "turns"}
-    for exercise, report in reports.items():
-        assert report.passed, str(report)
-        assert len(report.results) == len(EXERCISES[exercise].scenarios) >= 3
-        assert str(report).endswith(f"All {len(report.results)} passed.")
-    # The scenario that interrupts a finished reply really did: the reply had ended.
-    finished = reports["tracking"].result(
-        "keeps only the heard words when the reply had finished streaming"
-    )
-    reply = finished.run.said[0]
-    assert reply.complete and reply.interrupted
+def test_every_lesson_has_an_exercise():
+    assert set(EXERCISES) == {"basic", "streaming", "tracking", "tools", "turns"}
+
+
+@pytest.mark.parametrize("exercise", sorted(EXERCISES))
+def test_every_scenario_passes_with_the_reference_step(exercise):
+    report = check(exercise, EXERCISES[exercise].reference)
+    assert report.passed, str(report)
+    assert len(report.results) == len(EXERCISES[exercise].scenarios) >= 3
+    assert str(report).endswith(f"All {len(report.results)} passed.")
+    if exercise == "tracking":
+        # The scenario that interrupts a finished reply really did: the reply had ended.
+        finished = report.result("keeps only the heard words when the reply had finished streaming")
+        reply = finished.run.said[0]
+        assert reply.complete and reply.interrupted
 
 
 # -- the naive versions fail, with evidence -----------------------------------------------------
@@ -521,9 +517,11 @@ def test_bad_input_gets_a_clear_error(call, error, words):
 
 
 def test_a_plain_on_prompt_function_and_a_step_are_both_accepted():
-    assert exercises._learner_step(forgetful_basic, {}).on_prompt is forgetful_basic
-    step = Step(on_prompt=forgetful_basic, name="mine")
-    assert exercises._learner_step(step, {}) is step
+    scenarios = only("basic", "stores both turns")
+    as_function = check("basic", forgetful_basic, scenarios=scenarios)
+    as_step = check("basic", Step(on_prompt=forgetful_basic, name="mine"), scenarios=scenarios)
+    for report in (as_function, as_step):
+        assert "has nothing" in problems(report, "stores both turns")
 
 
 def test_a_report_shows_as_an_html_table_with_its_hints_and_as_text():

@@ -66,7 +66,8 @@ def describe(twilio):
 def tracking_lab():
     # Half FAST's token rate: the reply (~120 tokens) must still be streaming when a caller
     # on a loaded machine has spoken 14 words; the interrupt cancels it, so no time is lost.
-    lab = Lab("tracking", offline=True, **{**FAST, "tokens_per_second": 50.0})
+    # The caller's voice at 8x (22 words a second) still hears slower than tokens arrive.
+    lab = Lab("tracking", offline=True, **{**FAST, "tokens_per_second": 50.0, "clock_speed": 8.0})
     yield lab
     lab.stop()
 

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from conftest import within
 
 import relaylab as rl
 from relaylab.notebook.caller import TwilioBehaviour
@@ -96,7 +97,7 @@ def test_restart_is_quick_even_with_an_http_client_holding_its_socket():
     started = time.monotonic()
     again = rl.start("basic", offline=True, first_token_delay=0.01)
     try:
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < within(5)
         assert not lab.running and again.running
     finally:
         held.close()
@@ -148,7 +149,7 @@ def test_hanging_up_a_call_to_a_relay_elsewhere_does_not_wait(make_lab):
         return reply, time.monotonic() - started
 
     reply, hang_up_took = asyncio.run(call_from_outside())
-    assert reply.complete and hang_up_took < 1.0
+    assert reply.complete and hang_up_took < within(1.0)
 
 
 def test_a_step_that_keeps_no_history_logs_no_warning(make_lab, relay_logs):

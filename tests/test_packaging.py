@@ -125,7 +125,8 @@ def test_quick_start_commands_are_what_ci_runs():
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: .*\n(\t.*\n)*\t\$\(BIN\)/pytest --nbval-lax", makefile, re.MULTILINE)
+    pytest = r"\t\$\(BIN\)/pytest -n auto --dist loadgroup --nbval-lax"
+    assert re.search(r"^test: .*\n(\t.*\n)*" + pytest, makefile, re.MULTILINE)
 
 
 def test_console_script_points_at_cli_main():

@@ -88,6 +88,6 @@ def test_only_the_phones_outer_box_carries_the_stopped_message_for_a_lost_kernel
     assert "rl-live" not in phone.view.widget._dom_classes
     assert "rl-live" not in phone.panel.widget._dom_classes
     assert "rl-live" in CallerPanel(lab).widget._dom_classes
-    head = phone.view._head.value
+    head = phone.view.snapshot().data
     assert ".rl-live.jupyter-widgets-disconnected:not(.rl-lab-stopped)::before" in head
     assert "The lab has stopped" in head and "<span class='rl-state'>" in head

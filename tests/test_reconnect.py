@@ -96,7 +96,7 @@ async def settled(server, call_sid, replies, timeout=15.0):
 async def heard_to_the_end(call):
     """Wait until the caller has heard every reply to the end (its speech clock), and the
     last tokensPlayed report has reached the relay: then a drop cuts nothing."""
-    assert await until(lambda: not call._talk.agent_busy(time.monotonic()), 30)
+    assert await until(lambda: not call.agent_speaking, 30)
     await call.listen_async(0.3)
 
 
@@ -475,11 +475,14 @@ async def test_workers_share_a_sqlite_file_by_default_so_every_reconnect_finds_i
                 SimulatedCall(twiml_url=f"http://127.0.0.1:{port}/twiml", clock_speed=SPEED)
                 for _ in range(6)
             ]
-            for number, call in enumerate(calls):
+
+            async def first_turn(number, call):
                 await call.connect_async()
                 await call.say_async(f"{NAME} I am caller {number}.")
                 await heard_to_the_end(call)
                 await call.drop_async()
+
+            await asyncio.gather(*(first_turn(n, call) for n, call in enumerate(calls)))
             # The kernel spreads new sockets over both processes: without a shared store
             # about half of these would land where their call does not exist.
             for number, call in enumerate(calls):

@@ -113,7 +113,9 @@ def test_timeline_shows_the_stream_closing_at_the_interrupt_with_tracking(make_l
 
 
 def test_timeline_shows_claude_writing_on_after_the_interrupt_without_tracking(make_lab):
-    lab = make_lab("streaming")
+    # Half FAST's token rate: a busy machine can delay the caller's 8 words until the
+    # stream is nearly done, and the stream must run on well past the interrupt.
+    lab = make_lab("streaming", tokens_per_second=50.0)
     call, _ = interrupted_call(lab, listen=1.5)
     turns = timeline(call, lab)
     assert turns[0].after_interrupt_ms > 300

@@ -3,10 +3,12 @@
 import asyncio
 import http.client
 import socket
+import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
 import pytest
+from conftest import within
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -178,12 +180,19 @@ def test_dropped_socket_mid_reply_cancels_the_model_stream(lab):
 
     async def scenario():
         await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
-        await call._next(5)
-        call._socket.transport.abort()  # the line drops: no close frame
-        await asyncio.sleep(0.3)
+        await call.next_frame_async(5)
+        await call.drop_async()  # the line drops: no close frame
 
+        def gone():
+            return lab.server.sessions == [] and claude.requests[-1].outcome == "client_closed"
+
+        deadline = time.monotonic() + within(2.0)
+        while not gone() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    claude = lab.offline_claude
     lab.run(scenario())
-    assert lab.offline_claude.requests[-1].outcome == "client_closed"
+    assert claude.requests[-1].outcome == "client_closed"
     assert lab.server.sessions == []
     assert lab.call().say("Hello").complete
 

@@ -497,3 +497,44 @@ def test_reply_states_are_the_values_a_reply_takes():
         "failed",
     ]
     assert ReplyState.DONE == "done"  # recordings and the call store keep the plain value
+
+
+async def test_an_interrupt_with_no_words_keeps_no_assistant_turn_and_the_next_prompt_joins():
+    claude = ScriptedClaude(DOGS, "Hello again.")
+    cut = [prompt_frame("Tell me about dogs"), WaitFor(2), interrupt_frame("", 0)]
+    result = await run_step("tracking", cut, claude=claude)
+    assert result.history == [{"role": "user", "content": "Tell me about dogs"}]
+    result = await run_step("tracking", [*cut, prompt_frame("Hello")], claude=claude)
+    assert result.history == [
+        {"role": "user", "content": "Tell me about dogs Hello"},
+        {"role": "assistant", "content": "Hello again."},
+    ]
+
+
+async def test_streaming_step_answers_a_barge_in_without_cancelling_like_the_seed():
+    claude = ScriptedClaude(DOGS, "Sure, cats.", token_delay=0.01)
+    result = await run_step(
+        "streaming", [prompt_frame("dogs"), WaitFor(2), prompt_frame("cats instead")], claude=claude
+    )
+    finals = [f for f in texts(result.frames_out) if f["last"]]
+    assert len(finals) == 2, "both replies ran to the end, interleaved"
+    assert {"role": "assistant", "content": DOGS} in result.history  # sent and stored whole
+
+
+async def test_two_prompts_back_to_back_keep_the_newest_reply_and_both_user_turns():
+    claude = ScriptedClaude(DOGS, "Sure, dogs.", first_token_delay=0.05)
+    frames = [prompt_frame("Name ten things"), WaitFor(2)]
+    frames += [prompt_frame("Tell me"), prompt_frame("about dogs")]
+    result = await run_step("tracking", frames, claude=claude)
+    states = [(r.prompt, r.state) for r in result.session.replies]
+    assert states == [
+        ("Name ten things", "cancelled"),
+        ("Tell me", "cancelled"),
+        ("about dogs", "done"),
+    ]
+    assert [t["role"] for t in result.history] == ["user", "assistant", "user", "assistant"]
+    assert result.history[2:] == [
+        {"role": "user", "content": "Tell me about dogs"},
+        {"role": "assistant", "content": "Sure, dogs."},
+    ]
+    assert_valid_history(result.history)

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from conftest import assert_valid_history, frame_log
+from conftest import assert_valid_history, frame_log, within
 
 TEN_THINGS = "Name ten things that happened in 1999"
 
@@ -24,7 +24,7 @@ async def _create(lab, prompt):
 
 
 def test_basic_sends_the_whole_reply_as_one_final_frame(make_lab):
-    lab = make_lab("basic")
+    lab = make_lab("basic", tokens_per_second=1000.0)
     expected = offline_reply(lab, TEN_THINGS)
     call = lab.call()
     reply = call.say(TEN_THINGS)
@@ -68,7 +68,7 @@ def test_tracking_interrupt_mid_stream_stops_everything_and_keeps_only_the_heard
     request = claude.requests[-1]
     interrupt_sent_at = next(t for t, m in call.sent if m.get("type") == "interrupt")
     assert request.outcome == "client_closed"
-    assert request.client_closed_at - interrupt_sent_at < 0.1
+    assert request.client_closed_at - interrupt_sent_at < within(0.1)
     assert request.tokens_sent < 0.8 * len(offline_reply(lab, TEN_THINGS).split())
 
     assert call.conversation == [
@@ -92,77 +92,6 @@ def test_tracking_interrupt_after_the_reply_finished_truncates_the_stored_turn(m
     assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
     assert len(reply.heard.split()) == 5
     assert reply.text.startswith(reply.heard) and len(reply.text) > len(reply.heard)
-
-
-def test_tracking_interrupt_with_tts_normalised_utterance(make_lab):
-    lab = make_lab("tracking")
-    call = lab.call(tts_normalise=True)
-    reply = call.say("Tell me about dogs", interrupt_after_words=7)
-    call.listen(0.1)
-    assert reply.utterance != "" and call.conversation[-1]["content"] == reply.heard
-
-
-def test_empty_utterance_drops_the_assistant_turn_and_history_stays_valid(lab):
-    call = lab.call()
-
-    async def scenario():
-        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
-        first = await call._next(5)  # the first token: the reply is streaming
-        assert first["type"] == "text"
-        await call.send_async(
-            {"type": "interrupt", "utteranceUntilInterrupt": "", "durationUntilInterruptMs": 0}
-        )
-        await call.listen_async(0.2)
-
-    lab.run(scenario())
-    assert call.conversation == [{"role": "user", "content": "Tell me about dogs"}]
-    call.say("Hello")
-    assert [t["role"] for t in call.conversation] == ["user", "assistant"]
-    assert call.conversation[0]["content"] == "Tell me about dogs Hello"
-    assert_valid_history(call.conversation)
-
-
-def test_barge_in_cancels_the_running_reply_and_never_interleaves(lab):
-    claude = lab.offline_claude
-    dogs = offline_reply(lab, "Tell me about dogs")
-    call = lab.call()
-    frames = frame_log(lab, call)
-
-    async def scenario():
-        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
-        for _ in range(3):
-            assert (await call._next(5))["type"] == "text"
-        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
-        return await call.listen_async(2.5)
-
-    lab.run(scenario())
-    after = frames.out_after("about dogs")
-    assert after[0] == {"type": "text", "token": "", "last": True}, "the cut cycle is closed"
-    assert "".join(f["token"] for f in after) == dogs
-    assert after[-1]["last"] is True and sum(f["last"] for f in after) == 2
-    first_request = claude.requests[-2]
-    assert first_request.outcome == "client_closed"
-    history = call.conversation
-    assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
-    assert history[3]["content"] == dogs
-    assert_valid_history(history)
-
-
-def test_streaming_step_does_not_cancel_on_barge_in(make_lab):
-    """Lesson 2 keeps the seed's behaviour, which lesson 3 then fixes."""
-    lab = make_lab("streaming")
-    call = lab.call()
-    frames = frame_log(lab, call)
-
-    async def scenario():
-        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
-        await call._next(5)
-        await call.send_async({"type": "prompt", "voicePrompt": "Tell me about dogs", "last": True})
-        return await call.listen_async(3)
-
-    lab.run(scenario())
-    finals = [f for f in frames.texts_out() if f["last"]]
-    assert len(finals) == 2, "both replies ran to the end, interleaved"
 
 
 def test_model_overload_makes_the_caller_hear_an_apology_and_the_call_goes_on(lab, relay_logs):
@@ -259,25 +188,6 @@ def test_interrupt_now_from_another_task_ends_a_running_say(lab):
     assert call.conversation[-1] == {"role": "assistant", "content": reply.heard}
 
 
-def test_two_prompts_back_to_back_keep_the_newest_reply_and_both_user_turns(lab):
-    call = lab.call()
-
-    async def scenario():
-        await call.send_async({"type": "prompt", "voicePrompt": TEN_THINGS, "last": True})
-        await call._next(5)
-        await call.send_async({"type": "prompt", "voicePrompt": "Tell me", "last": True})
-        await call.send_async({"type": "prompt", "voicePrompt": "about dogs", "last": True})
-        await call.listen_async(2.5)
-
-    lab.run(scenario())
-    states = [(r.prompt, r.state) for r in lab.session_for(call).replies]
-    assert states == [(TEN_THINGS, "cancelled"), ("Tell me", "cancelled"), ("about dogs", "done")]
-    history = call.conversation
-    assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
-    assert history[2]["content"] == "Tell me about dogs"
-    assert_valid_history(history)
-
-
 def test_conversation_is_current_right_after_an_interrupt(lab):
     call = lab.call()
     reply = call.say("Tell me about dogs", interrupt_after_words=5)
@@ -311,7 +221,7 @@ def test_tts_normalised_numbers_are_mapped_back_to_the_sent_spelling(make_lab):
         finally:
             call.conversation.add_assistant(call.reply.sent)
 
-    lab = make_lab("tracking", clock_speed=1.0)
+    lab = make_lab("tracking")
     lab.use(Step(on_prompt=on_prompt, on_interrupt=tracking.on_interrupt))
     call = lab.call(tts_normalise=True)
     reply = call.say("Tell me about 1999", interrupt_after_words=8)
@@ -330,7 +240,7 @@ def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
-            await asyncio.sleep(3)  # ignores the cancel for a while
+            await asyncio.sleep(1.5)  # ignores the cancel past the relay's cancel_wait (1 s)
             await call.send_text("too late", last=True)
 
     pressed = []
@@ -350,7 +260,7 @@ def test_a_handler_that_swallows_the_cancel_stays_silent_and_does_not_stall_the_
         await call.send_async({"type": "interrupt", "utteranceUntilInterrupt": ""})
         sent_at = time.monotonic()
         await call.send_async({"type": "dtmf", "digit": "1"})
-        return sent_at, await call.listen_async(3.5)
+        return sent_at, await call.listen_async(2.0)
 
     sent_at, late = lab.run(scenario())
     assert late == [{"type": "text", "token": "", "last": True}], "no word, the cycle closed"
@@ -375,7 +285,7 @@ def test_a_cancelled_reply_that_raises_something_else_gets_no_apology(make_lab):
 
     async def scenario():
         await call.send_async({"type": "prompt", "voicePrompt": "Hi", "last": True})
-        await call._next(5)
+        await call.next_frame_async(5)
         await call.send_async({"type": "interrupt", "utteranceUntilInterrupt": "Let me"})
         return await call.listen_async(0.5)
 

@@ -309,8 +309,8 @@ def test_black_box_an_empty_interrupt_and_no_prompt_resumes_the_whole_reply(
             await ws.send(setup_frame("CA_turns_empty", session_id="VX_empty"))
             await ws.send(_prompt("Tell me about dogs"))
             await _read_until(ws, [], lambda f: len(_words(f)) >= 10)
+            sent_at = time.monotonic()  # before: the relay may read it before send returns
             await ws.send(interrupt_frame(""))
-            sent_at = time.monotonic()
             after = await _read_until(ws, [], _spoke_again)
             return sent_at, after
 
@@ -431,10 +431,11 @@ def test_an_answer_to_the_reprompt_keeps_the_call_going(make_lab):
 QUICK_CHECK = {"resume_wait": 0.8, "silence_after": 0.8}
 
 
-def test_the_turns_exercise_passes_with_the_reference_step_and_fails_with_tracking():
+# That the reference step passes the exercise is test_exercises.py's (at the lesson's pace).
+
+
+def test_the_turns_exercise_fails_with_tracking_where_turn_taking_is_missing():
     scenarios = turns_scenarios(**QUICK_CHECK)
-    passed = check("turns", turns_step(**QUICK_CHECK), scenarios=scenarios)
-    assert passed.passed, str(passed)
     naive = check("turns", tracking, scenarios=scenarios)
     failed = {r.scenario.name for r in naive.results if not r.passed}
     assert failed == {s.name for s in scenarios} - {

@@ -241,6 +241,11 @@ class SimulatedCall:
     def replies(self, replies: list[Reply]) -> None:
         self._talk.replies = replies
 
+    @property
+    def agent_speaking(self) -> bool:
+        """Is Claude's speech still playing to the caller (or waiting its turn to play)?"""
+        return self._talk.agent_busy(time.monotonic())
+
     def _new_clock(self) -> SpeechClock:
         return SpeechClock(self.words_per_minute, self.clock_speed, chunking=self.twilio.chunking)
 
