@@ -33,7 +33,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
 
-from relaylab.core.protocol import prompt_frame, setup_frame
+from relaylab.core.twilio_frames import prompt_frame, setup_frame
 
 PONG = None  # marks a pong in TwilioSide.frames
 OPEN_TIMEOUT = 20.0

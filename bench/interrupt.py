@@ -33,7 +33,8 @@ from _common import (
 )
 from _load import PONG, TwilioSide, dump_standin, no_gc_pauses, open_call, texts_since
 
-from relaylab.core.protocol import interrupt_frame, is_cycle_close, prompt_frame
+from relaylab.core.protocol import is_cycle_close
+from relaylab.core.twilio_frames import interrupt_frame, prompt_frame
 
 HEADERS = (
     "calls",

@@ -43,7 +43,7 @@ from pathlib import Path
 from _common import PYTHON, REPO_DIR, Processes, machine, rss_bytes, start_standin, table
 from websockets.asyncio.client import ClientConnection, connect
 
-from relaylab.core.protocol import interrupt_frame, prompt_frame, setup_frame
+from relaylab.core.twilio_frames import interrupt_frame, prompt_frame, setup_frame
 from relaylab.offline_claude import REPLIES
 
 GREETING = REPLIES["greeting"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import serve
 
-from relaylab.core.protocol import prompt_frame
+from relaylab.core.twilio_frames import prompt_frame
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))

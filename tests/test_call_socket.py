@@ -8,7 +8,7 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from relaylab.core.protocol import interrupt_frame, prompt_frame, setup_frame
+from relaylab.core.twilio_frames import interrupt_frame, prompt_frame, setup_frame
 from relaylab.relay.llm import LLM
 from relaylab.relay.session import HungUp
 from relaylab.relay.settings import RelaySettings, SocketLimits

@@ -23,7 +23,7 @@ from twilio.twiml.voice_response import VoiceResponse
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from relaylab.core import protocol
+from relaylab.core import protocol, twilio_frames
 from relaylab.notebook.caller import (
     DEFAULT_WORDS_PER_MINUTE,
     Reply,
@@ -323,12 +323,12 @@ def test_reporter_tells_played_tokens_and_speaking_state_in_time_order():
     reporter = PlaybackReporter(speaker_events=True, tokens_played=True)
     reporter.add(clock)
     clock.feed("Hi there. Bye now.", 0.0, final=True)
-    assert reporter.due(0.0) == [protocol.info_frame("agentSpeaking", "on")]
+    assert reporter.due(0.0) == [twilio_frames.info_frame("agentSpeaking", "on")]
     assert reporter.next_at() == 2.0
-    assert reporter.due(3.0) == [protocol.info_frame("tokensPlayed", "Hi there.")]
+    assert reporter.due(3.0) == [twilio_frames.info_frame("tokensPlayed", "Hi there.")]
     assert reporter.flush() == [
-        protocol.info_frame("tokensPlayed", " Bye now."),
-        protocol.info_frame("agentSpeaking", "off"),
+        twilio_frames.info_frame("tokensPlayed", " Bye now."),
+        twilio_frames.info_frame("agentSpeaking", "off"),
     ]
     assert reporter.next_at() is None
 
@@ -338,9 +338,9 @@ def test_reporter_in_the_cumulative_reading_tells_all_of_the_cycle_played_so_far
     reporter = PlaybackReporter(speaker_events=False, tokens_played="cumulative")
     reporter.add(clock)
     clock.feed("Hi there. Bye now. See you.", 0.0, final=True)
-    assert reporter.due(3.0) == [protocol.info_frame("tokensPlayed", "Hi there.")]
+    assert reporter.due(3.0) == [twilio_frames.info_frame("tokensPlayed", "Hi there.")]
     assert reporter.interrupted(clock, 3.5, 3) == [
-        protocol.info_frame("tokensPlayed", "Hi there. Bye")
+        twilio_frames.info_frame("tokensPlayed", "Hi there. Bye")
     ]
 
 
@@ -901,7 +901,7 @@ def test_dial_with_get_and_no_dtmf_detection_sends_no_keys(caplog):
             )
             await call.connect_async()
             await call.press_async("5")
-            await call.send_async(protocol.prompt_frame("marker"))
+            await call.send_async(twilio_frames.prompt_frame("marker"))
             await wait_until(lambda: relay.of("prompt"))
             await call.hang_up_async()
             return relay, hooks
@@ -1004,7 +1004,7 @@ def test_history_async_waits_for_the_relay_to_handle_what_was_sent():
             call = new_call(relay, relay_probe=probe, call_sid="CAasync")
             await call.connect_async()
             await call.say_async("One")
-            await call.send_async(protocol.prompt_frame("Two"))
+            await call.send_async(twilio_frames.prompt_frame("Two"))
             history = await call.history_async()
             await call.hang_up_async()
             return history, probe.asked
@@ -1179,7 +1179,7 @@ def test_a_key_that_may_not_interrupt_is_reported_only_when_asked(report):
             call = new_call(relay, twilio=twilio)
             await call.connect_async()
             reply = await call.say_async("Go", interrupt_after_words=3, press="7")
-            await call.send_async(protocol.prompt_frame("marker"))
+            await call.send_async(twilio_frames.prompt_frame("marker"))
             await wait_until(lambda: relay.of("prompt")[-1]["voicePrompt"] == "marker")
             await call.hang_up_async()
             return relay, reply
@@ -1365,7 +1365,7 @@ def test_the_action_request_carries_the_whole_form_and_64105_when_the_relay_drop
             async with FakeRelay(prompt=drop) as relay:
                 call = new_call(relay, action_url=f"{hooks.http_url}/action")
                 await call.connect_async()
-                await call.send_async(protocol.prompt_frame("Hello?"))
+                await call.send_async(twilio_frames.prompt_frame("Hello?"))
                 await wait_until(lambda: hooks.to("/action"))
                 return call, hooks
 

@@ -20,7 +20,7 @@ from conftest import within
 from websockets.asyncio.client import connect
 
 from relaylab.cli.commands import twiml_options
-from relaylab.core.protocol import setup_frame
+from relaylab.core.twilio_frames import setup_frame
 from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
 

@@ -15,7 +15,7 @@ from conftest import assert_valid_history, within
 
 from relaylab.core import endings
 from relaylab.core.endings import CUT_MARK
-from relaylab.core.protocol import prompt_frame
+from relaylab.core.twilio_frames import prompt_frame
 from relaylab.offline_claude import REPLIES, OfflineClaude, validate
 from relaylab.relay.session import Limits
 from relaylab.relay.streams import FastStreamClient

@@ -4,7 +4,7 @@ starts with a question that suits the step."""
 
 import time
 
-from relaylab.core.protocol import prompt_frame
+from relaylab.core.twilio_frames import prompt_frame
 from relaylab.notebook.widgets import FIRST_WORDS, TOOL_WORDS, CallerPanel, Phone
 from relaylab.steps.restaurant import demo_toolbox
 from relaylab.steps.tools import tools_step

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relaylab.core import protocol
+from relaylab.core import log_lines, protocol, twilio_frames
 from relaylab.core.protocol import ProtocolError, parse
 
 SETUP = {
@@ -318,26 +318,26 @@ def test_surrogate_replacement_keeps_the_other_words_and_real_pairs():
 
 def test_prompt_longer_than_the_limit_keeps_its_start_and_says_so():
     limit = protocol.MAX_PROMPT_CHARS
-    exact = parse(protocol.prompt_frame("a" * limit))
+    exact = parse(twilio_frames.prompt_frame("a" * limit))
     assert (len(exact.voice_prompt), exact.truncated_from) == (limit, None)
-    long = parse(protocol.prompt_frame("start " + "b" * limit))
+    long = parse(twilio_frames.prompt_frame("start " + "b" * limit))
     assert long.voice_prompt == ("start " + "b" * limit)[:limit]
     assert long.truncated_from == limit + 6
 
 
 def test_utterance_longer_than_the_limit_keeps_its_end_and_says_so():
     limit = protocol.MAX_UTTERANCE_CHARS
-    exact = parse(protocol.interrupt_frame("a" * limit))
+    exact = parse(twilio_frames.interrupt_frame("a" * limit))
     assert (len(exact.utterance_until_interrupt), exact.truncated_from) == (limit, None)
     utterance = "x" * limit + " and then the caller cut in"
-    long = parse(protocol.interrupt_frame(utterance, 900))
+    long = parse(twilio_frames.interrupt_frame(utterance, 900))
     assert long.utterance_until_interrupt == utterance[-limit:]
     assert long.utterance_until_interrupt.endswith("the caller cut in")
     assert long.truncated_from == len(utterance)
 
 
 def test_truncation_and_surrogate_replacement_together():
-    frame = protocol.prompt_frame("\ud800" + "a" * protocol.MAX_PROMPT_CHARS)
+    frame = twilio_frames.prompt_frame("\ud800" + "a" * protocol.MAX_PROMPT_CHARS)
     prompt = parse(frame)
     assert prompt.voice_prompt.startswith("\ufffda")
     assert len(prompt.voice_prompt) == protocol.MAX_PROMPT_CHARS
@@ -362,7 +362,7 @@ def test_duration_zero_and_fractions_are_accepted(duration):
     ],
 )
 def test_info_name_and_value_are_strings_with_raw_kept(name, value):
-    frame = protocol.info_frame(name, value)
+    frame = twilio_frames.info_frame(name, value)
     message = parse(frame)
     assert message == protocol.Info(name=name, value=value)
     assert message.raw == json.loads(frame)
@@ -400,15 +400,15 @@ def test_config_and_other_new_types_are_unknown():
     ],
 )
 def test_loggable_escapes_what_could_forge_or_garble_a_line(value, shown):
-    assert protocol.loggable(value) == shown
+    assert log_lines.loggable(value) == shown
 
 
 def test_loggable_cuts_long_text_with_its_length():
-    assert protocol.loggable("x" * 121) == "x" * 120 + "... (121 chars)"
-    assert protocol.loggable("x" * 120) == "x" * 120
-    assert protocol.loggable("abcdef", limit=3) == "abc... (6 chars)"
+    assert log_lines.loggable("x" * 121) == "x" * 120 + "... (121 chars)"
+    assert log_lines.loggable("x" * 120) == "x" * 120
+    assert log_lines.loggable("abcdef", limit=3) == "abc... (6 chars)"
     # Escapes count toward the limit and are never cut in half.
-    assert protocol.loggable("\n" * 50, limit=5) == "\\n\\n... (50 chars)"
+    assert log_lines.loggable("\n" * 50, limit=5) == "\\n\\n... (50 chars)"
 
 
 def test_loggable_never_returns_more_than_one_line_or_fails():
@@ -416,13 +416,13 @@ def test_loggable_never_returns_more_than_one_line_or_fails():
         def __str__(self):
             raise RuntimeError("no")
 
-    assert protocol.loggable(Broken()) == "<Broken that cannot be shown>"
+    assert log_lines.loggable(Broken()) == "<Broken that cannot be shown>"
     rng = random.Random(9)
     alphabet = "ab \\\n\r\x1b\x00\x85\u2028\u2029\ud800\udfff\u202e\t\x7f"
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
         limit = rng.randint(0, 150)
-        shown = protocol.loggable(text, limit)
+        shown = log_lines.loggable(text, limit)
         shown.encode("utf-8")
         assert len(shown.splitlines()) <= 1 and shown.isprintable()
         body = shown.split("... (")[0]
@@ -458,7 +458,7 @@ SETUP_FIELDS = {  # PROTOCOL.md section 3
 
 
 def test_setup_frame_has_every_documented_field_and_round_trips():
-    frame = protocol.setup_frame(
+    frame = twilio_frames.setup_frame(
         "CA9", session_id="VX9", custom_parameters={"lesson": "3"}, from_number="+15550199"
     )
     assert set(json.loads(frame)) == SETUP_FIELDS
@@ -478,34 +478,40 @@ def test_setup_frame_has_every_documented_field_and_round_trips():
 
 
 def test_setup_frame_gives_each_session_its_own_id():
-    first, second = (parse(protocol.setup_frame("CA1")).session_id for _ in range(2))
+    first, second = (parse(twilio_frames.setup_frame("CA1")).session_id for _ in range(2))
     assert first.startswith("VX") and len(first) == 34 and first != second
 
 
 def test_twilio_side_builders_round_trip():
-    assert parse(protocol.prompt_frame("Hi there")) == protocol.Prompt("Hi there", "en-US", True)
-    assert parse(protocol.prompt_frame("Hi", last=False, lang="fr-FR")) == protocol.Prompt(
+    assert parse(twilio_frames.prompt_frame("Hi there")) == protocol.Prompt(
+        "Hi there", "en-US", True
+    )
+    assert parse(twilio_frames.prompt_frame("Hi", last=False, lang="fr-FR")) == protocol.Prompt(
         "Hi", "fr-FR", False
     )
-    assert parse(protocol.interrupt_frame("Life is", 460)) == protocol.Interrupt("Life is", 460.0)
-    assert parse(protocol.interrupt_frame("")) == protocol.Interrupt("", None)
-    assert parse(protocol.dtmf_frame("#")) == protocol.Dtmf("#")
-    assert parse(protocol.error_frame("Invalid message")) == protocol.ErrorMessage(
+    assert parse(twilio_frames.interrupt_frame("Life is", 460)) == protocol.Interrupt(
+        "Life is", 460.0
+    )
+    assert parse(twilio_frames.interrupt_frame("")) == protocol.Interrupt("", None)
+    assert parse(twilio_frames.dtmf_frame("#")) == protocol.Dtmf("#")
+    assert parse(twilio_frames.error_frame("Invalid message")) == protocol.ErrorMessage(
         "Invalid message"
     )
-    assert parse(protocol.info_frame("tokensPlayed", "Hi")) == protocol.Info("tokensPlayed", "Hi")
+    assert parse(twilio_frames.info_frame("tokensPlayed", "Hi")) == protocol.Info(
+        "tokensPlayed", "Hi"
+    )
 
 
 def test_twilio_side_frame_shapes():
-    assert json.loads(protocol.interrupt_frame("a", 460.0))["durationUntilInterruptMs"] == 460
-    assert "durationUntilInterruptMs" not in json.loads(protocol.interrupt_frame("a"))
-    assert '"café"' in protocol.prompt_frame("café")  # non-ASCII as it is, like Twilio
+    assert json.loads(twilio_frames.interrupt_frame("a", 460.0))["durationUntilInterruptMs"] == 460
+    assert "durationUntilInterruptMs" not in json.loads(twilio_frames.interrupt_frame("a"))
+    assert '"café"' in twilio_frames.prompt_frame("café")  # non-ASCII as it is, like Twilio
     with pytest.raises(ValueError):
-        protocol.interrupt_frame("a", float("nan"))
+        twilio_frames.interrupt_frame("a", float("nan"))
 
 
 def test_twilio_side_frame_with_a_lone_surrogate_can_still_be_sent_as_utf8():
-    frame = protocol.prompt_frame("café \ud800")
+    frame = twilio_frames.prompt_frame("café \ud800")
     frame.encode("utf-8")
     assert parse(frame).voice_prompt == "café \ufffd"
 
@@ -579,12 +585,12 @@ def _random_json(rng: random.Random, depth: int) -> str:
 def _valid_frame(rng: random.Random) -> str:
     return rng.choice(
         [
-            lambda: protocol.setup_frame("CA1", custom_parameters={"a": "b"}),
-            lambda: protocol.prompt_frame("Name ten things", last=rng.random() < 0.8),
-            lambda: protocol.interrupt_frame("Life is a", rng.choice([None, 460, 12.5])),
-            lambda: protocol.dtmf_frame("5"),
-            lambda: protocol.error_frame("Invalid message"),
-            lambda: protocol.info_frame("agentSpeaking", "on"),
+            lambda: twilio_frames.setup_frame("CA1", custom_parameters={"a": "b"}),
+            lambda: twilio_frames.prompt_frame("Name ten things", last=rng.random() < 0.8),
+            lambda: twilio_frames.interrupt_frame("Life is a", rng.choice([None, 460, 12.5])),
+            lambda: twilio_frames.dtmf_frame("5"),
+            lambda: twilio_frames.error_frame("Invalid message"),
+            lambda: twilio_frames.info_frame("agentSpeaking", "on"),
             lambda: '{"type":"config","x":1}',
         ]
     )()
@@ -621,12 +627,16 @@ def _odd_text(rng: random.Random) -> str:
 def _odd_frame(rng: random.Random) -> str:
     return rng.choice(
         [
-            lambda: protocol.setup_frame(_odd_text(rng), custom_parameters={_odd_text(rng): "v"}),
-            lambda: protocol.prompt_frame(_odd_text(rng), lang=_odd_text(rng)),
-            lambda: protocol.interrupt_frame(_odd_text(rng), rng.choice([None, 0, 460, "460"])),
-            lambda: protocol.dtmf_frame(_odd_text(rng)),
-            lambda: protocol.error_frame(_odd_text(rng)),
-            lambda: protocol.info_frame(_odd_text(rng), _odd_text(rng)),
+            lambda: twilio_frames.setup_frame(
+                _odd_text(rng), custom_parameters={_odd_text(rng): "v"}
+            ),
+            lambda: twilio_frames.prompt_frame(_odd_text(rng), lang=_odd_text(rng)),
+            lambda: twilio_frames.interrupt_frame(
+                _odd_text(rng), rng.choice([None, 0, 460, "460"])
+            ),
+            lambda: twilio_frames.dtmf_frame(_odd_text(rng)),
+            lambda: twilio_frames.error_frame(_odd_text(rng)),
+            lambda: twilio_frames.info_frame(_odd_text(rng), _odd_text(rng)),
         ]
     )()
 
@@ -741,15 +751,15 @@ def test_config_updated_is_read_nested_or_flat(frame):
     message = protocol.parse(frame)
     assert isinstance(message, protocol.ConfigUpdated)
     assert message.settings == {"interruptible": "dtmf"}
-    assert protocol.parse(protocol.config_updated_frame({"interruptible": "dtmf"})) == message
+    assert protocol.parse(twilio_frames.config_updated_frame({"interruptible": "dtmf"})) == message
 
 
 def test_a_session_keeps_what_configupdated_confirms_and_no_more_than_its_limit():
     from relaylab.relay import session as session_module
     from relaylab.relay.testing import run_step
 
-    frames = [protocol.config_updated_frame({"interruptible": "dtmf"})]
-    frames += [protocol.config_updated_frame({f"made-up-{n}": n}) for n in range(100)]
+    frames = [twilio_frames.config_updated_frame({"interruptible": "dtmf"})]
+    frames += [twilio_frames.config_updated_frame({f"made-up-{n}": n}) for n in range(100)]
     result = asyncio.run(run_step("tracking", frames))
     settings = result.session.settings
     assert settings["interruptible"] == "dtmf"

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relaylab.core import protocol
+from relaylab.core import twilio_frames
 from relaylab.notebook.caller import SimulatedCall
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay import call_tokens, store
@@ -132,7 +132,7 @@ async def test_a_call_dropped_mid_reply_reconnects_and_keeps_its_history(new_set
         first = await call.say_async(NAME)
         assert first.complete
         running.offline_claude.tokens_per_second = 12.0  # this one is still streaming
-        await call.send_async(json.loads(protocol.prompt_frame("Tell me about dogs")))
+        await call.send_async(json.loads(twilio_frames.prompt_frame("Tell me about dogs")))
         # Long enough for a voice to have finished a clause or two, not the reply.
         before = await streaming(server, call.call_sid, words=30)
         cut = before.last_reply
@@ -147,7 +147,7 @@ async def test_a_call_dropped_mid_reply_reconnects_and_keeps_its_history(new_set
         assert heard and cut.sent.startswith(heard) and len(heard) < len(cut.sent.strip())
         assert saved["conversation"][-1] == {"role": "assistant", "content": heard}
         # Said while the socket was down: Twilio buffers it and replays it on reconnect.
-        await call.send_async(json.loads(protocol.prompt_frame("What did I tell you?")))
+        await call.send_async(json.loads(twilio_frames.prompt_frame("What did I tell you?")))
         await call.reconnect_async(setup=new_setup)
         session = await settled(server, call.call_sid, replies=3)
 
@@ -176,7 +176,7 @@ async def test_with_tokens_played_reports_a_dropped_reply_is_stored_as_twilio_pl
         await call.say_async(NAME)
         await heard_to_the_end(call)
         running.offline_claude.tokens_per_second = 8.0
-        await call.send_async(json.loads(protocol.prompt_frame("Tell me about dogs")))
+        await call.send_async(json.loads(twilio_frames.prompt_frame("Tell me about dogs")))
         session = await streaming(server, call.call_sid, words=1)
         reply = session.last_reply
         assert await until(lambda: len(reply.played.split()) >= 3, 10), "no tokensPlayed yet"
@@ -196,7 +196,7 @@ async def test_events_buffered_during_the_gap_are_applied_in_order():
         await heard_to_the_end(call)
         await call.drop_async()
         for words in ("First thing.", "Second thing.", "Third thing."):
-            await call.send_async(json.loads(protocol.prompt_frame(words)))
+            await call.send_async(json.loads(twilio_frames.prompt_frame(words)))
         await call.reconnect_async(setup=False)
         session = await settled(server, call.call_sid, replies=4)
         assert [r.prompt for r in session.replies[1:]] == [
@@ -242,7 +242,7 @@ async def handshake(url, *, sign_as=None):
     headers = {signatures.SIGNATURE_HEADER: signatures.sign(TOKEN, sign_as or url)}
     try:
         async with connect(url, additional_headers=headers) as ws:
-            await ws.send(protocol.setup_frame(twiml_call(url)))
+            await ws.send(twilio_frames.setup_frame(twiml_call(url)))
             with contextlib.suppress(ConnectionClosed, TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.3)
             return 101
@@ -309,7 +309,7 @@ async def test_a_setup_for_another_call_closes_the_socket():
         url = call_tokens.call_url(server.ws_url, "CAbound", call_tokens.mint(TOKEN, "CAbound"))
         headers = {signatures.SIGNATURE_HEADER: signatures.sign(TOKEN, url)}
         async with connect(url, additional_headers=headers) as ws:
-            await ws.send(protocol.setup_frame("CAsomeoneelse"))
+            await ws.send(twilio_frames.setup_frame("CAsomeoneelse"))
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1008

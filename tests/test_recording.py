@@ -267,7 +267,7 @@ def test_the_turn_by_turn_replay_report_skips_prompts_the_relay_refused(make_lab
 
     from websockets.asyncio.client import connect
 
-    from relaylab.core.protocol import prompt_frame, setup_frame
+    from relaylab.core.twilio_frames import prompt_frame, setup_frame
 
     lab = make_lab("tracking")
     path = tmp_path / "refused.jsonl"

@@ -37,7 +37,7 @@ from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from relaylab.core.conversation import Conversation
-from relaylab.core.protocol import (
+from relaylab.core.twilio_frames import (
     error_frame,
     info_frame,
     interrupt_frame,

@@ -8,13 +8,8 @@ import pytest
 from conftest import assert_valid_history
 
 from relaylab.core import conversation
-from relaylab.core.protocol import (
-    Interrupt,
-    dtmf_frame,
-    info_frame,
-    interrupt_frame,
-    prompt_frame,
-)
+from relaylab.core.protocol import Interrupt
+from relaylab.core.twilio_frames import dtmf_frame, info_frame, interrupt_frame, prompt_frame
 from relaylab.relay import failures
 from relaylab.relay.session import Interruption, Limits, ReplyState
 from relaylab.relay.step import Step

@@ -17,7 +17,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from relaylab.core.protocol import prompt_frame, setup_frame
+from relaylab.core.twilio_frames import prompt_frame, setup_frame
 from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import OfflineClaude
 from relaylab.relay.speculation import normalise, request_key

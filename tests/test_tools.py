@@ -22,7 +22,8 @@ import pytest
 from conftest import within
 
 from relaylab.core.conversation import Conversation
-from relaylab.core.protocol import CLOSE_TALK_CYCLE, interrupt_frame, prompt_frame, words_and_closes
+from relaylab.core.protocol import CLOSE_TALK_CYCLE, words_and_closes
+from relaylab.core.twilio_frames import interrupt_frame, prompt_frame
 from relaylab.offline_claude.replies import REPLIES
 from relaylab.offline_claude.validation import InvalidRequest, validate
 from relaylab.relay.failures import APOLOGY

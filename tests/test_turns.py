@@ -21,8 +21,8 @@ import pytest
 from conftest import assert_valid_history, frame_log
 from websockets.asyncio.client import connect
 
-from relaylab.core.protocol import interrupt_frame, setup_frame
 from relaylab.core.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
+from relaylab.core.twilio_frames import interrupt_frame, setup_frame
 from relaylab.notebook.exercises import check, turns_scenarios
 from relaylab.notebook.loop import LoopThread
 from relaylab.offline_claude import REPLIES, OfflineClaude

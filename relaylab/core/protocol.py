@@ -9,16 +9,16 @@ What ``parse`` promises, whatever arrives on the socket:
 - It returns a message or raises ``ProtocolError``; nothing else gets out
   (not ``RecursionError``, ``ValueError`` from a huge number, ``UnicodeError``...).
 - ``ProtocolError`` messages are one line and short; any caller text in them has
-  been through ``loggable``, so they can go straight into a log line.
+  been through ``loggable`` (relaylab.core.log_lines), so they can go straight into a log line.
 - Lone surrogates (``"\\ud800"`` is valid JSON but not valid Unicode) are replaced
   by U+FFFD in every string of the message, ``raw`` included: the caller's other
   words are kept, and nothing downstream (the SDK, a UTF-8 socket) chokes on them.
 - Over-long prompts and utterances are cut to the limits below, and the message
   says so in ``truncated_from``.
 
-Sections: inbound messages and ``parse``; ``loggable`` for log lines; outbound
-builders (relay to Twilio); Twilio-side builders (for the simulated caller,
-benchmarks and tests).
+Sections: inbound messages and ``parse``; outbound builders (relay to Twilio).
+Twilio's side of the wire is built in relaylab.core.twilio_frames, and caller text is
+made safe for logs by relaylab.core.log_lines.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from relaylab.core.log_lines import loggable
 
 # -- limits ----------------------------------------------------------------------------
 
@@ -429,56 +430,6 @@ _READERS: dict[str, Callable[[dict[str, Any], bool], Message]] = {
 }
 
 
-# -- log lines --------------------------------------------------------------------------
-
-_BIDI_AND_LINE_BREAKS = frozenset(
-    [0x2028, 0x2029, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-)
-_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escaped(char: str) -> str:
-    short = _SHORT_ESCAPES.get(char)
-    if short is not None:
-        return short
-    code = ord(char)
-    if code < 0x20 or 0x7F <= code <= 0x9F:  # C0/C1 controls, DEL; ESC starts ANSI codes
-        return f"\\x{code:02x}"
-    if 0xD800 <= code <= 0xDFFF or code in _BIDI_AND_LINE_BREAKS:
-        return f"\\u{code:04x}"
-    return char
-
-
-def loggable(value: object, limit: int = 120) -> str:
-    """Caller-supplied text made safe for one log line.
-
-    Backslashes, newlines, control characters (so ANSI escapes too), Unicode line
-    separators, bidi overrides and lone surrogates are written as escapes such as
-    ``\\n`` or ``\\x1b``; the result never spans lines. Text longer than ``limit``
-    characters (after escaping) is cut and ends with ``... (N chars)``, N being the
-    original length. A non-string is shown with ``str()``.
-    """
-    text = value if isinstance(value, str) else _shown(value)
-    if len(text) <= limit and text.isprintable() and "\\" not in text:
-        return text  # the common case: nothing to escape, nothing to cut
-    pieces: list[str] = []
-    used = 0
-    for char in text:
-        piece = _escaped(char)
-        if used + len(piece) > limit:
-            return "".join(pieces) + f"... ({len(text)} chars)"
-        pieces.append(piece)
-        used += len(piece)
-    return "".join(pieces)
-
-
-def _shown(value: object) -> str:
-    try:
-        return str(value)
-    except Exception:  # a broken __str__, or a structure too deep to print
-        return f"<{type(value).__name__} that cannot be shown>"
-
-
 # Outbound: each builder returns the JSON text of one frame.
 
 
@@ -621,88 +572,3 @@ def end(handoff_data: str | dict[str, Any] | None = None) -> str:
 
 def _add_optional(message: dict[str, Any], **fields: Any) -> None:
     message.update({name: value for name, value in fields.items() if value is not None})
-
-
-# -- Twilio side: the frames ConversationRelay sends (simulated caller, benchmarks, tests) --
-
-
-def _dump_twilio(message: dict[str, Any]) -> str:
-    # Compact, non-ASCII as it is. A lone surrogate (useful in tests of hostile input)
-    # cannot be sent in a UTF-8 text frame, so then every non-ASCII char is \u-escaped.
-    frame = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if not frame.isascii() and _SURROGATE.search(frame):
-        frame = json.dumps(message, separators=(",", ":"), allow_nan=False)
-    return frame
-
-
-def setup_frame(
-    call_sid: str,
-    *,
-    session_id: str | None = None,
-    account_sid: str = "AC" + "0" * 32,
-    from_number: str = "+15550100",
-    to_number: str = "+15550101",
-    custom_parameters: dict[str, str] | None = None,
-    call_status: str = "RINGING",
-    direction: str = "inbound",
-) -> str:
-    """The ``setup`` frame Twilio sends first, with every field of PROTOCOL.md section 3.
-
-    ``session_id`` defaults to a fresh ``VX...`` id, as each real session has its own.
-    """
-    return _dump_twilio(
-        {
-            "type": "setup",
-            "sessionId": session_id if session_id is not None else "VX" + uuid.uuid4().hex,
-            "callSid": call_sid,
-            "parentCallSid": "",
-            "accountSid": account_sid,
-            "from": from_number,
-            "to": to_number,
-            "forwardedFrom": "",
-            "callerName": "",
-            "direction": direction,
-            "callType": "PSTN",
-            "callStatus": call_status,
-            "customParameters": dict(custom_parameters or {}),
-        }
-    )
-
-
-def prompt_frame(text: str, *, last: bool = True, lang: str = "en-US") -> str:
-    """A ``prompt`` frame: the caller's words (``last=False`` for a partial prompt)."""
-    return _dump_twilio({"type": "prompt", "voicePrompt": text, "lang": lang, "last": last})
-
-
-def interrupt_frame(utterance: str, duration_ms: float | None = None) -> str:
-    """An ``interrupt`` frame: what the caller heard before speaking, and for how long.
-
-    A whole-number duration is written as an integer (``460``), as Twilio's docs show it;
-    None leaves the field out.
-    """
-    message: dict[str, Any] = {"type": "interrupt", "utteranceUntilInterrupt": utterance}
-    if duration_ms is not None:
-        if isinstance(duration_ms, float) and duration_ms.is_integer():
-            duration_ms = int(duration_ms)
-        message["durationUntilInterruptMs"] = duration_ms
-    return _dump_twilio(message)
-
-
-def dtmf_frame(digit: str) -> str:
-    """A ``dtmf`` frame: the caller pressed ``digit``."""
-    return _dump_twilio({"type": "dtmf", "digit": digit})
-
-
-def info_frame(name: str, value: object) -> str:
-    """An ``info`` frame: ``info_frame("agentSpeaking", "on")``, ``("tokensPlayed", text)``."""
-    return _dump_twilio({"type": "info", "name": name, "value": value})
-
-
-def config_updated_frame(settings: dict[str, Any]) -> str:
-    """A ``configUpdated`` frame: Twilio confirming the settings it applied."""
-    return _dump_twilio({"type": "configUpdated", "config": dict(settings)})
-
-
-def error_frame(description: str) -> str:
-    """An ``error`` frame: Twilio reporting a bad outbound message."""
-    return _dump_twilio({"type": "error", "description": description})

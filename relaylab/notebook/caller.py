@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from relaylab.core import protocol
+from relaylab.core import log_lines, twilio_frames
 from relaylab.notebook.loop import LoopThread
 from relaylab.notebook.relay_probe import RelayProbe
 from relaylab.shell import signatures
@@ -481,7 +481,7 @@ class SimulatedCall:
         self._reader = asyncio.create_task(self._read())
 
     def _setup_frame(self) -> str:
-        return protocol.setup_frame(
+        return twilio_frames.setup_frame(
             self.call_sid,
             session_id=self.session_id,
             account_sid=self.account_sid,
@@ -650,7 +650,7 @@ class SimulatedCall:
         problem = voice_problem(tts, combined.get("ttsProvider"), combined.get("voice"))
         if problem:
             log.warning("Twilio refuses the voice (error %d): %s", INVALID_VOICE_ERROR, problem)
-            await self._send(protocol.error_frame(f"Error {INVALID_VOICE_ERROR}: {problem}"))
+            await self._send(twilio_frames.error_frame(f"Error {INVALID_VOICE_ERROR}: {problem}"))
             return
         self.tts_language = tts
         self.transcription_language = settings.get(
@@ -664,7 +664,7 @@ class SimulatedCall:
         if answer:
             applied = {k: ",".join(v) if k == "hints" else v for k, v in settings.items()}
             self.settings_changed.append(applied)
-            await self._send(protocol.config_updated_frame(applied))
+            await self._send(twilio_frames.config_updated_frame(applied))
 
     def _notify(self, message: dict[str, Any]) -> None:
         for listener in self.frame_listeners:
@@ -697,7 +697,7 @@ class SimulatedCall:
             INVALID_MESSAGE_ERROR,
             problem,
         )
-        await self._send(protocol.error_frame(invalid_message_description(problem)))
+        await self._send(twilio_frames.error_frame(invalid_message_description(problem)))
         limit = self.twilio.malformed_limit
         if self.twilio.malformed_close and self._malformed >= limit and self._socket is not None:
             self._error_code = INVALID_MESSAGE_ERROR
@@ -857,11 +857,11 @@ class SimulatedCall:
         word_seconds = 60.0 / self.words_per_minute / self.clock_speed
         if self.twilio.partial_prompts:
             for partial in partial_prompts(text):  # each as its last word is recognised
-                await self._send(protocol.prompt_frame(partial, last=False, lang=lang))
+                await self._send(twilio_frames.prompt_frame(partial, last=False, lang=lang))
                 await asyncio.sleep(word_seconds)
             if self.twilio.final_partial:  # the last word, recognised as it ends
                 heard_so_far = transcribe(text, self.twilio, self.hints)
-                await self._send(protocol.prompt_frame(heard_so_far, last=False, lang=lang))
+                await self._send(twilio_frames.prompt_frame(heard_so_far, last=False, lang=lang))
         last_word_at = time.monotonic()
         if speaker_events:
             await self._send(client_speaking("off"))
@@ -873,7 +873,7 @@ class SimulatedCall:
         cycle = self._talk.open(reply, after_live=after_live)
         cycle.awaited = awaited
         heard = transcribe(text, self.twilio, self.hints)
-        await self._send(protocol.prompt_frame(heard, last=True, lang=lang))
+        await self._send(twilio_frames.prompt_frame(heard, last=True, lang=lang))
         reply.sent_at = time.monotonic()
         reply.last_word_at = last_word_at
         return cycle
@@ -920,7 +920,7 @@ class SimulatedCall:
         else:
             self._talk.talk_over(playing)
             if cut_in.words is not None and is_backchannel(cut_in.words, self.twilio):
-                log.info("Twilio ignores a backchannel: %s", protocol.loggable(cut_in.words))
+                log.info("Twilio ignores a backchannel: %s", log_lines.loggable(cut_in.words))
                 return playing.reply
             await self._input_during_speech(cut_in.kind, cut_in.words)
         return playing.reply
@@ -936,7 +936,7 @@ class SimulatedCall:
                 "Twilio drops %s made while the agent speaks (reportInputDuringAgentSpeech=%s): %s",
                 "the key press" if kind == "dtmf" else "what the caller said",
                 self.twilio.report_input_during_agent_speech,
-                protocol.loggable(words),
+                log_lines.loggable(words),
             )
             return
         if fate == "send":
@@ -952,7 +952,7 @@ class SimulatedCall:
             return
         if kind == "dtmf":
             for digit in words:
-                await self._send(protocol.dtmf_frame(digit))
+                await self._send(twilio_frames.dtmf_frame(digit))
         else:
             await self._new_prompt(words, after_live=after_live)
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from anthropic import types
 from anthropic.types.raw_message_delta_event import Delta
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.offline_claude import replies, tool_calls
 from relaylab.offline_claude.cache import CacheUsage, PromptCache
 from relaylab.offline_claude.replies import REPLIES, content_text, tokenize

@@ -22,7 +22,7 @@ from typing import Any
 
 import anthropic
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay import speculation
 from relaylab.relay.streams import (
     AliveListener,

@@ -28,7 +28,7 @@ from typing import Any
 
 import anthropic
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 
 log = logging.getLogger("relaylab.relay.prewarm")
 

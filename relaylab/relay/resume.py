@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay import call_state, call_tokens
 from relaylab.relay.events import Event, EventKind
 from relaylab.relay.session import CallSession

@@ -26,7 +26,7 @@ from typing import Any
 
 from relaylab.core import conversation, endings, playback, protocol
 from relaylab.core.conversation import Conversation
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay import caching, failures, speculation, streams
 from relaylab.relay.events import EventBus, EventKind, Listener
 from relaylab.relay.llm import LLM

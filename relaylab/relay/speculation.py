@@ -41,7 +41,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 
 log = logging.getLogger("relaylab.relay.speculation")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar, TypeVarTuple
 from urllib.parse import urlsplit
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 
 MEMORY_KEYS_LIMIT = 100_000
 """At most this many keys in a MemoryStore; past it the oldest go first."""

@@ -37,7 +37,7 @@ from anthropic.types import (
 )
 from anthropic.types.raw_message_delta_event import Delta
 
-from relaylab.core import protocol
+from relaylab.core import twilio_frames
 from relaylab.relay.llm import LLM
 from relaylab.relay.session import CallSession, Limits
 from relaylab.relay.step import resolve
@@ -351,7 +351,7 @@ async def run_step(
     )
     frames = list(frames_in)
     if not frames or not _is_setup(frames[0]):
-        frames.insert(0, protocol.setup_frame("CA" + "0" * 32))
+        frames.insert(0, twilio_frames.setup_frame("CA" + "0" * 32))
     received = 0
     for item in frames:
         if isinstance(item, WaitFor):

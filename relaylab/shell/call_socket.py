@@ -31,7 +31,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay.session import CallSession, HungUp, Send
 from relaylab.relay.settings import RelaySettings
 

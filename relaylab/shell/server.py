@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 from aiohttp import web
 from websockets.http11 import Request
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay.llm import LLM
 from relaylab.relay.resume import Admission, SavedCalls
 from relaylab.relay.session import CallSession, Send

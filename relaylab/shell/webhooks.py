@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.relay.prewarm import prewarm_soon
 from relaylab.relay.settings import RelaySettings
 from relaylab.shell import action_twiml, twiml

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urljoin
 
-from relaylab.core import protocol
+from relaylab.core import log_lines, twilio_frames
 from relaylab.core.spoken import speak
 from relaylab.shell.twiml import GROUND_TRUTH_EVENTS, voice_problem
 from relaylab.simulation.speech_clock import CHUNKINGS, Chunk, Chunking, SpeechClock
@@ -351,14 +351,14 @@ def read_outbound(frame: str | bytes) -> dict[str, Any]:
     try:
         message = json.loads(frame)
     except ValueError:
-        raise InvalidOutbound(f"not valid JSON: {protocol.loggable(frame)}") from None
+        raise InvalidOutbound(f"not valid JSON: {log_lines.loggable(frame)}") from None
     if not isinstance(message, dict):
-        raise InvalidOutbound(f"not a JSON object: {protocol.loggable(frame)}")
+        raise InvalidOutbound(f"not a JSON object: {log_lines.loggable(frame)}")
     kind = message.get("type")
     check = _CHECKS.get(kind) if isinstance(kind, str) else None
     if check is None:
-        shown = "no type" if kind is None else f"unknown type {protocol.loggable(kind)}"
-        raise InvalidOutbound(f"{shown} in {protocol.loggable(frame)}")
+        shown = "no type" if kind is None else f"unknown type {log_lines.loggable(kind)}"
+        raise InvalidOutbound(f"{shown} in {log_lines.loggable(frame)}")
     problem = check(message)
     if problem:
         raise InvalidOutbound(f"{kind} message {problem}")
@@ -376,7 +376,7 @@ def _field_problem(message: dict[str, Any], name: str, kind: type) -> str:
     if ok:
         return ""
     expected = "true or false" if kind is bool else "a string"
-    return f'field "{name}" must be {expected}, got {protocol.loggable(value)}'
+    return f'field "{name}" must be {expected}, got {log_lines.loggable(value)}'
 
 
 def _optional(message: dict[str, Any], **fields: type) -> str:
@@ -387,24 +387,24 @@ def _optional(message: dict[str, Any], **fields: type) -> str:
 
 def _check_text(message: dict[str, Any]) -> str:
     if not isinstance(message.get("token"), str):
-        return f'needs "token" as a string, got {protocol.loggable(message.get("token"))}'
+        return f'needs "token" as a string, got {log_lines.loggable(message.get("token"))}'
     return _optional(message, last=bool, lang=str, interruptible=bool, preemptible=bool)
 
 
 def _check_play(message: dict[str, Any]) -> str:
     source = message.get("source")
     if not isinstance(source, str) or not source:
-        return f'needs "source" as a URL, got {protocol.loggable(source)}'
+        return f'needs "source" as a URL, got {log_lines.loggable(source)}'
     loop = message.get("loop", 1)
     if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
-        return f'field "loop" must be a whole number, 0 or more, got {protocol.loggable(loop)}'
+        return f'field "loop" must be a whole number, 0 or more, got {log_lines.loggable(loop)}'
     return _optional(message, interruptible=bool, preemptible=bool)
 
 
 def _check_send_digits(message: dict[str, Any]) -> str:
     digits = message.get("digits")
     if not isinstance(digits, str) or not _DIGITS.match(digits):
-        return f'needs "digits" made of 0-9, w, # and *, got {protocol.loggable(digits)}'
+        return f'needs "digits" made of 0-9, w, # and *, got {log_lines.loggable(digits)}'
     return ""
 
 
@@ -497,16 +497,16 @@ def read_setting(name: str, value: object) -> Any:
     if name in _BOOLEAN_SETTINGS:
         word = value.strip().lower() if isinstance(value, str) else value
         if word not in (True, False, "true", "false"):
-            raise ValueError(f"{name} takes true or false, got {protocol.loggable(value)}")
+            raise ValueError(f"{name} takes true or false, got {log_lines.loggable(value)}")
         return word in (True, "true")
     if name in _WORD_SETTINGS:
         if value not in _WORD_SETTINGS[name]:
             allowed = ", ".join(_WORD_SETTINGS[name])
-            raise ValueError(f"{name} takes one of {allowed}, got {protocol.loggable(value)}")
+            raise ValueError(f"{name} takes one of {allowed}, got {log_lines.loggable(value)}")
         return value
     if name in _TEXT_SETTINGS:
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{name} takes a non-empty string, got {protocol.loggable(value)}")
+            raise ValueError(f"{name} takes a non-empty string, got {log_lines.loggable(value)}")
         return value.strip()
     if name == "hints":
         return _hint_list(value)
@@ -514,16 +514,16 @@ def read_setting(name: str, value: object) -> Any:
         return _speech_timeout(value)
     if name == "eotThreshold":
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise ValueError(f"eotThreshold takes a number 0-1, got {protocol.loggable(value)}")
+            raise ValueError(f"eotThreshold takes a number 0-1, got {log_lines.loggable(value)}")
         return value
-    raise ValueError(f"unknown setting {protocol.loggable(name)}")
+    raise ValueError(f"unknown setting {log_lines.loggable(name)}")
 
 
 def _hint_list(value: object) -> list[str]:
     items: list[object] = value if isinstance(value, list) else [value]
     texts = [item for item in items if isinstance(item, str)]
     if not items or len(texts) != len(items):
-        raise ValueError(f"hints takes comma-separated words, got {protocol.loggable(value)}")
+        raise ValueError(f"hints takes comma-separated words, got {log_lines.loggable(value)}")
     words = [word.strip() for item in texts for word in item.split(",") if word.strip()]
     if not words:
         raise ValueError("hints has no words in it")
@@ -537,7 +537,7 @@ def _speech_timeout(value: object) -> str | int:
     low, high = SPEECH_TIMEOUT_MS
     if isinstance(value, bool) or not text.isdigit() or not low <= int(text) <= high:
         raise ValueError(
-            f"speechTimeout takes auto or {low}-{high} ms, got {protocol.loggable(value)} "
+            f"speechTimeout takes auto or {low}-{high} ms, got {log_lines.loggable(value)} "
             "(Twilio: error 64101)"
         )
     return int(text)
@@ -554,7 +554,7 @@ def config_settings(message: dict[str, Any]) -> dict[str, Any]:
         return _no_settings()
     fixed = [name for name in raw if name not in CONFIG_SETTINGS and isinstance(name, str)]
     if fixed:
-        raise ValueError(f"{protocol.loggable(fixed[0])} cannot be changed mid-call")
+        raise ValueError(f"{log_lines.loggable(fixed[0])} cannot be changed mid-call")
     return {name: read_setting(name, value) for name, value in raw.items()}
 
 
@@ -581,7 +581,7 @@ def utterance_for(clock: SpeechClock, words: int, behaviour: TwilioBehaviour) ->
 
 def interrupt_message(utterance: str, played_ms: float, behaviour: TwilioBehaviour) -> str:
     """The ``interrupt`` frame; the duration a number, or a numeric string if asked."""
-    frame = protocol.interrupt_frame(utterance, round(played_ms))
+    frame = twilio_frames.interrupt_frame(utterance, round(played_ms))
     if not behaviour.duration_as_string:
         return frame
     message = json.loads(frame)
@@ -673,16 +673,18 @@ class PlaybackReporter:
         if self.tokens_played == "cumulative":
             start = 0
         text = clock.text[start:end]
-        return [protocol.info_frame("tokensPlayed", text)] if self.tokens_played and text else []
+        return (
+            [twilio_frames.info_frame("tokensPlayed", text)] if self.tokens_played and text else []
+        )
 
     def _speaking(self, value: str) -> list[str]:
         self.agent_speaking = value == "on"
-        return [protocol.info_frame("agentSpeaking", value)] if self.speaker_events else []
+        return [twilio_frames.info_frame("agentSpeaking", value)] if self.speaker_events else []
 
 
 def client_speaking(value: Literal["on", "off"]) -> str:
     """The ``info`` frame Twilio sends when the caller starts or stops speaking."""
-    return protocol.info_frame("clientSpeaking", value)
+    return twilio_frames.info_frame("clientSpeaking", value)
 
 
 def partial_prompts(text: str) -> Iterator[str]:

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 
 if TYPE_CHECKING:
     from anthropic.types import ToolParam

@@ -75,7 +75,8 @@ from anthropic.types import (
 )
 
 from relaylab.core.conversation import Conversation
-from relaylab.core.protocol import Prompt, loggable
+from relaylab.core.log_lines import loggable
+from relaylab.core.protocol import Prompt
 from relaylab.relay import failures
 from relaylab.relay.events import EventKind
 from relaylab.relay.session import CallSession, Interruption, RelayReply

@@ -39,7 +39,8 @@ from typing import Any
 from anthropic.lib.streaming import AsyncMessageStreamManager
 
 from relaylab.core import endings, protocol
-from relaylab.core.protocol import Dtmf, Prompt, Setup, loggable
+from relaylab.core.log_lines import loggable
+from relaylab.core.protocol import Dtmf, Prompt, Setup
 from relaylab.core.turn_taking import CUT_NOTE, is_backchannel, mark_cut, speech_seconds
 from relaylab.core.turn_taking import without_cut_mark as without_cut_mark
 from relaylab.relay.session import CallSession, HungUp, Interruption, RelayReply

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 
-from relaylab.core import protocol
+from relaylab.core import protocol, twilio_frames
 from relaylab.notebook.lab import Lab
 from relaylab.notebook.voice.bridge import CallIdentity, RelayBridge, browser_config
 
@@ -38,11 +38,11 @@ def test_dials_a_signing_relay_and_carries_frames_both_ways():
         async def call():
             await bridge.handle({"op": "dial"})
             config = told[0]["config"]
-            setup = protocol.setup_frame(
+            setup = twilio_frames.setup_frame(
                 config["callSid"], custom_parameters=config["customParameters"]
             )
             await bridge.handle({"op": "frame", "frame": setup})
-            await bridge.handle({"op": "frame", "frame": protocol.prompt_frame("Hi")})
+            await bridge.handle({"op": "frame", "frame": twilio_frames.prompt_frame("Hi")})
             await _until(lambda: any('"last":true' in e.get("frame", "") for e in told))
             session = lab.server.find(identity.call_sid)
             await bridge.handle({"op": "hangup"})
@@ -81,15 +81,17 @@ def test_bad_browser_input_is_logged_escaped_and_the_call_goes_on(caplog):
 
         async def abuse():
             await bridge.handle("not a dict")
-            await bridge.handle({"op": "frame", "frame": protocol.prompt_frame("too early")})
+            await bridge.handle({"op": "frame", "frame": twilio_frames.prompt_frame("too early")})
             await bridge.handle({"op": "dial"})
             await bridge.handle({"op": "\u202efake\nline"})
             await bridge.handle({"op": "frame", "frame": {"type": "prompt"}})
             await bridge.handle({"op": "frame", "frame": "x" * (protocol.MAX_FRAME_BYTES + 1)})
             await bridge.handle({"op": "dial"})  # already on a call
             config = told[1]["config"]
-            await bridge.handle({"op": "frame", "frame": protocol.setup_frame(config["callSid"])})
-            await bridge.handle({"op": "frame", "frame": protocol.prompt_frame("Hi")})
+            await bridge.handle(
+                {"op": "frame", "frame": twilio_frames.setup_frame(config["callSid"])}
+            )
+            await bridge.handle({"op": "frame", "frame": twilio_frames.prompt_frame("Hi")})
             await _until(lambda: any('"last":true' in e.get("frame", "") for e in told))
             await bridge.handle({"op": "hangup"})
 
@@ -154,11 +156,11 @@ def test_dials_a_relay_behind_a_public_url_like_lesson_4():
         async def call():
             await bridge.handle({"op": "dial"})
             config = told[0]["config"]
-            setup = protocol.setup_frame(
+            setup = twilio_frames.setup_frame(
                 config["callSid"], custom_parameters=config["customParameters"]
             )
             await bridge.handle({"op": "frame", "frame": setup})
-            await bridge.handle({"op": "frame", "frame": protocol.dtmf_frame("9")})
+            await bridge.handle({"op": "frame", "frame": twilio_frames.dtmf_frame("9")})
             await _until(lambda: any('"type":"play"' in e.get("frame", "") for e in told))
             await bridge.handle({"op": "hangup"})
             return config

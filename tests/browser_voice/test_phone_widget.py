@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from relaylab.core import protocol
+from relaylab.core import twilio_frames
 from relaylab.notebook.lab import Lab
 
 pytest.importorskip("anywidget", reason="pip install anywidget (the voice phone widget)")
@@ -35,9 +35,11 @@ def test_widget_messages_reach_the_relay_and_come_back():
         config = sent[0]["config"]
         assert sent[0]["op"] == "connected" and config["callSid"] == phone.call_sid
         assert config["customParameters"] == {"lesson": "3"}
-        setup = protocol.setup_frame(phone.call_sid, custom_parameters=config["customParameters"])
+        setup = twilio_frames.setup_frame(
+            phone.call_sid, custom_parameters=config["customParameters"]
+        )
         browser({"op": "frame", "frame": setup})
-        browser({"op": "frame", "frame": protocol.prompt_frame("Tell me about dogs")})
+        browser({"op": "frame", "frame": twilio_frames.prompt_frame("Tell me about dogs")})
         until(lambda: any('"last":true' in m.get("frame", "") for m in sent))
         tokens = [json.loads(m["frame"]) for m in sent if m["op"] == "frame"]
         reply = "".join(t["token"] for t in tokens)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
-from relaylab.core import protocol
+from relaylab.core import twilio_frames
 from relaylab.notebook.exercises.actions import (
     QUIET,
     REPLY_WAIT,
@@ -217,7 +217,7 @@ async def _act(call: SimulatedCall, session: CallSession | None, action: Action)
     if isinstance(action, Say):
         return await _say(call, session, action)
     if isinstance(action, Ask):
-        await call.send_async(protocol.prompt_frame(action.text))
+        await call.send_async(twilio_frames.prompt_frame(action.text))
     elif isinstance(action, WaitForFrames):
         quiet = _Quiet(session, call)
         got = await until(

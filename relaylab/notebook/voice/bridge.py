@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from relaylab.core import protocol
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.shell import signatures
 from relaylab.simulation import twilio_http
 from relaylab.simulation.twilio_behaviour import RelayTwiml, TwilioBehaviour, read_twiml

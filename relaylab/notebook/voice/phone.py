@@ -18,7 +18,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from relaylab.core.protocol import loggable
+from relaylab.core.log_lines import loggable
 from relaylab.notebook.voice.bridge import CallIdentity, RelayBridge
 
 log = logging.getLogger("relaylab.notebook.voice")
