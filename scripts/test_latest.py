@@ -64,7 +64,8 @@ def main() -> int:
             print(f"  {name}: {locked[name]} (lock) -> {newest[name]}")
 
         targets = options.pytest_args or ["tests", "notebooks"]
-        command = [python, "-m", "pytest", "--nbval-lax", "--nbval-current-env"]
+        command = [python, "-m", "pytest", "-n", "auto", "--dist", "loadgroup"]
+        command += ["--nbval-lax", "--nbval-current-env"]
         command += ["-k", f"not {LOCK_ONLY_TEST}", *targets]
         returncode = subprocess.run([str(c) for c in command], cwd=ROOT).returncode
         verdict = "passes" if returncode == 0 else f"FAILS (pytest exit {returncode})"
