@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import within
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from conftest import within
 from relaylab.core import protocol, twilio_frames
 from relaylab.notebook.caller import (
     DEFAULT_WORDS_PER_MINUTE,

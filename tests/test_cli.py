@@ -16,9 +16,9 @@ import sys
 import time
 
 import pytest
-from conftest import within
 from websockets.asyncio.client import connect
 
+from conftest import within
 from relaylab.cli.commands import twiml_options
 from relaylab.core.twilio_frames import setup_frame
 from relaylab.notebook.loop import LoopThread

@@ -11,8 +11,8 @@ import time
 
 import anthropic
 import pytest
-from conftest import assert_valid_history, within
 
+from conftest import assert_valid_history, within
 from relaylab.core import endings
 from relaylab.core.endings import CUT_MARK
 from relaylab.core.twilio_frames import prompt_frame

@@ -13,8 +13,8 @@ talk cycle with exactly one empty ``last: true``, and stores exactly the heard w
 import itertools
 
 import pytest
-from conftest import FAST, assert_valid_history, frame_log
 
+from conftest import FAST, assert_valid_history, frame_log
 from relaylab.core.protocol import CLOSE_TALK_CYCLE, words_and_closes
 from relaylab.notebook.caller import TwilioBehaviour
 from relaylab.notebook.lab import Lab

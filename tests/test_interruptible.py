@@ -13,8 +13,8 @@ closing the cut talk cycle, and Twilio reports no invalid message.
 import json
 
 import pytest
-from conftest import assert_valid_history, frame_log
 
+from conftest import assert_valid_history, frame_log
 from relaylab.core.protocol import is_cycle_close
 from relaylab.notebook.caller import SimulatedCall, TwilioBehaviour
 from relaylab.notebook.recording import record

@@ -3,9 +3,9 @@
 import asyncio
 
 import pytest
-from conftest import within
 
 import relaylab as rl
+from conftest import within
 from relaylab.notebook.caller import TwilioBehaviour
 from relaylab.relay.step import Step
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import anthropic
 import pytest
-from conftest import within
 
+from conftest import within
 from relaylab.offline_claude import REPLIES, OfflineClaude, tokenize
 
 MODEL = "claude-offline"

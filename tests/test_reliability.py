@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
-from conftest import within
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
+from conftest import within
 from relaylab.core.conversation import Conversation
 from relaylab.core.twilio_frames import (
     error_frame,

@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
 import pytest
-from conftest import within
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from conftest import within
 from relaylab.shell import signatures
 
 

@@ -5,8 +5,8 @@ import asyncio
 import anthropic
 import httpx2
 import pytest
-from conftest import assert_valid_history
 
+from conftest import assert_valid_history
 from relaylab.core import conversation
 from relaylab.core.protocol import Interrupt
 from relaylab.core.twilio_frames import dtmf_frame, info_frame, interrupt_frame, prompt_frame

@@ -1,7 +1,6 @@
 """Lesson 4's switchboard step through a dialled call: play, sendDigits, language, end."""
 
 from conftest import assert_valid_history
-
 from relaylab.steps import switchboard
 
 

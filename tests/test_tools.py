@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import within
 
+from conftest import within
 from relaylab.core.conversation import Conversation
 from relaylab.core.protocol import CLOSE_TALK_CYCLE, words_and_closes
 from relaylab.core.twilio_frames import interrupt_frame, prompt_frame

@@ -18,9 +18,9 @@ import sys
 import time
 
 import pytest
-from conftest import assert_valid_history, frame_log
 from websockets.asyncio.client import connect
 
+from conftest import assert_valid_history, frame_log
 from relaylab.core.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
 from relaylab.core.twilio_frames import interrupt_frame, setup_frame
 from relaylab.notebook.exercises import check, turns_scenarios

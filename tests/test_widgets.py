@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import within
 
+from conftest import within
 from relaylab.notebook.caller import SimulatedCall
 from relaylab.notebook.widgets import (
     MAX_RATE,
