@@ -9,7 +9,7 @@ reader task: the load generator does as little per frame as possible, so its own
 delay stays out of the measurement.
 
 The frames it sends are the ones Twilio sends (PROTOCOL.md section 3), built by
-relaylab.core.protocol's Twilio-side builders: ``setup`` first, then ``prompt`` (and
+relaylab.core.twilio_frames: ``setup`` first, then ``prompt`` (and
 ``interrupt`` in bench/interrupt.py).
 """
 

@@ -83,13 +83,20 @@ def anyio_backend():
     return "asyncio"
 
 
+def _cpus():
+    """The CPUs this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _time_scale():
     """RELAYLAB_TIME_SCALE if set; else, under pytest-xdist, workers per CPU (at least 1):
     with four workers on two CPUs a test may get half a CPU, so its bounds double."""
     if "RELAYLAB_TIME_SCALE" in os.environ:
         return float(os.environ["RELAYLAB_TIME_SCALE"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1.0, workers / len(os.sched_getaffinity(0)))
+    return max(1.0, workers / _cpus())
 
 
 # Widens every wall-clock upper bound in the tests. Lower bounds are behaviour (a delay

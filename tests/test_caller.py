@@ -889,7 +889,7 @@ def test_dial_posts_the_signed_voice_webhook_and_follows_the_twiml():
 
 
 def test_dial_with_get_and_no_dtmf_detection_sends_no_keys(caplog):
-    caplog.set_level(logging.WARNING, logger="relaylab.notebook.caller")
+    caplog.set_level(logging.WARNING, logger="relaylab")
 
     async def scenario():
         async with FakeRelay() as relay, Webhooks() as hooks:

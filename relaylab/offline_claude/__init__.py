@@ -38,8 +38,6 @@ from relaylab.offline_claude.server import (
 )
 from relaylab.offline_claude.validation import InvalidRequest, validate
 
-_reply_for = reply_for  # the old private name, still imported by tests/test_cli.py
-
 __all__ = [
     "FAILURE_KINDS",
     "MODELS",

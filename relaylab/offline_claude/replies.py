@@ -65,7 +65,7 @@ REPLIES: dict[str, str] = {
         "I hadn't said anything yet, so there is nothing to pick up from. "
         "What would you like to know?"
     ),
-    # Tool use (tools.py): said before a tool call, and after its result comes back.
+    # Tool use (tool_calls.py): said before a tool call, and after its result comes back.
     "tool_preamble": "Let me check that.",
     "tool_answer": "I checked that for you. {result}. Is there anything else I can help with?",
     "tool_error": "I'm sorry, I couldn't check that just now. {result}. Anything else?",

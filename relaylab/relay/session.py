@@ -1,6 +1,6 @@
 """One call's state machine: frames in, handler calls and frames out. No sockets.
 
-The I/O shell (server.py) hands every inbound frame to ``CallSession.receive`` the
+The I/O shell (relaylab.shell.call_socket) hands every inbound frame to ``CallSession.receive`` the
 moment it arrives, synchronously, and gives the session a ``send`` coroutine function
 for frames out. A test can do the same with a list (see ``relaylab.relay.testing``).
 

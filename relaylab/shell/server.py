@@ -7,7 +7,7 @@ Each new connection's first request head decides where it goes:
   URL, the health check, with GET or POST and form bodies.
 
 Signatures are checked here, before any session exists. Everything about the
-conversation itself lives in session.py and the steps.
+conversation itself lives in relay/session.py and the steps.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Twilio requests them with POST and a form body unless told GET, and signs each w
 ``X-Twilio-Signature`` over the public URL it requested (plus, for a POST, the form
 fields). A simulated call may reach the app at a local address while the app checks
 signatures against its public one (behind a tunnel), so requests go to the local URL
-and are signed over the public one. aiohttp's client, already installed.
+and are signed over the public one (urllib in a worker thread: no client library needed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from relaylab.shell import signatures
 from relaylab.simulation.twilio_behaviour import HttpMethod
 
-log = logging.getLogger("relaylab.notebook.caller")
+log = logging.getLogger("relaylab.simulation.twilio_http")
 TIMEOUT_SECONDS = 10.0
 API_VERSION = "2010-04-01"
 

@@ -58,7 +58,7 @@ __all__ = [
     "on_setup",
     "turns_step",
 ]
-log = logging.getLogger("relaylab.turns")
+log = logging.getLogger("relaylab.steps.turns")
 
 
 @dataclass(frozen=True)

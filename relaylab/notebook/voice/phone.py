@@ -111,6 +111,6 @@ class VoicePhone(anywidget.AnyWidget):
             self._to_browser({"op": "error", "message": str(exc)})
 
     def _to_browser(self, envelope: dict[str, Any]) -> None:
-        # An empty context, as in widgets.py: the loop's tasks carry the context of the
+        # An empty context, as in widgets/live_view.py: the loop's tasks carry the context of the
         # cell that started the Lab, and ipykernel would file these messages under it.
         contextvars.Context().run(self.send, envelope)
