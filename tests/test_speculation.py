@@ -220,7 +220,10 @@ def test_a_step_with_speculate_on_starts_early_in_a_lab(make_lab):
     assert kept.received_at < reply.sent_at and kept.outcome == "complete"
     assert all(r.outcome == "client_closed" and not r.tokens_sent for r in dropped)
     stats = lab.session_for(call).speculator.stats
-    assert (stats.kept, stats.wasted_requests) == (1, len(dropped)) and stats.started >= 1
+    # A guess dropped as the next word arrived may never have reached Claude: at least
+    # every dropped request Claude saw counts as wasted, and each start is kept or wasted.
+    assert stats.kept == 1 and stats.wasted_requests >= len(dropped)
+    assert stats.started == stats.kept + stats.wasted_requests
     call.hang_up()
 
 
