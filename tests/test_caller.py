@@ -46,6 +46,9 @@ from relaylab.simulation.twilio_http import local_form, public_form
 TOKEN = "a-test-auth-token"
 SPEED = 20.0  # speech clock speed: a word (364 ms of speech) plays in 18 ms
 WORD_MS = 60_000 / DEFAULT_WORDS_PER_MINUTE
+# How far past the words spoken a measured duration may run: one word's time on an idle
+# machine, more on a loaded one (a late timer adds to what was played).
+SLACK_MS = within(WORD_MS / 1000) * 1000
 
 Handler = Callable[["FakeRelay", ServerConnection, dict[str, Any]], Awaitable[None]]
 
@@ -502,7 +505,7 @@ def test_interrupt_reports_the_utterance_each_way_twilio_may(sent, words, uttera
     assert interrupt["utteranceUntilInterrupt"] == reply.utterance == expected
     assert reply.interrupted and reply.heard == " ".join(sent.split()[:words]).rstrip(",.")
     duration = interrupt["durationUntilInterruptMs"]
-    assert isinstance(duration, int) and words * WORD_MS <= duration < (words + 1) * WORD_MS
+    assert isinstance(duration, int) and words * WORD_MS <= duration < words * WORD_MS + SLACK_MS
 
 
 def test_duration_can_be_a_numeric_string_like_older_docs():
@@ -516,7 +519,7 @@ def test_duration_can_be_a_numeric_string_like_older_docs():
 
     [interrupt] = run(scenario()).of("interrupt")
     duration = interrupt["durationUntilInterruptMs"]
-    assert isinstance(duration, str) and 2 * WORD_MS <= float(duration) < 3 * WORD_MS
+    assert isinstance(duration, str) and 2 * WORD_MS <= float(duration) < 2 * WORD_MS + SLACK_MS
 
 
 def test_interrupt_after_ms_and_interrupt_now():
@@ -717,7 +720,7 @@ def test_play_send_digits_and_language_are_acted_on():
     assert [p["lang"] for p in relay.of("prompt")] == ["en-US", "es-ES"]
     assert reply.heard == "Hola"
     duration = relay.of("interrupt")[0]["durationUntilInterruptMs"]
-    assert 1000 + WORD_MS <= duration < 1000 + 2 * WORD_MS, "the audio plays before the words"
+    assert 1000 + WORD_MS <= duration < 1000 + WORD_MS + SLACK_MS, "the audio plays first"
     assert [f["type"] for f in reply.frames] == ["language", "sendDigits", "play", "text"]
 
 
