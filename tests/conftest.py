@@ -1,12 +1,20 @@
+import contextlib
 import itertools
 import json
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 
 from relaylab.notebook.lab import Lab
+from relaylab.notebook.loop import LoopThread
+from relaylab.offline_claude import OfflineClaude
 
 # Fast enough for a quick suite, slow enough that a reply is still streaming
 # when the caller talks over it: ~100 tokens/s, speech clock 4x real time.
@@ -109,3 +117,63 @@ def within(seconds):
     TIME_SCALE. Where the bound tells apart a configured delay (a tool that takes
     1 s), scale that delay too, so the test can still fail."""
     return seconds * TIME_SCALE
+
+
+# -- relaylab serve in a subprocess, as a user runs it ---------------------------------------
+
+RELAYLAB = [sys.executable, "-m", "relaylab"]
+
+
+def offline_env(**extra):
+    """This process's environment without ANTHROPIC_* and TWILIO_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TWILIO_"))}
+    return {**env, **extra}
+
+
+@contextlib.contextmanager
+def stand_in_on_a_thread(name, **pacing):
+    """The Claude stand-in on a loop thread of its own, for a relay in another process."""
+    loop = LoopThread(name)
+    claude = OfflineClaude(**pacing)
+    loop.run(claude.start())
+    try:
+        yield claude
+    finally:
+        loop.run(claude.stop())
+        loop.close()
+
+
+@contextlib.contextmanager
+def relaylab_serve(*args, env, start_timeout):
+    """``relaylab serve ARGS --port 0`` in a subprocess; yields its ws:// URL once the banner
+    shows it, and stops it with Ctrl-C (SIGINT) as a user would."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [*RELAYLAB, "serve", *args, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=env,
+        )
+        try:
+            ws_url = None
+            deadline = time.monotonic() + start_timeout
+            while ws_url is None and time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                if match := re.search(r"(ws://127\.0\.0\.1:\d+/ws)", line):
+                    ws_url = match.group(1)
+            if ws_url is None:
+                errors.seek(0)
+                pytest.fail(
+                    f"relaylab serve {' '.join(args)} did not start: {errors.read()[-2000:]}"
+                )
+            yield ws_url
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            process.stdout.close()

@@ -12,19 +12,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import within
+from conftest import RELAYLAB, offline_env, relaylab_serve, stand_in_on_a_thread, within
 from relaylab.cli.commands import twiml_options
 from relaylab.core.twilio_frames import setup_frame
 from relaylab.notebook.loop import LoopThread
-from relaylab.offline_claude import OfflineClaude
-
-RELAYLAB = [sys.executable, "-m", "relaylab"]
 
 
 def test_demo_runs_the_lesson_path_offline_and_exits_0():
@@ -33,7 +29,7 @@ def test_demo_runs_the_lesson_path_offline_and_exits_0():
         capture_output=True,
         text=True,
         timeout=60,
-        env=_offline_env(),
+        env=offline_env(),
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -45,50 +41,19 @@ def test_demo_runs_the_lesson_path_offline_and_exits_0():
     assert re.search(r"first word [\d.]+x sooner", out)
 
 
-def _offline_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TWILIO_"))}
-    return {**env, **extra}
-
-
 @pytest.fixture
 def model_server():
-    loop = LoopThread("model-server")
-    claude = OfflineClaude(first_token_delay=0.05, tokens_per_second=80)
-    loop.run(claude.start())
-    yield claude
-    loop.run(claude.stop())
-    loop.close()
+    with stand_in_on_a_thread(
+        "model-server", first_token_delay=0.05, tokens_per_second=80
+    ) as claude:
+        yield claude
 
 
 @pytest.fixture
 def relay(model_server):
-    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
-    process = subprocess.Popen(
-        [*RELAYLAB, "serve", "--step", "tracking", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        ws_url = None
-        deadline = time.monotonic() + 20
-        while ws_url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if match := re.search(r"(ws://127\.0\.0\.1:\d+/ws)", line):
-                ws_url = match.group(1)
-        assert ws_url, f"relay did not start: {process.stderr.read() if process.poll() else ''}"
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    with relaylab_serve("--step", "tracking", env=env, start_timeout=20) as ws_url:
         yield ws_url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        process.stdout.close()
-        process.stderr.close()
 
 
 SETUP = setup_frame("CA_blackbox", session_id="VX1")
@@ -191,7 +156,7 @@ def _reply_text(claude, record):
 
 
 def test_serve_rejects_unsigned_sockets_when_twilio_token_is_set(model_server):
-    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, TWILIO_AUTH_TOKEN="tok-123")
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url, TWILIO_AUTH_TOKEN="tok-123")
     process = subprocess.Popen(
         [*RELAYLAB, "serve", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -265,7 +230,7 @@ def test_serve_without_keys_fails_with_a_clear_message_not_a_traceback(flags, sa
         capture_output=True,
         text=True,
         timeout=30,
-        env=_offline_env(NGROK_AUTHTOKEN=""),
+        env=offline_env(NGROK_AUTHTOKEN=""),
     )
     assert done.returncode == 2
     assert says in done.stderr and "Traceback" not in done.stderr
@@ -279,7 +244,7 @@ def test_serve_reads_keys_from_a_dotenv_file_and_never_prints_them(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
-        env=_offline_env(),
+        env=offline_env(),
     )
     try:
         lines = []
@@ -300,7 +265,7 @@ def test_terminal_call_talks_to_a_running_relay(make_lab):
         capture_output=True,
         text=True,
         timeout=60,
-        env=_offline_env(),
+        env=offline_env(),
     )
     assert done.returncode == 0, done.stderr
     assert "you heard: 'Dogs were the first'" in done.stdout
@@ -323,7 +288,7 @@ def _children(pid):
 def _serve_with_two_workers(model_server) -> tuple[subprocess.Popen[str], str]:
     """`relaylab serve --workers 2`, once its banner says both processes listen; and the
     WebSocket URL it printed."""
-    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
     process = subprocess.Popen(
         [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2"],
         stdout=subprocess.PIPE,
@@ -398,7 +363,7 @@ def test_the_terminal_call_says_its_timings_in_words():
 
 def _serve_logging_to(log_path, model_server, *flags) -> tuple[subprocess.Popen[str], str]:
     """`relaylab serve --workers 2 ...` with its log in ``log_path``, once its banner is out."""
-    env = _offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [*RELAYLAB, "serve", "--step", "tracking", "--port", "0", "--workers", "2", *flags],
@@ -512,7 +477,7 @@ def test_a_sigint_sent_as_the_port_opens_stops_serve():
             [*RELAYLAB, "serve", "--offline", "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_offline_env(),
+            env=offline_env(),
             # What a non-interactive shell does to a background job: SIGINT ignored.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
@@ -636,7 +601,7 @@ def header_recorder():
 )
 def test_serve_streams_with_the_sdk_unless_told_fast_stream(header_recorder, flags, helper, banner):
     base_url, headers = header_recorder
-    env = _offline_env(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY="test-key")
+    env = offline_env(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY="test-key")
     process = subprocess.Popen(
         [*RELAYLAB, "serve", "--step", "streaming", "--port", "0", *flags],
         stdout=subprocess.PIPE,

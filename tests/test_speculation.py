@@ -11,60 +11,31 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from websockets.asyncio.client import connect
 
+from conftest import RELAYLAB, offline_env, relaylab_serve, stand_in_on_a_thread
 from relaylab.core.twilio_frames import prompt_frame, setup_frame
-from relaylab.notebook.loop import LoopThread
-from relaylab.offline_claude import OfflineClaude
 from relaylab.relay.speculation import normalise, request_key
 
 FIRST_TOKEN = 0.4  # the stand-in's time to first token, seconds
-RELAYLAB = [sys.executable, "-m", "relaylab"]
 
 
 @pytest.fixture
 def model_server():
-    loop = LoopThread("model-server")
-    claude = OfflineClaude(first_token_delay=FIRST_TOKEN, tokens_per_second=80)
-    loop.run(claude.start())
-    yield claude
-    loop.run(claude.stop())
-    loop.close()
+    with stand_in_on_a_thread(
+        "model-server", first_token_delay=FIRST_TOKEN, tokens_per_second=80
+    ) as claude:
+        yield claude
 
 
 @pytest.fixture
 def speculating_relay(model_server):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TWILIO_"))}
-    env["ANTHROPIC_BASE_URL"] = model_server.base_url
-    process = subprocess.Popen(
-        [*RELAYLAB, "serve", "--step", "tracking", "--speculate", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        ws_url = None
-        deadline = time.monotonic() + 20
-        while ws_url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if match := re.search(r"(ws://127\.0\.0\.1:\d+/ws)", line):
-                ws_url = match.group(1)
-        assert ws_url, "relay did not start"
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url)
+    with relaylab_serve("--step", "tracking", "--speculate", env=env, start_timeout=20) as ws_url:
         yield ws_url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        process.stdout.close()
 
 
 async def _say_with_partials(ws, partial_words: str, final: str, gap: float = 0.3):

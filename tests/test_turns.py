@@ -10,22 +10,22 @@ process and speak raw ConversationRelay frames to it.
 import asyncio
 import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import assert_valid_history, frame_log
+from conftest import (
+    assert_valid_history,
+    frame_log,
+    offline_env,
+    relaylab_serve,
+    stand_in_on_a_thread,
+)
 from relaylab.core.turn_taking import CUT_MARK, CUT_NOTE, is_backchannel, mark_cut, without_cut_mark
 from relaylab.core.twilio_frames import interrupt_frame, setup_frame
 from relaylab.notebook.exercises import check, turns_scenarios
-from relaylab.notebook.loop import LoopThread
-from relaylab.offline_claude import REPLIES, OfflineClaude
+from relaylab.offline_claude import REPLIES
 from relaylab.relay.step import Step
 from relaylab.relay.testing import Pause, WaitFor, run_step
 from relaylab.steps import tracking
@@ -187,48 +187,20 @@ def test_the_tracking_step_answers_uh_huh_as_a_question(make_lab):
 
 # -- the black-box contract: `relaylab serve --step turns`, raw frames ------------------------
 
-RELAYLAB = [sys.executable, "-m", "relaylab"]
-
 
 @pytest.fixture(scope="module")
 def model_server():
-    loop = LoopThread("turns-model-server")
-    claude = OfflineClaude(first_token_delay=0.05, tokens_per_second=80)
-    loop.run(claude.start())
-    yield claude
-    loop.run(claude.stop())
-    loop.close()
+    with stand_in_on_a_thread(
+        "turns-model-server", first_token_delay=0.05, tokens_per_second=80
+    ) as claude:
+        yield claude
 
 
 @pytest.fixture(scope="module")
 def turns_relay(model_server):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TWILIO_"))}
-    env.update(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
-    process = subprocess.Popen(
-        [*RELAYLAB, "serve", "--step", "turns", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        ws_url = None
-        deadline = time.monotonic() + 30
-        while ws_url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if match := re.search(r"(ws://127\.0\.0\.1:\d+/ws)", line):
-                ws_url = match.group(1)
-        assert ws_url, "relaylab serve --step turns did not start"
+    env = offline_env(ANTHROPIC_BASE_URL=model_server.base_url, ANTHROPIC_API_KEY="test-key")
+    with relaylab_serve("--step", "turns", env=env, start_timeout=30) as ws_url:
         yield ws_url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        process.stdout.close()
 
 
 def _prompt(text):
